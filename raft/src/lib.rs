@@ -1,0 +1,43 @@
+//! Veil's Raft layer: the openraft type configuration every shard group uses, the RocksDB-backed
+//! Raft log store that all groups of a node share (one WAL, one fsync per group commit), and the
+//! seam for the peer network.
+//!
+//! This crate knows nothing of what a state machine stores: a command is opaque bytes
+//! ([`Command`]) and so is its answer ([`CommandResponse`]). The `shard` crate encodes its batches
+//! into them.
+//!
+//! ```no_run
+//! # fn demo(db: std::sync::Arc<rocksdb::DB>) -> veil_raft::Result<()> {
+//! use veil_raft::{GroupId, LogSyncer, LogStore};
+//! let syncer = LogSyncer::start(db.clone(), 1024)?;
+//! let store = LogStore::open(db, GroupId(3), syncer);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod error;
+mod log_store;
+mod network;
+mod types;
+
+pub use error::{Error, Result};
+pub use log_store::{column_families, LogStore, LogSyncer, CF_RAFT_LOG, CF_RAFT_META};
+pub use network::NoPeersNetwork;
+pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};
+
+/// openraft's types as instantiated by Veil's [`TypeConfig`].
+pub mod alias {
+    use super::TypeConfig;
+    /// A Raft log entry.
+    pub type RaftEntry = openraft::alias::EntryOf<TypeConfig>;
+    /// A Raft log id (term, leader, index).
+    pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+    /// A stored membership configuration.
+    pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+    /// A snapshot's metadata.
+    pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+    /// A Raft vote.
+    pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+    /// A running Raft group handle.
+    pub type Raft = openraft::Raft<TypeConfig>;
+}

@@ -1,0 +1,311 @@
+//! The RocksDB-backed Raft log store shared by all Raft groups of a node.
+//!
+//! Every group writes into the same two column families, its keys prefixed by its [`GroupId`], so
+//! all groups share one RocksDB write-ahead log. Appends are written to RocksDB inline (a memtable
+//! insert, no sync) and then handed to the [`LogSyncer`], a thread that fsyncs the WAL once for
+//! everything written since its last sync and only then tells openraft that the entries are
+//! durable (`IOFlushed`). This is group commit: with many groups and many concurrent batches, one
+//! fsync covers them all.
+//!
+//! Key layout (all integers big-endian, so RocksDB's byte order is numeric order):
+//! - `raft_log`: `group u32 | index u64` → bincode of the openraft entry;
+//! - `raft_meta`: `group u32 | tag u8` → bincode of the vote (tag 1) or the last purged log id
+//!   (tag 2).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::alias::{LogId, RaftEntry as Entry, Vote};
+use crate::{Error, GroupId, Result, TypeConfig};
+
+/// The column family holding the Raft log entries of every group.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// The column family holding each group's vote and purge point.
+pub const CF_RAFT_META: &str = "raft_meta";
+
+const META_VOTE: u8 = 1;
+const META_LAST_PURGED: u8 = 2;
+
+/// Returns the column families this crate needs in the node's RocksDB.
+pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
+    [CF_RAFT_LOG, CF_RAFT_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+        .collect()
+}
+
+type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// Fsyncs the shared RocksDB WAL on behalf of every Raft group and completes their writes.
+///
+/// One thread loops: it takes every callback queued since the last round, fsyncs the WAL once,
+/// and completes them all. A write is queued only after it reached RocksDB, so the fsync that
+/// completes it covers it.
+#[derive(Clone)]
+pub struct LogSyncer {
+    tx: mpsc::Sender<SyncCallback>,
+}
+
+impl LogSyncer {
+    /// Starts the sync thread with room for `queue_len_max` waiting writes.
+    pub fn start(db: Arc<DB>, queue_len_max: usize) -> Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<SyncCallback>(queue_len_max.max(1));
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || {
+                let mut pending = Vec::new();
+                while let Some(first) = rx.blocking_recv() {
+                    pending.push(first);
+                    while let Ok(next) = rx.try_recv() {
+                        pending.push(next);
+                    }
+                    let result = db.flush_wal(true).map_err(|e| e.to_string());
+                    if let Err(message) = &result {
+                        tracing::error!(error = %message, "raft log fsync failed");
+                    }
+                    for callback in pending.drain(..) {
+                        callback(result.clone().map_err(io::Error::other));
+                    }
+                }
+            })
+            .map_err(Error::SpawnSyncer)?;
+        Ok(Self { tx })
+    }
+
+    /// Queues `callback` to run after the next fsync of the WAL.
+    async fn after_sync(&self, callback: SyncCallback) -> io::Result<()> {
+        self.tx
+            .send(callback)
+            .await
+            .map_err(|_| io::Error::other("raft log sync thread has stopped"))
+    }
+
+    /// Waits until everything written to RocksDB so far is fsynced.
+    async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.after_sync(Box::new(move |result| {
+            // The waiter may have gone away (its request was cancelled); nothing to tell then.
+            let _ = tx.send(result);
+        }))
+        .await?;
+        rx.await
+            .map_err(|_| io::Error::other("raft log sync thread has stopped"))?
+    }
+}
+
+/// The Raft log store of one group, backed by the node's shared RocksDB.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    group: GroupId,
+    syncer: LogSyncer,
+}
+
+impl LogStore {
+    /// Opens the log store of `group` in `db`, which must have been opened with
+    /// [`column_families`].
+    pub fn open(db: Arc<DB>, group: GroupId, syncer: LogSyncer) -> Self {
+        Self { db, group, syncer }
+    }
+
+    /// Returns the group this store belongs to.
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    fn cf(&self, name: &'static str) -> io::Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| io::Error::other(Error::MissingColumnFamily(name)))
+    }
+
+    fn log_key(&self, index: u64) -> [u8; 12] {
+        let mut key = [0u8; 12];
+        key[..4].copy_from_slice(&self.group.0.to_be_bytes());
+        key[4..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// Returns a key greater than every key of this group and smaller than the next group's.
+    fn log_key_end(&self) -> [u8; 13] {
+        let mut key = [0xffu8; 13];
+        key[..4].copy_from_slice(&self.group.0.to_be_bytes());
+        key
+    }
+
+    fn meta_key(&self, tag: u8) -> [u8; 5] {
+        let mut key = [0u8; 5];
+        key[..4].copy_from_slice(&self.group.0.to_be_bytes());
+        key[4] = tag;
+        key
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, tag: u8) -> io::Result<Option<T>> {
+        let bytes = self
+            .db
+            .get_cf(self.cf(CF_RAFT_META)?, self.meta_key(tag))
+            .map_err(io::Error::other)?;
+        bytes.map(|b| decode(&b)).transpose()
+    }
+
+    fn put_meta<T: Serialize>(&self, tag: u8, value: &T) -> io::Result<()> {
+        let bytes = encode(value)?;
+        self.db
+            .put_cf(self.cf(CF_RAFT_META)?, self.meta_key(tag), bytes)
+            .map_err(io::Error::other)
+    }
+
+    fn index_of_key(&self, key: &[u8]) -> Option<u64> {
+        let (group, index) = key.split_at_checked(4)?;
+        if group != self.group.0.to_be_bytes() {
+            return None;
+        }
+        Some(u64::from_be_bytes(index.try_into().ok()?))
+    }
+
+    fn last_entry(&self) -> io::Result<Option<Entry>> {
+        let cf = self.cf(CF_RAFT_LOG)?;
+        let end = self.log_key_end();
+        let mut iter = self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            Some(item) => {
+                let (key, value) = item.map_err(io::Error::other)?;
+                match self.index_of_key(&key) {
+                    Some(_) => Ok(Some(decode(&value)?)),
+                    None => Ok(None),
+                }
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    bincode::serialize(value).map_err(io::Error::other)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> io::Result<T> {
+    bincode::deserialize(bytes).map_err(io::Error::other)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> io::Result<Vec<Entry>> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => x.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let cf = self.cf(CF_RAFT_LOG)?;
+        let from = self.log_key(start);
+        let mut entries = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item.map_err(io::Error::other)?;
+            let Some(index) = self.index_of_key(&key) else {
+                break;
+            };
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = decode(&value)?;
+            assert_eq!(
+                entry.index(),
+                index,
+                "raft log key and entry disagree on the index"
+            );
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    async fn read_vote(&mut self) -> io::Result<Option<Vote>> {
+        self.get_meta(META_VOTE)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> io::Result<LogState<TypeConfig>> {
+        let last_purged_log_id: Option<LogId> = self.get_meta(META_LAST_PURGED)?;
+        let last_log_id = match self.last_entry()? {
+            Some(entry) => Some(entry.log_id()),
+            None => last_purged_log_id.clone(),
+        };
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> io::Result<()> {
+        self.put_meta(META_VOTE, vote)?;
+        self.syncer.sync().await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> io::Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cf = self.cf(CF_RAFT_LOG)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, self.log_key(entry.index()), encode(&entry)?);
+        }
+        self.db.write(batch).map_err(io::Error::other)?;
+        self.syncer
+            .after_sync(Box::new(move |result| callback.io_completed(result)))
+            .await
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> io::Result<()> {
+        let from = match &last_log_id {
+            Some(log_id) => self.log_key(log_id.index().saturating_add(1)),
+            None => self.log_key(0),
+        };
+        let cf = self.cf(CF_RAFT_LOG)?;
+        self.db
+            .delete_range_cf(cf, &from[..], &self.log_key_end()[..])
+            .map_err(io::Error::other)?;
+        self.syncer.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> io::Result<()> {
+        // The purge point is written first: openraft ignores entries at or below it, so a crash
+        // between the two writes leaves only unreachable entries behind.
+        self.put_meta(META_LAST_PURGED, &log_id)?;
+        let cf = self.cf(CF_RAFT_LOG)?;
+        self.db
+            .delete_range_cf(
+                cf,
+                self.log_key(0),
+                self.log_key(log_id.index().saturating_add(1)),
+            )
+            .map_err(io::Error::other)?;
+        Ok(())
+    }
+}

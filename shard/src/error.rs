@@ -1,0 +1,59 @@
+//! Errors of the shard layer.
+
+use crate::ShardId;
+
+/// An error of a shard: its storage, its index or a query against it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// tantivy failed.
+    #[error("tantivy: {0}")]
+    Tantivy(#[from] tantivy::TantivyError),
+    /// A stored value could not be decoded.
+    #[error("corrupt record in shard {shard_id}: {reason}")]
+    Corrupt {
+        /// The shard holding the record.
+        shard_id: ShardId,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The full-text query could not be parsed.
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    /// A filesystem operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A required column family is missing from the database.
+    #[error(
+        "column family {0} is missing; was the database opened with veil_shard::column_families()?"
+    )]
+    MissingColumnFamily(&'static str),
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for std::io::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Io { source, .. } => source,
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,137 @@
+//! Key encodings of the shard column families.
+//!
+//! All integers are big-endian so that RocksDB's byte order is numeric order; timestamps have
+//! their sign bit flipped so that negative ones sort before positive ones.
+//! - `entries`: `shard u32 | timestamp_us (sign-flipped) u64 | log_id [16]` → the entry. Entries
+//!   of a shard sort by time, so an hour of a shard is one contiguous key range.
+//! - `entry_ids`: `shard u32 | log_id [16]` → `raft_index u64 | entries key`: the idempotency
+//!   set, which also tells in which Raft entry the log_id was first stored.
+//! - `index_queue`: `shard u32 | raft_index u64 | seq u32` → `entries key`: entries applied but
+//!   perhaps not yet in a tantivy commit; trimmed after each commit, replayed at open.
+//! - `shard_meta`: `shard u32 | tag u8` → applied state and snapshot records.
+
+use uuid::Uuid;
+
+use crate::ShardId;
+
+/// Length of an `entries` key.
+pub const ENTRY_KEY_LEN: usize = 4 + 8 + 16;
+
+/// Returns the `entries` key of an entry.
+pub fn entry_key(shard: ShardId, timestamp_us: i64, log_id: Uuid) -> [u8; ENTRY_KEY_LEN] {
+    let mut key = [0u8; ENTRY_KEY_LEN];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key[4..12].copy_from_slice(&flip(timestamp_us).to_be_bytes());
+    key[12..].copy_from_slice(log_id.as_bytes());
+    key
+}
+
+/// Splits an `entries` key into its shard, timestamp and log_id.
+pub fn decode_entry_key(key: &[u8]) -> Option<(ShardId, i64, Uuid)> {
+    if key.len() != ENTRY_KEY_LEN {
+        return None;
+    }
+    let shard = u32::from_be_bytes(key[..4].try_into().ok()?);
+    let ts = unflip(u64::from_be_bytes(key[4..12].try_into().ok()?));
+    let log_id = Uuid::from_slice(&key[12..]).ok()?;
+    Some((ShardId(shard), ts, log_id))
+}
+
+/// Returns the first `entries` key of the hour starting at `timestamp_us` (inclusive bound).
+pub fn entry_key_at(shard: ShardId, timestamp_us: i64) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key[4..].copy_from_slice(&flip(timestamp_us).to_be_bytes());
+    key
+}
+
+/// Returns the `entry_ids` key of a log_id.
+pub fn id_key(shard: ShardId, log_id: Uuid) -> [u8; 20] {
+    let mut key = [0u8; 20];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key[4..].copy_from_slice(log_id.as_bytes());
+    key
+}
+
+/// Returns the `index_queue` key of the `seq`-th new entry of Raft entry `raft_index`.
+pub fn queue_key(shard: ShardId, raft_index: u64, seq: u32) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key[4..12].copy_from_slice(&raft_index.to_be_bytes());
+    key[12..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Returns the Raft index of an `index_queue` key.
+pub fn queue_key_raft_index(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(4..12)?.try_into().ok()?))
+}
+
+/// Returns the `shard_meta` key of a tag.
+pub fn meta_key(shard: ShardId, tag: u8) -> [u8; 5] {
+    let mut key = [0u8; 5];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key[4] = tag;
+    key
+}
+
+/// Returns the key prefix of everything of `shard` in a column family.
+pub fn shard_prefix(shard: ShardId) -> [u8; 4] {
+    shard.0.to_be_bytes()
+}
+
+/// Returns a key greater than every key of `shard` and smaller than the next shard's.
+pub fn shard_end(shard: ShardId) -> [u8; 41] {
+    let mut key = [0xffu8; 41];
+    key[..4].copy_from_slice(&shard.0.to_be_bytes());
+    key
+}
+
+fn flip(ts: i64) -> u64 {
+    (ts as u64) ^ (1 << 63)
+}
+
+fn unflip(v: u64) -> i64 {
+    (v ^ (1 << 63)) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_keys_sort_by_time_and_round_trip() {
+        let id = Uuid::from_u128(7);
+        let times = [
+            i64::MIN,
+            -3_600_000_000,
+            -1,
+            0,
+            1,
+            1_700_000_000_000_000,
+            i64::MAX,
+        ];
+        let keys: Vec<_> = times
+            .iter()
+            .map(|t| entry_key(ShardId(3), *t, id))
+            .collect();
+        for pair in keys.windows(2) {
+            assert!(
+                pair[0] < pair[1],
+                "keys out of order: {:?} >= {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        for (t, k) in times.iter().zip(&keys) {
+            assert_eq!(decode_entry_key(k), Some((ShardId(3), *t, id)));
+        }
+    }
+
+    #[test]
+    fn shard_end_bounds_every_key_of_the_shard() {
+        let k = entry_key(ShardId(5), i64::MAX, Uuid::max());
+        assert!(k.as_slice() < shard_end(ShardId(5)).as_slice());
+        assert!(shard_end(ShardId(5)).as_slice() < shard_prefix(ShardId(6)).as_slice());
+    }
+}

@@ -1,0 +1,380 @@
+//! One shard: its entries and idempotency set in the node's RocksDB, its tantivy index, and the
+//! applied Raft state. The Raft state machine ([`crate::ShardStateMachine`]) drives it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB,
+};
+use serde::{Deserialize, Serialize};
+use veil_raft::alias::{LogId, StoredMembership};
+
+use crate::entry::{decode_entry, encode_entry, EntryOutcome, ShardCommand, StoredEntry};
+use crate::index::ShardIndex;
+use crate::keys;
+use crate::query::{ShardHits, ShardQuery};
+use crate::{Error, Result, ShardId, ShardMap};
+
+/// Column family of the entries.
+pub const CF_ENTRIES: &str = "entries";
+/// Column family of the idempotency set.
+pub const CF_ENTRY_IDS: &str = "entry_ids";
+/// Column family of applied entries awaiting a tantivy commit.
+pub const CF_INDEX_QUEUE: &str = "index_queue";
+/// Column family of each shard's applied state and snapshot record.
+pub const CF_SHARD_META: &str = "shard_meta";
+
+const META_APPLIED: u8 = 1;
+const META_SNAPSHOT: u8 = 2;
+
+/// Returns the column families this crate needs in the node's RocksDB.
+pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
+    [CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+        .collect()
+}
+
+/// The configuration of a shard, given by the node.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// The node's data directory; the shard keeps its index and snapshots below it.
+    pub data_dir: PathBuf,
+    /// Memory for the shard's tantivy writer, in bytes.
+    pub index_heap_bytes: usize,
+    /// The cluster's shard map, to check that applied entries belong here.
+    pub shard_map: ShardMap,
+}
+
+/// The state the shard has applied, persisted with every applied Raft entry.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct AppliedState {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A record of the current snapshot: its metadata and the file holding it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    pub meta: veil_raft::alias::SnapshotMeta,
+    pub file: PathBuf,
+}
+
+/// One shard of the node.
+pub struct Shard {
+    id: ShardId,
+    db: Arc<DB>,
+    index: ShardIndex,
+    config: ShardConfig,
+    pub(crate) applied: Mutex<AppliedState>,
+}
+
+impl Shard {
+    /// Opens shard `id`: loads its applied state and indexes every applied entry that the last
+    /// tantivy commit lacks.
+    pub fn open(id: ShardId, db: Arc<DB>, config: ShardConfig) -> Result<Arc<Self>> {
+        let index = ShardIndex::open(
+            id,
+            &config
+                .data_dir
+                .join("index")
+                .join(format!("shard-{:04}", id.0)),
+            config.index_heap_bytes,
+        )?;
+        let shard = Shard {
+            id,
+            db,
+            index,
+            config,
+            applied: Mutex::new(AppliedState::default()),
+        };
+        let applied = shard
+            .read_meta::<AppliedState>(META_APPLIED)?
+            .unwrap_or_default();
+        *shard.applied_lock() = applied;
+        shard.catch_up_index()?;
+        Ok(Arc::new(shard))
+    }
+
+    /// Returns the shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub(crate) fn applied_lock(&self) -> std::sync::MutexGuard<'_, AppliedState> {
+        self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(name)
+            .ok_or(Error::MissingColumnFamily(name))
+    }
+
+    pub(crate) fn read_meta<T: for<'de> Deserialize<'de>>(&self, tag: u8) -> Result<Option<T>> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf(CF_SHARD_META)?, keys::meta_key(self.id, tag))?
+        else {
+            return Ok(None);
+        };
+        bincode::deserialize(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Corrupt {
+                shard_id: self.id,
+                reason: format!("shard meta {tag}: {e}"),
+            })
+    }
+
+    fn put_meta<T: Serialize>(&self, batch: &mut WriteBatch, tag: u8, value: &T) -> Result<()> {
+        let bytes =
+            bincode::serialize(value).expect("serializing shard meta into memory cannot fail");
+        batch.put_cf(self.cf(CF_SHARD_META)?, keys::meta_key(self.id, tag), bytes);
+        Ok(())
+    }
+
+    /// Records a Raft entry that changes no data (blank or membership) as applied.
+    pub(crate) fn apply_state_only(
+        &self,
+        log_id: LogId,
+        membership: Option<StoredMembership>,
+    ) -> Result<()> {
+        let mut state = self.applied_lock();
+        let mut next = state.clone();
+        next.last_applied = Some(log_id);
+        if let Some(m) = membership {
+            next.membership = m;
+        }
+        let mut batch = WriteBatch::default();
+        self.put_meta(&mut batch, META_APPLIED, &next)?;
+        self.db.write(batch)?;
+        *state = next;
+        Ok(())
+    }
+
+    /// Applies a command committed at `log_id`: stores the entries whose log_id is new, indexes
+    /// them, and records the applied state, all in one RocksDB write batch.
+    pub(crate) fn apply_command(
+        &self,
+        log_id: LogId,
+        command: ShardCommand,
+    ) -> Result<Vec<EntryOutcome>> {
+        let ShardCommand::Append(entries) = command;
+        let raft_index = log_id.index();
+        let (cf_entries, cf_ids, cf_queue) = (
+            self.cf(CF_ENTRIES)?,
+            self.cf(CF_ENTRY_IDS)?,
+            self.cf(CF_INDEX_QUEUE)?,
+        );
+        let mut state = self.applied_lock();
+        if let Some(prev) = &state.last_applied {
+            assert!(
+                prev.index() < raft_index,
+                "shard {} applied index must increase: {} then {}",
+                self.id,
+                prev.index(),
+                raft_index
+            );
+        }
+        let mut batch = WriteBatch::default();
+        let mut outcomes = Vec::with_capacity(entries.len());
+        let mut new_entries = Vec::with_capacity(entries.len());
+        let mut seen = HashSet::with_capacity(entries.len());
+        for entry in &entries {
+            let expected = self
+                .config
+                .shard_map
+                .shard_for(&entry.service, entry.hour());
+            if expected != self.id {
+                return Err(Error::Corrupt {
+                    shard_id: self.id,
+                    reason: format!("entry of raft index {raft_index} routes to shard {expected}"),
+                });
+            }
+            let id_key = keys::id_key(self.id, entry.log_id);
+            if !seen.insert(entry.log_id) || self.db.get_pinned_cf(cf_ids, id_key)?.is_some() {
+                outcomes.push(EntryOutcome::Duplicate);
+                continue;
+            }
+            let key = keys::entry_key(self.id, entry.timestamp_us, entry.log_id);
+            batch.put_cf(cf_entries, key, encode_entry(entry));
+            let mut id_value = Vec::with_capacity(8 + key.len());
+            id_value.extend_from_slice(&raft_index.to_be_bytes());
+            id_value.extend_from_slice(&key);
+            batch.put_cf(cf_ids, id_key, id_value);
+            batch.put_cf(
+                cf_queue,
+                keys::queue_key(self.id, raft_index, new_entries.len() as u32),
+                key,
+            );
+            outcomes.push(EntryOutcome::Accepted);
+            new_entries.push((key.to_vec(), entry));
+        }
+        let mut next = state.clone();
+        next.last_applied = Some(log_id);
+        self.put_meta(&mut batch, META_APPLIED, &next)?;
+        self.db.write(batch)?;
+        *state = next;
+        drop(state);
+        self.index.add(raft_index, &new_entries)?;
+        Ok(outcomes)
+    }
+
+    /// Commits the index if anything was added and drops the queue records it now covers.
+    pub fn commit_index(&self) -> Result<u64> {
+        let up_to = self.index.commit()?;
+        if up_to > 0 {
+            let cf = self.cf(CF_INDEX_QUEUE)?;
+            let from = keys::queue_key(self.id, 0, 0);
+            let to = keys::queue_key(self.id, up_to.saturating_add(1), 0);
+            self.db.delete_range_cf(cf, &from[..], &to[..])?;
+        }
+        Ok(up_to)
+    }
+
+    /// Indexes the applied entries recorded in the queue above the last tantivy commit.
+    fn catch_up_index(&self) -> Result<()> {
+        let committed = self.index.committed_up_to();
+        let cf_queue = self.cf(CF_INDEX_QUEUE)?;
+        let from = keys::queue_key(self.id, committed.saturating_add(1), 0);
+        let end = keys::shard_end(self.id);
+        let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(cf_queue, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.as_slice() {
+                break;
+            }
+            let raft_index = keys::queue_key_raft_index(&key).ok_or_else(|| Error::Corrupt {
+                shard_id: self.id,
+                reason: "short index queue key".into(),
+            })?;
+            pending.push((raft_index, value.to_vec()));
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let count = pending.len();
+        for (raft_index, key) in pending {
+            let entry = self.get_by_key(&key)?.ok_or_else(|| Error::Corrupt {
+                shard_id: self.id,
+                reason: format!("index queue names a missing entry (raft index {raft_index})"),
+            })?;
+            self.index.add(raft_index, &[(key, &entry)])?;
+        }
+        let up_to = self.commit_index()?;
+        tracing::info!(shard_id = %self.id, entry_count = count, raft_index = up_to, "index caught up with applied entries");
+        Ok(())
+    }
+
+    /// Reads an entry by its `entries` key.
+    pub fn get_by_key(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
+        match self.db.get_pinned_cf(self.cf(CF_ENTRIES)?, key)? {
+            Some(bytes) => Ok(Some(decode_entry(self.id, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the timestamp of the entry with `log_id`, if this shard holds it.
+    pub fn lookup_log_id(&self, log_id: uuid::Uuid) -> Result<Option<i64>> {
+        let Some(value) = self
+            .db
+            .get_pinned_cf(self.cf(CF_ENTRY_IDS)?, keys::id_key(self.id, log_id))?
+        else {
+            return Ok(None);
+        };
+        let key = value.get(8..).unwrap_or_default();
+        let (_, ts, _) = keys::decode_entry_key(key).ok_or_else(|| Error::Corrupt {
+            shard_id: self.id,
+            reason: "bad entry_ids value".into(),
+        })?;
+        Ok(Some(ts))
+    }
+
+    /// Answers a query over the searchable entries of this shard.
+    pub fn search(&self, query: &ShardQuery) -> Result<ShardHits> {
+        let (total, keys) = self.index.search(query)?;
+        let cf = self.cf(CF_ENTRIES)?;
+        let mut entries = Vec::with_capacity(keys.len());
+        for (key, value) in keys
+            .iter()
+            .zip(self.db.batched_multi_get_cf(cf, &keys, false))
+        {
+            let bytes = value?.ok_or_else(|| Error::Corrupt {
+                shard_id: self.id,
+                reason: format!(
+                    "indexed entry missing from rocksdb ({} key bytes)",
+                    key.len()
+                ),
+            })?;
+            entries.push(decode_entry(self.id, &bytes)?);
+        }
+        Ok(ShardHits { total, entries })
+    }
+
+    /// Returns how many entries the shard stores (a full scan: for tests and tools).
+    pub fn entry_count(&self) -> Result<u64> {
+        let cf = self.cf(CF_ENTRIES)?;
+        let from = keys::shard_prefix(self.id);
+        let end = keys::shard_end(self.id);
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, _) = item?;
+            if key.as_ref() >= end.as_slice() {
+                break;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub(crate) fn index(&self) -> &ShardIndex {
+        &self.index
+    }
+
+    pub(crate) fn snapshot_dir(&self) -> PathBuf {
+        self.config
+            .data_dir
+            .join("snapshots")
+            .join(format!("shard-{:04}", self.id.0))
+    }
+
+    pub(crate) fn snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
+        self.read_meta(META_SNAPSHOT)
+    }
+
+    pub(crate) fn put_snapshot_record(&self, record: &SnapshotRecord) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        self.put_meta(&mut batch, META_SNAPSHOT, record)?;
+        self.db.write(batch)?;
+        Ok(())
+    }
+
+    pub(crate) fn put_applied(&self, batch: &mut WriteBatch, state: &AppliedState) -> Result<()> {
+        self.put_meta(batch, META_APPLIED, state)
+    }
+
+    pub(crate) fn decode_entry(&self, bytes: &[u8]) -> Result<StoredEntry> {
+        decode_entry(self.id, bytes)
+    }
+}
+
+/// Returns true when `path` is a file, treating IO errors other than absence as errors.
+pub(crate) fn file_exists(path: &Path) -> std::io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.is_file()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}

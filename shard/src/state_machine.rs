@@ -1,0 +1,292 @@
+//! The Raft state machine of a shard, and its snapshots.
+//!
+//! A snapshot is a file: a header with the snapshot's metadata, then every `(key, entry)` of the
+//! shard in key order, read from one RocksDB snapshot so that it matches the applied state it
+//! claims. Installing one replaces the shard's entries and rebuilds its index from them.
+
+use std::io::{BufReader, BufWriter};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use rocksdb::{Direction, IteratorMode, WriteBatch};
+use serde::{Deserialize, Serialize};
+use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
+use veil_raft::{CommandResponse, TypeConfig};
+
+use crate::entry::{encode_outcomes, ShardCommand};
+use crate::shard::{AppliedState, Shard, SnapshotRecord, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE};
+use crate::{keys, Error, Result};
+
+/// A shard snapshot: its metadata and the file holding it.
+pub type ShardSnapshot = openraft::alias::SnapshotOf<TypeConfig, PathBuf>;
+
+/// The Raft state machine of one shard.
+#[derive(Clone)]
+pub struct ShardStateMachine {
+    shard: Arc<Shard>,
+}
+
+impl ShardStateMachine {
+    /// Wraps an open shard.
+    pub fn new(shard: Arc<Shard>) -> Self {
+        Self { shard }
+    }
+
+    /// Returns the shard this state machine drives.
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.shard
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| std::io::Error::other(format!("shard task failed: {e}")))?
+        .map_err(std::io::Error::from)
+}
+
+impl RaftStateMachine<TypeConfig> for ShardStateMachine {
+    type SnapshotData = PathBuf;
+    type SnapshotBuilder = ShardSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, Membership)> {
+        let state = self.shard.applied_lock();
+        Ok((state.last_applied.clone(), state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::io::Result<()>
+    where
+        Strm: Stream<Item = std::io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let log_id = entry.log_id();
+            let response = match entry.payload {
+                EntryPayload::Blank => {
+                    let shard = self.shard.clone();
+                    blocking(move || shard.apply_state_only(log_id, None)).await?;
+                    CommandResponse::default()
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(log_id.clone()), membership);
+                    let shard = self.shard.clone();
+                    blocking(move || shard.apply_state_only(log_id, Some(stored))).await?;
+                    CommandResponse::default()
+                }
+                EntryPayload::Normal(command) => {
+                    let shard = self.shard.clone();
+                    let outcomes = blocking(move || {
+                        let command = ShardCommand::decode(shard.id(), &command.0)?;
+                        shard.apply_command(log_id, command)
+                    })
+                    .await?;
+                    CommandResponse(encode_outcomes(&outcomes))
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        ShardSnapshotBuilder {
+            shard: self.shard.clone(),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: PathBuf,
+    ) -> std::io::Result<()> {
+        let shard = self.shard.clone();
+        let meta = meta.clone();
+        blocking(move || install(&shard, meta, snapshot)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> std::io::Result<Option<ShardSnapshot>> {
+        let record = self.shard.snapshot_record().map_err(std::io::Error::from)?;
+        Ok(record.map(|r| ShardSnapshot {
+            meta: r.meta,
+            snapshot: r.file,
+        }))
+    }
+}
+
+/// Builds a snapshot of a shard.
+pub struct ShardSnapshotBuilder {
+    shard: Arc<Shard>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
+    type SnapshotData = PathBuf;
+
+    async fn build_snapshot(&mut self) -> std::io::Result<ShardSnapshot> {
+        let shard = self.shard.clone();
+        let record = blocking(move || build(&shard)).await?;
+        Ok(ShardSnapshot {
+            meta: record.meta,
+            snapshot: record.file,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    format_version: u32,
+    meta: SnapshotMeta,
+}
+
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::io(context, e)
+}
+
+fn bincode_err(shard: &Shard) -> impl Fn(bincode::Error) -> Error + '_ {
+    move |e| Error::Corrupt {
+        shard_id: shard.id(),
+        reason: format!("snapshot record: {e}"),
+    }
+}
+
+fn build(shard: &Shard) -> Result<SnapshotRecord> {
+    let db = shard.db();
+    let snap = db.snapshot();
+    let applied: AppliedState = match snap.get_cf(
+        shard.cf(crate::shard::CF_SHARD_META)?,
+        keys::meta_key(shard.id(), 1),
+    )? {
+        Some(bytes) => bincode::deserialize(&bytes).map_err(bincode_err(shard))?,
+        None => AppliedState::default(),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: applied.last_applied.clone(),
+        last_membership: applied.membership.clone(),
+    };
+    let dir = shard.snapshot_dir();
+    std::fs::create_dir_all(&dir).map_err(io_err("create snapshot dir"))?;
+    let name = match &applied.last_applied {
+        Some(id) => format!("{:020}-{}.snap", id.index(), uuid::Uuid::now_v7()),
+        None => format!("empty-{}.snap", uuid::Uuid::now_v7()),
+    };
+    let file = dir.join(name);
+    let tmp = file.with_extension("tmp");
+    {
+        let mut out =
+            BufWriter::new(std::fs::File::create(&tmp).map_err(io_err("create snapshot file"))?);
+        let header = SnapshotHeader {
+            format_version: SNAPSHOT_FORMAT_VERSION,
+            meta: meta.clone(),
+        };
+        bincode::serialize_into(&mut out, &header).map_err(bincode_err(shard))?;
+        let end = keys::shard_end(shard.id());
+        let from = keys::shard_prefix(shard.id());
+        for item in snap.iterator_cf(
+            shard.cf(CF_ENTRIES)?,
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
+            let (key, value) = item?;
+            if key.as_ref() >= end.as_slice() {
+                break;
+            }
+            bincode::serialize_into(&mut out, &Some((key.as_ref(), value.as_ref())))
+                .map_err(bincode_err(shard))?;
+        }
+        bincode::serialize_into(&mut out, &None::<(&[u8], &[u8])>).map_err(bincode_err(shard))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| Error::io("flush snapshot file", e.into_error()))?;
+        file.sync_all().map_err(io_err("fsync snapshot file"))?;
+    }
+    std::fs::rename(&tmp, &file).map_err(io_err("rename snapshot file"))?;
+    let previous = shard.snapshot_record()?;
+    let record = SnapshotRecord { meta, file };
+    shard.put_snapshot_record(&record)?;
+    if let Some(old) = previous.filter(|p| p.file != record.file) {
+        // The old file is no longer referenced; failing to delete it only wastes disk.
+        let _ = std::fs::remove_file(old.file);
+    }
+    Ok(record)
+}
+
+fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
+    let db = shard.db();
+    let mut input =
+        BufReader::new(std::fs::File::open(&source).map_err(io_err("open snapshot file"))?);
+    let header: SnapshotHeader =
+        bincode::deserialize_from(&mut input).map_err(bincode_err(shard))?;
+    if header.format_version != SNAPSHOT_FORMAT_VERSION {
+        return Err(Error::Corrupt {
+            shard_id: shard.id(),
+            reason: format!("snapshot format {}", header.format_version),
+        });
+    }
+    let from = keys::shard_prefix(shard.id());
+    let end = keys::shard_end(shard.id());
+    for cf in [CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE] {
+        db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
+    }
+    shard.index().clear()?;
+    let raft_index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
+    let (cf_entries, cf_ids) = (shard.cf(CF_ENTRIES)?, shard.cf(CF_ENTRY_IDS)?);
+    loop {
+        let mut batch = WriteBatch::default();
+        let mut docs = Vec::new();
+        let mut done = false;
+        while docs.len() < 1024 {
+            let record: Option<(Vec<u8>, Vec<u8>)> =
+                bincode::deserialize_from(&mut input).map_err(bincode_err(shard))?;
+            let Some((key, value)) = record else {
+                done = true;
+                break;
+            };
+            let entry = shard.decode_entry(&value)?;
+            let mut id_value = raft_index.to_be_bytes().to_vec();
+            id_value.extend_from_slice(&key);
+            batch.put_cf(cf_ids, keys::id_key(shard.id(), entry.log_id), id_value);
+            batch.put_cf(cf_entries, &key, &value);
+            docs.push((key, entry));
+        }
+        db.write(batch)?;
+        let refs: Vec<_> = docs.iter().map(|(k, e)| (k.clone(), e)).collect();
+        shard.index().add(raft_index, &refs)?;
+        if done {
+            break;
+        }
+    }
+    let state = AppliedState {
+        last_applied: meta.last_log_id.clone(),
+        membership: meta.last_membership.clone(),
+    };
+    let mut batch = WriteBatch::default();
+    shard.put_applied(&mut batch, &state)?;
+    db.write(batch)?;
+    *shard.applied_lock() = state;
+    shard.commit_index()?;
+    let dir = shard.snapshot_dir();
+    std::fs::create_dir_all(&dir).map_err(io_err("create snapshot dir"))?;
+    let file = dir.join(format!("{raft_index:020}-{}.snap", uuid::Uuid::now_v7()));
+    if source != file {
+        std::fs::copy(&source, &file).map_err(io_err("copy installed snapshot"))?;
+    }
+    let previous = shard.snapshot_record()?;
+    shard.put_snapshot_record(&SnapshotRecord {
+        meta,
+        file: file.clone(),
+    })?;
+    if let Some(old) = previous.filter(|p| p.file != file) {
+        // Unreferenced now; a leftover file only wastes disk.
+        let _ = std::fs::remove_file(old.file);
+    }
+    let _ = crate::shard::file_exists(&file).map_err(io_err("check installed snapshot"))?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The apply path: idempotency, index catch-up after a restart, snapshot round trip.
+
+use std::sync::Arc;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::testing::log_id;
+use openraft::{Entry, EntryPayload};
+use uuid::Uuid;
+use veil_raft::{Command, TypeConfig};
+use veil_shard::{
+    Level, Shard, ShardCommand, ShardConfig, ShardId, ShardMap, ShardQuery, ShardStateMachine,
+    StoredEntry,
+};
+
+use crate::conformance::open_db;
+
+const SHARDS: u32 = 4;
+
+fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
+    let map = ShardMap::new(SHARDS);
+    // Find a service that routes to `shard` in hour 480_000.
+    let ts = 480_000i64 * 3_600_000_000 + n as i64 * 1000;
+    let service = (0..)
+        .map(|i| format!("svc-{i}"))
+        .find(|s| map.shard_for(s, 480_000) == shard)
+        .expect("some service routes to every shard");
+    StoredEntry {
+        log_id: Uuid::from_u128(u128::from(n) + 1),
+        timestamp_us: ts,
+        received_at_us: ts,
+        service,
+        level: Level::Error,
+        message: format!("payment failed attempt {n}"),
+        fields_json: format!(r#"{{"user_id":"user_{n}"}}"#),
+        exception_type: None,
+        exception_message: None,
+        stack_trace: None,
+        host: Some("api-1".into()),
+        environment: Some("prod".into()),
+        region: None,
+    }
+}
+
+fn open(dir: &std::path::Path, db: Arc<rocksdb::DB>) -> Arc<Shard> {
+    let config = ShardConfig {
+        data_dir: dir.to_path_buf(),
+        index_heap_bytes: 15_000_000,
+        shard_map: ShardMap::new(SHARDS),
+    };
+    Shard::open(ShardId(1), db, config).expect("open shard")
+}
+
+/// Applies one Raft entry carrying `entries`, as openraft would after a restart (no client is
+/// waiting, so there is no responder); the outcomes show in what the shard holds.
+async fn apply(sm: &mut ShardStateMachine, index: u64, entries: Vec<StoredEntry>) {
+    let command = Command(ShardCommand::Append(entries).encode());
+    let entry: Entry<_, _> = Entry {
+        log_id: log_id::<TypeConfig>(1, 0, index),
+        payload: EntryPayload::Normal(command),
+    };
+    sm.apply(futures::stream::iter([Ok((entry, None))]))
+        .await
+        .expect("apply");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_batch_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let shard = open(dir.path(), db);
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let batch: Vec<_> = (0..10).map(|n| entry_for(ShardId(1), n)).collect();
+    apply(&mut sm, 1, batch.clone()).await;
+    assert_eq!(shard.entry_count().unwrap(), 10);
+    let mut retry = batch;
+    retry.push(entry_for(ShardId(1), 10));
+    apply(&mut sm, 2, retry).await;
+    assert_eq!(
+        shard.entry_count().unwrap(),
+        11,
+        "only the new entry of the retried batch is stored"
+    );
+    shard.commit_index().unwrap();
+    let hits = shard
+        .search(&ShardQuery {
+            top_n: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(hits.total, 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_indexes_what_the_last_commit_lacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    {
+        let shard = open(dir.path(), db.clone());
+        let mut sm = ShardStateMachine::new(shard.clone());
+        apply(
+            &mut sm,
+            1,
+            (0..5).map(|n| entry_for(ShardId(1), n)).collect(),
+        )
+        .await;
+        shard.commit_index().unwrap();
+        apply(
+            &mut sm,
+            2,
+            (5..12).map(|n| entry_for(ShardId(1), n)).collect(),
+        )
+        .await;
+        // No commit: the second batch is applied to RocksDB but not in a tantivy commit.
+    }
+    let shard = open(dir.path(), db);
+    let hits = shard
+        .search(&ShardQuery {
+            top_n: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        hits.total, 12,
+        "restart must index the applied entries the commit lacked"
+    );
+    let one = shard
+        .search(&ShardQuery {
+            fields: vec![("user_id".into(), "user_7".into())],
+            top_n: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(one.entries.len(), 1);
+    assert_eq!(one.entries[0].message, "payment failed attempt 7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_installs_entries_and_index_on_another_shard() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let shard_a = open(dir_a.path(), open_db(dir_a.path()));
+    let mut sm_a = ShardStateMachine::new(shard_a.clone());
+    apply(
+        &mut sm_a,
+        1,
+        (0..20).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    let snapshot = sm_a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let shard_b = open(dir_b.path(), open_db(dir_b.path()));
+    let mut sm_b = ShardStateMachine::new(shard_b.clone());
+    apply(&mut sm_b, 1, vec![entry_for(ShardId(1), 99)]).await;
+    sm_b.install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(shard_b.entry_count().unwrap(), 20);
+    let hits = shard_b
+        .search(&ShardQuery {
+            text: Some("attempt".into()),
+            top_n: 5,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(hits.total, 20);
+    let newest: Vec<_> = hits.entries.iter().map(|e| e.message.clone()).collect();
+    assert_eq!(newest[0], "payment failed attempt 19");
+    // The installed snapshot also restores the idempotency set.
+    apply(&mut sm_b, 2, vec![entry_for(ShardId(1), 3)]).await;
+    assert_eq!(shard_b.entry_count().unwrap(), 20);
+}
