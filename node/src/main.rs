@@ -1,1 +1,140 @@
-fn main() {}
+//! The `veil` binary: `veil serve` runs a node.
+
+mod config;
+mod datadir;
+mod error;
+mod grpc;
+mod http;
+mod ingest;
+mod node;
+mod query;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+/// Veil: a log store that masks personal data before anything is written.
+#[derive(Parser)]
+#[command(name = "veil", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a node; with no flags, a one-node cluster with its data under ./data.
+    Serve(config::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("veil: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("failed to start tokio")?;
+            runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
+    tracing::info!(config = %serde_json::to_string(&config).unwrap_or_default(), "starting veil");
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("failed to bind HTTP on {}", config.http_addr))?;
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("failed to bind gRPC on {}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let node = node::Node::start(config).await?;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = axum::serve(http_listener, http::router(node.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(
+            veil_proto::v1::veil_server::VeilServer::new(grpc::VeilService::new(node.clone()))
+                .max_decoding_message_size(node.config.body_bytes_max),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream_incoming(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http_task = tokio::spawn(async move { http.await.context("HTTP server failed") });
+    let grpc_task = tokio::spawn(async move { grpc.await.context("gRPC server failed") });
+
+    node.wait_ready().await?;
+    println!("veil ready http={http_addr} grpc={grpc_addr}");
+    std::io::stdout()
+        .flush()
+        .context("failed to write the ready line")?;
+    tracing::info!(%http_addr, %grpc_addr, "ready");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    // The receivers may all be gone already if both servers failed; then there is nothing to stop.
+    let _ = stop_tx.send(true);
+    http_task.await.context("HTTP task panicked")??;
+    grpc_task.await.context("gRPC task panicked")??;
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

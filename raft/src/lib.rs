@@ -38,6 +38,6 @@ pub mod alias {
     pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
     /// A Raft vote.
     pub type Vote = openraft::alias::VoteOf<TypeConfig>;
-    /// A running Raft group handle.
-    pub type Raft = openraft::Raft<TypeConfig>;
+    /// A running Raft group handle driving state machine `SM`.
+    pub type Raft<SM> = openraft::Raft<TypeConfig, SM>;
 }

@@ -1,0 +1,185 @@
+//! The `veil serve` configuration: flags, their `VEIL_*` environment twins, an optional TOML
+//! file, and defaults, resolved and validated once at start-up.
+//!
+//! Precedence: a flag or its environment variable, then the TOML file (`--config`), then the
+//! default. Every bound has a unit in its name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Flags of `veil serve`. Unset flags fall back to the TOML file, then to the defaults below.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and environment variables win).
+    #[arg(long, env = "VEIL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./data].
+    #[arg(long, env = "VEIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free port [default: 127.0.0.1:7420].
+    #[arg(long, env = "VEIL_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC listen address; port 0 picks a free port [default: 127.0.0.1:7421].
+    #[arg(long, env = "VEIL_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Number of shards, fixed when the data directory is created [default: 16].
+    #[arg(long, env = "VEIL_SHARDS")]
+    pub shards: Option<u32>,
+    /// This node's id, fixed when the data directory is created [default: 1].
+    #[arg(long, env = "VEIL_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Largest request body, in bytes [default: 10 MiB].
+    #[arg(long, env = "VEIL_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    /// Largest single entry, in bytes [default: 256 KiB].
+    #[arg(long, env = "VEIL_ENTRY_BYTES_MAX")]
+    pub entry_bytes_max: Option<usize>,
+    /// Most entries in one ingest request [default: 10000].
+    #[arg(long, env = "VEIL_BATCH_ENTRIES_MAX")]
+    pub batch_entries_max: Option<usize>,
+    /// Most entries carried by one Raft entry [default: 4096].
+    #[arg(long, env = "VEIL_RAFT_ENTRY_ENTRIES_MAX")]
+    pub raft_entry_entries_max: Option<usize>,
+    /// How far in the future a timestamp may be, in seconds [default: 3600].
+    #[arg(long, env = "VEIL_TIMESTAMP_FUTURE_SECS_MAX")]
+    pub timestamp_future_secs_max: Option<u64>,
+    /// How far in the past a timestamp may be, in seconds; 0 means no limit [default: 0].
+    #[arg(long, env = "VEIL_TIMESTAMP_PAST_SECS_MAX")]
+    pub timestamp_past_secs_max: Option<u64>,
+    /// Ingest requests processed at once; more are answered 429 [default: 64].
+    #[arg(long, env = "VEIL_INGEST_INFLIGHT_MAX")]
+    pub ingest_inflight_max: Option<usize>,
+    /// How often the index is committed (new entries become searchable), in ms [default: 500].
+    #[arg(long, env = "VEIL_INDEX_COMMIT_INTERVAL_MS")]
+    pub index_commit_interval_ms: Option<u64>,
+    /// tantivy writer memory per shard, in bytes [default: 32 MiB].
+    #[arg(long, env = "VEIL_INDEX_HEAP_BYTES")]
+    pub index_heap_bytes: Option<usize>,
+    /// Default query deadline, in ms [default: 10000].
+    #[arg(long, env = "VEIL_QUERY_TIMEOUT_MS")]
+    pub query_timeout_ms: Option<u64>,
+    /// Largest `offset + limit` of a query [default: 10000].
+    #[arg(long, env = "VEIL_QUERY_WINDOW_MAX")]
+    pub query_window_max: Option<usize>,
+    /// Raft log entries between snapshots of a shard [default: 20000].
+    #[arg(long, env = "VEIL_SNAPSHOT_LOGS_SINCE_LAST")]
+    pub snapshot_logs_since_last: Option<u64>,
+    /// How long start-up waits for every shard to elect a leader, in ms [default: 60000].
+    #[arg(long, env = "VEIL_STARTUP_TIMEOUT_MS")]
+    pub startup_timeout_ms: Option<u64>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeConfig {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Number of shards (checked against the data directory).
+    pub shards: u32,
+    /// This node's id.
+    pub node_id: u64,
+    /// Largest request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Largest entry, in bytes.
+    pub entry_bytes_max: usize,
+    /// Most entries per request.
+    pub batch_entries_max: usize,
+    /// Most entries per Raft entry.
+    pub raft_entry_entries_max: usize,
+    /// Future timestamp limit, in seconds.
+    pub timestamp_future_secs_max: u64,
+    /// Past timestamp limit, in seconds (0: none).
+    pub timestamp_past_secs_max: u64,
+    /// Concurrent ingest requests.
+    pub ingest_inflight_max: usize,
+    /// Index commit interval, in ms.
+    pub index_commit_interval_ms: u64,
+    /// tantivy writer memory per shard, in bytes.
+    pub index_heap_bytes: usize,
+    /// Default query deadline, in ms.
+    pub query_timeout_ms: u64,
+    /// Largest offset + limit.
+    pub query_window_max: usize,
+    /// Raft log entries between snapshots.
+    pub snapshot_logs_since_last: u64,
+    /// Start-up leader election deadline, in ms.
+    pub startup_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// Resolves flags, the TOML file and defaults into a validated [`NodeConfig`].
+    pub fn resolve(self) -> anyhow::Result<NodeConfig> {
+        let file: ServeArgs = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        macro_rules! pick {
+            ($field:ident, $default:expr) => {
+                self.$field.or(file.$field).unwrap_or($default)
+            };
+        }
+        let config = NodeConfig {
+            data_dir: pick!(data_dir, PathBuf::from("./data")),
+            http_addr: pick!(http_addr, SocketAddr::from(([127, 0, 0, 1], 7420))),
+            grpc_addr: pick!(grpc_addr, SocketAddr::from(([127, 0, 0, 1], 7421))),
+            shards: pick!(shards, 16),
+            node_id: pick!(node_id, 1),
+            body_bytes_max: pick!(body_bytes_max, 10 << 20),
+            entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
+            batch_entries_max: pick!(batch_entries_max, 10_000),
+            raft_entry_entries_max: pick!(raft_entry_entries_max, 4096),
+            timestamp_future_secs_max: pick!(timestamp_future_secs_max, 3600),
+            timestamp_past_secs_max: pick!(timestamp_past_secs_max, 0),
+            ingest_inflight_max: pick!(ingest_inflight_max, 64),
+            index_commit_interval_ms: pick!(index_commit_interval_ms, 500),
+            index_heap_bytes: pick!(index_heap_bytes, 32 << 20),
+            query_timeout_ms: pick!(query_timeout_ms, 10_000),
+            query_window_max: pick!(query_window_max, 10_000),
+            snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
+            startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.shards == 0 || self.shards > 4096 {
+            bail!("--shards must be between 1 and 4096, got {}", self.shards);
+        }
+        if self.node_id == 0 {
+            bail!("--node-id must be positive");
+        }
+        for (name, value) in [
+            ("body-bytes-max", self.body_bytes_max),
+            ("entry-bytes-max", self.entry_bytes_max),
+            ("batch-entries-max", self.batch_entries_max),
+            ("raft-entry-entries-max", self.raft_entry_entries_max),
+            ("ingest-inflight-max", self.ingest_inflight_max),
+            ("query-window-max", self.query_window_max),
+        ] {
+            if value == 0 {
+                bail!("--{name} must be positive");
+            }
+        }
+        if self.index_commit_interval_ms == 0 {
+            bail!("--index-commit-interval-ms must be positive");
+        }
+        Ok(())
+    }
+}

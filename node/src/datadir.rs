@@ -1,0 +1,108 @@
+//! The data directory's identity file, `veil.toml`: cluster id, node id, shard count, routing
+//! hash and on-disk format version. Written when the directory is created; checked at every
+//! start, so that a different `--shards` or an unknown format is an error instead of silent
+//! corruption.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The on-disk format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+const FILE_NAME: &str = "veil.toml";
+
+/// What the data directory records about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDirInfo {
+    /// The on-disk format version.
+    pub format_version: u32,
+    /// The cluster this directory belongs to.
+    pub cluster_id: String,
+    /// This node's id.
+    pub node_id: u64,
+    /// The shard count, fixed at creation.
+    pub shards: u32,
+    /// The routing hash, fixed at creation.
+    pub routing_hash: String,
+}
+
+/// Opens the data directory, creating and recording it on first use, and checks that the
+/// configuration agrees with what it recorded.
+pub fn open_or_create(
+    dir: &Path,
+    shards: u32,
+    node_id: u64,
+) -> anyhow::Result<(DataDirInfo, bool)> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+    let path = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let info: DataDirInfo = toml::from_str(&text).with_context(|| {
+                format!("unreadable {} (not a Veil data directory?)", path.display())
+            })?;
+            if info.format_version != FORMAT_VERSION {
+                bail!(
+                    "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",
+                    dir.display(),
+                    info.format_version
+                );
+            }
+            if info.shards != shards {
+                bail!(
+                    "data directory {} was created with {} shards; --shards {shards} would re-route every entry (the shard count is fixed when a cluster is created)",
+                    dir.display(),
+                    info.shards
+                );
+            }
+            if info.routing_hash != veil_shard::ROUTING_HASH {
+                bail!(
+                    "data directory {} uses routing hash {:?}, this build uses {:?}",
+                    dir.display(),
+                    info.routing_hash,
+                    veil_shard::ROUTING_HASH
+                );
+            }
+            if info.node_id != node_id {
+                bail!(
+                    "data directory {} belongs to node {}, not node {node_id}",
+                    dir.display(),
+                    info.node_id
+                );
+            }
+            Ok((info, false))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = std::fs::read_dir(dir)
+                .with_context(|| format!("failed to list {}", dir.display()))?;
+            if entries.next().is_some() {
+                bail!(
+                    "data directory {} is not empty and has no {FILE_NAME}; refusing to use it",
+                    dir.display()
+                );
+            }
+            let info = DataDirInfo {
+                format_version: FORMAT_VERSION,
+                cluster_id: uuid::Uuid::new_v4().to_string(),
+                node_id,
+                shards,
+                routing_hash: veil_shard::ROUTING_HASH.to_string(),
+            };
+            let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+            std::fs::write(
+                &tmp,
+                toml::to_string(&info).context("failed to encode data directory info")?,
+            )
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("failed to fsync {}", tmp.display()))?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("failed to write {}", path.display()))?;
+            Ok((info, true))
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+}

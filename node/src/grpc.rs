@@ -1,0 +1,209 @@
+//! The gRPC API: the same ingest pipeline and query coordinator as HTTP.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tonic::{Request, Response, Status};
+use veil_proto::v1::veil_server::Veil;
+use veil_proto::v1::{
+    EntryResult as PbEntryResult, ErrorDetail, IngestEntry, IngestRequest, IngestResponse,
+    LogRecord, QueryRequest, QueryResponse,
+};
+
+use crate::error::ApiError;
+use crate::ingest::{self, RequestDefaults};
+use crate::node::{EntryResult, Node};
+use crate::query;
+
+/// The tonic service.
+pub struct VeilService {
+    node: Arc<Node>,
+}
+
+impl VeilService {
+    /// Serves `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn put(map: &mut Map<String, Value>, key: &str, value: String) {
+    if !value.is_empty() {
+        map.insert(key.into(), Value::String(value));
+    }
+}
+
+fn entry_to_json(e: IngestEntry, line: usize) -> Result<Map<String, Value>, ApiError> {
+    let mut m = Map::new();
+    put(&mut m, "timestamp", e.timestamp);
+    put(&mut m, "level", e.level);
+    m.insert("message".into(), Value::String(e.message));
+    put(&mut m, "service", e.service);
+    put(&mut m, "environment", e.environment);
+    put(&mut m, "host", e.host);
+    put(&mut m, "region", e.region);
+    let mut fields = if e.fields_json.trim().is_empty() {
+        Map::new()
+    } else {
+        match serde_json::from_str::<Value>(&e.fields_json) {
+            Ok(Value::Object(f)) => f,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_fields",
+                    "fields_json must be a JSON object",
+                )
+                .with_field("fields_json")
+                .with_line(line))
+            }
+        }
+    };
+    if !e.idempotency_key.is_empty() {
+        fields.insert("idempotency_key".into(), Value::String(e.idempotency_key));
+    }
+    m.insert("fields".into(), Value::Object(fields));
+    if let Some(x) = e.exception {
+        let mut ex = Map::new();
+        put(&mut ex, "type", x.r#type);
+        put(&mut ex, "message", x.message);
+        put(&mut ex, "stack_trace", x.stack_trace);
+        m.insert("exception".into(), Value::Object(ex));
+    }
+    Ok(m)
+}
+
+#[tonic::async_trait]
+impl Veil for VeilService {
+    async fn ingest(
+        &self,
+        request: Request<IngestRequest>,
+    ) -> Result<Response<IngestResponse>, Status> {
+        let node = &self.node;
+        let entries = request.into_inner().entries;
+        if entries.len() > node.config.batch_entries_max {
+            return Err(Status::resource_exhausted(format!(
+                "a request holds at most {} entries",
+                node.config.batch_entries_max
+            )));
+        }
+        let now = ingest::now_us();
+        let limits = node.entry_limits();
+        let defaults = RequestDefaults::default();
+        let items = entries
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let size = e.message.len()
+                    + e.fields_json.len()
+                    + e.exception
+                        .as_ref()
+                        .map(|x| x.stack_trace.len() + x.message.len())
+                        .unwrap_or(0);
+                if size > node.config.entry_bytes_max {
+                    return Err(ApiError::new(
+                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        "entry_too_large",
+                        "entry is too large",
+                    )
+                    .with_line(i + 1));
+                }
+                let map = entry_to_json(e, i + 1)?;
+                ingest::prepare(map, &defaults, limits, &node.masker, now)
+                    .map_err(|e| e.with_line(i + 1))
+            })
+            .collect();
+        let results = node.ingest(items).await.map_err(Status::from)?;
+        let mut response = IngestResponse::default();
+        for (i, result) in results.into_iter().enumerate() {
+            response.results.push(match result {
+                EntryResult::Stored {
+                    log_id,
+                    duplicate,
+                    pii_detected,
+                    pii_masked,
+                } => {
+                    response.accepted += 1;
+                    PbEntryResult {
+                        status: if duplicate { "duplicate" } else { "accepted" }.into(),
+                        log_id: log_id.to_string(),
+                        pii_detected: pii_detected.into_iter().map(String::from).collect(),
+                        pii_masked,
+                        line: 0,
+                        error: None,
+                    }
+                }
+                EntryResult::Rejected(e) => {
+                    response.rejected += 1;
+                    PbEntryResult {
+                        status: "rejected".into(),
+                        line: e.line.unwrap_or(i + 1) as u32,
+                        error: Some(ErrorDetail {
+                            code: e.code.into(),
+                            message: e.message,
+                            field: e.field.unwrap_or_default(),
+                        }),
+                        ..Default::default()
+                    }
+                }
+            });
+        }
+        Ok(Response::new(response))
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let q = request.into_inner();
+        let range = q.timestamp_range.map(|r| query::TimestampRange {
+            start: (!r.start.is_empty()).then(|| Value::String(r.start)),
+            end: (!r.end.is_empty()).then(|| Value::String(r.end)),
+        });
+        let request = query::QueryRequest {
+            query: (!q.query.is_empty()).then_some(q.query),
+            filters: query::Filters {
+                timestamp_range: range,
+                services: q.services,
+                levels: q.levels,
+                fields: q
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| (k, Value::String(v)))
+                    .collect(),
+            },
+            sort: (!q.sort_field.is_empty() || !q.sort_order.is_empty()).then(|| query::Sort {
+                field: (!q.sort_field.is_empty()).then_some(q.sort_field),
+                order: (!q.sort_order.is_empty()).then_some(q.sort_order),
+            }),
+            limit: (q.limit > 0).then_some(q.limit as usize),
+            offset: Some(q.offset as usize),
+            timeout_ms: None,
+        };
+        let answer = query::run(&self.node, request)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(QueryResponse {
+            query_id: answer.query_id,
+            total: answer.total,
+            execution_time_ms: answer.execution_time_ms,
+            logs: answer
+                .logs
+                .into_iter()
+                .map(|l| LogRecord {
+                    log_id: l.log_id,
+                    timestamp: l.timestamp,
+                    service_name: l.service_name,
+                    level: l.level.into(),
+                    message: l.message,
+                    fields_json: l.fields.to_string(),
+                    environment: l.environment.unwrap_or_default(),
+                    region: l.region.unwrap_or_default(),
+                    host: l.host.unwrap_or_default(),
+                    exception_type: l.exception_type.unwrap_or_default(),
+                    exception_message: l.exception_message.unwrap_or_default(),
+                    stack_trace: l.stack_trace.unwrap_or_default(),
+                    received_at: l.received_at,
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,287 @@
+//! The HTTP API: ingest, query and health, with one JSON error shape.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::ingest::{self, PreparedEntry, RequestDefaults};
+use crate::node::{EntryResult, Node};
+use crate::query;
+
+/// Builds the HTTP router.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/logs", post(ingest_logs))
+        .route("/api/v1/logs/query", post(query_logs))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(node)
+}
+
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    if node.is_ready() {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "starting"})),
+        )
+            .into_response()
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// One entry's answer, in the seed's shape.
+#[derive(Debug, Serialize)]
+pub struct EntryAnswer {
+    pub log_id: String,
+    pub status: &'static str,
+    pub pii_detected: Vec<&'static str>,
+    pub pii_masked: bool,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Stored(EntryAnswer),
+    Rejected {
+        status: &'static str,
+        line: usize,
+        error: ApiError,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    rejected: usize,
+    results: Vec<BatchItem>,
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
+enum BodyKind {
+    Json,
+    Ndjson,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => Ok(BodyKind::Ndjson),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("content type {ct:?} is not accepted; send application/json or application/x-ndjson"),
+        )),
+    }
+}
+
+async fn ingest_logs(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let kind = body_kind(&headers)?;
+    let bytes = read_body(body, node.config.body_bytes_max).await?;
+    let mut defaults = RequestDefaults {
+        service: header_str(&headers, "x-service-name"),
+        environment: header_str(&headers, "x-environment"),
+        idempotency_key: None,
+    };
+    let now = ingest::now_us();
+    let limits = node.entry_limits();
+    let entry_max = node.config.entry_bytes_max;
+    let prepare = |value: Value,
+                   defaults: &RequestDefaults,
+                   line: usize|
+     -> Result<PreparedEntry, ApiError> {
+        match value {
+            Value::Object(map) => ingest::prepare(map, defaults, limits, &node.masker, now)
+                .map_err(|e| e.with_line(line)),
+            _ => Err(
+                ApiError::bad_request("invalid_entry", "an entry must be a JSON object")
+                    .with_line(line),
+            ),
+        }
+    };
+    let too_large = |line: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "entry_too_large",
+            format!("entry is larger than {entry_max} bytes"),
+        )
+        .with_line(line)
+    };
+    let items: Vec<Result<PreparedEntry, ApiError>> = match kind {
+        BodyKind::Json => {
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+            })?;
+            match value {
+                Value::Array(items) => {
+                    check_batch_len(items.len(), node.config.batch_entries_max)?;
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            if serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0) > entry_max {
+                                Err(too_large(i + 1))
+                            } else {
+                                prepare(v, &defaults, i + 1)
+                            }
+                        })
+                        .collect()
+                }
+                single => {
+                    if bytes.len() > entry_max {
+                        return Err(too_large(1));
+                    }
+                    defaults.idempotency_key = header_str(&headers, "idempotency-key");
+                    let prepared = prepare(single, &defaults, 1).map_err(|mut e| {
+                        e.line = None;
+                        e
+                    })?;
+                    let result = node.ingest(vec![Ok(prepared)]).await?;
+                    return match result.into_iter().next() {
+                        Some(EntryResult::Stored {
+                            log_id,
+                            duplicate,
+                            pii_detected,
+                            pii_masked,
+                        }) => Ok(Json(EntryAnswer {
+                            log_id: log_id.to_string(),
+                            status: if duplicate { "duplicate" } else { "accepted" },
+                            pii_detected,
+                            pii_masked,
+                        })
+                        .into_response()),
+                        Some(EntryResult::Rejected(e)) => Err(e),
+                        None => Err(ApiError::internal(
+                            "ingesting",
+                            "no result for a single entry",
+                        )),
+                    };
+                }
+            }
+        }
+        BodyKind::Ndjson => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
+            let lines: Vec<(usize, &str)> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| (i + 1, l))
+                .collect();
+            check_batch_len(lines.len(), node.config.batch_entries_max)?;
+            lines
+                .into_iter()
+                .map(|(n, line)| {
+                    if line.len() > entry_max {
+                        return Err(too_large(n));
+                    }
+                    let value: Value = serde_json::from_str(line).map_err(|e| {
+                        ApiError::bad_request(
+                            "invalid_json",
+                            format!("line is not valid JSON: {e}"),
+                        )
+                        .with_line(n)
+                    })?;
+                    prepare(value, &defaults, n)
+                })
+                .collect()
+        }
+    };
+    let lines: Vec<usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.as_ref().err().and_then(|e| e.line).unwrap_or(i + 1))
+        .collect();
+    let results = node.ingest(items).await?;
+    let mut answer = BatchAnswer {
+        accepted: 0,
+        rejected: 0,
+        results: Vec::with_capacity(results.len()),
+    };
+    for (result, line) in results.into_iter().zip(lines) {
+        match result {
+            EntryResult::Stored {
+                log_id,
+                duplicate,
+                pii_detected,
+                pii_masked,
+            } => {
+                answer.accepted += 1;
+                answer.results.push(BatchItem::Stored(EntryAnswer {
+                    log_id: log_id.to_string(),
+                    status: if duplicate { "duplicate" } else { "accepted" },
+                    pii_detected,
+                    pii_masked,
+                }));
+            }
+            EntryResult::Rejected(error) => {
+                answer.rejected += 1;
+                answer.results.push(BatchItem::Rejected {
+                    status: "rejected",
+                    line,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(Json(answer).into_response())
+}
+
+fn check_batch_len(len: usize, max: usize) -> Result<(), ApiError> {
+    if len > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_entries",
+            format!("a request holds at most {max} entries, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn query_logs(State(node): State<Arc<Node>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, node.config.body_bytes_max).await?;
+    let request: query::QueryRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid query body: {e}")))?;
+    let answer = query::run(&node, request).await?;
+    Ok(Json(answer).into_response())
+}

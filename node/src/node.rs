@@ -1,0 +1,351 @@
+//! The running node: its RocksDB, one Raft group per shard, the ingest path that proposes masked
+//! batches, and the background index commits.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::Semaphore;
+use veil_raft::{Command, GroupId, LogStore, LogSyncer, NoPeersNetwork};
+use veil_shard::{
+    EntryOutcome, Shard, ShardCommand, ShardConfig, ShardId, ShardMap, ShardStateMachine,
+    StoredEntry,
+};
+
+use crate::config::NodeConfig;
+use crate::error::ApiError;
+use crate::ingest::mask::Masker;
+use crate::ingest::{EntryLimits, PreparedEntry};
+
+/// The Raft handle of a shard group.
+pub type ShardRaft = veil_raft::alias::Raft<ShardStateMachine>;
+
+/// One shard's Raft group on this node.
+pub struct Group {
+    /// The shard's data.
+    pub shard: Arc<Shard>,
+    /// The shard's Raft handle.
+    pub raft: ShardRaft,
+}
+
+/// A running node.
+pub struct Node {
+    pub config: NodeConfig,
+    pub shard_map: ShardMap,
+    pub groups: Vec<Group>,
+    pub masker: Masker,
+    ingest_permits: Semaphore,
+    /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
+    /// both miss the look-up and be stored twice.
+    idempotency_gate: tokio::sync::Mutex<()>,
+    ready: AtomicBool,
+    db: Arc<rocksdb::DB>,
+}
+
+/// The answer for one entry of an ingest request.
+#[derive(Debug, Clone)]
+pub enum EntryResult {
+    /// Stored (`duplicate` is true when the log_id was already stored).
+    Stored {
+        log_id: uuid::Uuid,
+        duplicate: bool,
+        pii_detected: Vec<&'static str>,
+        pii_masked: bool,
+    },
+    /// Rejected, with the reason.
+    Rejected(ApiError),
+}
+
+fn open_db(config: &NodeConfig) -> anyhow::Result<Arc<rocksdb::DB>> {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    let mut cfs = veil_raft::column_families();
+    cfs.extend(veil_shard::column_families());
+    let path = config.data_dir.join("db");
+    let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
+        .with_context(|| format!("failed to open rocksdb at {}", path.display()))?;
+    Ok(Arc::new(db))
+}
+
+impl Node {
+    /// Opens the node's storage and starts one Raft group per shard.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        let (info, created) =
+            crate::datadir::open_or_create(&config.data_dir, config.shards, config.node_id)?;
+        tracing::info!(cluster_id = %info.cluster_id, node_id = info.node_id, shards = info.shards, created, "data directory open");
+        let db = open_db(&config)?;
+        let syncer = LogSyncer::start(db.clone(), 4096)?;
+        let shard_map = ShardMap::new(config.shards);
+        let raft_config = Arc::new(
+            openraft::Config {
+                cluster_name: info.cluster_id.clone(),
+                heartbeat_interval: 500,
+                election_timeout_min: 1500,
+                election_timeout_max: 3000,
+                snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                    config.snapshot_logs_since_last,
+                ),
+                max_in_snapshot_log_to_keep: 20_000,
+                ..Default::default()
+            }
+            .validate()
+            .context("invalid raft config")?,
+        );
+        let mut groups = Vec::with_capacity(config.shards as usize);
+        for shard_id in shard_map.shards() {
+            let shard_config = ShardConfig {
+                data_dir: config.data_dir.clone(),
+                index_heap_bytes: config.index_heap_bytes,
+                shard_map,
+            };
+            let db2 = db.clone();
+            let shard =
+                tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
+                    .await?
+                    .with_context(|| format!("failed to open shard {shard_id}"))?;
+            let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
+            let raft = ShardRaft::new(
+                config.node_id,
+                raft_config.clone(),
+                NoPeersNetwork,
+                store,
+                ShardStateMachine::new(shard.clone()),
+            )
+            .await
+            .with_context(|| format!("failed to start raft group of shard {shard_id}"))?;
+            if !raft.is_initialized().await.context("raft group stopped")? {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    config.node_id,
+                    openraft::impls::BasicNode {
+                        addr: config.grpc_addr.to_string(),
+                    },
+                );
+                raft.initialize(members)
+                    .await
+                    .with_context(|| format!("failed to initialize shard {shard_id}"))?;
+            }
+            groups.push(Group { shard, raft });
+        }
+        let node = Arc::new(Node {
+            ingest_permits: Semaphore::new(config.ingest_inflight_max),
+            idempotency_gate: tokio::sync::Mutex::new(()),
+            masker: Masker::new(),
+            ready: AtomicBool::new(false),
+            config,
+            shard_map,
+            groups,
+            db,
+        });
+        node.clone().spawn_index_committer();
+        Ok(node)
+    }
+
+    /// Waits until every shard's group has elected this node leader, then marks the node ready.
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Duration::from_millis(self.config.startup_timeout_ms);
+        for group in &self.groups {
+            group
+                .raft
+                .wait(Some(deadline))
+                .current_leader(self.config.node_id, "shard leader elected")
+                .await
+                .with_context(|| format!("shard {} elected no leader in time", group.shard.id()))?;
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Returns true once the node can take writes.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    fn spawn_index_committer(self: Arc<Self>) {
+        let interval = Duration::from_millis(self.config.index_commit_interval_ms);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let node = self.clone();
+                let result = tokio::task::spawn_blocking(move || node.commit_indexes()).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "index commit task failed");
+                }
+            }
+        });
+    }
+
+    /// Commits every shard's index (called on an interval and at shutdown).
+    pub fn commit_indexes(&self) {
+        for group in &self.groups {
+            if let Err(e) = group.shard.commit_index() {
+                tracing::error!(shard_id = %group.shard.id(), error = %e, "index commit failed");
+            }
+        }
+    }
+
+    /// Returns the entry limits of the ingest path.
+    pub fn entry_limits(&self) -> EntryLimits {
+        EntryLimits {
+            future_us_max: (self.config.timestamp_future_secs_max as i64).saturating_mul(1_000_000),
+            past_us_max: match self.config.timestamp_past_secs_max {
+                0 => None,
+                s => Some((s as i64).saturating_mul(1_000_000)),
+            },
+        }
+    }
+
+    /// Stores the prepared entries; rejected ones pass through. Returns once every stored entry
+    /// is committed and applied, one result per input in order.
+    pub async fn ingest(
+        &self,
+        items: Vec<Result<PreparedEntry, ApiError>>,
+    ) -> Result<Vec<EntryResult>, ApiError> {
+        if !self.is_ready() {
+            return Err(ApiError::unavailable("not_ready", "the node is starting"));
+        }
+        let _permit = self.ingest_permits.try_acquire().map_err(|_| {
+            let mut e = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "too many ingest requests in flight; retry later",
+            );
+            e.retry_after_secs = Some(1);
+            e
+        })?;
+        let any_keyed = items.iter().any(|i| matches!(i, Ok(p) if p.keyed));
+        let _gate = if any_keyed {
+            Some(self.idempotency_gate.lock().await)
+        } else {
+            None
+        };
+        let mut results: Vec<Option<EntryResult>> = vec![None; items.len()];
+        let mut by_shard: HashMap<ShardId, Vec<(usize, StoredEntry)>> = HashMap::new();
+        let mut findings = Vec::with_capacity(items.len());
+        for (pos, item) in items.into_iter().enumerate() {
+            match item {
+                Err(e) => {
+                    results[pos] = Some(EntryResult::Rejected(e));
+                    findings.push(None);
+                }
+                Ok(mut p) => {
+                    if p.keyed {
+                        if let Some(ts) = self.lookup_timestamp(p.entry.log_id).await? {
+                            // A retry: route it where the first copy went, so apply sees the
+                            // duplicate whatever hour the retry arrived in.
+                            p.entry.timestamp_us = ts;
+                        }
+                    }
+                    let shard = self.shard_map.shard_for(&p.entry.service, p.entry.hour());
+                    by_shard.entry(shard).or_default().push((pos, p.entry));
+                    findings.push(Some(p.findings));
+                }
+            }
+        }
+        let mut proposals = Vec::new();
+        for (shard, entries) in by_shard {
+            let mut rest = entries;
+            while !rest.is_empty() {
+                let tail = rest.split_off(rest.len().min(self.config.raft_entry_entries_max));
+                proposals.push(self.propose(shard, std::mem::replace(&mut rest, tail)));
+            }
+        }
+        for outcome in futures::future::join_all(proposals).await {
+            for (pos, log_id, outcome) in outcome? {
+                let f = findings[pos].take().unwrap_or_default();
+                results[pos] = Some(EntryResult::Stored {
+                    log_id,
+                    duplicate: outcome == EntryOutcome::Duplicate,
+                    pii_detected: f.names(),
+                    pii_masked: f.any(),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| ApiError::internal("ingesting", "an entry got no result")))
+            .collect()
+    }
+
+    async fn propose(
+        &self,
+        shard: ShardId,
+        entries: Vec<(usize, StoredEntry)>,
+    ) -> Result<Vec<(usize, uuid::Uuid, EntryOutcome)>, ApiError> {
+        let (positions, entries): (Vec<usize>, Vec<StoredEntry>) = entries.into_iter().unzip();
+        let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
+        let command = Command(ShardCommand::Append(entries).encode());
+        let group = &self.groups[shard.0 as usize];
+        let response = group
+            .raft
+            .client_write(command)
+            .await
+            .map_err(|e| match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::unavailable(
+                    "no_leader",
+                    format!("shard {shard} has no leader on this node right now"),
+                ),
+                RaftError::APIError(other) => ApiError::internal("proposing a batch", other),
+                RaftError::Fatal(fatal) => {
+                    tracing::error!(%shard, error = %fatal, "raft group stopped");
+                    ApiError::unavailable(
+                        "shard_unavailable",
+                        format!("shard {shard} is unavailable"),
+                    )
+                }
+            })?;
+        let outcomes = veil_shard::decode_outcomes(shard, &response.response().0)
+            .map_err(|e| ApiError::internal("decoding apply outcomes", e))?;
+        if outcomes.len() != ids.len() {
+            return Err(ApiError::internal(
+                "ingesting",
+                format!(
+                    "shard {shard} answered {} outcomes for {} entries",
+                    outcomes.len(),
+                    ids.len()
+                ),
+            ));
+        }
+        Ok(positions
+            .into_iter()
+            .zip(ids)
+            .zip(outcomes)
+            .map(|((p, id), o)| (p, id, o))
+            .collect())
+    }
+
+    /// Finds the timestamp under which `log_id` is stored, asking every shard.
+    async fn lookup_timestamp(&self, log_id: uuid::Uuid) -> Result<Option<i64>, ApiError> {
+        for group in &self.groups {
+            if let Some(ts) = group
+                .shard
+                .lookup_log_id(log_id)
+                .map_err(|e| ApiError::internal("looking up a log_id", e))?
+            {
+                return Ok(Some(ts));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stops every Raft group, commits the indexes and flushes RocksDB.
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        for group in &self.groups {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(shard_id = %group.shard.id(), error = %e, "raft group did not stop cleanly");
+            }
+        }
+        self.commit_indexes();
+        if let Err(e) = self.db.flush_wal(true) {
+            tracing::warn!(error = %e, "final wal sync failed");
+        }
+    }
+}
