@@ -155,8 +155,8 @@ impl Veil for VeilService {
     ) -> Result<Response<QueryResponse>, Status> {
         let q = request.into_inner();
         let range = q.timestamp_range.map(|r| query::TimestampRange {
-            start: (!r.start.is_empty()).then(|| Value::String(r.start)),
-            end: (!r.end.is_empty()).then(|| Value::String(r.end)),
+            start: (!r.start.is_empty()).then_some(Value::String(r.start)),
+            end: (!r.end.is_empty()).then_some(Value::String(r.end)),
         });
         let request = query::QueryRequest {
             query: (!q.query.is_empty()).then_some(q.query),

@@ -57,7 +57,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
 
     async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, Membership)> {
         let state = self.shard.applied_lock();
-        Ok((state.last_applied.clone(), state.membership.clone()))
+        Ok((state.last_applied, state.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> std::io::Result<()>
@@ -74,7 +74,7 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                     CommandResponse::default()
                 }
                 EntryPayload::Membership(membership) => {
-                    let stored = StoredMembership::new(Some(log_id.clone()), membership);
+                    let stored = StoredMembership::new(Some(log_id), membership);
                     let shard = self.shard.clone();
                     blocking(move || shard.apply_state_only(log_id, Some(stored))).await?;
                     CommandResponse::default()
@@ -169,7 +169,7 @@ fn build(shard: &Shard) -> Result<SnapshotRecord> {
         None => AppliedState::default(),
     };
     let meta = SnapshotMeta {
-        last_log_id: applied.last_applied.clone(),
+        last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
     };
     let dir = shard.snapshot_dir();
@@ -264,7 +264,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         }
     }
     let state = AppliedState {
-        last_applied: meta.last_log_id.clone(),
+        last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
     };
     let mut batch = WriteBatch::default();

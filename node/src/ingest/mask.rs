@@ -319,7 +319,7 @@ fn card_valid(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Rejects the SSA's impossible numbers: area 000, 666 or 9xx, group 00, serial 0000.

@@ -1,0 +1,127 @@
+//! `kill -9` at a random moment while clients write, then restart: every acknowledged entry is
+//! there, none twice, and the index catches up.
+//!
+//! Short by default (a few cycles); `VEIL_CHAOS_LONG=1` runs many more. `VEIL_CHAOS_SEED=<n>`
+//! replays a run.
+
+// Test helpers panic on anything unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use veil_chaos_tests::{Node, Rng};
+
+fn post(client: &reqwest::blocking::Client, http: &str, path: &str, ct: &str, body: String) -> Option<Value> {
+    let resp = client.post(format!("http://{http}{path}")).header("content-type", ct).body(body).send().ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().ok()
+}
+
+/// Reads every entry one cycle wrote, paging by `offset`, once at least `expected_at_least` are
+/// visible (the index catches up after a restart).
+fn read_cycle(client: &reqwest::blocking::Client, http: &str, cycle: usize, expected_at_least: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ids = Vec::new();
+        let mut total;
+        loop {
+            let body = json!({"filters": {"services": ["chaos"], "fields": {"cycle": cycle.to_string()}},
+                              "limit": 1000, "offset": ids.len(), "sort": {"order": "asc"}});
+            let answer = post(client, http, "/api/v1/logs/query", "application/json", body.to_string()).expect("query answered");
+            total = answer["total"].as_u64().expect("total") as usize;
+            let page = answer["logs"].as_array().expect("logs");
+            ids.extend(page.iter().map(|l| l["log_id"].as_str().expect("log_id").to_string()));
+            if page.is_empty() || ids.len() >= total {
+                break;
+            }
+        }
+        if total >= expected_at_least {
+            return ids;
+        }
+        assert!(Instant::now() < deadline, "index never caught up: {total} of at least {expected_at_least} entries visible");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const BATCH: u64 = 10;
+const ENTRIES_PER_WRITER: u64 = 1500;
+
+#[test]
+fn acknowledged_entries_survive_kill_9_and_restart() {
+    let long = std::env::var("VEIL_CHAOS_LONG").is_ok_and(|v| v == "1");
+    let seed = std::env::var("VEIL_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    let cycles = if long { 20 } else { 3 };
+    eprintln!("chaos kill_restart: seed={seed} cycles={cycles} (replay: VEIL_CHAOS_SEED={seed})");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    // Acknowledged log_ids, per cycle.
+    let mut acknowledged: Vec<Arc<Mutex<BTreeSet<String>>>> = Vec::new();
+    let mut next_key = 0u64;
+
+    for cycle in 0..cycles {
+        let mut node = Node::start(dir.path(), 4);
+        let stop = Arc::new(AtomicBool::new(false));
+        acknowledged.push(Arc::default());
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (http, stop, acked, client) = (node.http.clone(), stop.clone(), acknowledged[cycle].clone(), client.clone());
+                let base = next_key + w * 1_000_000;
+                std::thread::spawn(move || {
+                    let mut k = base;
+                    // Each writer sends at most ENTRIES_PER_WRITER entries per cycle, paced so
+                    // that the kill usually lands while requests are in flight.
+                    while !stop.load(Ordering::SeqCst) && k < base + ENTRIES_PER_WRITER {
+                        let batch: String = (0..BATCH)
+                            .map(|i| {
+                                json!({"service": "chaos", "message": format!("entry {}", k + i),
+                                       "fields": {"idempotency_key": format!("key-{}", k + i), "cycle": cycle.to_string()}})
+                                .to_string()
+                                    + "\n"
+                            })
+                            .collect();
+                        k += BATCH;
+                        std::thread::sleep(Duration::from_millis(10));
+                        // A failed request (the node died mid-flight) is simply unacknowledged.
+                        if let Some(answer) = post(&client, &http, "/api/v1/logs", "application/x-ndjson", batch) {
+                            let mut acked = acked.lock().expect("ack lock");
+                            for r in answer["results"].as_array().expect("results") {
+                                assert_ne!(r["status"], "rejected", "valid entry rejected: {r}");
+                                acked.insert(r["log_id"].as_str().expect("log_id").to_string());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        next_key += 10_000_000;
+        let kill_after = Duration::from_millis(100 + rng.below(1000));
+        std::thread::sleep(kill_after);
+        node.kill9();
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().expect("writer thread");
+        }
+        let node = Node::start(dir.path(), 4);
+        for (c, acked) in acknowledged.iter().enumerate() {
+            let acked = acked.lock().expect("ack lock").clone();
+            if c == cycle {
+                eprintln!("cycle {cycle}: killed after {kill_after:?}, {} entries acknowledged", acked.len());
+            }
+            let ids = read_cycle(&client, &node.http, c, acked.len());
+            let unique: BTreeSet<String> = ids.iter().cloned().collect();
+            assert_eq!(unique.len(), ids.len(), "duplicate entries of cycle {c} after restart (seed {seed})");
+            let missing: Vec<_> = acked.difference(&unique).take(5).collect();
+            assert!(missing.is_empty(), "acknowledged entries of cycle {c} lost after kill -9 (seed {seed}): {missing:?}");
+        }
+        drop(node);
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the `veil` binary: each starts the real binary on free ports with a
+//! temporary data directory and talks to it over its public HTTP and gRPC APIs.
+
+// Test helpers panic on anything unexpected: that is how a test fails.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod harness;
+mod ingest_query;
+mod privacy;
