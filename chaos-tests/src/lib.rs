@@ -23,7 +23,11 @@ pub fn veil_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/veil
-    let candidate = exe.parent().and_then(Path::parent).map(|d| d.join("veil")).expect("target directory");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("veil"))
+        .expect("target directory");
     assert!(
         std::fs::metadata(&candidate).is_ok(),
         "veil binary not found at {}; build it (cargo build -p veil-node) or set VEIL_BIN",
@@ -44,7 +48,13 @@ impl Node {
     /// Starts a node on free ports with its data in `data_dir`; waits for its ready line.
     pub fn start(data_dir: &Path, shards: u32) -> Node {
         let mut child = Command::new(veil_bin())
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+            ])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--shards", &shards.to_string()])
@@ -62,7 +72,9 @@ impl Node {
                 if n == 0 {
                     break;
                 }
-                sink.lock().expect("stderr lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .expect("stderr lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -78,13 +90,20 @@ impl Node {
         let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) else {
             // Best effort: the process may already be gone.
             let _ = child.kill();
-            panic!("veil printed no ready line\n--- stderr ---\n{}", stderr.lock().expect("stderr lock"));
+            panic!(
+                "veil printed no ready line\n--- stderr ---\n{}",
+                stderr.lock().expect("stderr lock")
+            );
         };
         let http = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http=").map(String::from))
             .expect("ready line names the HTTP address");
-        Node { child: Some(child), http, stderr }
+        Node {
+            child: Some(child),
+            http,
+            stderr,
+        }
     }
 
     /// Kills the process with SIGKILL and waits for it.

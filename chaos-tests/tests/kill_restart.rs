@@ -15,8 +15,19 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use veil_chaos_tests::{Node, Rng};
 
-fn post(client: &reqwest::blocking::Client, http: &str, path: &str, ct: &str, body: String) -> Option<Value> {
-    let resp = client.post(format!("http://{http}{path}")).header("content-type", ct).body(body).send().ok()?;
+fn post(
+    client: &reqwest::blocking::Client,
+    http: &str,
+    path: &str,
+    ct: &str,
+    body: String,
+) -> Option<Value> {
+    let resp = client
+        .post(format!("http://{http}{path}"))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .ok()?;
     if !resp.status().is_success() {
         return None;
     }
@@ -25,7 +36,12 @@ fn post(client: &reqwest::blocking::Client, http: &str, path: &str, ct: &str, bo
 
 /// Reads every entry one cycle wrote, paging by `offset`, once at least `expected_at_least` are
 /// visible (the index catches up after a restart).
-fn read_cycle(client: &reqwest::blocking::Client, http: &str, cycle: usize, expected_at_least: usize) -> Vec<String> {
+fn read_cycle(
+    client: &reqwest::blocking::Client,
+    http: &str,
+    cycle: usize,
+    expected_at_least: usize,
+) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut ids = Vec::new();
@@ -33,10 +49,20 @@ fn read_cycle(client: &reqwest::blocking::Client, http: &str, cycle: usize, expe
         loop {
             let body = json!({"filters": {"services": ["chaos"], "fields": {"cycle": cycle.to_string()}},
                               "limit": 1000, "offset": ids.len(), "sort": {"order": "asc"}});
-            let answer = post(client, http, "/api/v1/logs/query", "application/json", body.to_string()).expect("query answered");
+            let answer = post(
+                client,
+                http,
+                "/api/v1/logs/query",
+                "application/json",
+                body.to_string(),
+            )
+            .expect("query answered");
             total = answer["total"].as_u64().expect("total") as usize;
             let page = answer["logs"].as_array().expect("logs");
-            ids.extend(page.iter().map(|l| l["log_id"].as_str().expect("log_id").to_string()));
+            ids.extend(
+                page.iter()
+                    .map(|l| l["log_id"].as_str().expect("log_id").to_string()),
+            );
             if page.is_empty() || ids.len() >= total {
                 break;
             }
@@ -44,7 +70,10 @@ fn read_cycle(client: &reqwest::blocking::Client, http: &str, cycle: usize, expe
         if total >= expected_at_least {
             return ids;
         }
-        assert!(Instant::now() < deadline, "index never caught up: {total} of at least {expected_at_least} entries visible");
+        assert!(
+            Instant::now() < deadline,
+            "index never caught up: {total} of at least {expected_at_least} entries visible"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -55,14 +84,23 @@ const ENTRIES_PER_WRITER: u64 = 1500;
 #[test]
 fn acknowledged_entries_survive_kill_9_and_restart() {
     let long = std::env::var("VEIL_CHAOS_LONG").is_ok_and(|v| v == "1");
-    let seed = std::env::var("VEIL_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("VEIL_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
     let cycles = if long { 20 } else { 3 };
     eprintln!("chaos kill_restart: seed={seed} cycles={cycles} (replay: VEIL_CHAOS_SEED={seed})");
     let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().expect("temp dir");
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
     // Acknowledged log_ids, per cycle.
     let mut acknowledged: Vec<Arc<Mutex<BTreeSet<String>>>> = Vec::new();
     let mut next_key = 0u64;
@@ -114,13 +152,23 @@ fn acknowledged_entries_survive_kill_9_and_restart() {
         for (c, acked) in acknowledged.iter().enumerate() {
             let acked = acked.lock().expect("ack lock").clone();
             if c == cycle {
-                eprintln!("cycle {cycle}: killed after {kill_after:?}, {} entries acknowledged", acked.len());
+                eprintln!(
+                    "cycle {cycle}: killed after {kill_after:?}, {} entries acknowledged",
+                    acked.len()
+                );
             }
             let ids = read_cycle(&client, &node.http, c, acked.len());
             let unique: BTreeSet<String> = ids.iter().cloned().collect();
-            assert_eq!(unique.len(), ids.len(), "duplicate entries of cycle {c} after restart (seed {seed})");
+            assert_eq!(
+                unique.len(),
+                ids.len(),
+                "duplicate entries of cycle {c} after restart (seed {seed})"
+            );
             let missing: Vec<_> = acked.difference(&unique).take(5).collect();
-            assert!(missing.is_empty(), "acknowledged entries of cycle {c} lost after kill -9 (seed {seed}): {missing:?}");
+            assert!(
+                missing.is_empty(),
+                "acknowledged entries of cycle {c} lost after kill -9 (seed {seed}): {missing:?}"
+            );
         }
         drop(node);
     }

@@ -41,7 +41,7 @@ impl Veil {
             "--grpc-addr".into(),
             "127.0.0.1:0".into(),
         ];
-        if !extra.contains(&"--shards") {
+        if !extra.contains(&"--shards") && !extra.contains(&"--config") {
             args.extend(["--shards".to_string(), "4".to_string()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -61,7 +61,9 @@ impl Veil {
                 if n == 0 {
                     break;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
@@ -88,16 +90,30 @@ impl Veil {
                 .find_map(|w| w.strip_prefix(&format!("{name}=")).map(String::from))
                 .expect("ready line names the address")
         };
-        Ok(Veil { http: field("http"), grpc: field("grpc"), child: Some(child), data_dir: data_dir.to_path_buf(), stderr, args })
+        Ok(Veil {
+            http: field("http"),
+            grpc: field("grpc"),
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            stderr,
+            args,
+        })
     }
 
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let pid = c.id().to_string();
-            Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill -TERM");
             let status = c.wait().expect("wait");
-            assert!(status.success(), "veil exited with {status} after SIGTERM\n{}", self.stderr.lock().unwrap());
+            assert!(
+                status.success(),
+                "veil exited with {status} after SIGTERM\n{}",
+                self.stderr.lock().unwrap()
+            );
         }
     }
 
@@ -106,16 +122,30 @@ impl Veil {
     }
 
     /// Posts a body with a content type; returns the status and the JSON answer.
-    pub fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, Value) {
+    pub fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> (u16, Value) {
         let client = reqwest::blocking::Client::new();
-        let resp = client.post(self.url(path)).header("content-type", content_type).body(body).send().expect("http request");
+        let resp = client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .expect("http request");
         let status = resp.status().as_u16();
         let text = resp.text().expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub fn query(&self, body: Value) -> Value {
-        let (status, answer) = self.post("/api/v1/logs/query", "application/json", body.to_string());
+        let (status, answer) =
+            self.post("/api/v1/logs/query", "application/json", body.to_string());
         assert_eq!(status, 200, "query failed: {answer}");
         answer
     }
@@ -128,7 +158,10 @@ impl Veil {
             if done(&answer) {
                 return answer;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; last answer: {answer}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last answer: {answer}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -141,9 +174,16 @@ impl Drop for Veil {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- veil {:?} ---\n--- stderr ---\n{}", self.args, self.stderr.lock().unwrap());
+            eprintln!(
+                "--- veil {:?} ---\n--- stderr ---\n{}",
+                self.args,
+                self.stderr.lock().unwrap()
+            );
             if let Ok(listing) = Command::new("find").arg(&self.data_dir).output() {
-                eprintln!("--- data dir ---\n{}", String::from_utf8_lossy(&listing.stdout));
+                eprintln!(
+                    "--- data dir ---\n{}",
+                    String::from_utf8_lossy(&listing.stdout)
+                );
             }
         }
     }

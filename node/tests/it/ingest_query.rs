@@ -7,7 +7,12 @@ use veil_proto::v1::{ExceptionInfo, IngestEntry, IngestRequest, QueryRequest, Ti
 use crate::harness::Veil;
 
 fn ids(answer: &Value) -> Vec<String> {
-    answer["logs"].as_array().unwrap().iter().map(|l| l["log_id"].as_str().unwrap().to_string()).collect()
+    answer["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["log_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -29,7 +34,10 @@ fn http_ingest_then_query_finds_the_entries() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "accepted");
     let first_id = answer["log_id"].as_str().unwrap().to_string();
-    assert_eq!(uuid::Uuid::parse_str(&first_id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        uuid::Uuid::parse_str(&first_id).unwrap().get_version_num(),
+        7
+    );
 
     let mut ndjson = String::new();
     for i in 0..300 {
@@ -44,11 +52,21 @@ fn http_ingest_then_query_finds_the_entries() {
     assert_eq!(answer["accepted"], 300);
     assert_eq!(answer["rejected"], 0);
 
-    let all = veil.wait_for_query(json!({"limit": 1000}), "all 301 entries", |a| a["total"] == 301);
+    let all = veil.wait_for_query(json!({"limit": 1000}), "all 301 entries", |a| {
+        a["total"] == 301
+    });
     assert_eq!(ids(&all).len(), 301);
     // Newest first, ties broken by log_id.
-    let stamps: Vec<&str> = all["logs"].as_array().unwrap().iter().map(|l| l["timestamp"].as_str().unwrap()).collect();
-    assert!(stamps.windows(2).all(|w| w[0] >= w[1]), "not sorted newest first");
+    let stamps: Vec<&str> = all["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["timestamp"].as_str().unwrap())
+        .collect();
+    assert!(
+        stamps.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted newest first"
+    );
 
     let one = veil.query(json!({"query": "payment", "filters": {"services": ["payment-service"], "levels": ["ERROR"],
         "fields": {"user_id": "user_123"}, "timestamp_range": {"start": "2025-11-17T10:00:00Z", "end": "2025-11-17T10:59:59Z"}}}));
@@ -63,17 +81,39 @@ fn http_ingest_then_query_finds_the_entries() {
     assert_eq!(log["fields"]["request_id"], "req_456");
 
     // The same questions answered by brute force over what was sent.
-    let failed_auth = veil.query(json!({"query": "failed", "filters": {"services": ["auth-service"]}, "limit": 1000}));
+    let failed_auth = veil.query(
+        json!({"query": "failed", "filters": {"services": ["auth-service"]}, "limit": 1000}),
+    );
     let expected = (0..300).filter(|i| i % 3 == 2 && i % 2 == 0).count();
     assert_eq!(failed_auth["total"], expected as u64);
     let page = veil.query(json!({"filters": {"fields": {"user_id": "user_3"}}, "sort": {"field": "timestamp", "order": "asc"}, "limit": 5, "offset": 5}));
     let expected: Vec<usize> = (0..300).filter(|i| i % 7 == 3).skip(5).take(5).collect();
-    let got: Vec<String> = page["logs"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap().to_string()).collect();
-    let want: Vec<String> = expected.iter().map(|i| format!("request {i} payment {}", if i % 2 == 0 { "failed" } else { "ok" })).collect();
+    let got: Vec<String> = page["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = expected
+        .iter()
+        .map(|i| {
+            format!(
+                "request {i} payment {}",
+                if i % 2 == 0 { "failed" } else { "ok" }
+            )
+        })
+        .collect();
     assert_eq!(got, want);
-    assert_eq!(page["total"], (0..300).filter(|i| i % 7 == 3).count() as u64);
+    assert_eq!(
+        page["total"],
+        (0..300).filter(|i| i % 7 == 3).count() as u64
+    );
 
-    let (status, answer) = veil.post("/api/v1/logs/query", "application/json", json!({"query": "(unbalanced"}).to_string());
+    let (status, answer) = veil.post(
+        "/api/v1/logs/query",
+        "application/json",
+        json!({"query": "(unbalanced"}).to_string(),
+    );
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_query");
 }
@@ -84,20 +124,37 @@ fn grpc_ingest_then_query_finds_the_entries() {
     let veil = Veil::start(dir.path(), &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut client = VeilClient::connect(format!("http://{}", veil.grpc)).await.unwrap();
+        let mut client = VeilClient::connect(format!("http://{}", veil.grpc))
+            .await
+            .unwrap();
         let entries = (0..20)
             .map(|i| IngestEntry {
                 timestamp: format!("2025-11-17T10:{i:02}:00Z"),
-                level: if i % 2 == 0 { "error".into() } else { "info".into() },
+                level: if i % 2 == 0 {
+                    "error".into()
+                } else {
+                    "info".into()
+                },
                 message: format!("grpc entry {i}"),
                 service: "grpc-service".into(),
                 fields_json: json!({"n": i}).to_string(),
-                exception: (i % 2 == 0).then(|| ExceptionInfo { r#type: "IoError".into(), message: "disk".into(), stack_trace: String::new() }),
+                exception: (i % 2 == 0).then(|| ExceptionInfo {
+                    r#type: "IoError".into(),
+                    message: "disk".into(),
+                    stack_trace: String::new(),
+                }),
                 ..Default::default()
             })
-            .chain(std::iter::once(IngestEntry { message: "no service".into(), ..Default::default() }))
+            .chain(std::iter::once(IngestEntry {
+                message: "no service".into(),
+                ..Default::default()
+            }))
             .collect();
-        let answer = client.ingest(IngestRequest { entries }).await.unwrap().into_inner();
+        let answer = client
+            .ingest(IngestRequest { entries })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(answer.accepted, 20);
         assert_eq!(answer.rejected, 1);
         let rejected = &answer.results[20];
@@ -110,17 +167,27 @@ fn grpc_ingest_then_query_finds_the_entries() {
             let q = QueryRequest {
                 services: vec!["grpc-service".into()],
                 levels: vec!["ERROR".into()],
-                timestamp_range: Some(TimestampRange { start: "2025-11-17T10:00:00Z".into(), end: "2025-11-17T10:59:59Z".into() }),
+                timestamp_range: Some(TimestampRange {
+                    start: "2025-11-17T10:00:00Z".into(),
+                    end: "2025-11-17T10:59:59Z".into(),
+                }),
                 limit: 100,
                 ..Default::default()
             };
             let r = client.query(q).await.unwrap().into_inner();
             if r.total == 10 {
                 assert_eq!(r.logs.len(), 10);
-                assert!(r.logs.iter().all(|l| l.level == "ERROR" && l.exception_type == "IoError"));
+                assert!(r
+                    .logs
+                    .iter()
+                    .all(|l| l.level == "ERROR" && l.exception_type == "IoError"));
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "gRPC entries never became visible: {}", r.total);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gRPC entries never became visible: {}",
+                r.total
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     });
@@ -135,9 +202,20 @@ fn retried_batch_is_not_duplicated() {
         .collect();
     let (_, first) = veil.post("/api/v1/logs", "application/x-ndjson", batch.clone());
     assert_eq!(first["accepted"], 50);
-    assert!(first["results"].as_array().unwrap().iter().all(|r| r["status"] == "accepted"));
+    assert!(first["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "accepted"));
     let (_, again) = veil.post("/api/v1/logs", "application/x-ndjson", batch);
-    assert!(again["results"].as_array().unwrap().iter().all(|r| r["status"] == "duplicate"), "{again}");
+    assert!(
+        again["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] == "duplicate"),
+        "{again}"
+    );
     assert_eq!(first["results"][7]["log_id"], again["results"][7]["log_id"]);
 
     // A retry without a timestamp arrives at another time (another hour than the first copy's):
@@ -165,7 +243,11 @@ fn retried_batch_is_not_duplicated() {
     assert_eq!(send()["status"], "accepted");
     assert_eq!(send()["status"], "duplicate");
 
-    let all = veil.wait_for_query(json!({"filters": {"services": ["billing"]}, "limit": 1000}), "51 billing entries", |a| a["total"] == 51);
+    let all = veil.wait_for_query(
+        json!({"filters": {"services": ["billing"]}, "limit": 1000}),
+        "51 billing entries",
+        |a| a["total"] == 51,
+    );
     let mut seen = ids(&all);
     seen.sort();
     seen.dedup();
@@ -176,14 +258,26 @@ fn retried_batch_is_not_duplicated() {
 fn restart_keeps_entries_and_rejects_a_different_shard_count() {
     let dir = tempfile::tempdir().unwrap();
     let mut veil = Veil::start(dir.path(), &[]);
-    let body: String = (0..100).map(|i| json!({"service": "s", "message": format!("kept {i}")}).to_string() + "\n").collect();
+    let body: String = (0..100)
+        .map(|i| json!({"service": "s", "message": format!("kept {i}")}).to_string() + "\n")
+        .collect();
     let (_, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
     assert_eq!(answer["accepted"], 100);
     veil.stop();
 
-    let err = Veil::try_start(dir.path(), &["--shards", "8"]).err().expect("a different shard count must not start");
-    assert!(err.1.contains("created with 4 shards"), "unclear error: {}", err.1);
+    let err = Veil::try_start(dir.path(), &["--shards", "8"])
+        .err()
+        .expect("a different shard count must not start");
+    assert!(
+        err.1.contains("created with 4 shards"),
+        "unclear error: {}",
+        err.1
+    );
 
     let veil = Veil::start(dir.path(), &[]);
-    veil.wait_for_query(json!({"query": "kept", "limit": 1}), "100 entries after restart", |a| a["total"] == 100);
+    veil.wait_for_query(
+        json!({"query": "kept", "limit": 1}),
+        "100 entries after restart",
+        |a| a["total"] == 100,
+    );
 }

@@ -51,12 +51,22 @@ fn planted_personal_data_never_reaches_the_data_dir() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 200);
     let detected = answer["results"][0]["pii_detected"].as_array().unwrap();
-    assert!(detected.contains(&json!("email")) && detected.contains(&json!("ssn")), "{answer}");
+    assert!(
+        detected.contains(&json!("email")) && detected.contains(&json!("ssn")),
+        "{answer}"
+    );
     assert_eq!(answer["results"][0]["pii_masked"], true);
 
-    let found = veil.wait_for_query(json!({"query": CANARY, "limit": 1}), "the canary entries", |a| a["total"] == 200);
+    let found = veil.wait_for_query(
+        json!({"query": CANARY, "limit": 1}),
+        "the canary entries",
+        |a| a["total"] == 200,
+    );
     let message = found["logs"][0]["message"].as_str().unwrap();
-    assert!(!message.contains(EMAIL) && !message.contains(SSN), "query answer leaks: {message}");
+    assert!(
+        !message.contains(EMAIL) && !message.contains(SSN),
+        "query answer leaks: {message}"
+    );
 
     // Search with the plaintext: the query is masked the same way, and nothing leaks back.
     let by_email = veil.query(json!({"query": format!("\"{EMAIL}\"")}));
@@ -64,7 +74,18 @@ fn planted_personal_data_never_reaches_the_data_dir() {
     veil.stop();
 
     let data = dir.path();
-    assert!(!files_containing(data, CANARY.as_bytes()).is_empty(), "positive control: the canary must be found by the scan");
-    assert_eq!(files_containing(data, EMAIL.as_bytes()), Vec::<String>::new(), "email bytes found in the data dir");
-    assert_eq!(files_containing(data, SSN.as_bytes()), Vec::<String>::new(), "SSN bytes found in the data dir");
+    assert!(
+        !files_containing(data, CANARY.as_bytes()).is_empty(),
+        "positive control: the canary must be found by the scan"
+    );
+    assert_eq!(
+        files_containing(data, EMAIL.as_bytes()),
+        Vec::<String>::new(),
+        "email bytes found in the data dir"
+    );
+    assert_eq!(
+        files_containing(data, SSN.as_bytes()),
+        Vec::<String>::new(),
+        "SSN bytes found in the data dir"
+    );
 }
