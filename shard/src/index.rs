@@ -313,8 +313,8 @@ impl ShardIndex {
                 Box::new(RangeQuery::new(bound(q.start_us), bound(q.end_us))),
             ));
         }
-        let any_of = |field: Field, values: Vec<Term>| -> Box<dyn Query> {
-            let clauses = values
+        let any_of = |terms: Vec<Term>| -> Box<dyn Query> {
+            let clauses = terms
                 .into_iter()
                 .map(|t| {
                     (
@@ -323,7 +323,6 @@ impl ShardIndex {
                     )
                 })
                 .collect();
-            let _ = field; // The field is inside each term; kept for readability at call sites.
             Box::new(BooleanQuery::new(clauses))
         };
         if !q.services.is_empty() {
@@ -332,7 +331,7 @@ impl ShardIndex {
                 .iter()
                 .map(|s| Term::from_field_text(f.service, s))
                 .collect();
-            must.push((Occur::Must, any_of(f.service, terms)));
+            must.push((Occur::Must, any_of(terms)));
         }
         if !q.levels.is_empty() {
             let terms = q
@@ -340,7 +339,7 @@ impl ShardIndex {
                 .iter()
                 .map(|l| Term::from_field_text(f.level, l.as_str()))
                 .collect();
-            must.push((Occur::Must, any_of(f.level, terms)));
+            must.push((Occur::Must, any_of(terms)));
         }
         for (path, value) in &q.fields {
             let mut term = Term::from_field_json_path(f.fields, path, false);

@@ -2,7 +2,7 @@
 //! applied Raft state. The Raft state machine ([`crate::ShardStateMachine`]) drives it.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{
@@ -367,14 +367,5 @@ impl Shard {
 
     pub(crate) fn decode_entry(&self, bytes: &[u8]) -> Result<StoredEntry> {
         decode_entry(self.id, bytes)
-    }
-}
-
-/// Returns true when `path` is a file, treating IO errors other than absence as errors.
-pub(crate) fn file_exists(path: &Path) -> std::io::Result<bool> {
-    match std::fs::metadata(path) {
-        Ok(m) => Ok(m.is_file()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
     }
 }
