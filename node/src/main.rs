@@ -91,6 +91,7 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     let http_task = tokio::spawn(async move { http.await.context("HTTP server failed") });
     let grpc_task = tokio::spawn(async move { grpc.await.context("gRPC server failed") });
 
+    let shutdown = shutdown_signal()?;
     node.wait_ready().await?;
     println!("veil ready http={http_addr} grpc={grpc_addr}");
     std::io::stdout()
@@ -98,7 +99,7 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         .context("failed to write the ready line")?;
     tracing::info!(%http_addr, %grpc_addr, "ready");
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     // The receivers may all be gone already if both servers failed; then there is nothing to stop.
     let _ = stop_tx.send(true);
@@ -115,26 +116,17 @@ fn tokio_stream_incoming(
     tonic::transport::server::TcpIncoming::from(listener)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Registers the SIGINT and SIGTERM handlers now (before the ready line, so a signal sent right
+/// after it is handled rather than killing the process) and returns a future that completes on
+/// the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }

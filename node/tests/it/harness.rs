@@ -112,7 +112,7 @@ impl Veil {
             assert!(
                 status.success(),
                 "veil exited with {status} after SIGTERM\n{}",
-                self.stderr.lock().unwrap()
+                self.stderr.lock().unwrap_or_else(|p| p.into_inner())
             );
         }
     }
@@ -177,7 +177,7 @@ impl Drop for Veil {
             eprintln!(
                 "--- veil {:?} ---\n--- stderr ---\n{}",
                 self.args,
-                self.stderr.lock().unwrap()
+                self.stderr.lock().unwrap_or_else(|p| p.into_inner())
             );
             if let Ok(listing) = Command::new("find").arg(&self.data_dir).output() {
                 eprintln!(
