@@ -2,7 +2,8 @@
 //! outside (for now `kill -9` at a random moment), and check what the public API answers
 //! against what was acknowledged.
 //!
-//! This crate knows no Veil internals: it talks to nodes only over HTTP. The `veil` binary is
+//! This crate knows no Veil internals: it talks to nodes only over HTTP. Its [`VeilProcess`]
+//! is also the harness of the node's own binary-level tests. The `veil` binary is
 //! found through `VEIL_BIN`, or next to the test executable in the target directory (cargo
 //! builds it there when the workspace's tests are built).
 //!
@@ -36,35 +37,61 @@ pub fn veil_bin() -> PathBuf {
     candidate
 }
 
-/// A `veil serve` process.
-pub struct Node {
+/// How long a node may take to print its ready line (a cold debug build on two cores is slow).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why a node did not start: the reason and everything it wrote to stderr.
+#[derive(Debug)]
+pub struct StartError {
+    /// What went wrong.
+    pub message: String,
+    /// The process's stderr.
+    pub stderr: String,
+}
+
+/// A running `veil serve` process. If the test panics while it lives, its command line, its
+/// stderr and a listing of its data directory are printed.
+pub struct VeilProcess {
     child: Option<Child>,
     /// The HTTP address from the ready line.
     pub http: String,
+    /// The gRPC address from the ready line.
+    pub grpc: String,
+    /// The data directory.
+    pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
+    args: Vec<String>,
 }
 
-impl Node {
-    /// Starts a node on free ports with its data in `data_dir`; waits for its ready line.
-    pub fn start(data_dir: &Path, shards: u32) -> Node {
-        let mut child = Command::new(veil_bin())
-            .args([
-                "serve",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--grpc-addr",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--shards", &shards.to_string()])
+impl VeilProcess {
+    /// Runs `bin serve --data-dir <data_dir> --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0
+    /// <extra…>` and waits for its ready line.
+    pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<VeilProcess, StartError> {
+        let mut args: Vec<String> = [
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(bin)
+            .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn veil");
+            .map_err(|e| StartError {
+                message: format!("cannot run {}: {e}", bin.display()),
+                stderr: String::new(),
+            })?;
         let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
+        let mut pipe = child.stderr.take().expect("stderr is piped");
         let sink = stderr.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
@@ -72,13 +99,11 @@ impl Node {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .expect("stderr lock")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                lock(&sink).push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let (tx, rx) = std::sync::mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout = child.stdout.take().expect("stdout is piped");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("veil ready ") {
@@ -87,23 +112,29 @@ impl Node {
                 }
             }
         });
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(120)) else {
+        let Ok(line) = rx.recv_timeout(READY_TIMEOUT) else {
             // Best effort: the process may already be gone.
             let _ = child.kill();
-            panic!(
-                "veil printed no ready line\n--- stderr ---\n{}",
-                stderr.lock().expect("stderr lock")
-            );
+            let _ = child.wait();
+            let stderr = lock(&stderr).clone();
+            return Err(StartError {
+                message: format!("veil {args:?} printed no ready line"),
+                stderr,
+            });
         };
-        let http = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http=").map(String::from))
-            .expect("ready line names the HTTP address");
-        Node {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")).map(String::from))
+                .expect("the ready line names both addresses")
+        };
+        Ok(VeilProcess {
+            http: field("http"),
+            grpc: field("grpc"),
             child: Some(child),
-            http,
+            data_dir: data_dir.to_path_buf(),
             stderr,
-        }
+            args,
+        })
     }
 
     /// Kills the process with SIGKILL and waits for it.
@@ -114,13 +145,35 @@ impl Node {
         }
     }
 
+    /// Sends SIGTERM and asserts a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .expect("kill -TERM");
+            let status = c.wait().expect("wait for stopped node");
+            assert!(
+                status.success(),
+                "veil exited with {status} after SIGTERM\n{}",
+                self.stderr()
+            );
+        }
+    }
+
     /// Returns what the node wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr lock").clone()
+        lock(&self.stderr).clone()
     }
 }
 
-impl Drop for Node {
+fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    // A panic while appending leaves a string that is still worth printing.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for VeilProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             // Cleanup on the way out; the process may already be gone.
@@ -128,7 +181,17 @@ impl Drop for Node {
             let _ = c.wait();
         }
         if std::thread::panicking() {
-            eprintln!("--- veil stderr ---\n{}", self.stderr());
+            eprintln!(
+                "--- veil {:?} ---\n--- stderr ---\n{}",
+                self.args,
+                self.stderr()
+            );
+            if let Ok(listing) = Command::new("find").arg(&self.data_dir).output() {
+                eprintln!(
+                    "--- data dir ---\n{}",
+                    String::from_utf8_lossy(&listing.stdout)
+                );
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use veil_chaos_tests::{Node, Rng};
+use veil_chaos_tests::{veil_bin, Rng, VeilProcess};
 
 fn post(
     client: &reqwest::blocking::Client,
@@ -78,6 +78,11 @@ fn read_cycle(
     }
 }
 
+fn start(dir: &std::path::Path) -> VeilProcess {
+    VeilProcess::start(&veil_bin(), dir, &["--shards", "4"])
+        .unwrap_or_else(|e| panic!("{}\n--- stderr ---\n{}", e.message, e.stderr))
+}
+
 const BATCH: u64 = 10;
 const ENTRIES_PER_WRITER: u64 = 1500;
 
@@ -106,7 +111,7 @@ fn acknowledged_entries_survive_kill_9_and_restart() {
     let mut next_key = 0u64;
 
     for cycle in 0..cycles {
-        let mut node = Node::start(dir.path(), 4);
+        let mut node = start(dir.path());
         let stop = Arc::new(AtomicBool::new(false));
         acknowledged.push(Arc::default());
         let writers: Vec<_> = (0..2)
@@ -148,7 +153,7 @@ fn acknowledged_entries_survive_kill_9_and_restart() {
         for w in writers {
             w.join().expect("writer thread");
         }
-        let node = Node::start(dir.path(), 4);
+        let node = start(dir.path());
         for (c, acked) in acknowledged.iter().enumerate() {
             let acked = acked.lock().expect("ack lock").clone();
             if c == cycle {

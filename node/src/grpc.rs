@@ -115,18 +115,13 @@ impl Veil for VeilService {
         let mut response = IngestResponse::default();
         for (i, result) in results.into_iter().enumerate() {
             response.results.push(match result {
-                EntryResult::Stored {
-                    log_id,
-                    duplicate,
-                    pii_detected,
-                    pii_masked,
-                } => {
+                EntryResult::Stored(stored) => {
                     response.accepted += 1;
                     PbEntryResult {
-                        status: if duplicate { "duplicate" } else { "accepted" }.into(),
-                        log_id: log_id.to_string(),
-                        pii_detected: pii_detected.into_iter().map(String::from).collect(),
-                        pii_masked,
+                        status: stored.status().into(),
+                        log_id: stored.log_id.to_string(),
+                        pii_detected: stored.pii_detected.into_iter().map(String::from).collect(),
+                        pii_masked: stored.pii_masked,
                         line: 0,
                         error: None,
                     }

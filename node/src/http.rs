@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::ingest::{self, PreparedEntry, RequestDefaults};
-use crate::node::{EntryResult, Node};
+use crate::node::{EntryResult, Node, Stored};
 use crate::query;
 
 /// Builds the HTTP router.
@@ -55,6 +55,17 @@ pub struct EntryAnswer {
     pub status: &'static str,
     pub pii_detected: Vec<&'static str>,
     pub pii_masked: bool,
+}
+
+impl From<Stored> for EntryAnswer {
+    fn from(s: Stored) -> Self {
+        EntryAnswer {
+            log_id: s.log_id.to_string(),
+            status: s.status(),
+            pii_detected: s.pii_detected,
+            pii_masked: s.pii_masked,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -178,18 +189,9 @@ async fn ingest_logs(
                     })?;
                     let result = node.ingest(vec![Ok(prepared)]).await?;
                     return match result.into_iter().next() {
-                        Some(EntryResult::Stored {
-                            log_id,
-                            duplicate,
-                            pii_detected,
-                            pii_masked,
-                        }) => Ok(Json(EntryAnswer {
-                            log_id: log_id.to_string(),
-                            status: if duplicate { "duplicate" } else { "accepted" },
-                            pii_detected,
-                            pii_masked,
-                        })
-                        .into_response()),
+                        Some(EntryResult::Stored(stored)) => {
+                            Ok(Json(EntryAnswer::from(stored)).into_response())
+                        }
                         Some(EntryResult::Rejected(e)) => Err(e),
                         None => Err(ApiError::internal(
                             "ingesting",
@@ -240,19 +242,9 @@ async fn ingest_logs(
     };
     for (result, line) in results.into_iter().zip(lines) {
         match result {
-            EntryResult::Stored {
-                log_id,
-                duplicate,
-                pii_detected,
-                pii_masked,
-            } => {
+            EntryResult::Stored(stored) => {
                 answer.accepted += 1;
-                answer.results.push(BatchItem::Stored(EntryAnswer {
-                    log_id: log_id.to_string(),
-                    status: if duplicate { "duplicate" } else { "accepted" },
-                    pii_detected,
-                    pii_masked,
-                }));
+                answer.results.push(BatchItem::Stored(stored.into()));
             }
             EntryResult::Rejected(error) => {
                 answer.rejected += 1;

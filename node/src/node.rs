@@ -45,16 +45,35 @@ pub struct Node {
     db: Arc<rocksdb::DB>,
 }
 
+/// What happened to one stored entry of an ingest request.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The entry's id.
+    pub log_id: uuid::Uuid,
+    /// True when the log_id was already stored (a retry).
+    pub duplicate: bool,
+    /// The personal data types found, lowercase.
+    pub pii_detected: Vec<&'static str>,
+    /// True when anything was masked.
+    pub pii_masked: bool,
+}
+
+impl Stored {
+    /// Returns the answer's `status`: `accepted` or `duplicate`.
+    pub fn status(&self) -> &'static str {
+        if self.duplicate {
+            "duplicate"
+        } else {
+            "accepted"
+        }
+    }
+}
+
 /// The answer for one entry of an ingest request.
 #[derive(Debug, Clone)]
 pub enum EntryResult {
-    /// Stored (`duplicate` is true when the log_id was already stored).
-    Stored {
-        log_id: uuid::Uuid,
-        duplicate: bool,
-        pii_detected: Vec<&'static str>,
-        pii_masked: bool,
-    },
+    /// Stored, or recognised as already stored.
+    Stored(Stored),
     /// Rejected, with the reason.
     Rejected(ApiError),
 }
@@ -260,12 +279,12 @@ impl Node {
         for outcome in futures::future::join_all(proposals).await {
             for (pos, log_id, outcome) in outcome? {
                 let f = findings[pos].take().unwrap_or_default();
-                results[pos] = Some(EntryResult::Stored {
+                results[pos] = Some(EntryResult::Stored(Stored {
                     log_id,
                     duplicate: outcome == EntryOutcome::Duplicate,
                     pii_detected: f.names(),
                     pii_masked: f.any(),
-                });
+                }));
             }
         }
         results

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use veil_shard::{hour_of, sort_key, Level, ShardId, ShardQuery, SortOrder, StoredEntry};
+use veil_shard::{compare, hour_of, Level, ShardId, ShardQuery, SortOrder, StoredEntry};
 
 use crate::error::ApiError;
-use crate::ingest::mask::{Findings, Unmasked};
+use crate::ingest::mask::{Findings, Masker, Unmasked};
 use crate::ingest::{format_timestamp, parse_level, parse_timestamp};
 use crate::node::Node;
 
@@ -196,7 +196,7 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryRespons
             }
         }
     };
-    let shard_query = build_shard_query(node, &request, order, window)?;
+    let shard_query = build_shard_query(&node.masker, &request, order, window)?;
     let shards = plan(node, &shard_query);
     let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
     let tasks = shards.iter().map(|shard_id| {
@@ -239,7 +239,7 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryRespons
             format!("{failed} of {} shards failed", shards.len()),
         ));
     }
-    merged.sort_by_key(|e| sort_key(e, order));
+    merged.sort_by(|a, b| compare(a, b, order));
     let logs = merged
         .into_iter()
         .skip(offset)
@@ -260,7 +260,7 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryRespons
 }
 
 fn build_shard_query(
-    node: &Node,
+    masker: &Masker,
     r: &QueryRequest,
     order: SortOrder,
     window: usize,
@@ -271,7 +271,7 @@ fn build_shard_query(
     let text = r
         .query
         .clone()
-        .map(|q| node.masker.mask(Unmasked(q), &mut findings));
+        .map(|q| masker.mask(Unmasked(q), &mut findings));
     let bound = |v: &Option<Value>, name: &str| -> Result<Option<i64>, ApiError> {
         match v {
             None | Some(Value::Null) => Ok(None),
@@ -308,11 +308,11 @@ fn build_shard_query(
                 .with_field("filters.fields"))
             }
         };
-        let masked = if node.masker.is_sensitive_key(key) {
+        let masked = if masker.is_sensitive_key(key) {
             // Stored values under such keys are masked whole; match on that form.
             let mut probe = serde_json::Map::new();
             probe.insert(key.clone(), Value::String(value));
-            match node.masker.mask_json(Value::Object(probe), &mut findings) {
+            match masker.mask_json(Value::Object(probe), &mut findings) {
                 Value::Object(m) => m
                     .get(key)
                     .and_then(Value::as_str)
@@ -321,7 +321,7 @@ fn build_shard_query(
                 _ => String::new(),
             }
         } else {
-            node.masker.mask(Unmasked(value), &mut findings)
+            masker.mask(Unmasked(value), &mut findings)
         };
         fields.push((key.clone(), masked));
     }
@@ -356,4 +356,24 @@ fn plan(node: &Node, q: &ShardQuery) -> Vec<ShardId> {
         }
     }
     node.shard_map.shards().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_text_and_field_filters_are_masked_before_they_reach_a_shard() {
+        let request: QueryRequest = serde_json::from_value(serde_json::json!({
+            "query": "failed for jane@example.org",
+            "filters": {"fields": {"email": "jane@example.org", "note": "ssn 219-09-9999", "user_id": "user_1"}}
+        }))
+        .unwrap();
+        let q = build_shard_query(&Masker::new(), &request, SortOrder::Desc, 10).unwrap();
+        assert_eq!(q.text.as_deref(), Some("failed for ***@***.***"));
+        let fields: std::collections::BTreeMap<_, _> = q.fields.into_iter().collect();
+        assert_eq!(fields["email"], "***@***.***");
+        assert_eq!(fields["note"], "ssn ***-**-****");
+        assert_eq!(fields["user_id"], "user_1");
+    }
 }

@@ -98,6 +98,8 @@ struct WriterState {
     added_up_to: u64,
     /// The Raft index recorded in the last commit.
     committed_up_to: u64,
+    /// True when documents were added or deleted since the last commit.
+    dirty: bool,
 }
 
 /// The tantivy index of one shard: a single writer and a reader reloaded after each commit.
@@ -142,6 +144,7 @@ impl ShardIndex {
                 writer,
                 added_up_to: committed_up_to,
                 committed_up_to,
+                dirty: false,
             }),
         })
     }
@@ -164,6 +167,7 @@ impl ShardIndex {
         for (key, entry) in entries {
             state.writer.add_document(self.document(key, entry))?;
         }
+        state.dirty |= !entries.is_empty();
         state.added_up_to = state.added_up_to.max(raft_index);
         Ok(())
     }
@@ -176,24 +180,27 @@ impl ShardIndex {
         state.writer.rollback()?;
         state.writer.delete_all_documents()?;
         state.added_up_to = 0;
+        state.dirty = true;
         Ok(())
     }
 
-    /// Commits what was added, if anything, records the Raft index in the commit, and reloads
-    /// the reader. Returns the Raft index now committed.
-    pub fn commit(&self) -> Result<u64> {
+    /// Commits what was added or deleted since the last commit, records the Raft index in the
+    /// commit, and reloads the reader. Returns the Raft index committed, or None when there was
+    /// nothing to commit (an idle shard writes nothing).
+    pub fn commit(&self) -> Result<Option<u64>> {
         let mut state = self.lock();
-        if state.added_up_to == state.committed_up_to && state.added_up_to != 0 {
-            return Ok(state.committed_up_to);
+        if !state.dirty {
+            return Ok(None);
         }
         let up_to = state.added_up_to;
         let mut prepared = state.writer.prepare_commit()?;
         prepared.set_payload(&up_to.to_string());
         prepared.commit()?;
         state.committed_up_to = up_to;
+        state.dirty = false;
         drop(state);
         self.reader.reload()?;
-        Ok(up_to)
+        Ok(Some(up_to))
     }
 
     fn document(&self, key: &[u8], e: &StoredEntry) -> TantivyDocument {

@@ -29,7 +29,7 @@ pub use entry::{
     decode_outcomes, encode_outcomes, hour_of, EntryOutcome, Level, ShardCommand, StoredEntry,
 };
 pub use error::{Error, Result};
-pub use query::{sort_key, ShardHits, ShardQuery, SortOrder};
+pub use query::{compare, ShardHits, ShardQuery, SortOrder};
 pub use shard::{
     column_families, Shard, ShardConfig, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
 };

@@ -42,13 +42,12 @@ pub struct ShardHits {
     pub entries: Vec<StoredEntry>,
 }
 
-/// Returns the sort key of an entry for `order`: smaller sorts first.
-pub fn sort_key(entry: &StoredEntry, order: SortOrder) -> (i64, u128) {
+/// Orders two entries as `order` wants them: by `(timestamp, log_id)`, oldest or newest first.
+/// Shards and the coordinator use the same order, so merging shard answers is exact.
+pub fn compare(a: &StoredEntry, b: &StoredEntry, order: SortOrder) -> std::cmp::Ordering {
+    let key = |e: &StoredEntry| (e.timestamp_us, e.log_id);
     match order {
-        SortOrder::Asc => (entry.timestamp_us, entry.log_id.as_u128()),
-        SortOrder::Desc => (
-            -(entry.timestamp_us as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64,
-            u128::MAX - entry.log_id.as_u128(),
-        ),
+        SortOrder::Asc => key(a).cmp(&key(b)),
+        SortOrder::Desc => key(b).cmp(&key(a)),
     }
 }

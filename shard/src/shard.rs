@@ -222,16 +222,17 @@ impl Shard {
         Ok(outcomes)
     }
 
-    /// Commits the index if anything was added and drops the queue records it now covers.
-    pub fn commit_index(&self) -> Result<u64> {
-        let up_to = self.index.commit()?;
-        if up_to > 0 {
-            let cf = self.cf(CF_INDEX_QUEUE)?;
-            let from = keys::queue_key(self.id, 0, 0);
-            let to = keys::queue_key(self.id, up_to.saturating_add(1), 0);
-            self.db.delete_range_cf(cf, &from[..], &to[..])?;
-        }
-        Ok(up_to)
+    /// Commits the index if anything changed and drops the queue records it now covers.
+    /// Returns the Raft index committed, or None when there was nothing to commit.
+    pub fn commit_index(&self) -> Result<Option<u64>> {
+        let Some(up_to) = self.index.commit()? else {
+            return Ok(None);
+        };
+        let cf = self.cf(CF_INDEX_QUEUE)?;
+        let from = keys::queue_key(self.id, 0, 0);
+        let to = keys::queue_key(self.id, up_to.saturating_add(1), 0);
+        self.db.delete_range_cf(cf, &from[..], &to[..])?;
+        Ok(Some(up_to))
     }
 
     /// Indexes the applied entries recorded in the queue above the last tantivy commit.
@@ -267,7 +268,7 @@ impl Shard {
             self.index.add(raft_index, &[(key, &entry)])?;
         }
         let up_to = self.commit_index()?;
-        tracing::info!(shard_id = %self.id, entry_count = count, raft_index = up_to, "index caught up with applied entries");
+        tracing::info!(shard_id = %self.id, entry_count = count, raft_index = ?up_to, "index caught up with applied entries");
         Ok(())
     }
 

@@ -65,12 +65,25 @@ mod tests {
 
     #[test]
     fn routing_is_stable_across_builds() {
-        // These values pin the documented hash: a change here re-routes every stored entry.
+        // Pinned values of the documented hash: if one changes, every stored entry re-routes.
+        // The literals were printed once by this code; they are the contract from now on.
         let map = ShardMap::new(16);
-        let first = map.shard_for("payment-service", 490_000);
-        assert_eq!(first, map.shard_for("payment-service", 490_000));
-        let expected = xxh3_64(b"payment-service\0\x00\x00\x00\x00\x00\x07\x7a\x10") % 16;
-        assert_eq!(first, ShardId(expected as u32));
+        let pinned = [
+            ("payment-service", 490_000, 15),
+            ("order-service", 0, 14),
+            ("", -1, 11),
+        ];
+        for (service, hour, shard) in pinned {
+            assert_eq!(
+                map.shard_for(service, hour),
+                ShardId(shard),
+                "{service:?} hour {hour}"
+            );
+        }
+        assert_eq!(
+            xxh3_64(b"payment-service\0\x00\x00\x00\x00\x00\x07\x7a\x10"),
+            11_901_927_256_980_169_231
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     )
     .err()
     .expect("must refuse");
-    assert!(err.1.contains("created with 3 shards"), "{}", err.1);
+    assert!(
+        err.stderr.contains("created with 3 shards"),
+        "{}",
+        err.stderr
+    );
 }
 
 #[test]
@@ -38,8 +42,8 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
         .err()
         .expect("an unknown format must not start");
     assert!(
-        err.1.contains("on-disk format 99"),
+        err.stderr.contains("on-disk format 99"),
         "unclear error: {}",
-        err.1
+        err.stderr
     );
 }

@@ -269,9 +269,9 @@ fn restart_keeps_entries_and_rejects_a_different_shard_count() {
         .err()
         .expect("a different shard count must not start");
     assert!(
-        err.1.contains("created with 4 shards"),
+        err.stderr.contains("created with 4 shards"),
         "unclear error: {}",
-        err.1
+        err.stderr
     );
 
     let veil = Veil::start(dir.path(), &[]);

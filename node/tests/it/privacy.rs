@@ -68,9 +68,6 @@ fn planted_personal_data_never_reaches_the_data_dir() {
         "query answer leaks: {message}"
     );
 
-    // Search with the plaintext: the query is masked the same way, and nothing leaks back.
-    let by_email = veil.query(json!({"query": format!("\"{EMAIL}\"")}));
-    assert!(!by_email.to_string().contains(EMAIL));
     veil.stop();
 
     let data = dir.path();
