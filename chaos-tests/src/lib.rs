@@ -93,7 +93,7 @@ impl VeilProcess {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr is piped");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -116,6 +116,9 @@ impl VeilProcess {
             // Best effort: the process may already be gone.
             let _ = child.kill();
             let _ = child.wait();
+            // The process is gone, so its stderr reaches EOF: wait for the reader to have
+            // everything, or the reason it printed on its way out may be missing.
+            let _ = stderr_reader.join();
             let stderr = lock(&stderr).clone();
             return Err(StartError {
                 message: format!("veil {args:?} printed no ready line"),
