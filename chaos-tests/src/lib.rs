@@ -37,6 +37,14 @@ pub fn veil_bin() -> PathBuf {
     candidate
 }
 
+/// The PII key file a node started by this harness uses: beside its data directory (never
+/// inside it), so a restart on the same directory hashes with the same key.
+pub fn key_file_for(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir.as_os_str().to_owned();
+    name.push(".veil-keys.toml");
+    PathBuf::from(name)
+}
+
 /// How long a node may take to print its ready line (a cold debug build on two cores is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -83,6 +91,7 @@ impl VeilProcess {
         let mut child = Command::new(bin)
             .args(&args)
             .env("RUST_LOG", "warn")
+            .env("VEIL_KEY_FILE", key_file_for(data_dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -9,6 +9,18 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use veil_node::pii::Strategies;
+
+/// `$XDG_CONFIG_HOME/veil/keys.toml`, else `$HOME/.config/veil/keys.toml`.
+pub fn default_key_file() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir).join("veil/keys.toml"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".config/veil/keys.toml")),
+        None => bail!("no --key-file, and neither XDG_CONFIG_HOME nor HOME is set to put one in"),
+    }
+}
 
 /// Flags of `veil serve`. Unset flags fall back to the TOML file, then to the defaults below.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -72,6 +84,21 @@ pub struct ServeArgs {
     /// How long start-up waits for every shard to elect a leader, in ms [default: 60000].
     #[arg(long, env = "VEIL_STARTUP_TIMEOUT_MS")]
     pub startup_timeout_ms: Option<u64>,
+    /// The PII key file (HMAC secret for hash tokens, AES key for kept originals); created with
+    /// fresh keys and mode 0600 when missing; must be outside the data directory. Ignored when
+    /// VEIL_PII_HMAC_KEY and VEIL_PII_AES_KEY are set [default: $XDG_CONFIG_HOME/veil/keys.toml,
+    /// else ~/.config/veil/keys.toml].
+    #[arg(long, env = "VEIL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Masking strategy per PII type, as `type=strategy,…` with strategies redact, hash,
+    /// partial_mask [default: email=hash,phone=hash,ip_address=hash,credit_card=partial_mask,
+    /// ssn=redact,iban=redact,secret=redact].
+    #[arg(long, env = "VEIL_PII_STRATEGIES")]
+    pub pii_strategies: Option<String>,
+    /// Services whose unmasked originals are kept, sealed with AES-256-GCM (comma-separated;
+    /// `*` for all) [default: none].
+    #[arg(long, env = "VEIL_KEEP_ORIGINALS_FOR")]
+    pub keep_originals_for: Option<String>,
 }
 
 /// The resolved configuration of a node.
@@ -113,6 +140,13 @@ pub struct NodeConfig {
     pub snapshot_logs_since_last: u64,
     /// Start-up leader election deadline, in ms.
     pub startup_timeout_ms: u64,
+    /// The PII key file.
+    pub key_file: PathBuf,
+    /// Masking strategies per PII type.
+    #[serde(skip)]
+    pub pii_strategies: Strategies,
+    /// Services whose sealed originals are kept (`*`: all).
+    pub keep_originals_for: Vec<String>,
 }
 
 impl ServeArgs {
@@ -151,6 +185,28 @@ impl ServeArgs {
             query_window_max: pick!(query_window_max, 10_000),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
+            key_file: match self.key_file.or(file.key_file) {
+                Some(p) => p,
+                None => default_key_file()?,
+            },
+            pii_strategies: {
+                let mut s = Strategies::default();
+                if let Some(text) = self.pii_strategies.or(file.pii_strategies) {
+                    s.apply(&text)
+                        .map_err(|e| anyhow::anyhow!("--pii-strategies: {e}"))?;
+                }
+                s
+            },
+            keep_originals_for: self
+                .keep_originals_for
+                .or(file.keep_originals_for)
+                .map(|s| {
+                    s.split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -179,6 +235,18 @@ impl NodeConfig {
         }
         if self.index_commit_interval_ms == 0 {
             bail!("--index-commit-interval-ms must be positive");
+        }
+        // The key must not travel with the data: a leaked data directory alone must not let
+        // anyone recompute hash tokens or open originals.
+        let data = std::path::absolute(&self.data_dir)?;
+        let data_real = std::fs::canonicalize(&self.data_dir).unwrap_or_else(|_| data.clone());
+        let key = std::path::absolute(&self.key_file)?;
+        if key.starts_with(&data) || key.starts_with(&data_real) {
+            bail!(
+                "--key-file {} is inside the data directory {}; keep the PII keys outside it",
+                self.key_file.display(),
+                self.data_dir.display()
+            );
         }
         Ok(())
     }

@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: entries carry `sealed_original` (issue 4).
+pub const FORMAT_VERSION: u32 = 2;
 
 const FILE_NAME: &str = "veil.toml";
 

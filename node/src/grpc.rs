@@ -88,6 +88,8 @@ impl Veil for VeilService {
         let now = ingest::now_us();
         let limits = node.entry_limits();
         let defaults = RequestDefaults::default();
+        let masker = node.masker();
+        let masking = node.masking(&masker);
         let items = entries
             .into_iter()
             .enumerate()
@@ -107,7 +109,7 @@ impl Veil for VeilService {
                     .with_line(i + 1));
                 }
                 let map = entry_to_json(e, i + 1)?;
-                ingest::prepare(map, &defaults, limits, &node.masker, now)
+                ingest::prepare(map, &defaults, limits, &masking, now)
                     .map_err(|e| e.with_line(i + 1))
             })
             .collect();
@@ -120,7 +122,7 @@ impl Veil for VeilService {
                     PbEntryResult {
                         status: stored.status().into(),
                         log_id: stored.log_id.to_string(),
-                        pii_detected: stored.pii_detected.into_iter().map(String::from).collect(),
+                        pii_detected: stored.pii_detected,
                         pii_masked: stored.pii_masked,
                         line: 0,
                         error: None,

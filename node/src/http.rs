@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
@@ -15,6 +15,8 @@ use crate::error::ApiError;
 use crate::ingest::{self, PreparedEntry, RequestDefaults};
 use crate::node::{EntryResult, Node, Stored};
 use crate::query;
+use veil_node::pii::custom::{NewPattern, PatternError};
+use veil_node::pii::PiiType;
 
 /// Builds the HTTP router.
 pub fn router(node: Arc<Node>) -> Router {
@@ -22,6 +24,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
+        .route(
+            "/api/v1/admin/pii-patterns",
+            get(list_pii_patterns).post(add_pii_pattern),
+        )
+        .route(
+            "/api/v1/admin/pii-patterns/{id}",
+            delete(delete_pii_pattern).patch(patch_pii_pattern),
+        )
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
 }
@@ -53,7 +63,7 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
 pub struct EntryAnswer {
     pub log_id: String,
     pub status: &'static str,
-    pub pii_detected: Vec<&'static str>,
+    pub pii_detected: Vec<String>,
     pub pii_masked: bool,
 }
 
@@ -137,13 +147,16 @@ async fn ingest_logs(
     let now = ingest::now_us();
     let limits = node.entry_limits();
     let entry_max = node.config.entry_bytes_max;
+    let masker = node.masker();
+    let masking = node.masking(&masker);
     let prepare = |value: Value,
                    defaults: &RequestDefaults,
                    line: usize|
      -> Result<PreparedEntry, ApiError> {
         match value {
-            Value::Object(map) => ingest::prepare(map, defaults, limits, &node.masker, now)
-                .map_err(|e| e.with_line(line)),
+            Value::Object(map) => {
+                ingest::prepare(map, defaults, limits, &masking, now).map_err(|e| e.with_line(line))
+            }
             _ => Err(
                 ApiError::bad_request("invalid_entry", "an entry must be a JSON object")
                     .with_line(line),
@@ -277,3 +290,95 @@ async fn query_logs(State(node): State<Arc<Node>>, body: Body) -> Result<Respons
     let answer = query::run(&node, request).await?;
     Ok(Json(answer).into_response())
 }
+
+impl From<PatternError> for ApiError {
+    fn from(e: PatternError) -> Self {
+        match e {
+            PatternError::Invalid { field, .. } => {
+                ApiError::bad_request("invalid_pattern", e.to_string()).with_field(field)
+            }
+            PatternError::TooMany => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_patterns", e.to_string())
+            }
+            PatternError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "pattern_not_found", e.to_string())
+            }
+            PatternError::Io { .. } | PatternError::Corrupt(..) => {
+                ApiError::internal("storing PII patterns", e)
+            }
+        }
+    }
+}
+
+fn pattern_id(id: &str) -> Result<uuid::Uuid, ApiError> {
+    id.parse().map_err(|_| {
+        ApiError::bad_request("invalid_pattern_id", format!("{id:?} is not a pattern id"))
+    })
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid body: {e}")))
+}
+
+/// `GET /api/v1/admin/pii-patterns`: the custom patterns, and the built-in types with their
+/// strategies.
+async fn list_pii_patterns(State(node): State<Arc<Node>>) -> Response {
+    let masker = node.masker();
+    let builtin: Vec<Value> = PiiType::ALL
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "pattern_type": t.as_str(),
+                "masking_strategy": masker.strategies().get(*t).as_str(),
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "patterns": node.pii_patterns().await,
+        "builtin": builtin,
+    }))
+    .into_response()
+}
+
+/// `POST /api/v1/admin/pii-patterns`: validates, stores and applies a custom pattern.
+async fn add_pii_pattern(State(node): State<Arc<Node>>, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_body(body, PATTERN_BODY_BYTES_MAX).await?;
+    let new: NewPattern = json_body(&bytes)?;
+    let p = node.add_pii_pattern(new).await?;
+    tracing::info!(pattern_id = %p.pattern_id, pattern_type = %p.pattern_type, "PII pattern added");
+    Ok((StatusCode::CREATED, Json(p)).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatternPatch {
+    is_active: bool,
+}
+
+/// `PATCH /api/v1/admin/pii-patterns/{id}` with `{"is_active": bool}`.
+async fn patch_pii_pattern(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id = pattern_id(&id)?;
+    let bytes = read_body(body, PATTERN_BODY_BYTES_MAX).await?;
+    let patch: PatternPatch = json_body(&bytes)?;
+    let p = node.set_pii_pattern_active(id, patch.is_active).await?;
+    Ok(Json(p).into_response())
+}
+
+/// `DELETE /api/v1/admin/pii-patterns/{id}`.
+async fn delete_pii_pattern(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = pattern_id(&id)?;
+    node.delete_pii_pattern(id).await?;
+    tracing::info!(pattern_id = %id, "PII pattern deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The largest body of a pattern request.
+const PATTERN_BODY_BYTES_MAX: usize = 16 << 10;

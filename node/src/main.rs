@@ -7,6 +7,7 @@ mod grpc;
 mod http;
 mod ingest;
 mod node;
+mod pii_cmd;
 mod query;
 
 use std::io::Write;
@@ -26,7 +27,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Runs a node; with no flags, a one-node cluster with its data under ./data.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
+    /// PII tools: `veil pii mask` runs the server's masking engine over stdin.
+    #[command(subcommand)]
+    Pii(pii_cmd::PiiCommand),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,10 @@ fn run() -> anyhow::Result<ExitCode> {
                 .build()
                 .context("failed to start tokio")?;
             runtime.block_on(serve(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pii(command) => {
+            pii_cmd::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
     }

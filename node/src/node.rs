@@ -17,8 +17,10 @@ use veil_shard::{
 
 use crate::config::NodeConfig;
 use crate::error::ApiError;
-use crate::ingest::mask::Masker;
 use crate::ingest::{EntryLimits, PreparedEntry};
+use veil_node::pii::custom::{CustomPattern, NewPattern, PatternError, PatternStore};
+use veil_node::pii::keys::KeyRing;
+use veil_node::pii::Masker;
 
 /// The Raft handle of a shard group.
 pub type ShardRaft = veil_raft::alias::Raft<ShardStateMachine>;
@@ -36,7 +38,12 @@ pub struct Node {
     pub config: NodeConfig,
     pub shard_map: ShardMap,
     pub groups: Vec<Group>,
-    pub masker: Masker,
+    /// The PII engine in force; replaced whole when custom patterns change.
+    masker: std::sync::RwLock<Arc<Masker>>,
+    /// The PII keys (hash tokens, sealed originals).
+    pub keys: KeyRing,
+    /// Custom PII patterns; the lock also serialises their changes.
+    patterns: tokio::sync::Mutex<PatternStore>,
     ingest_permits: Semaphore,
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
@@ -53,7 +60,7 @@ pub struct Stored {
     /// True when the log_id was already stored (a retry).
     pub duplicate: bool,
     /// The personal data types found, lowercase.
-    pub pii_detected: Vec<&'static str>,
+    pub pii_detected: Vec<String>,
     /// True when anything was masked.
     pub pii_masked: bool,
 }
@@ -97,6 +104,15 @@ impl Node {
         let (info, created) =
             crate::datadir::open_or_create(&config.data_dir, config.shards, config.node_id)?;
         tracing::info!(cluster_id = %info.cluster_id, node_id = info.node_id, shards = info.shards, created, "data directory open");
+        let keys = match KeyRing::from_env()? {
+            Some(k) => k,
+            None => KeyRing::load_or_create(&config.key_file)?,
+        };
+        tracing::info!(key_id = keys.active().id(), "PII keys loaded");
+        let patterns =
+            PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
+        let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
+            .context("PII patterns")?;
         let db = open_db(&config)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(config.shards);
@@ -154,7 +170,9 @@ impl Node {
         let node = Arc::new(Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),
             idempotency_gate: tokio::sync::Mutex::new(()),
-            masker: Masker::new(),
+            masker: std::sync::RwLock::new(Arc::new(masker)),
+            keys,
+            patterns: tokio::sync::Mutex::new(patterns),
             ready: AtomicBool::new(false),
             config,
             shard_map,
@@ -163,6 +181,76 @@ impl Node {
         });
         node.clone().spawn_index_committer();
         Ok(node)
+    }
+
+    /// The PII engine in force.
+    pub fn masker(&self) -> Arc<Masker> {
+        // A panic while swapping leaves the old engine, which is still a whole engine.
+        self.masker
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The custom PII patterns.
+    pub async fn pii_patterns(&self) -> Vec<CustomPattern> {
+        self.patterns.lock().await.patterns().to_vec()
+    }
+
+    /// Adds a custom pattern: validated, compiled with the others, stored, then in force.
+    pub async fn add_pii_pattern(&self, p: NewPattern) -> Result<CustomPattern, PatternError> {
+        let p = p.validate()?;
+        let mut store = self.patterns.lock().await;
+        let mut next = store.patterns().to_vec();
+        next.push(p.clone());
+        let masker = self.build_masker(&next)?;
+        store.add(p.clone())?;
+        self.swap_masker(masker);
+        Ok(p)
+    }
+
+    /// Sets a custom pattern's active flag.
+    pub async fn set_pii_pattern_active(
+        &self,
+        id: uuid::Uuid,
+        active: bool,
+    ) -> Result<CustomPattern, PatternError> {
+        let mut store = self.patterns.lock().await;
+        let p = store.set_active(id, active)?;
+        let masker = self.build_masker(store.patterns())?;
+        self.swap_masker(masker);
+        Ok(p)
+    }
+
+    /// Deletes a custom pattern.
+    pub async fn delete_pii_pattern(&self, id: uuid::Uuid) -> Result<(), PatternError> {
+        let mut store = self.patterns.lock().await;
+        store.remove(id)?;
+        let masker = self.build_masker(store.patterns())?;
+        self.swap_masker(masker);
+        Ok(())
+    }
+
+    fn build_masker(&self, patterns: &[CustomPattern]) -> Result<Masker, PatternError> {
+        Masker::new(self.config.pii_strategies, &self.keys, patterns).map_err(|e| {
+            PatternError::Invalid {
+                field: "regex_pattern",
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    fn swap_masker(&self, masker: Masker) {
+        *self.masker.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(masker);
+    }
+
+    /// The masking stage's context, over an engine taken from [`Node::masker`].
+    pub fn masking<'a>(&'a self, masker: &'a Masker) -> crate::ingest::MaskingContext<'a> {
+        crate::ingest::MaskingContext {
+            masker,
+            keys: &self.keys,
+            keep_originals_for: &self.config.keep_originals_for,
+        }
     }
 
     /// Waits until every shard's group has elected this node leader, then marks the node ready.

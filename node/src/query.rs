@@ -10,9 +10,9 @@ use serde_json::Value;
 use veil_shard::{compare, hour_of, Level, ShardId, ShardQuery, SortOrder, StoredEntry};
 
 use crate::error::ApiError;
-use crate::ingest::mask::{Findings, Masker, Unmasked};
 use crate::ingest::{format_timestamp, parse_level, parse_timestamp};
 use crate::node::Node;
+use veil_node::pii::{Findings, Masker, Unmasked};
 
 /// Most hours a service filter is expanded into exact (service, hour) shards; a longer range
 /// asks every shard.
@@ -196,7 +196,7 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryRespons
             }
         }
     };
-    let shard_query = build_shard_query(&node.masker, &request, order, window)?;
+    let shard_query = build_shard_query(&node.masker(), &request, order, window)?;
     let shards = plan(node, &shard_query);
     let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
     let tasks = shards.iter().map(|shard_id| {
@@ -268,10 +268,8 @@ fn build_shard_query(
     // Query text and filter values pass through the same masking as ingest, so a search for an
     // email looks for its masked form and the plaintext goes no further.
     let mut findings = Findings::default();
-    let text = r
-        .query
-        .clone()
-        .map(|q| masker.mask(Unmasked(q), &mut findings));
+    // Replacements in the text are quoted, so a hash token is searched as one phrase.
+    let text = r.query.as_deref().map(|q| masker.mask_query_text(q));
     let bound = |v: &Option<Value>, name: &str| -> Result<Option<i64>, ApiError> {
         match v {
             None | Some(Value::Null) => Ok(None),
@@ -369,10 +367,15 @@ mod tests {
             "filters": {"fields": {"email": "jane@example.org", "note": "ssn 219-09-9999", "user_id": "user_1"}}
         }))
         .unwrap();
-        let q = build_shard_query(&Masker::new(), &request, SortOrder::Desc, 10).unwrap();
-        assert_eq!(q.text.as_deref(), Some("failed for ***@***.***"));
+        let keys = veil_node::pii::keys::KeyRing::throwaway().unwrap();
+        let masker = Masker::new(Default::default(), &keys, &[]).unwrap();
+        let q = build_shard_query(&masker, &request, SortOrder::Desc, 10).unwrap();
+        // The same token ingest stores for that address (emails are hashed by default).
+        let token = masker.scan("jane@example.org")[0].replacement.clone();
+        assert!(token.starts_with("<email:"), "{token}");
+        assert_eq!(q.text, Some(format!("failed for \"{token}\"")));
         let fields: std::collections::BTreeMap<_, _> = q.fields.into_iter().collect();
-        assert_eq!(fields["email"], "***@***.***");
+        assert_eq!(fields["email"], token);
         assert_eq!(fields["note"], "ssn ***-**-****");
         assert_eq!(fields["user_id"], "user_1");
     }

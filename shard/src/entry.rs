@@ -79,6 +79,9 @@ pub struct StoredEntry {
     pub environment: Option<String>,
     /// The region.
     pub region: Option<String>,
+    /// The unmasked original, sealed with AES-256-GCM under a key kept outside the data
+    /// directory (only for services configured to keep originals). Never indexed or returned.
+    pub sealed_original: Option<Vec<u8>>,
 }
 
 impl StoredEntry {

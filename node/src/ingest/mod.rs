@@ -1,7 +1,6 @@
 //! The ingest pipeline: validate → mask → assign a log_id → route. Only this module holds
-//! unmasked text (in [`mask::Unmasked`]); what leaves it is a masked `StoredEntry`.
-
-pub mod mask;
+//! unmasked text (in [`Unmasked`]); what leaves it is a masked `StoredEntry`, with the original
+//! sealed when its service keeps originals.
 
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
@@ -10,7 +9,8 @@ use uuid::Uuid;
 use veil_shard::{Level, StoredEntry};
 
 use crate::error::ApiError;
-use mask::{Findings, Masker, Unmasked};
+use veil_node::pii::keys::KeyRing;
+use veil_node::pii::{Findings, Masker, Unmasked};
 
 /// The namespace of name-based log_ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_0c7e_5b7d_4d6a_9a55_0e11_7e1c_0001);
@@ -48,14 +48,40 @@ pub struct PreparedEntry {
 
 const SERVICE_LEN_MAX: usize = 256;
 
+/// What the masking stage needs: the engine, and the keys and services for kept originals.
+pub struct MaskingContext<'a> {
+    /// The PII engine.
+    pub masker: &'a Masker,
+    /// The keys that seal originals.
+    pub keys: &'a KeyRing,
+    /// Services whose originals are kept (`*`: all).
+    pub keep_originals_for: &'a [String],
+}
+
+impl MaskingContext<'_> {
+    fn keeps(&self, service: &str) -> bool {
+        self.keep_originals_for
+            .iter()
+            .any(|s| s == "*" || s == service)
+    }
+}
+
 /// Validates, masks and identifies one entry.
 pub fn prepare(
     mut obj: Map<String, Value>,
     defaults: &RequestDefaults,
     limits: EntryLimits,
-    masker: &Masker,
+    masking: &MaskingContext<'_>,
     now_us: i64,
 ) -> Result<PreparedEntry, ApiError> {
+    let masker = masking.masker;
+    // The original as sent, for services that keep it sealed; it is encrypted below and never
+    // leaves this function in the clear.
+    let original = if masking.keep_originals_for.is_empty() {
+        None
+    } else {
+        Some(Unmasked(Value::Object(obj.clone()).to_string()))
+    };
     let timestamp_us = match take_any(&mut obj, &["timestamp", "@timestamp"]) {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_timestamp(&v)?),
@@ -220,6 +246,15 @@ pub fn prepare(
         }
         None => uuid_v7_at(ts),
     };
+    let sealed_original = match original {
+        Some(o) if masking.keeps(&service) => Some(
+            masking
+                .keys
+                .seal(o.0.as_bytes(), log_id.as_bytes())
+                .map_err(|e| ApiError::internal("sealing the original", e))?,
+        ),
+        _ => None,
+    };
     let entry = StoredEntry {
         log_id,
         timestamp_us: ts,
@@ -234,6 +269,7 @@ pub fn prepare(
         host,
         environment,
         region,
+        sealed_original,
     };
     Ok(PreparedEntry {
         entry,
@@ -341,6 +377,24 @@ mod tests {
         }
     }
 
+    fn engine() -> &'static (Masker, KeyRing) {
+        static E: std::sync::OnceLock<(Masker, KeyRing)> = std::sync::OnceLock::new();
+        E.get_or_init(|| {
+            let keys = KeyRing::throwaway().unwrap();
+            let masker = Masker::new(Default::default(), &keys, &[]).unwrap();
+            (masker, keys)
+        })
+    }
+
+    fn masking() -> MaskingContext<'static> {
+        let (masker, keys) = engine();
+        MaskingContext {
+            masker,
+            keys,
+            keep_originals_for: &[],
+        }
+    }
+
     fn prep(v: Value) -> Result<PreparedEntry, ApiError> {
         let Value::Object(m) = v else {
             panic!("object")
@@ -349,9 +403,41 @@ mod tests {
             m,
             &RequestDefaults::default(),
             limits(),
-            &Masker::new(),
+            &masking(),
             1_700_000_000_000_000,
         )
+    }
+
+    #[test]
+    fn originals_are_sealed_only_for_configured_services() {
+        let keep = ["billing".to_string()];
+        let ctx = MaskingContext {
+            keep_originals_for: &keep,
+            ..masking()
+        };
+        let entry = |service: &str| {
+            let Value::Object(m) =
+                serde_json::json!({"service": service, "message": "for ana@example.com"})
+            else {
+                unreachable!()
+            };
+            prepare(
+                m,
+                &RequestDefaults::default(),
+                limits(),
+                &ctx,
+                1_700_000_000_000_000,
+            )
+            .unwrap()
+            .entry
+        };
+        let billing = entry("billing");
+        assert!(!billing.message.contains("ana@"), "{}", billing.message);
+        let sealed = billing.sealed_original.expect("billing keeps originals");
+        let original = engine().1.open(&sealed, billing.log_id.as_bytes()).unwrap();
+        let original: Value = serde_json::from_slice(&original).unwrap();
+        assert_eq!(original["message"], "for ana@example.com");
+        assert_eq!(entry("search").sealed_original, None);
     }
 
     #[test]
@@ -365,7 +451,7 @@ mod tests {
             m,
             &RequestDefaults::default(),
             limits(),
-            &Masker::new(),
+            &masking(),
             1_700_000_900_000_000,
         )
         .unwrap();

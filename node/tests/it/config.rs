@@ -12,7 +12,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 1"), "{recorded}");
+    assert!(recorded.contains("format_version = 2"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -36,7 +36,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 1", "format_version = 99");
+        .replace("format_version = 2", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()

@@ -8,4 +8,5 @@ mod bad_input;
 mod config;
 mod harness;
 mod ingest_query;
+mod pii;
 mod privacy;

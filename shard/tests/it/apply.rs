@@ -38,6 +38,7 @@ fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
         host: Some("api-1".into()),
         environment: Some("prod".into()),
         region: None,
+        sealed_original: None,
     }
 }
 

@@ -1,0 +1,353 @@
+use super::corpus::{self, Generator};
+use super::custom::NewPattern;
+use super::*;
+
+fn masker_with(strategies: Strategies) -> Masker {
+    Masker::new(strategies, &KeyRing::throwaway().unwrap(), &[]).unwrap()
+}
+
+fn redacting() -> Masker {
+    let mut s = Strategies::default();
+    for t in PiiType::ALL {
+        s.set(t, Strategy::Redact);
+    }
+    masker_with(s)
+}
+
+fn mask(m: &Masker, text: &str) -> (String, Vec<String>) {
+    let mut f = Findings::default();
+    let out = m.mask(Unmasked(text.to_string()), &mut f);
+    (out, f.names())
+}
+
+/// Each case: input, expected output under REDACT for every type.
+#[test]
+fn detects_every_documented_form() {
+    let m = redacting();
+    let cases: &[(&str, &str)] = &[
+        // Email: plus-addressing, subdomains, quoted, in URLs, angle brackets, URL-encoded.
+        ("mail john.doe+billing@mail.example.co.uk now", "mail ***@***.*** now"),
+        (r#"{"to":"Ana.Silva@Example.COM"}"#, r#"{"to":"***@***.***"}"#),
+        ("From: Ana <ana@example.fr>", "From: Ana <***@***.***>"),
+        ("GET /reset?email=ana%40example.fr&x=1", "GET /reset?email=***@***.***&x=1"),
+        ("see https://x.example.com/u/kim@example.com/p", "see https://x.example.com/u/***@***.***/p"),
+        // Phones: North American spellings, extensions, international.
+        ("call (415) 555-0132 now", "call ***-***-**** now"),
+        ("call 415-555-0132 x204 now", "call ***-***-**** now"),
+        ("call +1 415 555 0132", "call ***-***-****"),
+        ("call 1-415-555-0132", "call ***-***-****"),
+        ("call 415.555.0132", "call ***-***-****"),
+        ("phone: 4155550132", "phone: ***-***-****"),
+        ("uk +44 20 7946 0958 200 OK", "uk ***-***-**** 200 OK"),
+        ("de +49 30 12345678", "de ***-***-****"),
+        ("fr +33 1 23 45 67 89.", "fr ***-***-****."),
+        ("in +91 98765 43210", "in ***-***-****"),
+        ("jp +81 3-1234-5678", "jp ***-***-****"),
+        ("e164 +442079460958", "e164 ***-***-****"),
+        ("uk +44 (0)20 7946 0958", "uk ***-***-****"),
+        // SSN.
+        ("ssn 123-45-6789 ok", "ssn ***-**-**** ok"),
+        ("SSN: 123456789", "SSN: ***-**-****"),
+        // Cards: issuers, lengths, separators.
+        ("card 4111 1111 1111 1111 x", "card ****-****-****-**** x"),
+        ("card 4111-1111-1111-1111", "card ****-****-****-****"),
+        ("card 4111111111111111", "card ****-****-****-****"),
+        ("amex 3782 822463 10005", "amex ****-****-****-****"),
+        ("mc 2221000000000009", "mc ****-****-****-****"),
+        ("maestro 675964982648", "maestro ****-****-****-****"),
+        ("card 4111 1111 1111 1111 2024", "card ****-****-****-**** 2024"),
+        // IP addresses.
+        ("from 203.0.113.9:443 ok", "from ***.***.***.***:443 ok"),
+        ("v6 2001:db8::8a2e:370:7334 ok", "v6 ****:****:****:****:****:****:****:**** ok"),
+        ("[2001:db8::1]:8443", "[****:****:****:****:****:****:****:****]:8443"),
+        ("peer fe80::1ff:fe23:4567:890a%eth0 up", "peer ****:****:****:****:****:****:****:****%eth0 up"),
+        ("mapped ::ffff:192.0.2.128 x", "mapped ****:****:****:****:****:****:****:**** x"),
+        // IBAN, spaced and compact, with a word after it.
+        ("iban DE89 3704 0044 0532 0130 00 FAIL", "iban **** FAIL"),
+        ("iban GB82WEST12345698765432", "iban ****"),
+        // Secrets.
+        ("password=hunter2 next", "password=[REDACTED] next"),
+        (r#""db_password": "s3cr3t!" x"#, r#""db_password": "[REDACTED]" x"#),
+        ("x-api-key: abcdef123456", "x-api-key: [REDACTED]"),
+        ("Authorization: Bearer abc.def.ghi", "Authorization: Bearer [REDACTED]"),
+        ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic [REDACTED]"),
+        ("postgres://app:s3cret@db:5432/x", "postgres://app:[REDACTED]@db:5432/x"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end",
+            "jwt [REDACTED] end",
+        ),
+        ("key AKIAIOSFODNN7EXAMPLE used", "key [REDACTED] used"),
+        ("gh ghp_abcdefghijklmnopqrstuvwxyz0123456789 x", "gh [REDACTED] x"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\nabc+/=\n-----END RSA PRIVATE KEY-----",
+            "-----BEGIN RSA PRIVATE KEY-----[REDACTED]-----END RSA PRIVATE KEY-----",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (input, expected) in cases {
+        let (out, _) = mask(&m, input);
+        if out != *expected {
+            failures.push(format!("{input:?}\n   got {out:?}\n  want {expected:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn leaves_ids_times_and_numbers_untouched() {
+    let m = redacting();
+    for text in [
+        "request 550e8400-e29b-41d4-a716-446655440000 took 35ms",
+        "ts 1700000000123 count 4111111111111112",
+        "order_id=4111111111111111 trace_id=5500000000000004",
+        "ssn-like 000-12-3456 and 666-12-3456 are impossible",
+        "listening on 127.0.0.1:8080 version 1.2.3 and ::1 and 0.0.0.0",
+        "081109 203615 148 INFO dfs.DataNode$PacketResponder: block blk_-1608999687919862906",
+        "netmask 255.255.255.0 oid 1.3.6.1.4.1.2021 build 10.0.19041.1",
+        "wcp.dll version 0.0.0.6 at 12:34:56 on 2015-10-18 18:01:47,978",
+        "std::vector<int> Foo::bar() mac 00:1A:2B:3C:4D:5E",
+        "pod payment-7d9f8b6c5d-x2k4p sku SKU-12345-XL $1,234.56 EUR 99.90",
+        "at com.example.Foo.bar(Foo.java:123) 1048576 bytes sha 3f786850e387550fdab836ed7e6dc881de23001b",
+        "password for invalid user admin; token expired; Bearer realm",
+    ] {
+        let (out, types) = mask(&m, text);
+        assert_eq!(out, text, "changed; found {types:?}");
+    }
+}
+
+#[test]
+fn strategies_render_as_documented() {
+    let mut s = Strategies::default();
+    s.set(PiiType::Email, Strategy::PartialMask);
+    s.set(PiiType::IpAddress, Strategy::PartialMask);
+    s.set(PiiType::Phone, Strategy::PartialMask);
+    s.set(PiiType::Iban, Strategy::PartialMask);
+    let m = masker_with(s);
+    assert_eq!(mask(&m, "to john@example.com").0, "to j***@example.com");
+    assert_eq!(
+        mask(&m, "card 4111 1111 1111 1111").0,
+        "card ****-****-****-1111"
+    );
+    assert_eq!(mask(&m, "from 192.168.4.20:80").0, "from 192.168.*.*:80");
+    assert_eq!(mask(&m, "call 415-555-0132").0, "call ***-***-0132");
+    assert_eq!(
+        mask(&m, "iban DE89370400440532013000").0,
+        "iban DE89****3000"
+    );
+    // Secrets are never shown in part.
+    s.set(PiiType::Secret, Strategy::PartialMask);
+    assert_eq!(s.get(PiiType::Secret), Strategy::Redact);
+}
+
+#[test]
+fn hash_tokens_are_keyed_stable_and_canonical() {
+    let keys = KeyRing::throwaway().unwrap();
+    let m = Masker::new(Strategies::default(), &keys, &[]).unwrap();
+    let (a, _) = mask(&m, "user John.Doe@Example.com");
+    let (b, _) = mask(&m, "user john.doe@example.com");
+    assert_eq!(a, b, "one address, one token");
+    let token = a.strip_prefix("user ").unwrap();
+    assert!(
+        token.starts_with("<email:") && token.len() == "<email:>".len() + 12,
+        "{token}"
+    );
+    // Spellings of one phone number map to one token.
+    assert_eq!(mask(&m, "(415) 555-0132").0, mask(&m, "+1 415-555-0132").0);
+    // Another key gives another token: without the key the token cannot be recomputed.
+    let other = Masker::new(Strategies::default(), &KeyRing::throwaway().unwrap(), &[]).unwrap();
+    assert_ne!(mask(&other, "user john.doe@example.com").0, a);
+}
+
+#[test]
+fn sensitive_keys_are_masked_whole() {
+    let m = redacting();
+    let mut findings = Findings::default();
+    let value = serde_json::json!({
+        "email": "not-an-address",
+        "nested": {"db_password": 1234, "user_id": "user_1"},
+        "Card-Number": "x",
+        "token_count": 3,
+    });
+    let masked = m.mask_json(value, &mut findings);
+    assert_eq!(
+        masked,
+        serde_json::json!({
+            "email": "***@***.***",
+            "nested": {"db_password": "[REDACTED]", "user_id": "user_1"},
+            "Card-Number": "****-****-****-****",
+            "token_count": 3,
+        })
+    );
+    assert_eq!(findings.names(), ["credit_card", "email", "secret"]);
+}
+
+#[test]
+fn custom_patterns_mask_in_house_formats() {
+    let p = NewPattern {
+        pattern_type: "employee_id".into(),
+        regex_pattern: r"\bEMP-[0-9]{6}\b".into(),
+        masking_strategy: Some("HASH".into()),
+        description: None,
+        is_active: None,
+    }
+    .validate()
+    .unwrap();
+    let off = CustomPattern {
+        is_active: false,
+        pattern_type: "badge".into(),
+        regex_pattern: r"BDG[0-9]+".into(),
+        ..p.clone()
+    };
+    let m = Masker::new(
+        Strategies::default(),
+        &KeyRing::throwaway().unwrap(),
+        &[p, off],
+    )
+    .unwrap();
+    let (out, types) = mask(&m, "EMP-123456 badge BDG42");
+    assert!(out.starts_with("<employee_id:"), "{out}");
+    assert!(
+        out.ends_with(" badge BDG42"),
+        "inactive pattern applied: {out}"
+    );
+    assert_eq!(types, ["employee_id"]);
+    assert_eq!(
+        mask(&m, &out).0,
+        out,
+        "a custom hash token is not masked again"
+    );
+}
+
+#[test]
+fn query_text_quotes_its_tokens() {
+    let m = masker_with(Strategies::default());
+    let q = m.mask_query_text("payment failed john@example.com");
+    assert!(q.starts_with("payment failed \"<email:"), "{q}");
+    assert!(q.ends_with(">\""), "{q}");
+    let q = m.mask_query_text("\"john@example.com\"");
+    assert!(q.starts_with("\"<email:") && !q.starts_with("\"\""), "{q}");
+}
+
+#[test]
+fn unmasked_text_does_not_print() {
+    assert_eq!(
+        format!("{:?}", Unmasked("john@example.com".into())),
+        "<redacted>"
+    );
+}
+
+fn loghub_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
+    assert!(
+        std::fs::metadata(&dir).is_ok(),
+        "the LogHub sample is missing at {} (it ships in shared/)",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn recall_and_precision_on_loghub_with_planted_data() {
+    let base = corpus::load_loghub(&loghub_dir()).unwrap();
+    assert!(base.len() >= 30_000, "expected 16 × 2,000 lines");
+    let m = masker_with(Strategies::default());
+    let seed = std::env::var("VEIL_PII_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125);
+    eprintln!("seed {seed} (VEIL_PII_SEED replays)");
+    let mut g = Generator::new(seed, base);
+    let mut score = corpus::Score::default();
+    for _ in 0..20_000 {
+        let s = g.sample();
+        let mut f = Findings::default();
+        let out = m.mask(Unmasked(s.line.clone()), &mut f);
+        score.add(&s, &out);
+    }
+    // Every type, many times over, whatever the mix drew.
+    for t in PiiType::ALL {
+        for _ in 0..1_000 {
+            let s = g.sample_with(t);
+            let mut f = Findings::default();
+            let out = m.mask(Unmasked(s.line.clone()), &mut f);
+            score.add(&s, &out);
+        }
+    }
+    score.check();
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest, ProptestConfig};
+    use proptest::strategy::Strategy as _;
+
+    fn engine() -> &'static Masker {
+        static M: std::sync::OnceLock<Masker> = std::sync::OnceLock::new();
+        M.get_or_init(|| masker_with(Strategies::default()))
+    }
+
+    fn generated_line() -> impl proptest::strategy::Strategy<Value = String> {
+        // Lines from the generator without LogHub (which proptest cannot shrink anyway).
+        any::<u64>().prop_map(|seed| {
+            let base = vec![
+                "INFO request served".to_string(),
+                "2015-10-18 18:01:47,978 WARN [main] retry 3 of 5".to_string(),
+            ];
+            let mut g = Generator::new(seed, base);
+            let mut line = g.sample().line;
+            line.push(' ');
+            line.push_str(&g.sample().line);
+            line
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn never_panics_and_is_idempotent(text in any::<String>()) {
+            let once = mask(engine(), &text).0;
+            prop_assert_eq!(mask(engine(), &once).0, once);
+        }
+
+        #[test]
+        fn generated_lines_mask_idempotently(line in generated_line()) {
+            let once = mask(engine(), &line).0;
+            prop_assert_eq!(mask(engine(), &once).0, once);
+        }
+
+        #[test]
+        fn text_outside_the_spans_is_kept_in_place(line in generated_line(), noise in "[ -~]{0,40}") {
+            let text = format!("{noise} {line}");
+            let hits = engine().scan(&text);
+            let mut rebuilt = String::new();
+            let mut last = 0;
+            for h in &hits {
+                prop_assert!(h.range.start >= last && h.range.end <= text.len());
+                rebuilt.push_str(&text[last..h.range.start]);
+                rebuilt.push_str(&h.replacement);
+                last = h.range.end;
+            }
+            rebuilt.push_str(&text[last..]);
+            prop_assert_eq!(mask(engine(), &text).0, rebuilt);
+        }
+
+        #[test]
+        fn planted_value_is_masked_and_its_surroundings_kept(
+            seed in any::<u64>(),
+            before in "[a-z]{1,8}( [a-z]{1,8}){0,4}",
+            after in "[a-z]{1,8}( [a-z]{1,8}){0,4}",
+        ) {
+            let mut g = Generator::new(seed, vec!["x".into()]);
+            let t = PiiType::ALL[(seed % 7) as usize];
+            let (phrase, value) = g.pii(t);
+            let text = format!("{before} | {phrase} | {after}");
+            let out = mask(engine(), &text).0;
+            let prefix = format!("{before} | ");
+            let suffix = format!(" | {after}");
+            prop_assert!(out.starts_with(&prefix), "{}", out);
+            prop_assert!(out.ends_with(&suffix), "{}", out);
+            prop_assert!(!out.contains(&value), "{} survived in {}", value, out);
+        }
+    }
+}
