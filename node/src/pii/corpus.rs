@@ -210,6 +210,7 @@ pub struct Generator {
     rng: Rng,
     base: Vec<String>,
     clean_base: Vec<String>,
+    pii_share: f64,
 }
 
 impl Generator {
@@ -220,12 +221,20 @@ impl Generator {
             rng: Rng::new(seed),
             base,
             clean_base,
+            pii_share: 0.5,
         }
     }
 
-    /// The next line: half carry planted personal data, half are clean.
+    /// Sets the share of lines that carry planted personal data (default 0.5).
+    pub fn with_pii_share(mut self, share: f64) -> Generator {
+        self.pii_share = share;
+        self
+    }
+
+    /// The next line: a share of them (half, unless set) carry planted personal data, the
+    /// rest are clean.
     pub fn sample(&mut self) -> Sample {
-        if self.rng.chance(0.5) {
+        if self.rng.chance(self.pii_share) {
             let t = *self.rng.pick(&PiiType::ALL);
             self.sample_with(t)
         } else {
@@ -299,7 +308,7 @@ impl Generator {
             _ => format!("{f}-{l}"),
         };
         let addr = format!("{local}@{d}");
-        match r.below(8) {
+        match r.below(9) {
             0 => (format!("{{\"email\":\"{addr}\"}}"), addr),
             1 => (format!("From: {} <{addr}>", capitalize(f)), addr),
             2 => (format!("mailto:{addr}"), addr),
@@ -312,6 +321,7 @@ impl Generator {
                 addr,
             ),
             5 => (format!("user={addr} login failed"), addr),
+            6 => (format!("Please contact {addr}."), addr),
             _ => (format!("sent receipt to {addr}"), addr),
         }
     }
@@ -325,6 +335,46 @@ impl Generator {
     }
 
     fn phone(&mut self) -> (String, String) {
+        if self.rng.chance(0.2) {
+            // National spellings: unlabelled where their shape is distinctive, else after a word.
+            let r = &mut self.rng;
+            let pairs = |r: &mut Rng| (0..4).map(|_| r.digits(2)).collect::<Vec<_>>().join(" ");
+            let (phrase, number) = match r.below(8) {
+                0 => {
+                    let n = format!("0{} {}", r.range(1, 9), pairs(r));
+                    (format!("rappeler le {n}"), n)
+                }
+                1 => {
+                    let n = format!("020 {} {}", r.digits(4), r.digits(4));
+                    (format!("ring {n} back"), n)
+                }
+                2 => {
+                    let n = format!("0113 {} {}", r.digits(3), r.digits(4));
+                    (n.clone(), n)
+                }
+                3 => {
+                    let n = format!("07700 {}", r.digits(6));
+                    (format!("mob {n}"), n)
+                }
+                4 => {
+                    let n = format!("(0161) {} {}", r.digits(3), r.digits(4));
+                    (format!("office {n}"), n)
+                }
+                5 => {
+                    let n = format!("030 {}", r.digits(8));
+                    (format!("Tel. {n}"), n)
+                }
+                6 => {
+                    let n = format!("089/{}", r.digits(7));
+                    (format!("Telefon: {n}"), n)
+                }
+                _ => {
+                    let n = format!("{}-{}", r.range(200, 999), r.digits(4));
+                    (format!("phone {n}"), n)
+                }
+            };
+            return (phrase, number);
+        }
         if self.rng.chance(0.5) {
             let (a, e, l) = self.na_number();
             let r = &mut self.rng;
@@ -454,6 +504,10 @@ impl Generator {
                     .join(s)
             }
         };
+        if len >= 13 && r.chance(0.2) {
+            // No card word at all.
+            return (format!("processed {shown} ok"), shown);
+        }
         let ctx = r.pick(&[
             "card",
             "payment with card",
@@ -479,10 +533,12 @@ impl Generator {
                 r.below(256),
                 r.range(1, 254)
             );
-            match r.below(4) {
+            match r.below(6) {
                 0 => (format!("client {v}:{} connected", r.range(1024, 65535)), v),
                 1 => (format!("[{v}]"), v),
                 2 => (format!("remote_addr={v}"), v),
+                3 => (format!("GET http://{v}/health 200"), v),
+                4 => (format!("X-Forwarded-For: {v}, 10.0.0.1"), v),
                 _ => (format!("from {v} port {}", r.range(1024, 65535)), v),
             }
         } else {
@@ -642,7 +698,7 @@ impl Generator {
     /// A phrase holding a token that must survive masking, and the token.
     pub fn survivor(&mut self) -> (String, String) {
         let r = &mut self.rng;
-        let tok = match r.below(24) {
+        let tok = match r.below(29) {
             0 => format!(
                 "{}-{}-4{}-{}{}-{}",
                 r.pick_chars(HEX, 8),
@@ -720,6 +776,26 @@ impl Generator {
                 r.below(10),
                 r.below(10)
             ),
+            23 => format!(
+                "17/06/09 {:02}:{:02}:{:02}",
+                r.below(24),
+                r.below(60),
+                r.below(60)
+            ),
+            24 => format!(
+                "081109 {:02}{:02}{:02}",
+                r.below(24),
+                r.below(60),
+                r.below(60)
+            ),
+            25 => format!(
+                "Jun 14 {:02}:{:02}:{:02}",
+                r.below(24),
+                r.below(60),
+                r.below(60)
+            ),
+            26 => format!("HTTP/1.1 {}", r.pick(&["200", "404", "503"])),
+            27 => format!("{}.{}%", r.below(100), r.below(10)),
             _ => format!("size={}", r.range(1, 1 << 40)),
         };
         (tok.clone(), tok)

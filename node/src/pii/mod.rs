@@ -265,6 +265,7 @@ enum Kind {
     Card,
     Ssn,
     PhoneNa,
+    PhoneNational,
     PhoneIntl,
     Ipv6,
     Ipv4,
@@ -330,7 +331,7 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
         ),
         (
             Kind::PhoneContext,
-            r"(?i:\b(?:phone|tel|telephone|mobile|cell|fax|sms|whatsapp|call|callback)\b(?:[ \t:=#'()-]{1,4}(?:to|is|number|no|nr|at|on|from|of)\b)?)[ \t:=#'()-]{0,6}1?[2-9][0-9]{9}\b".into(),
+            r"(?i:\b(?:phone|tel|telephone|telefon|mobile|mobil|handy|cell|fax|sms|whatsapp|call|callback|portable)\b(?:[ \t:=#'()-]{1,4}(?:to|is|number|no|nr|at|on|from|of)\b)?)[ \t.:=#'-]{0,6}\+?\(?[0-9][0-9 ()./-]{5,22}[0-9]".into(),
         ),
         (
             Kind::Email,
@@ -357,6 +358,21 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
         (
             Kind::PhoneNa,
             r"(?:\+1[ .-]?|\b1[ .-])?(?:\([2-9][0-9]{2}\)[ .-]?|\b[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4}\b(?:[ ,]*(?i:x|ext\.?|extension|\#)[ ]?[0-9]{1,6}\b)?".into(),
+        ),
+        (
+            Kind::PhoneNational,
+            [
+                // France: 01 23 45 67 89 (also with dots or dashes).
+                r"\b0[1-9](?: [0-9]{2}){4}\b",
+                r"\b0[1-9](?:\.[0-9]{2}){4}\b",
+                r"\b0[1-9](?:-[0-9]{2}){4}\b",
+                // United Kingdom: 0113 496 0123, 020 7946 0958, 07700 900123, (0161) 496 0123.
+                r"\b0[1-9][0-9]{2} [0-9]{3} [0-9]{4}\b",
+                r"\b0[1-9][0-9] [0-9]{4} [0-9]{4}\b",
+                r"\b0[1-9][0-9]{3} [0-9]{6}\b",
+                r"\(0[1-9][0-9]{1,4}\) ?[0-9]{3,4} ?[0-9]{3,4}\b",
+            ]
+            .join("|"),
         ),
         (
             Kind::PhoneIntl,
@@ -592,10 +608,10 @@ impl Masker {
                     Verdict::Reject
                 }
             }
-            Kind::PhoneContext => {
-                let d = v::trailing_digits(s);
-                builtin(PiiType::Phone, r.start + d.start..r.start + d.end)
-            }
+            Kind::PhoneContext => match v::labelled_phone(text, r.clone()) {
+                Some(p) => builtin(PiiType::Phone, p),
+                None => Verdict::Reject,
+            },
             Kind::Email => builtin(PiiType::Email, r),
             Kind::Iban => match v::iban_len(s) {
                 Some(n) => builtin(PiiType::Iban, r.start..r.start + n),
@@ -617,6 +633,13 @@ impl Masker {
                     builtin(PiiType::Ssn, r)
                 } else {
                     Verdict::Reject
+                }
+            }
+            Kind::PhoneNational => {
+                if v::in_numeric_run(text, r.clone()) {
+                    Verdict::Reject
+                } else {
+                    builtin(PiiType::Phone, r)
                 }
             }
             Kind::PhoneNa => {

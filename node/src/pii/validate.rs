@@ -78,6 +78,16 @@ pub(super) fn pair_value(s: &str) -> Option<Range<usize>> {
     }
     let value = s.get(start..end)?;
     let lower = value.to_ascii_lowercase();
+    // After a bare `token` key, a dotted identifier (`com.apple.xpc.activity/4505`,
+    // `android.os.BinderProxy@2bd79ce`) names a thing; it is not a credential.
+    let key = s[..sep].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    let bare_token_key = key.len() >= 5 && {
+        let k = &key[key.len() - 5..];
+        k.eq_ignore_ascii_case("token") && !key[..key.len() - 5].ends_with(['_', '-', '.'])
+    };
+    if bare_token_key && dotted_identifier(value) {
+        return None;
+    }
     let not_secret = value.is_empty()
         || value.bytes().all(|b| b == b'*')
         || matches!(
@@ -85,6 +95,93 @@ pub(super) fn pair_value(s: &str) -> Option<Range<usize>> {
             "null" | "none" | "nil" | "true" | "false" | "undefined" | "empty" | "redacted"
         );
     (!not_secret).then_some(start..end)
+}
+
+/// The number after a phone word (`tel. 030 1234567`, `phone: (0161) 496 0123`): from its
+/// first digit, `+` or `(` to the longest end that closes a whole digit group with 7 to 15 digits
+/// in all. The range is absolute.
+pub(super) fn labelled_phone(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[r.clone()];
+    let start = s.find(|c: char| c.is_ascii_digit() || c == '+' || c == '(')?;
+    if s[start..].starts_with('+') {
+        // An international number: its own pattern finds it where the `+` is.
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut digits = 0;
+    let mut ends = Vec::new();
+    for i in start..bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            continue;
+        }
+        let group_start = i == 0 || !bytes[i - 1].is_ascii_digit();
+        if group_start && digits >= 7 && i > 0 && bytes[i - 1] == b' ' {
+            // Once the number has 7 digits, a long group or a date or time after a space is
+            // the next token (`555-1234 081109 123013`, `555-1234 2015-10-18`), not more of it.
+            let len = bytes[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+            let dateish = matches!(bytes.get(i + len), Some(b'-' | b':' | b'/' | b'.'))
+                && bytes.get(i + len + 1).is_some_and(u8::is_ascii_digit);
+            if len >= 5 || dateish {
+                break;
+            }
+        }
+        digits += 1;
+        if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            continue;
+        }
+        // A group ends the number only where a token ends: `72.594s` or `88.1%` is another
+        // token, not the number's last group.
+        let clear_end = text
+            .as_bytes()
+            .get(r.start + i + 1)
+            .is_none_or(|n| n.is_ascii_whitespace() || b",;)]}\"'".contains(n));
+        if clear_end && (7..=15).contains(&digits) {
+            ends.push(r.start + i + 1);
+        }
+    }
+    let end = ends
+        .into_iter()
+        .rev()
+        .find(|&end| !in_numeric_run(text, r.start + start..end))?;
+    Some(r.start + start..end + extension_len(&text[end..]))
+}
+
+/// The length of a phone extension at the start of `rest` (` x204`, `, ext. 12`), or 0.
+fn extension_len(rest: &str) -> usize {
+    let t = rest.trim_start_matches([' ', ',']);
+    let lower = t.get(..t.len().min(10)).unwrap_or("").to_ascii_lowercase();
+    let word = ["extension", "ext.", "ext", "x", "#"]
+        .into_iter()
+        .find(|w| lower.starts_with(w));
+    let Some(word) = word else { return 0 };
+    let after = &t[word.len()..];
+    let digits_at = after.len() - after.trim_start_matches(' ').len();
+    let digits = after[digits_at..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    let end = digits_at + digits;
+    let whole = after
+        .as_bytes()
+        .get(end)
+        .is_none_or(|b| !b.is_ascii_alphanumeric());
+    if (1..=6).contains(&digits) && whole {
+        rest.len() - after.len() + end
+    } else {
+        0
+    }
+}
+
+/// `a.b.c…`: lowercase-led words joined by dots, as in a Java class or reverse-DNS name.
+fn dotted_identifier(v: &str) -> bool {
+    let head: &str = v.split(['/', '@', ':']).next().unwrap_or("");
+    let parts: Vec<&str> = head.split('.').collect();
+    parts.len() >= 3
+        && parts[0].starts_with(|c: char| c.is_ascii_lowercase())
+        && parts.iter().all(|p| {
+            p.starts_with(|c: char| c.is_ascii_alphabetic())
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 /// The run of ASCII digits that ends the candidate.
@@ -108,12 +205,17 @@ pub(super) fn ssn_valid(s: &str) -> bool {
 pub(super) fn in_numeric_run(text: &str, r: Range<usize>) -> bool {
     let before = &text.as_bytes()[..r.start];
     let after = &text.as_bytes()[r.end..];
-    let joined_before = before.len() >= 2
-        && matches!(before[before.len() - 1], b'.' | b'-' | b'/')
-        && before[before.len() - 2].is_ascii_alphanumeric();
-    let joined_after = after.len() >= 2
-        && matches!(after[0], b'.' | b'-' | b'/')
-        && after[1].is_ascii_alphanumeric();
+    // `.` and `-` join a token to letters or digits (`1.2.3.4.5`, a UUID's groups); `/` only to
+    // digits (`10.0.0.0/24`, a date), since `host/10.0.0.1` and `http://10.0.0.1/path` are
+    // addresses.
+    let joins = |sep: u8, neighbour: u8| match sep {
+        b'.' | b'-' => neighbour.is_ascii_alphanumeric(),
+        b'/' => neighbour.is_ascii_digit(),
+        _ => false,
+    };
+    let joined_before =
+        before.len() >= 2 && joins(before[before.len() - 1], before[before.len() - 2]);
+    let joined_after = after.len() >= 2 && joins(after[0], after[1]);
     joined_before || joined_after
 }
 
@@ -187,8 +289,8 @@ const CARD_WORDS: &[&str] = &[
 
 /// Whether the context of a card-shaped candidate allows it to be a card. A number glued to a
 /// word (`blk_-6127741703501838658`, `id-4111…`) or named as an id or counter just before
-/// (`order_id=`, `bytes`) is not one. A bare run of a length other than 15 or 16 (the common
-/// card lengths; 12–19 digit ids are everywhere) must have a card word shortly before it.
+/// (`order_id=`, `bytes`) is not one. A bare 12-digit run (only Maestro issues those, and
+/// 12-digit numbers are everywhere) must have a card word shortly before it.
 pub(super) fn card_context_ok(before: &str, candidate: &str) -> bool {
     let b = before.as_bytes();
     let glued = match b {
@@ -199,7 +301,7 @@ pub(super) fn card_context_ok(before: &str, candidate: &str) -> bool {
         return false;
     }
     let bare = candidate.bytes().all(|c| c.is_ascii_digit());
-    if bare && !matches!(candidate.len(), 15 | 16) {
+    if bare && candidate.len() < 13 {
         let mut from = before.len().saturating_sub(40);
         while !before.is_char_boundary(from) {
             from += 1;
