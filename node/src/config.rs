@@ -84,6 +84,21 @@ pub struct ServeArgs {
     /// How long start-up waits for every shard to elect a leader, in ms [default: 60000].
     #[arg(long, env = "VEIL_STARTUP_TIMEOUT_MS")]
     pub startup_timeout_ms: Option<u64>,
+    /// Most keys at the top of an entry's `fields`; more go into `_veil_overflow` [default: 256].
+    #[arg(long, env = "VEIL_FIELDS_PER_ENTRY_MAX")]
+    pub fields_per_entry_max: Option<usize>,
+    /// Deepest nesting kept in `fields`; deeper values are kept as JSON text [default: 8].
+    #[arg(long, env = "VEIL_FIELD_DEPTH_MAX")]
+    pub field_depth_max: Option<usize>,
+    /// Longest field key, in bytes [default: 128].
+    #[arg(long, env = "VEIL_FIELD_KEY_BYTES_MAX")]
+    pub field_key_bytes_max: Option<usize>,
+    /// Longest field string value, in bytes [default: 16 KiB].
+    #[arg(long, env = "VEIL_FIELD_VALUE_BYTES_MAX")]
+    pub field_value_bytes_max: Option<usize>,
+    /// Most lines folded into one text entry (stack traces) [default: 1000].
+    #[arg(long, env = "VEIL_ENTRY_LINES_MAX")]
+    pub entry_lines_max: Option<usize>,
     /// The PII key file (HMAC secret for hash tokens, AES key for kept originals); created with
     /// fresh keys and mode 0600 when missing; must be outside the data directory. Ignored when
     /// VEIL_PII_HMAC_KEY and VEIL_PII_AES_KEY are set [default: $XDG_CONFIG_HOME/veil/keys.toml,
@@ -140,6 +155,16 @@ pub struct NodeConfig {
     pub snapshot_logs_since_last: u64,
     /// Start-up leader election deadline, in ms.
     pub startup_timeout_ms: u64,
+    /// Most keys at the top of `fields`.
+    pub fields_per_entry_max: usize,
+    /// Deepest nesting in `fields`.
+    pub field_depth_max: usize,
+    /// Longest field key, in bytes.
+    pub field_key_bytes_max: usize,
+    /// Longest field string value, in bytes.
+    pub field_value_bytes_max: usize,
+    /// Most lines in one folded text entry.
+    pub entry_lines_max: usize,
     /// The PII key file.
     pub key_file: PathBuf,
     /// Masking strategies per PII type.
@@ -185,6 +210,11 @@ impl ServeArgs {
             query_window_max: pick!(query_window_max, 10_000),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
+            fields_per_entry_max: pick!(fields_per_entry_max, 256),
+            field_depth_max: pick!(field_depth_max, 8),
+            field_key_bytes_max: pick!(field_key_bytes_max, 128),
+            field_value_bytes_max: pick!(field_value_bytes_max, 16 << 10),
+            entry_lines_max: pick!(entry_lines_max, 1000),
             key_file: match self.key_file.or(file.key_file) {
                 Some(p) => p,
                 None => default_key_file()?,
@@ -228,6 +258,11 @@ impl NodeConfig {
             ("raft-entry-entries-max", self.raft_entry_entries_max),
             ("ingest-inflight-max", self.ingest_inflight_max),
             ("query-window-max", self.query_window_max),
+            ("fields-per-entry-max", self.fields_per_entry_max),
+            ("field-depth-max", self.field_depth_max),
+            ("field-key-bytes-max", self.field_key_bytes_max),
+            ("field-value-bytes-max", self.field_value_bytes_max),
+            ("entry-lines-max", self.entry_lines_max),
         ] {
             if value == 0 {
                 bail!("--{name} must be positive");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::ingest::{self, PreparedEntry, RequestDefaults};
 use crate::node::{EntryResult, Node, Stored};
 use crate::query;
+use veil_node::parse::{self, Format};
 use veil_node::pii::custom::{NewPattern, PatternError};
 use veil_node::pii::PiiType;
 
@@ -108,6 +109,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 enum BodyKind {
     Json,
     Ndjson,
+    Text,
 }
 
 fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
@@ -124,20 +126,39 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     match mime.as_str() {
         "application/json" => Ok(BodyKind::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => Ok(BodyKind::Ndjson),
+        "text/plain" => Ok(BodyKind::Text),
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("content type {ct:?} is not accepted; send application/json or application/x-ndjson"),
+            format!("content type {ct:?} is not accepted; send application/json, application/x-ndjson or text/plain"),
         )),
     }
 }
 
+/// The query parameters of `POST /api/v1/logs`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct IngestParams {
+    /// Forces the text format: auto, logfmt, syslog, clf, plain (text/plain bodies).
+    format: Option<String>,
+}
+
 async fn ingest_logs(
     State(node): State<Arc<Node>>,
+    Query(params): Query<IngestParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = body_kind(&headers)?;
+    let format = match params.format.as_deref() {
+        None | Some("json") => Format::Auto,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_format",
+                format!("format {f:?} is not auto, json, logfmt, syslog, clf or plain"),
+            )
+            .with_field("format")
+        })?,
+    };
     let bytes = read_body(body, node.config.body_bytes_max).await?;
     let mut defaults = RequestDefaults {
         service: header_str(&headers, "x-service-name"),
@@ -213,6 +234,23 @@ async fn ingest_logs(
                     };
                 }
             }
+        }
+        BodyKind::Text => {
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
+            let entries = parse::split_entries(text, now, node.config.entry_lines_max);
+            check_batch_len(entries.len(), node.config.batch_entries_max)?;
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    if entry.len() > entry_max {
+                        return Err(too_large(i + 1));
+                    }
+                    let object = ingest::text_entry(&entry, format, &defaults, now);
+                    prepare(Value::Object(object), &defaults, i + 1)
+                })
+                .collect()
         }
         BodyKind::Ndjson => {
             let text = std::str::from_utf8(&bytes)

@@ -2,4 +2,5 @@
 //! server itself is the `veil` binary (src/main.rs).
 #![warn(missing_docs)]
 
+pub mod parse;
 pub mod pii;

@@ -306,6 +306,12 @@ impl Node {
                 0 => None,
                 s => Some((s as i64).saturating_mul(1_000_000)),
             },
+            fields: crate::ingest::FieldLimits {
+                keys_max: self.config.fields_per_entry_max,
+                depth_max: self.config.field_depth_max,
+                key_bytes_max: self.config.field_key_bytes_max,
+                value_bytes_max: self.config.field_value_bytes_max,
+            },
         }
     }
 

@@ -105,11 +105,21 @@ pub struct LogView {
     pub exception_message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack_trace: Option<String>,
+    /// The seed's `hash(exception_type, service)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception_id: Option<String>,
+    /// The finer grouping: type and top in-app frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub received_at: String,
 }
 
 impl From<StoredEntry> for LogView {
     fn from(e: StoredEntry) -> Self {
+        let exception_id = e
+            .exception_type
+            .as_deref()
+            .map(|t| veil_node::parse::exception::exception_id(t, &e.service));
         LogView {
             log_id: e.log_id.to_string(),
             timestamp: format_timestamp(e.timestamp_us),
@@ -121,9 +131,11 @@ impl From<StoredEntry> for LogView {
             environment: e.environment,
             region: e.region,
             host: e.host,
+            exception_id,
             exception_type: e.exception_type,
             exception_message: e.exception_message,
             stack_trace: e.stack_trace,
+            fingerprint: e.fingerprint,
             received_at: format_timestamp(e.received_at_us),
         }
     }

@@ -73,6 +73,9 @@ pub struct StoredEntry {
     pub exception_message: Option<String>,
     /// The masked stack trace.
     pub stack_trace: Option<String>,
+    /// The fault's fingerprint (type and top in-app frames, normalised), when the entry carries
+    /// an exception.
+    pub fingerprint: Option<String>,
     /// The host that produced the entry.
     pub host: Option<String>,
     /// The deployment environment (prod, staging, …).

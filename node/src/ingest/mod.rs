@@ -9,6 +9,7 @@ use uuid::Uuid;
 use veil_shard::{Level, StoredEntry};
 
 use crate::error::ApiError;
+use veil_node::parse::Format;
 use veil_node::pii::keys::KeyRing;
 use veil_node::pii::{Findings, Masker, Unmasked};
 
@@ -33,6 +34,130 @@ pub struct EntryLimits {
     pub future_us_max: i64,
     /// How far behind the receive time a timestamp may be, in µs (None: no limit).
     pub past_us_max: Option<i64>,
+    /// Bounds inside `fields`.
+    pub fields: FieldLimits,
+}
+
+/// Bounds inside an entry's `fields`. What exceeds them is kept in a reduced form and counted
+/// in the entry's `_veil_truncated` field; nothing is dropped silently.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldLimits {
+    /// Most keys at the top of `fields`; the rest go, as one JSON text, into `_veil_overflow`.
+    pub keys_max: usize,
+    /// Deepest nesting kept as structure; deeper values become their JSON text.
+    pub depth_max: usize,
+    /// Longest key, in bytes; longer keys are cut (at a character boundary).
+    pub key_bytes_max: usize,
+    /// Longest string value, in bytes; longer ones are cut and end with `…[truncated]`.
+    pub value_bytes_max: usize,
+}
+
+impl Default for FieldLimits {
+    fn default() -> Self {
+        FieldLimits {
+            keys_max: 256,
+            depth_max: 8,
+            key_bytes_max: 128,
+            value_bytes_max: 16 << 10,
+        }
+    }
+}
+
+fn cut(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut at = max;
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    s.truncate(at);
+    true
+}
+
+/// Cuts a string value to `max` bytes and marks the cut; true when it was cut.
+fn cut_marked(s: &mut String, max: usize) -> bool {
+    let was_cut = cut(s, max);
+    if was_cut {
+        s.push_str("…[truncated]");
+    }
+    was_cut
+}
+
+/// Applies [`FieldLimits`] to a value at `depth`; returns how many cuts were made.
+fn limit_value(v: &mut Value, depth: usize, l: &FieldLimits) -> u64 {
+    match v {
+        Value::String(s) => u64::from(cut_marked(s, l.value_bytes_max)),
+        Value::Object(_) | Value::Array(_) if depth >= l.depth_max => {
+            let mut text = v.to_string();
+            cut(&mut text, l.value_bytes_max);
+            *v = Value::String(text);
+            1
+        }
+        Value::Array(items) => items.iter_mut().map(|x| limit_value(x, depth + 1, l)).sum(),
+        Value::Object(map) => {
+            let mut n = 0;
+            let long: Vec<String> = map
+                .keys()
+                .filter(|k| k.len() > l.key_bytes_max)
+                .cloned()
+                .collect();
+            for k in long {
+                if let Some(x) = map.remove(&k) {
+                    let mut short = k.clone();
+                    cut(&mut short, l.key_bytes_max);
+                    map.insert(short, x);
+                    n += 1;
+                }
+            }
+            n + map
+                .values_mut()
+                .map(|x| limit_value(x, depth + 1, l))
+                .sum::<u64>()
+        }
+        _ => 0,
+    }
+}
+
+/// Normalises the top-level keys of `fields` and applies the limits.
+fn shape_fields(fields: Map<String, Value>, l: &FieldLimits) -> Map<String, Value> {
+    let mut out = Map::new();
+    let mut overflow = Map::new();
+    let mut cuts = 0u64;
+    for (k, v) in fields {
+        let normal = veil_node::parse::normalise_key(&k);
+        // Two keys that normalise alike (`userId`, `user_id`): the second keeps its own name.
+        let key = if k == "idempotency_key"
+            || out.contains_key(&normal)
+            || overflow.contains_key(&normal)
+        {
+            k
+        } else {
+            normal
+        };
+        if out.len() < l.keys_max {
+            out.insert(key, v);
+        } else {
+            overflow.insert(key, v);
+        }
+    }
+    let mut value = Value::Object(out);
+    cuts += limit_value(&mut value, 1, l);
+    let Value::Object(mut out) = value else {
+        unreachable!("an object stays an object")
+    };
+    if !overflow.is_empty() {
+        // Kept whole (one JSON text, searchable as text but not by key), its values cut like
+        // any other; the entry size limit bounds it.
+        cuts += overflow.len() as u64;
+        let mut rest = Value::Object(overflow);
+        cuts += limit_value(&mut rest, 1, l);
+        out.insert("_veil_overflow".into(), Value::String(rest.to_string()));
+    }
+    if cuts > 0 {
+        out.insert("_veil_truncated".into(), Value::from(cuts));
+    }
+    out
 }
 
 /// A validated, masked entry ready to be routed.
@@ -66,6 +191,39 @@ impl MaskingContext<'_> {
     }
 }
 
+/// Turns one text entry (a line, or a folded multi-line entry) into the JSON object
+/// [`prepare`] takes: the whole text as the message, and what parsing found beside it.
+pub fn text_entry(
+    text: &str,
+    format: Format,
+    defaults: &RequestDefaults,
+    now_us: i64,
+) -> Map<String, Value> {
+    let p = veil_node::parse::parse_text(text, format, now_us);
+    let mut m = Map::new();
+    m.insert("message".into(), Value::String(text.to_string()));
+    if let Some(ts) = p.timestamp_us {
+        // Microseconds: 16 digits read as µs by `parse_timestamp`.
+        m.insert("timestamp".into(), Value::from(ts));
+    }
+    if let Some(l) = p.level {
+        m.insert("level".into(), Value::String(l.as_str().into()));
+    }
+    if let Some(h) = p.host {
+        m.insert("host".into(), Value::String(h));
+    }
+    let mut fields = p.fields;
+    if let Some(app) = p.app {
+        if defaults.service.is_none() {
+            m.insert("service".into(), Value::String(app.clone()));
+        }
+        fields.insert("app".into(), Value::String(app));
+    }
+    fields.insert("log_format".into(), Value::String(p.format.into()));
+    m.insert("fields".into(), Value::Object(fields));
+    m
+}
+
 /// Validates, masks and identifies one entry.
 pub fn prepare(
     mut obj: Map<String, Value>,
@@ -82,8 +240,13 @@ pub fn prepare(
     } else {
         Some(Unmasked(Value::Object(obj.clone()).to_string()))
     };
-    let timestamp_us = match take_any(&mut obj, &["timestamp", "@timestamp"]) {
+    let timestamp_us = match take_any(&mut obj, &["timestamp", "@timestamp", "ts", "time"]) {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) => match parse_timestamp(&Value::String(s.clone())) {
+            Ok(t) => Some(t),
+            // The forms logs write (`2015-10-18 18:01:47,978`, `Jun 14 15:16:01`, …).
+            Err(e) => Some(veil_node::parse::time::parse_str(&s, now_us).ok_or(e)?),
+        },
         Some(v) => Some(parse_timestamp(&v)?),
     };
     if let Some(ts) = timestamp_us {
@@ -104,7 +267,15 @@ pub fn prepare(
             }
         }
     }
-    let level = match take_any(&mut obj, &["level"]) {
+    let level_keys = [
+        "level",
+        "severity",
+        "lvl",
+        "level_name",
+        "severity_text",
+        "loglevel",
+    ];
+    let level = match take_any(&mut obj, &level_keys) {
         None | Some(Value::Null) => Level::Info,
         Some(Value::String(s)) => parse_level(&s).ok_or_else(|| {
             ApiError::bad_request(
@@ -113,19 +284,30 @@ pub fn prepare(
             )
             .with_field("level")
         })?,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(veil_node::parse::level_from_number)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_level",
+                    "a numeric level is a syslog severity 0-7 or 10, 20, 30, 40, 50, 60",
+                )
+                .with_field("level")
+            })?,
         Some(_) => {
-            return Err(
-                ApiError::bad_request("invalid_level", "level must be a string")
-                    .with_field("level"),
+            return Err(ApiError::bad_request(
+                "invalid_level",
+                "level must be a string or a number",
             )
+            .with_field("level"))
         }
     };
-    let message = match take_any(&mut obj, &["message", "msg"]) {
+    let message = match take_any(&mut obj, &["message", "msg", "log", "body"]) {
         Some(Value::String(s)) => Unmasked(s),
         Some(Value::Null) | None => {
             return Err(ApiError::bad_request(
                 "missing_message",
-                "the entry has no message (keys: message, msg)",
+                "the entry has no message (keys: message, msg, log, body)",
             )
             .with_field("message"))
         }
@@ -136,7 +318,21 @@ pub fn prepare(
             )
         }
     };
-    let service = match take_string(&mut obj, &["service", "service_name"], "service")? {
+    // OpenTelemetry-style records: `resource` names the service, `attributes` are fields.
+    let resource_service = match obj.remove("resource") {
+        Some(Value::Object(mut r)) => match r.remove("service.name") {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        },
+        Some(other) => {
+            obj.insert("resource".into(), other);
+            None
+        }
+        None => None,
+    };
+    let service = match take_string(&mut obj, &["service", "service_name"], "service")?
+        .or(resource_service)
+    {
         Some(s) => s,
         None => defaults.service.clone().ok_or_else(|| {
             ApiError::bad_request(
@@ -168,21 +364,34 @@ pub fn prepare(
             )
         }
     };
-    let (exception_type, exception_message, stack_trace) = match obj.remove("exception") {
-        None | Some(Value::Null) => (None, None, None),
-        Some(Value::Object(mut e)) => (
-            take_string(&mut e, &["type"], "exception.type")?,
-            take_string(&mut e, &["message"], "exception.message")?.map(Unmasked),
-            take_string(&mut e, &["stack_trace"], "exception.stack_trace")?.map(Unmasked),
-        ),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_exception",
-                "exception must be a JSON object",
-            )
-            .with_field("exception"))
+    if let Some(Value::Object(attributes)) = obj.remove("attributes") {
+        for (k, v) in attributes {
+            fields.entry(k).or_insert(v);
         }
-    };
+    }
+    let (mut exception_type, mut exception_message, stack_trace) =
+        match take_any(&mut obj, &["exception", "error", "err"]) {
+            None | Some(Value::Null) => (None, None, None),
+            Some(Value::Object(mut e)) => (
+                take_string(&mut e, &["type", "kind", "name", "class"], "exception.type")?,
+                take_string(&mut e, &["message", "msg"], "exception.message")?.map(Unmasked),
+                take_string(
+                    &mut e,
+                    &["stack_trace", "stack", "stacktrace", "backtrace"],
+                    "exception.stack_trace",
+                )?
+                .map(Unmasked),
+            ),
+            // `"error": "connection refused"`: an exception message without a type.
+            Some(Value::String(m)) => (None, Some(Unmasked(m)), None),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "invalid_exception",
+                    "exception must be a JSON object",
+                )
+                .with_field("exception"))
+            }
+        };
     let (mut host, mut region) = (None, None);
     if let Some(meta) = obj.remove("metadata") {
         match meta {
@@ -221,13 +430,48 @@ pub fn prepare(
         }
     };
 
+    let fields = shape_fields(fields, &limits.fields);
     let mut findings = Findings::default();
     let message = masker.mask(message, &mut findings);
-    let exception_message = exception_message.map(|m| masker.mask(m, &mut findings));
+    let exception_message_masked = exception_message
+        .take()
+        .map(|m| masker.mask(m, &mut findings));
     let stack_trace = stack_trace.map(|m| masker.mask(m, &mut findings));
     let host = host.map(|h| masker.mask(Unmasked(h), &mut findings));
     let Value::Object(mut fields) = masker.mask_json(Value::Object(fields), &mut findings) else {
         unreachable!("masking an object yields an object")
+    };
+    // Exceptions are read from masked text only, so no fingerprint is taken of personal data.
+    let (exception_message, fingerprint) = {
+        use veil_node::parse::exception;
+        let trace_text = match &stack_trace {
+            Some(st) => format!("{message}\n{st}"),
+            None => message.clone(),
+        };
+        let detected = exception::detect(&trace_text);
+        let mut exception_message = exception_message_masked;
+        let info = match (exception_type.clone(), detected) {
+            (Some(t), Some(mut d)) => {
+                d.exception_type = t;
+                Some(d)
+            }
+            (Some(t), None) => Some(exception::ExceptionInfo {
+                language: "unknown",
+                exception_type: t,
+                message: exception_message.clone(),
+                root_cause: None,
+                frames: Vec::new(),
+            }),
+            (None, Some(d)) => {
+                exception_type = Some(d.exception_type.clone());
+                if exception_message.is_none() {
+                    exception_message = d.message.clone();
+                }
+                Some(d)
+            }
+            (None, None) => None,
+        };
+        (exception_message, info.map(|i| exception::fingerprint(&i)))
     };
     if let Some(key) = &idempotency_key {
         // The key is an id, not personal data: it is kept as sent, so a retry finds it.
@@ -235,6 +479,13 @@ pub fn prepare(
     }
 
     let keyed = idempotency_key.is_some();
+    if timestamp_us.is_none() {
+        // The entry says its time is the receive time, not the event's.
+        fields.insert(
+            "timestamp_source".into(),
+            Value::String("receive_time".into()),
+        );
+    }
     let ts = timestamp_us.unwrap_or(now_us);
     let log_id = match &idempotency_key {
         Some(key) => {
@@ -266,6 +517,7 @@ pub fn prepare(
         exception_type,
         exception_message,
         stack_trace,
+        fingerprint,
         host,
         environment,
         region,
@@ -338,19 +590,10 @@ pub fn parse_timestamp(v: &Value) -> Result<i64, ApiError> {
     }
 }
 
-/// Normalises a level name or synonym, case-insensitively. The list: trace, debug → DEBUG;
-/// info, information, informational, notice → INFO; warn, warning → WARN; error, err → ERROR;
-/// fatal, critical, crit, alert, emerg, emergency, panic → FATAL.
+/// Normalises a level name or synonym, case-insensitively (the list is
+/// [`veil_node::parse::level_from_name`]'s).
 pub fn parse_level(s: &str) -> Option<Level> {
-    let lower = s.trim().to_ascii_lowercase();
-    Some(match lower.as_str() {
-        "trace" | "debug" | "dbg" => Level::Debug,
-        "info" | "information" | "informational" | "notice" => Level::Info,
-        "warn" | "warning" => Level::Warn,
-        "error" | "err" => Level::Error,
-        "fatal" | "critical" | "crit" | "alert" | "emerg" | "emergency" | "panic" => Level::Fatal,
-        _ => return None,
-    })
+    veil_node::parse::level_from_name(s)
 }
 
 /// Returns the current time in microseconds since the epoch.
@@ -374,6 +617,7 @@ mod tests {
         EntryLimits {
             future_us_max: 3_600_000_000,
             past_us_max: None,
+            fields: FieldLimits::default(),
         }
     }
 
@@ -406,6 +650,82 @@ mod tests {
             &masking(),
             1_700_000_000_000_000,
         )
+    }
+
+    #[test]
+    fn other_shippers_key_names_are_read() {
+        let e = prep(serde_json::json!({
+            "msg": "boom",
+            "@timestamp": "2023-11-14 22:13:20,123",
+            "severity": 50,
+            "resource": {"service.name": "billing"},
+            "attributes": {"http.status_code": 502, "userId": "u-1"},
+            "error": {"kind": "TimeoutError", "message": "upstream timed out", "stack": "TimeoutError: upstream timed out\n    at call (/srv/app/client.js:10:3)"}
+        }))
+        .unwrap()
+        .entry;
+        assert_eq!(e.message, "boom");
+        assert_eq!(e.timestamp_us, 1_700_000_000_123_000);
+        assert_eq!(e.level, Level::Error);
+        assert_eq!(e.service, "billing");
+        assert_eq!(e.exception_type.as_deref(), Some("TimeoutError"));
+        assert_eq!(e.exception_message.as_deref(), Some("upstream timed out"));
+        assert!(e.fingerprint.is_some());
+        let fields: Value = serde_json::from_str(&e.fields_json).unwrap();
+        assert_eq!(fields["status"], 502);
+        assert_eq!(fields["user_id"], "u-1");
+        assert!(fields.get("timestamp_source").is_none());
+
+        // An exception only in the message text is found there.
+        let e = prep(serde_json::json!({"service": "s", "message": "Traceback (most recent call last):\n  File \"/app/x.py\", line 3, in f\nKeyError: 'sku'"}))
+            .unwrap()
+            .entry;
+        assert_eq!(e.exception_type.as_deref(), Some("KeyError"));
+        let fields: Value = serde_json::from_str(&e.fields_json).unwrap();
+        assert_eq!(fields["timestamp_source"], "receive_time");
+    }
+
+    #[test]
+    fn oversized_fields_are_reduced_marked_and_counted_not_dropped() {
+        let mut deep = serde_json::json!("bottom");
+        for _ in 0..12 {
+            deep = serde_json::json!({"d": deep});
+        }
+        let mut many = serde_json::Map::new();
+        for i in 0..300 {
+            many.insert(format!("k{i:03}"), Value::from(i));
+        }
+        many.insert("deep".into(), deep);
+        many.insert("long".into(), Value::String("x".repeat(20_000)));
+        many.insert("k".repeat(200), Value::from(1));
+        let e = prep(serde_json::json!({"service": "s", "message": "m", "fields": many}))
+            .unwrap()
+            .entry;
+        let fields: Value = serde_json::from_str(&e.fields_json).unwrap();
+        let f = fields.as_object().unwrap();
+        let limits = FieldLimits::default();
+        assert!(f.len() <= limits.keys_max + 3, "{}", f.len());
+        let overflow: Value = serde_json::from_str(f["_veil_overflow"].as_str().unwrap()).unwrap();
+        let kept = f
+            .keys()
+            .filter(|k| !k.starts_with("_veil") && *k != "timestamp_source")
+            .count();
+        assert_eq!(
+            kept + overflow.as_object().unwrap().len(),
+            303,
+            "no key is lost"
+        );
+        assert!(f["_veil_truncated"].as_u64().unwrap() >= 3);
+        let long = overflow["long"].as_str().unwrap();
+        assert!(long.ends_with("…[truncated]") && long.len() < 17_000);
+        // Nesting past the limit is kept as text, not dropped.
+        let (mut deep, mut levels) = (&f["deep"], 1);
+        while deep.is_object() {
+            deep = &deep["d"];
+            levels += 1;
+        }
+        assert!(levels < 12, "nesting was cut");
+        assert!(deep.as_str().unwrap().contains("bottom"), "{deep}");
     }
 
     #[test]

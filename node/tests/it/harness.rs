@@ -67,6 +67,29 @@ impl Veil {
         )
     }
 
+    /// Like [`Veil::post`], with extra headers.
+    pub fn post_with_headers(
+        &self,
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<reqwest::blocking::Body>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::blocking::Client::new()
+            .post(self.url(path))
+            .header("content-type", content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.body(body).send().expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     pub fn query(&self, body: Value) -> Value {
         let (status, answer) =
             self.post("/api/v1/logs/query", "application/json", body.to_string());

@@ -10,3 +10,4 @@ mod harness;
 mod ingest_query;
 mod pii;
 mod privacy;
+mod text;

@@ -35,6 +35,7 @@ fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
         exception_type: None,
         exception_message: None,
         stack_trace: None,
+        fingerprint: None,
         host: Some("api-1".into()),
         environment: Some("prod".into()),
         region: None,
