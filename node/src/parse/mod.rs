@@ -503,6 +503,16 @@ fn plain(line: &str, receive_us: i64) -> Parsed {
     p
 }
 
+/// The non-blank lines of a body, each without its line ending (`\n`, `\r\n`, and any `\r`
+/// left at the end of a line): what [`split_entries`] folds, and what its entries give back
+/// when split at `\n`.
+pub fn text_lines(body: &str) -> Vec<&str> {
+    body.split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect()
+}
+
 /// Splits a text body into entries: one per line, with continuation lines (indented lines,
 /// `Caused by:`, `... 12 more`, and the rest of a Python traceback, Go panic or Rust panic)
 /// folded into the entry they continue. A line that starts with a timestamp always starts an
@@ -512,7 +522,7 @@ pub fn split_entries(body: &str, receive_us: i64, max_lines: usize) -> Vec<Strin
     let mut lines_in_current = 0;
     let mut trace: Option<exception::Trace> = None;
     let mut current_has_time = false;
-    let lines: Vec<&str> = body.lines().filter(|l| !l.trim().is_empty()).collect();
+    let lines = text_lines(body);
     for (i, &line) in lines.iter().enumerate() {
         let starts_with_time = time::at_start(line, receive_us).is_some();
         // `java.lang.IllegalStateException: …` right under a timestamped line, with frames

@@ -389,6 +389,9 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
     ]
 }
 
+/// Most extra passes [`Masker::mask`] makes to reach a fixpoint.
+const FIXPOINT_PASSES_MAX: usize = 3;
+
 /// Limits on a masker's compiled automaton (custom patterns count against them).
 const NFA_SIZE_MAX: usize = 16 << 20;
 const DFA_CACHE_BYTES: usize = 16 << 20;
@@ -483,21 +486,49 @@ impl Masker {
     /// Returns `text` with every detected piece of personal data replaced, and records the types
     /// found in `findings`.
     pub fn mask(&self, text: Unmasked, findings: &mut Findings) -> String {
-        let text = text.0;
+        let (mut text, mut changed) = self.mask_once(text.0, findings);
+        // A replacement can change the context of its neighbour (`…8::2%7::2` once the second
+        // address is a token, the first one stands alone). Masking again until nothing changes
+        // makes the result a fixpoint, so masking a masked text changes nothing. Text without
+        // detections is already one and costs no second pass.
+        for _ in 0..FIXPOINT_PASSES_MAX {
+            if !changed {
+                break;
+            }
+            (text, changed) = self.mask_once(text, findings);
+        }
+        text
+    }
+
+    /// One pass: every detection replaced (exactly the spans [`Masker::scan`] reports); true
+    /// when anything was.
+    ///
+    /// The flag is true when another pass could find more: something was replaced next to a
+    /// character a validator looks at (`.`, `-`, `/`, `+`, `%`, a letter or digit…). A span
+    /// between spaces, quotes, brackets or commas cannot change a neighbour's verdict.
+    pub fn mask_once(&self, text: String, findings: &mut Findings) -> (String, bool) {
         let mut out: Option<String> = None;
         let mut last = 0;
+        let mut context_changed = false;
+        let inert = |b: Option<u8>| {
+            b.is_none_or(|b| b.is_ascii_whitespace() || b",;\"'()[]{}=|".contains(&b))
+        };
         self.scan_with(&text, |range, label| {
             let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
             o.push_str(&text[last..range.start]);
-            o.push_str(&self.render(label, &text[range.clone()]));
+            let replacement = self.render(label, &text[range.clone()]);
+            context_changed |= replacement != text[range.clone()]
+                && !(inert(text.as_bytes()[..range.start].last().copied())
+                    && inert(text.as_bytes().get(range.end).copied()));
+            o.push_str(&replacement);
             last = range.end;
             findings.add(self.label_name(label));
         });
         match out {
-            None => text,
+            None => (text, false),
             Some(mut o) => {
                 o.push_str(&text[last..]);
-                o
+                (o, context_changed)
             }
         }
     }
@@ -655,7 +686,7 @@ impl Masker {
                 if text[..r.start]
                     .bytes()
                     .next_back()
-                    .is_some_and(|b| b.is_ascii_alphanumeric()) =>
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || v::masked_edge(b)) =>
             {
                 Verdict::Reject
             }

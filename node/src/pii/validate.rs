@@ -209,14 +209,21 @@ pub(super) fn in_numeric_run(text: &str, r: Range<usize>) -> bool {
     // digits (`10.0.0.0/24`, a date), since `host/10.0.0.1` and `http://10.0.0.1/path` are
     // addresses.
     let joins = |sep: u8, neighbour: u8| match sep {
-        b'.' | b'-' => neighbour.is_ascii_alphanumeric(),
-        b'/' => neighbour.is_ascii_digit(),
+        b'.' | b'-' => neighbour.is_ascii_alphanumeric() || masked_edge(neighbour),
+        b'/' => neighbour.is_ascii_digit() || masked_edge(neighbour),
         _ => false,
     };
     let joined_before =
         before.len() >= 2 && joins(before[before.len() - 1], before[before.len() - 2]);
     let joined_after = after.len() >= 2 && joins(after[0], after[1]);
     joined_before || joined_after
+}
+
+/// True for the bytes Veil's own masked forms end or start with (`<email:…>`, `[REDACTED]`,
+/// `***`): a neighbour that was a digit or letter before masking is one of these after, so
+/// validators treat them alike and masking a masked text changes nothing.
+pub(super) fn masked_edge(b: u8) -> bool {
+    matches!(b, b'>' | b'<' | b']' | b'[' | b'*')
 }
 
 /// Words that, just before a long digit run, say it is an id, a time or a counter.
@@ -294,7 +301,9 @@ const CARD_WORDS: &[&str] = &[
 pub(super) fn card_context_ok(before: &str, candidate: &str) -> bool {
     let b = before.as_bytes();
     let glued = match b {
-        [.., x, b'-' | b'_'] => x.is_ascii_alphanumeric() || *x == b'_' || *x == b'-',
+        [.., x, b'-' | b'_'] => {
+            x.is_ascii_alphanumeric() || *x == b'_' || *x == b'-' || masked_edge(*x)
+        }
         _ => false,
     };
     if glued || id_context(before) {
@@ -605,9 +614,14 @@ pub(super) fn intl_phone_ends(text: &str, r: Range<usize>) -> Vec<usize> {
 pub(super) fn ipv6(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     let before = text[..r.start].bytes().next_back();
     let after = text[r.end..].bytes().next();
-    let joined =
-        |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
-    if joined(before) || before == Some(b'.') || joined(after) {
+    let joined = |b: Option<u8>| {
+        // Brackets are how an address with a port is written; Veil's tokens end in `>`.
+        b.is_some_and(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'<' | b'>' | b'*')
+        })
+    };
+    // A `%` right after the address that did not start a zone glues it to what follows.
+    if joined(before) || before == Some(b'.') || joined(after) || after == Some(b'%') {
         return None;
     }
     let s = &text[r.clone()];
