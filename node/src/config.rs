@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// Longest field string value, in bytes [default: 16 KiB].
     #[arg(long, env = "VEIL_FIELD_VALUE_BYTES_MAX")]
     pub field_value_bytes_max: Option<usize>,
+    /// Most distinct top-level field keys per service; new keys past it are kept unindexed in
+    /// `_veil_overflow` [default: 1000].
+    #[arg(long, env = "VEIL_FIELD_KEYS_PER_SERVICE_MAX")]
+    pub field_keys_per_service_max: Option<usize>,
     /// Most lines folded into one text entry (stack traces) [default: 1000].
     #[arg(long, env = "VEIL_ENTRY_LINES_MAX")]
     pub entry_lines_max: Option<usize>,
@@ -163,6 +167,8 @@ pub struct NodeConfig {
     pub field_key_bytes_max: usize,
     /// Longest field string value, in bytes.
     pub field_value_bytes_max: usize,
+    /// Most distinct field keys per service.
+    pub field_keys_per_service_max: usize,
     /// Most lines in one folded text entry.
     pub entry_lines_max: usize,
     /// The PII key file.
@@ -214,6 +220,7 @@ impl ServeArgs {
             field_depth_max: pick!(field_depth_max, 8),
             field_key_bytes_max: pick!(field_key_bytes_max, 128),
             field_value_bytes_max: pick!(field_value_bytes_max, 16 << 10),
+            field_keys_per_service_max: pick!(field_keys_per_service_max, 1000),
             entry_lines_max: pick!(entry_lines_max, 1000),
             key_file: match self.key_file.or(file.key_file) {
                 Some(p) => p,
@@ -263,6 +270,10 @@ impl NodeConfig {
             ("field-key-bytes-max", self.field_key_bytes_max),
             ("field-value-bytes-max", self.field_value_bytes_max),
             ("entry-lines-max", self.entry_lines_max),
+            (
+                "field-keys-per-service-max",
+                self.field_keys_per_service_max,
+            ),
         ] {
             if value == 0 {
                 bail!("--{name} must be positive");

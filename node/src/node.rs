@@ -44,6 +44,8 @@ pub struct Node {
     pub keys: KeyRing,
     /// Custom PII patterns; the lock also serialises their changes.
     patterns: tokio::sync::Mutex<PatternStore>,
+    /// Distinct field keys per service, bounded.
+    field_keys: crate::ingest::FieldKeys,
     ingest_permits: Semaphore,
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
@@ -173,6 +175,7 @@ impl Node {
             masker: std::sync::RwLock::new(Arc::new(masker)),
             keys,
             patterns: tokio::sync::Mutex::new(patterns),
+            field_keys: crate::ingest::FieldKeys::new(config.field_keys_per_service_max),
             ready: AtomicBool::new(false),
             config,
             shard_map,
@@ -250,6 +253,7 @@ impl Node {
             masker,
             keys: &self.keys,
             keep_originals_for: &self.config.keep_originals_for,
+            field_keys: Some(&self.field_keys),
         }
     }
 

@@ -120,7 +120,12 @@ fn limit_value(v: &mut Value, depth: usize, l: &FieldLimits) -> u64 {
 }
 
 /// Normalises the top-level keys of `fields` and applies the limits.
-fn shape_fields(fields: Map<String, Value>, l: &FieldLimits) -> Map<String, Value> {
+fn shape_fields(
+    fields: Map<String, Value>,
+    l: &FieldLimits,
+    service: &str,
+    registry: Option<&FieldKeys>,
+) -> Map<String, Value> {
     let mut out = Map::new();
     let mut overflow = Map::new();
     let mut cuts = 0u64;
@@ -135,7 +140,8 @@ fn shape_fields(fields: Map<String, Value>, l: &FieldLimits) -> Map<String, Valu
         } else {
             normal
         };
-        if out.len() < l.keys_max {
+        let admitted = registry.is_none_or(|r| r.admit(service, &key));
+        if out.len() < l.keys_max && admitted {
             out.insert(key, v);
         } else {
             overflow.insert(key, v);
@@ -173,6 +179,45 @@ pub struct PreparedEntry {
 
 const SERVICE_LEN_MAX: usize = 256;
 
+/// The distinct top-level field keys each service has been given, bounded per service so one
+/// noisy service (a key per request id, say) cannot grow the index's key space without end:
+/// past the bound, new keys of that service go to `_veil_overflow` (kept as text, not indexed
+/// by key) and are counted in `_veil_truncated`. Held in memory: a restart forgets it, so a
+/// service can add at most `max` new keys per node start.
+#[derive(Debug)]
+pub struct FieldKeys {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashMap<String, std::collections::HashSet<String>>>,
+}
+
+impl FieldKeys {
+    /// A registry allowing `max` distinct keys per service.
+    pub fn new(max: usize) -> FieldKeys {
+        FieldKeys {
+            max,
+            seen: Default::default(),
+        }
+    }
+
+    /// True when `key` is (or can become) one of `service`'s indexed keys.
+    pub fn admit(&self, service: &str, key: &str) -> bool {
+        // A panic while inserting leaves a set that is still a valid set.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = match seen.get_mut(service) {
+            Some(k) => k,
+            None => seen.entry(service.to_string()).or_default(),
+        };
+        if keys.contains(key) {
+            return true;
+        }
+        if keys.len() >= self.max {
+            return false;
+        }
+        keys.insert(key.to_string());
+        true
+    }
+}
+
 /// What the masking stage needs: the engine, and the keys and services for kept originals.
 pub struct MaskingContext<'a> {
     /// The PII engine.
@@ -181,6 +226,8 @@ pub struct MaskingContext<'a> {
     pub keys: &'a KeyRing,
     /// Services whose originals are kept (`*`: all).
     pub keep_originals_for: &'a [String],
+    /// The per-service bound on distinct field keys (none: unbounded).
+    pub field_keys: Option<&'a FieldKeys>,
 }
 
 impl MaskingContext<'_> {
@@ -430,7 +477,7 @@ pub fn prepare(
         }
     };
 
-    let fields = shape_fields(fields, &limits.fields);
+    let fields = shape_fields(fields, &limits.fields, &service, masking.field_keys);
     let mut findings = Findings::default();
     let message = masker.mask(message, &mut findings);
     let exception_message_masked = exception_message
@@ -636,6 +683,7 @@ mod tests {
             masker,
             keys,
             keep_originals_for: &[],
+            field_keys: None,
         }
     }
 
@@ -726,6 +774,42 @@ mod tests {
         }
         assert!(levels < 12, "nesting was cut");
         assert!(deep.as_str().unwrap().contains("bottom"), "{deep}");
+    }
+
+    #[test]
+    fn a_noisy_service_cannot_grow_its_keys_without_bound() {
+        let registry = FieldKeys::new(3);
+        let ctx = MaskingContext {
+            field_keys: Some(&registry),
+            ..masking()
+        };
+        let entry = |service: &str, key: &str| {
+            let Value::Object(m) =
+                serde_json::json!({"service": service, "message": "m", "fields": {key: 1, "a": 2}})
+            else {
+                unreachable!()
+            };
+            let e = prepare(
+                m,
+                &RequestDefaults::default(),
+                limits(),
+                &ctx,
+                1_700_000_000_000_000,
+            )
+            .unwrap()
+            .entry;
+            serde_json::from_str::<Value>(&e.fields_json).unwrap()
+        };
+        assert_eq!(entry("noisy", "k1")["k1"], 1);
+        assert_eq!(entry("noisy", "k2")["k2"], 1);
+        // `a`, `k1`, `k2`: the bound is reached; `timestamp_source` is added after the check.
+        let third = entry("noisy", "k3");
+        assert!(third.get("k3").is_none(), "{third}");
+        assert!(third["_veil_overflow"].as_str().unwrap().contains("k3"));
+        assert_eq!(third["_veil_truncated"], 1);
+        // Known keys still go through, and other services have their own bound.
+        assert_eq!(entry("noisy", "k1")["k1"], 1);
+        assert_eq!(entry("quiet", "k3")["k3"], 1);
     }
 
     #[test]
