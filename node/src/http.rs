@@ -25,6 +25,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/health", get(health))
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
+        .route("/api/v1/exceptions/top-k", get(exceptions_top_k))
+        .route("/api/v1/exceptions/{exception_id}", get(exception_details))
         .route(
             "/api/v1/admin/pii-patterns",
             get(list_pii_patterns).post(add_pii_pattern),
@@ -420,3 +422,29 @@ async fn delete_pii_pattern(
 
 /// The largest body of a pattern request.
 const PATTERN_BODY_BYTES_MAX: usize = 16 << 10;
+
+fn window_params(
+    q: Result<Query<crate::exceptions::WindowParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<crate::exceptions::WindowParams, ApiError> {
+    q.map(|Query(p)| p)
+        .map_err(|e| ApiError::bad_request("invalid_parameters", e.body_text()))
+}
+
+/// `GET /api/v1/exceptions/top-k`.
+async fn exceptions_top_k(
+    State(node): State<Arc<Node>>,
+    q: Result<Query<crate::exceptions::WindowParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let answer = crate::exceptions::top_k(&node, window_params(q)?).await?;
+    Ok(Json(answer).into_response())
+}
+
+/// `GET /api/v1/exceptions/{exception_id}`.
+async fn exception_details(
+    State(node): State<Arc<Node>>,
+    Path(id): Path<String>,
+    q: Result<Query<crate::exceptions::WindowParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let answer = crate::exceptions::details(&node, &id, window_params(q)?).await?;
+    Ok(Json(answer).into_response())
+}

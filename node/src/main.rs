@@ -3,6 +3,7 @@
 mod config;
 mod datadir;
 mod error;
+mod exceptions;
 mod grpc;
 mod http;
 mod ingest;

@@ -452,6 +452,23 @@ impl Node {
         Ok(None)
     }
 
+    /// Finds a stored entry by its log_id, in whichever shard holds it.
+    pub async fn find_entry(&self, log_id: uuid::Uuid) -> Result<Option<StoredEntry>, ApiError> {
+        for group in &self.groups {
+            let shard = &group.shard;
+            let found = shard
+                .lookup_log_id(log_id)
+                .map_err(|e| ApiError::internal("looking up a log_id", e))?;
+            if let Some(ts) = found {
+                let key = veil_shard::keys::entry_key(shard.id(), ts, log_id);
+                return shard
+                    .get_by_key(&key)
+                    .map_err(|e| ApiError::internal("reading an entry", e));
+            }
+        }
+        Ok(None)
+    }
+
     /// Stops every Raft group, commits the indexes and flushes RocksDB.
     pub async fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);

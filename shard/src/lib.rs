@@ -18,6 +18,7 @@
 
 mod entry;
 mod error;
+pub mod exceptions;
 mod index;
 pub mod keys;
 mod query;

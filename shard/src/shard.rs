@@ -1,7 +1,7 @@
 //! One shard: its entries and idempotency set in the node's RocksDB, its tantivy index, and the
 //! applied Raft state. The Raft state machine ([`crate::ShardStateMachine`]) drives it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use veil_raft::alias::{LogId, StoredMembership};
 
 use crate::entry::{decode_entry, encode_entry, EntryOutcome, ShardCommand, StoredEntry};
+use crate::exceptions::{self, CounterFilter, ExceptionCounts, CF_EXCEPTIONS};
 use crate::index::ShardIndex;
 use crate::keys;
 use crate::query::{ShardHits, ShardQuery};
@@ -31,10 +32,16 @@ const META_SNAPSHOT: u8 = 2;
 
 /// Returns the column families this crate needs in the node's RocksDB.
 pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
-    [CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META]
-        .into_iter()
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
-        .collect()
+    [
+        CF_ENTRIES,
+        CF_ENTRY_IDS,
+        CF_INDEX_QUEUE,
+        CF_SHARD_META,
+        crate::exceptions::CF_EXCEPTIONS,
+    ]
+    .into_iter()
+    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+    .collect()
 }
 
 /// The configuration of a shard, given by the node.
@@ -212,6 +219,8 @@ impl Shard {
             outcomes.push(EntryOutcome::Accepted);
             new_entries.push((key.to_vec(), entry));
         }
+        let rows = exceptions::rows_of(self.id, new_entries.iter().map(|(_, e)| *e));
+        self.add_counters(&mut batch, rows)?;
         let mut next = state.clone();
         next.last_applied = Some(log_id);
         self.put_meta(&mut batch, META_APPLIED, &next)?;
@@ -220,6 +229,88 @@ impl Shard {
         drop(state);
         self.index.add(raft_index, &new_entries)?;
         Ok(outcomes)
+    }
+
+    /// Adds counter rows to what is stored (read, merge, write in `batch`). Callers hold the
+    /// applied lock, so no other apply interleaves.
+    pub(crate) fn add_counters(
+        &self,
+        batch: &mut WriteBatch,
+        rows: HashMap<[u8; 28], exceptions::Counter>,
+    ) -> Result<()> {
+        let cf = self.cf(CF_EXCEPTIONS)?;
+        for (key, mut counter) in rows {
+            if let Some(old) = self.db.get_pinned_cf(cf, key)? {
+                let old: exceptions::Counter =
+                    bincode::deserialize(&old).map_err(|e| Error::Corrupt {
+                        shard_id: self.id,
+                        reason: format!("exception counter: {e}"),
+                    })?;
+                let mut merged = old;
+                merged.merge(&counter);
+                counter = merged;
+            }
+            let value = bincode::serialize(&counter).map_err(|e| Error::Corrupt {
+                shard_id: self.id,
+                reason: format!("exception counter: {e}"),
+            })?;
+            batch.put_cf(cf, key, value);
+        }
+        Ok(())
+    }
+
+    /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per
+    /// exception, and per bucket of `bucket_minutes` (aligned to the epoch) when given.
+    pub fn exception_counts(
+        &self,
+        start_minute: i64,
+        end_minute: i64,
+        filter: &CounterFilter,
+        bucket_minutes: Option<i64>,
+    ) -> Result<ExceptionCounts> {
+        let cf = self.cf(CF_EXCEPTIONS)?;
+        let mut out = ExceptionCounts::default();
+        if start_minute >= end_minute {
+            return Ok(out);
+        }
+        let from = exceptions::minute_key(self.id, start_minute);
+        let to = exceptions::minute_key(self.id, end_minute);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        let iter = self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward));
+        for item in iter {
+            let (key, value) = item?;
+            let corrupt = |reason: String| Error::Corrupt {
+                shard_id: self.id,
+                reason,
+            };
+            let id = exceptions::key_exception_id(&key)
+                .ok_or_else(|| corrupt("short exception counter key".into()))?;
+            if filter.exception_id.is_some_and(|x| x != id) {
+                continue;
+            }
+            let c: exceptions::Counter = bincode::deserialize(&value)
+                .map_err(|e| corrupt(format!("exception counter: {e}")))?;
+            if !filter.admits(id, &c) {
+                continue;
+            }
+            if let Some(b) = bucket_minutes {
+                let minute = exceptions::key_minute(&key)
+                    .ok_or_else(|| corrupt("short exception counter key".into()))?;
+                *out.buckets
+                    .entry((id, minute.div_euclid(b) * b))
+                    .or_default() += c.count;
+            }
+            match out.totals.get_mut(&id) {
+                Some(t) => t.merge(&c),
+                None => {
+                    out.totals.insert(id, c);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Commits the index if anything changed and drops the queue records it now covers.

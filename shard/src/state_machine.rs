@@ -232,9 +232,17 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     }
     let from = keys::shard_prefix(shard.id());
     let end = keys::shard_end(shard.id());
-    for cf in [CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE] {
+    for cf in [
+        CF_ENTRIES,
+        CF_ENTRY_IDS,
+        CF_INDEX_QUEUE,
+        crate::exceptions::CF_EXCEPTIONS,
+    ] {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
+    // Exception counters are recounted from the installed entries.
+    let mut counters: std::collections::HashMap<[u8; 28], crate::exceptions::Counter> =
+        std::collections::HashMap::new();
     shard.index().clear()?;
     let raft_index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
     let (cf_entries, cf_ids) = (shard.cf(CF_ENTRIES)?, shard.cf(CF_ENTRY_IDS)?);
@@ -257,6 +265,14 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
             docs.push((key, entry));
         }
         db.write(batch)?;
+        for (key, c) in crate::exceptions::rows_of(shard.id(), docs.iter().map(|(_, e)| e)) {
+            match counters.get_mut(&key) {
+                Some(existing) => existing.merge(&c),
+                None => {
+                    counters.insert(key, c);
+                }
+            }
+        }
         let refs: Vec<_> = docs.iter().map(|(k, e)| (k.clone(), e)).collect();
         shard.index().add(raft_index, &refs)?;
         if done {
@@ -268,6 +284,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         membership: meta.last_membership.clone(),
     };
     let mut batch = WriteBatch::default();
+    shard.add_counters(&mut batch, counters)?;
     shard.put_applied(&mut batch, &state)?;
     db.write(batch)?;
     *shard.applied_lock() = state;

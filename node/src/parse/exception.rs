@@ -410,13 +410,10 @@ fn jvm_library(function: &str) -> bool {
     .any(|p| function.starts_with(p))
 }
 
-/// The seed's exception id: 16 hex digits of xxh3-64 over `service ‖ 0 ‖ type`.
+/// The seed's exception id: 16 hex digits of xxh3-64 over `service ‖ 0 ‖ type` (the shard
+/// counts exceptions under the same id).
 pub fn exception_id(exception_type: &str, service: &str) -> String {
-    let mut buf = Vec::with_capacity(service.len() + 1 + exception_type.len());
-    buf.extend_from_slice(service.as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(exception_type.as_bytes());
-    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&buf))
+    veil_shard::exceptions::exception_id_string(exception_type, service)
 }
 
 /// Strips what varies between occurrences of one fault: numbers, hex addresses, UUIDs and

@@ -11,3 +11,4 @@ mod ingest_query;
 mod pii;
 mod privacy;
 mod text;
+mod topk;

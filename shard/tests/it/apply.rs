@@ -32,7 +32,7 @@ fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
         level: Level::Error,
         message: format!("payment failed attempt {n}"),
         fields_json: format!(r#"{{"user_id":"user_{n}"}}"#),
-        exception_type: None,
+        exception_type: Some(format!("Fault{}Exception", n % 3)),
         exception_message: None,
         stack_trace: None,
         fingerprint: None,
@@ -90,6 +90,25 @@ async fn retried_batch_is_stored_once() {
         })
         .unwrap();
     assert_eq!(hits.total, 11);
+    // Exception counters are kept on apply, and the retried entries are not counted twice.
+    let counted: u64 = counts(&shard).values().sum();
+    assert_eq!(counted, 11);
+}
+
+/// Exception counts of a shard over all time, by exception type.
+fn counts(shard: &Shard) -> std::collections::BTreeMap<String, u64> {
+    let all = shard
+        .exception_counts(
+            i64::MIN / 2,
+            i64::MAX / 2,
+            &veil_shard::exceptions::CounterFilter::default(),
+            None,
+        )
+        .unwrap();
+    all.totals
+        .values()
+        .map(|c| (c.exception_type.clone(), c.count))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +191,11 @@ async fn snapshot_installs_entries_and_index_on_another_shard() {
     assert_eq!(hits.total, 20);
     let newest: Vec<_> = hits.entries.iter().map(|e| e.message.clone()).collect();
     assert_eq!(newest[0], "payment failed attempt 19");
+    // Exception counters are recounted from the installed entries (entry 99 is gone).
+    assert_eq!(counts(&shard_b), counts(&shard_a));
+    assert_eq!(counts(&shard_b).values().sum::<u64>(), 20);
     // The installed snapshot also restores the idempotency set.
     apply(&mut sm_b, 2, vec![entry_for(ShardId(1), 3)]).await;
     assert_eq!(shard_b.entry_count().unwrap(), 20);
+    assert_eq!(counts(&shard_b).values().sum::<u64>(), 20);
 }

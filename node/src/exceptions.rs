@@ -1,0 +1,425 @@
+//! Top-K exceptions and exception details, from the counters every shard keeps on apply.
+//!
+//! Windows are minute-granular:
+//! - sliding (default): the last N minutes ending with the current one, i.e. minutes
+//!   `[m - N + 1, m]` where `m` is the minute now falls in; N is the window rounded up to whole
+//!   minutes (`90s` → 2);
+//! - tumbling (`mode=tumbling`): the UTC-aligned block of N minutes (aligned to multiples of N
+//!   since the epoch) containing `at`, or, without `at`, the last completed block;
+//! - explicit `start`/`end` (RFC 3339): the minutes from the one containing `start` to the one
+//!   containing `end`, both included.
+//!
+//! Merging is exact: each shard returns its full per-exception totals for the window (as many
+//! as there are distinct exceptions in it), the coordinator adds them up, sorts by count
+//! (ties: latest `last_seen` first, then `exception_id`) and keeps `k`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use veil_shard::exceptions::{merge_samples, Counter, CounterFilter, ExceptionCounts};
+
+use crate::error::ApiError;
+use crate::ingest::{format_timestamp, now_us, parse_level};
+use crate::node::Node;
+
+/// Largest `k`.
+pub const K_MAX: usize = 1000;
+/// Longest window, in minutes (90 days).
+pub const WINDOW_MINUTES_MAX: i64 = 90 * 24 * 60;
+/// Most trend buckets in one details answer.
+pub const TREND_BUCKETS_MAX: i64 = 2000;
+
+/// Query parameters shared by top-K and details.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowParams {
+    /// Number of exceptions (top-K only) [default: 10].
+    pub k: Option<usize>,
+    /// `5m`, `1h`, `24h`, `7d`, `90s`… [default: 1h, or 24h for details].
+    pub window: Option<String>,
+    /// `sliding` (default) or `tumbling`.
+    pub mode: Option<String>,
+    /// For tumbling windows: a time inside the wanted block (RFC 3339).
+    pub at: Option<String>,
+    /// Explicit window start (RFC 3339), with `end`.
+    pub start: Option<String>,
+    /// Explicit window end (RFC 3339), with `start`.
+    pub end: Option<String>,
+    /// Comma-separated services.
+    pub service: Option<String>,
+    /// Comma-separated environments.
+    pub environment: Option<String>,
+    /// Comma-separated regions.
+    pub region: Option<String>,
+    /// Comma-separated levels.
+    pub level: Option<String>,
+    /// Trend bucket size for details (`1m`, `1h`…) [default: chosen from the window].
+    pub bucket: Option<String>,
+}
+
+/// Parses `90s`, `45m`, `1h`, `3d`, `1w` into seconds.
+pub fn parse_duration_secs(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: i64 = s[..split].parse().ok()?;
+    let unit = match &s[split..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    (n > 0).then(|| n.checked_mul(unit)).flatten()
+}
+
+/// A resolved window: minutes `start..end` (end exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// First minute (since the epoch).
+    pub start: i64,
+    /// One past the last minute.
+    pub end: i64,
+}
+
+fn bad(code: &'static str, field: &str, message: String) -> ApiError {
+    ApiError::bad_request(code, message).with_field(field)
+}
+
+fn rfc3339_us(s: &str, field: &str) -> Result<i64, ApiError> {
+    crate::ingest::parse_timestamp(&Value::String(s.to_string()))
+        .map_err(|_| bad("invalid_time", field, format!("{field} is not RFC 3339")))
+}
+
+/// Resolves the window of a request at `now_us`.
+pub fn resolve_window(p: &WindowParams, default: &str, now_us: i64) -> Result<Window, ApiError> {
+    let minute_now = now_us.div_euclid(60_000_000);
+    if p.start.is_some() || p.end.is_some() {
+        let (Some(s), Some(e)) = (&p.start, &p.end) else {
+            return Err(bad(
+                "invalid_window",
+                "start",
+                "give both start and end".into(),
+            ));
+        };
+        let start = rfc3339_us(s, "start")?.div_euclid(60_000_000);
+        let end = rfc3339_us(e, "end")?.div_euclid(60_000_000) + 1;
+        if end <= start || end - start > WINDOW_MINUTES_MAX {
+            return Err(bad(
+                "invalid_window",
+                "end",
+                format!("end must follow start, at most {WINDOW_MINUTES_MAX} minutes later"),
+            ));
+        }
+        return Ok(Window { start, end });
+    }
+    let text = p.window.as_deref().unwrap_or(default);
+    let secs = parse_duration_secs(text).ok_or_else(|| {
+        bad(
+            "invalid_window",
+            "window",
+            format!("window {text:?} is not a duration like 90s, 15m, 1h, 24h, 7d"),
+        )
+    })?;
+    let n = (secs + 59) / 60;
+    if n > WINDOW_MINUTES_MAX {
+        return Err(bad(
+            "invalid_window",
+            "window",
+            format!("window is longer than {WINDOW_MINUTES_MAX} minutes"),
+        ));
+    }
+    match p.mode.as_deref().unwrap_or("sliding") {
+        "sliding" => Ok(Window {
+            start: minute_now + 1 - n,
+            end: minute_now + 1,
+        }),
+        "tumbling" => {
+            let start = match &p.at {
+                Some(at) => rfc3339_us(at, "at")?.div_euclid(60_000_000).div_euclid(n) * n,
+                None => minute_now.div_euclid(n) * n - n,
+            };
+            Ok(Window {
+                start,
+                end: start + n,
+            })
+        }
+        other => Err(bad(
+            "invalid_mode",
+            "mode",
+            format!("mode {other:?} is not sliding or tumbling"),
+        )),
+    }
+}
+
+fn list(v: &Option<String>) -> Vec<String> {
+    v.as_deref()
+        .map(|s| {
+            s.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn filter_of(p: &WindowParams, exception_id: Option<u64>) -> Result<CounterFilter, ApiError> {
+    let levels = list(&p.level)
+        .iter()
+        .map(|l| {
+            parse_level(l)
+                .map(|l| l.as_str().to_string())
+                .ok_or_else(|| bad("invalid_level", "level", format!("unknown level {l:?}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(CounterFilter {
+        exception_id,
+        services: list(&p.service),
+        environments: list(&p.environment),
+        regions: list(&p.region),
+        levels,
+    })
+}
+
+/// Asks every shard, in parallel, and adds up their answers.
+async fn gather(
+    node: &Arc<Node>,
+    window: Window,
+    filter: CounterFilter,
+    bucket_minutes: Option<i64>,
+) -> Result<ExceptionCounts, ApiError> {
+    let tasks: Vec<_> = node
+        .groups
+        .iter()
+        .map(|g| {
+            let shard = g.shard.clone();
+            let filter = filter.clone();
+            tokio::task::spawn_blocking(move || {
+                shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
+            })
+        })
+        .collect();
+    let mut all = ExceptionCounts::default();
+    for t in tasks {
+        let part = t
+            .await
+            .map_err(|e| ApiError::internal("counting exceptions", e))?
+            .map_err(|e| ApiError::internal("counting exceptions", e))?;
+        for (id, c) in part.totals {
+            match all.totals.get_mut(&id) {
+                Some(existing) => existing.merge(&c),
+                None => {
+                    all.totals.insert(id, c);
+                }
+            }
+        }
+        for (k, n) in part.buckets {
+            *all.buckets.entry(k).or_default() += n;
+        }
+    }
+    Ok(all)
+}
+
+/// One item of a top-K answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct TopItem {
+    /// The seed's id: hash(exception_type, service), 16 hex digits.
+    pub exception_id: String,
+    /// The type.
+    pub exception_type: String,
+    /// The service.
+    pub service: String,
+    /// Occurrences in the window.
+    pub count: u64,
+    /// First occurrence in the window.
+    pub first_seen: String,
+    /// Last occurrence in the window.
+    pub last_seen: String,
+    /// Up to three log_ids (the latest).
+    pub sample_log_ids: Vec<String>,
+}
+
+fn item(id: u64, c: &Counter) -> TopItem {
+    TopItem {
+        exception_id: format!("{id:016x}"),
+        exception_type: c.exception_type.clone(),
+        service: c.service.clone(),
+        count: c.count,
+        first_seen: format_timestamp(c.first_seen_us),
+        last_seen: format_timestamp(c.last_seen_us),
+        sample_log_ids: c.samples.iter().map(|u| u.to_string()).collect(),
+    }
+}
+
+/// Sorts by count (desc), then last_seen (latest first), then exception id.
+pub fn rank(totals: &HashMap<u64, Counter>) -> Vec<(u64, &Counter)> {
+    let mut v: Vec<(u64, &Counter)> = totals.iter().map(|(id, c)| (*id, c)).collect();
+    v.sort_by(|a, b| {
+        b.1.count
+            .cmp(&a.1.count)
+            .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
+            .then(a.0.cmp(&b.0))
+    });
+    v
+}
+
+/// `GET /api/v1/exceptions/top-k`.
+pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError> {
+    let started = std::time::Instant::now();
+    let k = p.k.unwrap_or(10);
+    if k == 0 || k > K_MAX {
+        return Err(bad("invalid_k", "k", format!("k must be 1 to {K_MAX}")));
+    }
+    let window = resolve_window(&p, "1h", now_us())?;
+    let filter = filter_of(&p, None)?;
+    let counts = gather(node, window, filter, None).await?;
+    let exceptions: Vec<TopItem> = rank(&counts.totals)
+        .into_iter()
+        .take(k)
+        .map(|(id, c)| item(id, c))
+        .collect();
+    Ok(serde_json::json!({
+        "window": p.window.clone().unwrap_or_else(|| if p.start.is_some() { "custom".into() } else { "1h".into() }),
+        "mode": p.mode.clone().unwrap_or_else(|| "sliding".into()),
+        "start": format_timestamp(window.start * 60_000_000),
+        "end": format_timestamp(window.end * 60_000_000),
+        "service": p.service,
+        "exceptions": exceptions,
+        "execution_time_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// `GET /api/v1/exceptions/{exception_id}`.
+pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Value, ApiError> {
+    let started = std::time::Instant::now();
+    let exception_id = u64::from_str_radix(id, 16).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_exception_id",
+            format!("{id:?} is not an exception id (16 hex digits)"),
+        )
+    })?;
+    let window = resolve_window(&p, "24h", now_us())?;
+    let minutes = window.end - window.start;
+    let bucket = match &p.bucket {
+        Some(b) => {
+            (parse_duration_secs(b).ok_or_else(|| {
+                bad(
+                    "invalid_bucket",
+                    "bucket",
+                    format!("bucket {b:?} is not a duration"),
+                )
+            })? + 59)
+                / 60
+        }
+        None => match minutes {
+            ..=60 => 1,
+            61..=360 => 5,
+            361..=1440 => 60,
+            1441..=10080 => 360,
+            _ => 1440,
+        },
+    };
+    if (minutes + bucket - 1) / bucket > TREND_BUCKETS_MAX {
+        return Err(bad(
+            "invalid_bucket",
+            "bucket",
+            format!("at most {TREND_BUCKETS_MAX} buckets; choose a larger bucket"),
+        ));
+    }
+    let filter = filter_of(&p, Some(exception_id))?;
+    let counts = gather(node, window, filter.clone(), Some(bucket)).await?;
+    let earlier = gather(
+        node,
+        Window {
+            start: i64::MIN / 2,
+            end: window.start,
+        },
+        filter,
+        None,
+    )
+    .await?;
+    let Some(total) = counts.totals.get(&exception_id) else {
+        if earlier.totals.contains_key(&exception_id) {
+            return Ok(serde_json::json!({
+                "exception_id": id, "count": 0, "trend": [], "sample_logs": [], "is_new": false,
+                "execution_time_ms": started.elapsed().as_millis() as u64,
+            }));
+        }
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "exception_not_found",
+            format!("no exception {id} matches"),
+        ));
+    };
+    let first_bucket = window.start.div_euclid(bucket) * bucket;
+    let trend: Vec<Value> = (0..)
+        .map(|i| first_bucket + i * bucket)
+        .take_while(|b| *b < window.end)
+        .map(|b| {
+            serde_json::json!({
+                "timestamp": format_timestamp(b * 60_000_000),
+                "count": counts.buckets.get(&(exception_id, b)).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    merge_samples(&mut samples, &total.samples);
+    let mut sample_logs = Vec::new();
+    for log_id in samples {
+        if let Some(entry) = node.find_entry(log_id).await? {
+            sample_logs.push(
+                serde_json::to_value(crate::query::LogView::from(entry)).unwrap_or(Value::Null),
+            );
+        }
+    }
+    Ok(serde_json::json!({
+        "exception_id": id,
+        "exception_type": total.exception_type,
+        "service_name": total.service,
+        "count": total.count,
+        "first_seen": format_timestamp(total.first_seen_us),
+        "last_seen": format_timestamp(total.last_seen_us),
+        "is_new": !earlier.totals.contains_key(&exception_id),
+        "bucket_minutes": bucket,
+        "trend": trend,
+        "sample_logs": sample_logs,
+        "execution_time_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_minute_aligned_as_documented() {
+        let now = 1_700_000_123_000_000; // 2023-11-14T22:15:23Z, minute 28333335
+        let m = now / 60_000_000;
+        let p = |w: &str, mode: Option<&str>| WindowParams {
+            window: Some(w.into()),
+            mode: mode.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve_window(&p("1h", None), "1h", now).unwrap(),
+            Window {
+                start: m - 59,
+                end: m + 1
+            }
+        );
+        assert_eq!(
+            resolve_window(&p("90s", None), "1h", now).unwrap(),
+            Window {
+                start: m - 1,
+                end: m + 1
+            }
+        );
+        let t = resolve_window(&p("1h", Some("tumbling")), "1h", now).unwrap();
+        assert_eq!((t.start % 60, t.end - t.start), (0, 60));
+        assert!(t.end <= m, "the last completed hour");
+        assert!(resolve_window(&p("1y", None), "1h", now).is_err());
+        assert!(resolve_window(&p("1h", Some("hopping")), "1h", now).is_err());
+    }
+}

@@ -1,0 +1,254 @@
+//! Top-K exceptions and exception details against a brute-force count over the same entries:
+//! many services and hours, Zipf-skewed exception frequencies (so ties in the tail), random
+//! k, windows, filters and modes. Every answer must be identical to the oracle's.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use veil_chaos_tests::Rng;
+use veil_shard::exceptions::exception_id_string;
+
+use crate::harness::Veil;
+
+#[derive(Clone)]
+struct Sent {
+    log_id: String,
+    ts_us: i64,
+    service: String,
+    exception: String,
+    environment: String,
+    region: String,
+    level: String,
+}
+
+fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn us_of(s: &str) -> i64 {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+/// The oracle: counts, first/last seen and the three greatest log_ids per (service, type),
+/// ranked by count, then last_seen (latest first), then exception_id.
+fn brute_force(sent: &[&Sent], k: usize) -> Vec<(String, u64, i64, i64, Vec<String>)> {
+    let mut groups: HashMap<String, (u64, i64, i64, Vec<String>)> = HashMap::new();
+    for s in sent {
+        let id = exception_id_string(&s.exception, &s.service);
+        let g = groups
+            .entry(id)
+            .or_insert((0, i64::MAX, i64::MIN, Vec::new()));
+        g.0 += 1;
+        g.1 = g.1.min(s.ts_us);
+        g.2 = g.2.max(s.ts_us);
+        g.3.push(s.log_id.clone());
+    }
+    let mut v: Vec<_> = groups
+        .into_iter()
+        .map(|(id, (n, first, last, mut ids))| {
+            ids.sort_by(|a, b| b.cmp(a));
+            ids.truncate(3);
+            (id, n, first, last, ids)
+        })
+        .collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
+    v.truncate(k);
+    v
+}
+
+fn get(veil: &Veil, path: &str) -> (u16, Value) {
+    let resp = reqwest::blocking::get(veil.url(path)).expect("http");
+    let status = resp.status().as_u16();
+    (status, resp.json().expect("json"))
+}
+
+#[test]
+fn top_k_and_details_match_a_brute_force_count() {
+    let seed = std::env::var("VEIL_TOPK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20261125u64);
+    eprintln!("seed {seed} (VEIL_TOPK_SEED replays)");
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+
+    let now_us = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+    let services = ["payments", "search", "auth", "cart", "mail", "geo"];
+    let types: Vec<String> = (0..14)
+        .map(|i| format!("com.acme.Fault{i}Exception"))
+        .collect();
+    // Zipf-like weights: type i drawn with weight 1/(i+1).
+    let weights: Vec<f64> = (0..types.len()).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let total_w: f64 = weights.iter().sum();
+    let pick_type = |rng: &mut Rng| {
+        let mut x = (rng.below(1_000_000) as f64 / 1_000_000.0) * total_w;
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return i;
+            }
+            x -= w;
+        }
+        types.len() - 1
+    };
+    let mut sent: Vec<Sent> = Vec::new();
+    for batch in 0..3 {
+        let mut body = String::new();
+        let mut planned = Vec::new();
+        for i in 0..1000 {
+            let ts_us =
+                now_us - rng.below(5 * 3600) as i64 * 1_000_000 - rng.below(1_000_000) as i64;
+            let service = services[rng.below(services.len() as u64) as usize];
+            let environment = ["prod", "staging"][rng.below(2) as usize];
+            let region = ["us", "eu"][rng.below(2) as usize];
+            let level = ["ERROR", "WARN", "FATAL"][rng.below(3) as usize];
+            let has_exception = rng.below(10) < 7;
+            let ty = types[pick_type(&mut rng)].clone();
+            let mut entry = json!({
+                "timestamp": rfc3339(ts_us), "service": service, "environment": environment,
+                "metadata": {"region": region}, "level": level,
+                "message": format!("event {batch}-{i}"),
+            });
+            if has_exception {
+                entry["exception"] = json!({"type": ty, "message": "boom"});
+            }
+            body.push_str(&entry.to_string());
+            body.push('\n');
+            planned.push((
+                has_exception,
+                ts_us,
+                service,
+                ty,
+                environment,
+                region,
+                level,
+            ));
+        }
+        let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["accepted"], 1000);
+        for (r, p) in answer["results"].as_array().unwrap().iter().zip(planned) {
+            if p.0 {
+                sent.push(Sent {
+                    log_id: r["log_id"].as_str().unwrap().to_string(),
+                    ts_us: p.1,
+                    service: p.2.to_string(),
+                    exception: p.3,
+                    environment: p.4.to_string(),
+                    region: p.5.to_string(),
+                    level: p.6.to_string(),
+                });
+            }
+        }
+    }
+
+    let check = |path: &str, expected: Vec<(String, u64, i64, i64, Vec<String>)>| {
+        let (status, answer) = get(&veil, path);
+        assert_eq!(status, 200, "{path}: {answer}");
+        let got: Vec<_> = answer["exceptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["exception_id"].as_str().unwrap().to_string(),
+                    e["count"].as_u64().unwrap(),
+                    us_of(e["first_seen"].as_str().unwrap()),
+                    us_of(e["last_seen"].as_str().unwrap()),
+                    e["sample_log_ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_str().unwrap().to_string())
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{path}");
+    };
+
+    let minute = |us: i64| us.div_euclid(60_000_000);
+    for round in 0..60 {
+        let k = 1 + rng.below(15) as usize;
+        let a = now_us - rng.below(5 * 3600 + 600) as i64 * 1_000_000;
+        let b = now_us - rng.below(5 * 3600 + 600) as i64 * 1_000_000;
+        let (start, end) = (a.min(b), a.max(b));
+        let mut query = format!(
+            "/api/v1/exceptions/top-k?k={k}&start={}&end={}",
+            rfc3339(start).replace('+', "%2B"),
+            rfc3339(end).replace('+', "%2B")
+        );
+        let service = (rng.below(3) == 0).then(|| services[rng.below(6) as usize]);
+        let env = (rng.below(3) == 0).then(|| ["prod", "staging"][rng.below(2) as usize]);
+        let region = (rng.below(4) == 0).then(|| ["us", "eu"][rng.below(2) as usize]);
+        let level = (rng.below(4) == 0).then(|| ["ERROR", "FATAL"][rng.below(2) as usize]);
+        for (name, v) in [
+            ("service", service),
+            ("environment", env),
+            ("region", region),
+            ("level", level),
+        ] {
+            if let Some(v) = v {
+                query.push_str(&format!("&{name}={v}"));
+            }
+        }
+        let matching: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| minute(s.ts_us) >= minute(start) && minute(s.ts_us) <= minute(end))
+            .filter(|s| service.is_none_or(|v| s.service == v))
+            .filter(|s| env.is_none_or(|v| s.environment == v))
+            .filter(|s| region.is_none_or(|v| s.region == v))
+            .filter(|s| level.is_none_or(|v| s.level == v))
+            .collect();
+        check(&query, brute_force(&matching, k));
+        if round == 0 {
+            eprintln!("first query: {query} → {} matching", matching.len());
+        }
+    }
+
+    // Sliding: 6h covers every entry whatever minute it is now.
+    let all: Vec<&Sent> = sent.iter().collect();
+    check(
+        "/api/v1/exceptions/top-k?k=1000&window=6h",
+        brute_force(&all, 1000),
+    );
+    // Tumbling: the UTC hour containing `at`.
+    let at = now_us - 2 * 3600 * 1_000_000;
+    let hour_start = at.div_euclid(3_600_000_000) * 3_600_000_000;
+    let in_hour: Vec<&Sent> = sent
+        .iter()
+        .filter(|s| s.ts_us >= hour_start && s.ts_us < hour_start + 3_600_000_000)
+        .collect();
+    check(
+        &format!(
+            "/api/v1/exceptions/top-k?k=50&window=1h&mode=tumbling&at={}",
+            rfc3339(at).replace('+', "%2B")
+        ),
+        brute_force(&in_hour, 50),
+    );
+
+    // Details of the most frequent exception over 24h.
+    let top = &brute_force(&all, 1)[0];
+    let (status, d) = get(&veil, &format!("/api/v1/exceptions/{}?window=24h", top.0));
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["count"].as_u64().unwrap(), top.1);
+    let trend_sum: u64 = d["trend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(trend_sum, top.1, "the trend adds up to the count");
+    assert_eq!(d["is_new"], true);
+    assert_eq!(d["sample_logs"].as_array().unwrap().len(), 3);
+    assert_eq!(d["sample_logs"][0]["log_id"].as_str().unwrap(), top.4[0]);
+    let (status, _) = get(&veil, "/api/v1/exceptions/00000000000000ff?window=24h");
+    assert_eq!(status, 404);
+    let (status, e) = get(&veil, "/api/v1/exceptions/top-k?window=forever");
+    assert_eq!(status, 400, "{e}");
+    veil.stop();
+}

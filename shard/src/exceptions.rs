@@ -1,0 +1,206 @@
+//! Exception counters, kept on apply: per shard, per minute, per exception and per
+//! (environment, region, level), a count with first and last seen and a few sample log_ids.
+//! Because they are written in the apply write batch, every replica holds the same counts and
+//! a replayed or retried batch (whose entries are already in the idempotency set) is not
+//! counted twice; a snapshot install recounts from the installed entries.
+//!
+//! Column family `exceptions`: `shard u32 | minute (sign-flipped) u64 | exception_id u64 |
+//! dims u64` → [`Counter`] (bincode).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::entry::StoredEntry;
+use crate::ShardId;
+
+/// Column family of the exception counters.
+pub const CF_EXCEPTIONS: &str = "exceptions";
+
+/// Sample log_ids kept per counter row (and per answer item).
+pub const SAMPLES_MAX: usize = 3;
+
+/// The seed's exception id as a number: xxh3-64 of `service ‖ 0 ‖ type`.
+pub fn exception_id(exception_type: &str, service: &str) -> u64 {
+    let mut buf = Vec::with_capacity(service.len() + 1 + exception_type.len());
+    buf.extend_from_slice(service.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(exception_type.as_bytes());
+    xxhash_rust::xxh3::xxh3_64(&buf)
+}
+
+/// The seed's exception id as the API writes it: 16 hex digits.
+pub fn exception_id_string(exception_type: &str, service: &str) -> String {
+    format!("{:016x}", exception_id(exception_type, service))
+}
+
+/// One counter row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counter {
+    /// The exception's type.
+    pub exception_type: String,
+    /// The service.
+    pub service: String,
+    /// The environment of the counted entries.
+    pub environment: Option<String>,
+    /// The region of the counted entries.
+    pub region: Option<String>,
+    /// The level of the counted entries (`ERROR`…).
+    pub level: String,
+    /// How many.
+    pub count: u64,
+    /// Earliest entry timestamp counted, µs.
+    pub first_seen_us: i64,
+    /// Latest entry timestamp counted, µs.
+    pub last_seen_us: i64,
+    /// Up to [`SAMPLES_MAX`] log_ids (the latest ones).
+    pub samples: Vec<Uuid>,
+}
+
+impl Counter {
+    fn of(e: &StoredEntry, exception_type: &str) -> Counter {
+        Counter {
+            exception_type: exception_type.to_string(),
+            service: e.service.clone(),
+            environment: e.environment.clone(),
+            region: e.region.clone(),
+            level: e.level.as_str().to_string(),
+            count: 1,
+            first_seen_us: e.timestamp_us,
+            last_seen_us: e.timestamp_us,
+            samples: vec![e.log_id],
+        }
+    }
+
+    /// Adds another counter of the same row (or the same exception) into this one.
+    pub fn merge(&mut self, other: &Counter) {
+        self.count += other.count;
+        self.first_seen_us = self.first_seen_us.min(other.first_seen_us);
+        if other.last_seen_us >= self.last_seen_us {
+            self.last_seen_us = other.last_seen_us;
+        }
+        merge_samples(&mut self.samples, &other.samples);
+    }
+}
+
+/// Keeps the [`SAMPLES_MAX`] greatest log_ids (UUIDv7: the latest) of both lists.
+pub fn merge_samples(into: &mut Vec<Uuid>, from: &[Uuid]) {
+    into.extend_from_slice(from);
+    into.sort_unstable_by(|a, b| b.cmp(a));
+    into.dedup();
+    into.truncate(SAMPLES_MAX);
+}
+
+/// The minute (since the epoch) of a timestamp in µs.
+pub fn minute_of(timestamp_us: i64) -> i64 {
+    timestamp_us.div_euclid(60_000_000)
+}
+
+fn flip(v: i64) -> u64 {
+    (v as u64) ^ (1 << 63)
+}
+
+/// The counter key of an entry's row.
+pub fn counter_key(shard: ShardId, minute: i64, exception_id: u64, dims: u64) -> [u8; 28] {
+    let mut k = [0u8; 28];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    k[4..12].copy_from_slice(&flip(minute).to_be_bytes());
+    k[12..20].copy_from_slice(&exception_id.to_be_bytes());
+    k[20..].copy_from_slice(&dims.to_be_bytes());
+    k
+}
+
+/// The first key of `minute` in a shard (a range bound).
+pub fn minute_key(shard: ShardId, minute: i64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    k[4..].copy_from_slice(&flip(minute).to_be_bytes());
+    k
+}
+
+/// Reads the exception id out of a counter key.
+pub fn key_exception_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(12..20)?.try_into().ok()?))
+}
+
+/// Reads the minute out of a counter key.
+pub fn key_minute(key: &[u8]) -> Option<i64> {
+    let v = u64::from_be_bytes(key.get(4..12)?.try_into().ok()?);
+    Some((v ^ (1 << 63)) as i64)
+}
+
+/// The rows a set of new entries adds, aggregated by key.
+pub fn rows_of<'a>(
+    shard: ShardId,
+    entries: impl Iterator<Item = &'a StoredEntry>,
+) -> HashMap<[u8; 28], Counter> {
+    let mut rows: HashMap<[u8; 28], Counter> = HashMap::new();
+    for e in entries {
+        let Some(t) = e.exception_type.as_deref() else {
+            continue;
+        };
+        let mut dims = Vec::new();
+        for part in [
+            e.environment.as_deref().unwrap_or(""),
+            e.region.as_deref().unwrap_or(""),
+            e.level.as_str(),
+        ] {
+            dims.extend_from_slice(part.as_bytes());
+            dims.push(0);
+        }
+        let key = counter_key(
+            shard,
+            minute_of(e.timestamp_us),
+            exception_id(t, &e.service),
+            xxhash_rust::xxh3::xxh3_64(&dims),
+        );
+        let c = Counter::of(e, t);
+        match rows.get_mut(&key) {
+            Some(existing) => existing.merge(&c),
+            None => {
+                rows.insert(key, c);
+            }
+        }
+    }
+    rows
+}
+
+/// Which counter rows a question is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterFilter {
+    /// Only this exception.
+    pub exception_id: Option<u64>,
+    /// Only these services (empty: all).
+    pub services: Vec<String>,
+    /// Only these environments (empty: all).
+    pub environments: Vec<String>,
+    /// Only these regions (empty: all).
+    pub regions: Vec<String>,
+    /// Only these levels (empty: all).
+    pub levels: Vec<String>,
+}
+
+impl CounterFilter {
+    /// True when a row passes.
+    pub fn admits(&self, id: u64, c: &Counter) -> bool {
+        let any = |list: &[String], v: Option<&str>| {
+            list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
+        };
+        self.exception_id.is_none_or(|x| x == id)
+            && any(&self.services, Some(&c.service))
+            && any(&self.environments, c.environment.as_deref())
+            && any(&self.regions, c.region.as_deref())
+            && any(&self.levels, Some(&c.level))
+    }
+}
+
+/// What a shard answers for a window: per exception, its merged counter and, when asked,
+/// counts per bucket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExceptionCounts {
+    /// exception id → merged counter.
+    pub totals: HashMap<u64, Counter>,
+    /// (exception id, bucket start minute) → count, when buckets were asked for.
+    pub buckets: HashMap<(u64, i64), u64>,
+}
