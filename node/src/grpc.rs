@@ -6,8 +6,9 @@ use serde_json::{Map, Value};
 use tonic::{Request, Response, Status};
 use veil_proto::v1::veil_server::Veil;
 use veil_proto::v1::{
-    EntryResult as PbEntryResult, ErrorDetail, IngestEntry, IngestRequest, IngestResponse,
-    LogRecord, QueryRequest, QueryResponse,
+    EntryResult as PbEntryResult, ErrorDetail, ExceptionDetailsRequest, ExceptionDetailsResponse,
+    ExceptionWindow, IngestEntry, IngestRequest, IngestResponse, LogRecord, QueryRequest,
+    QueryResponse, TopException, TopExceptionsRequest, TopExceptionsResponse, TrendBucket,
 };
 
 use crate::error::ApiError;
@@ -146,6 +147,68 @@ impl Veil for VeilService {
         Ok(Response::new(response))
     }
 
+    async fn top_exceptions(
+        &self,
+        request: Request<TopExceptionsRequest>,
+    ) -> Result<Response<TopExceptionsResponse>, Status> {
+        let r = request.into_inner();
+        let mut params = window_params(r.window.unwrap_or_default());
+        params.k = (r.k > 0).then_some(r.k as usize);
+        let answer = crate::exceptions::top_k(&self.node, params)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(TopExceptionsResponse {
+            start: str_of(&answer["start"]),
+            end: str_of(&answer["end"]),
+            exceptions: answer["exceptions"]
+                .as_array()
+                .map(|a| a.iter().map(top_exception).collect())
+                .unwrap_or_default(),
+            execution_time_ms: answer["execution_time_ms"].as_u64().unwrap_or(0),
+        }))
+    }
+
+    async fn exception_details(
+        &self,
+        request: Request<ExceptionDetailsRequest>,
+    ) -> Result<Response<ExceptionDetailsResponse>, Status> {
+        let r = request.into_inner();
+        let mut params = window_params(r.window.unwrap_or_default());
+        params.bucket = (!r.bucket.is_empty()).then_some(r.bucket);
+        let a = crate::exceptions::details(&self.node, &r.exception_id, params)
+            .await
+            .map_err(Status::from)?;
+        let samples = a["sample_logs"]
+            .as_array()
+            .map(|l| l.iter().map(|x| str_of(&x["log_id"])).collect())
+            .unwrap_or_default();
+        Ok(Response::new(ExceptionDetailsResponse {
+            exception: Some(TopException {
+                exception_id: str_of(&a["exception_id"]),
+                exception_type: str_of(&a["exception_type"]),
+                service: str_of(&a["service_name"]),
+                count: a["count"].as_u64().unwrap_or(0),
+                first_seen: str_of(&a["first_seen"]),
+                last_seen: str_of(&a["last_seen"]),
+                sample_log_ids: samples,
+            }),
+            trend: a["trend"]
+                .as_array()
+                .map(|t| {
+                    t.iter()
+                        .map(|b| TrendBucket {
+                            timestamp: str_of(&b["timestamp"]),
+                            count: b["count"].as_u64().unwrap_or(0),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            is_new: a["is_new"].as_bool().unwrap_or(false),
+            bucket_minutes: a["bucket_minutes"].as_u64().unwrap_or(0) as u32,
+            execution_time_ms: a["execution_time_ms"].as_u64().unwrap_or(0),
+        }))
+    }
+
     async fn query(
         &self,
         request: Request<QueryRequest>,
@@ -202,5 +265,41 @@ impl Veil for VeilService {
                 })
                 .collect(),
         }))
+    }
+}
+
+fn str_of(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn top_exception(e: &Value) -> TopException {
+    TopException {
+        exception_id: str_of(&e["exception_id"]),
+        exception_type: str_of(&e["exception_type"]),
+        service: str_of(&e["service"]),
+        count: e["count"].as_u64().unwrap_or(0),
+        first_seen: str_of(&e["first_seen"]),
+        last_seen: str_of(&e["last_seen"]),
+        sample_log_ids: e["sample_log_ids"]
+            .as_array()
+            .map(|a| a.iter().map(str_of).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn window_params(w: ExceptionWindow) -> crate::exceptions::WindowParams {
+    let opt = |s: String| (!s.is_empty()).then_some(s);
+    let joined = |v: Vec<String>| (!v.is_empty()).then(|| v.join(","));
+    crate::exceptions::WindowParams {
+        window: opt(w.window),
+        mode: opt(w.mode),
+        at: opt(w.at),
+        start: opt(w.start),
+        end: opt(w.end),
+        service: joined(w.services),
+        environment: joined(w.environments),
+        region: joined(w.regions),
+        level: joined(w.levels),
+        ..Default::default()
     }
 }

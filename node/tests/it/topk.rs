@@ -246,6 +246,53 @@ fn top_k_and_details_match_a_brute_force_count() {
     assert_eq!(d["is_new"], true);
     assert_eq!(d["sample_logs"].as_array().unwrap().len(), 3);
     assert_eq!(d["sample_logs"][0]["log_id"].as_str().unwrap(), top.4[0]);
+    // The same over gRPC.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use veil_proto::v1::veil_client::VeilClient;
+        use veil_proto::v1::{ExceptionDetailsRequest, ExceptionWindow, TopExceptionsRequest};
+        let mut client = VeilClient::connect(format!("http://{}", veil.grpc))
+            .await
+            .unwrap();
+        let window = ExceptionWindow {
+            window: "6h".into(),
+            ..Default::default()
+        };
+        let top = client
+            .top_exceptions(TopExceptionsRequest {
+                k: 5,
+                window: Some(window.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let got: Vec<(String, u64)> = top
+            .exceptions
+            .iter()
+            .map(|e| (e.exception_id.clone(), e.count))
+            .collect();
+        let want: Vec<(String, u64)> = brute_force(&all, 5)
+            .into_iter()
+            .map(|(id, n, ..)| (id, n))
+            .collect();
+        assert_eq!(got, want);
+        let details = client
+            .exception_details(ExceptionDetailsRequest {
+                exception_id: top.exceptions[0].exception_id.clone(),
+                window: Some(window),
+                bucket: "1h".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(details.exception.unwrap().count, top.exceptions[0].count);
+        assert_eq!(details.bucket_minutes, 60);
+        assert_eq!(
+            details.trend.iter().map(|b| b.count).sum::<u64>(),
+            top.exceptions[0].count
+        );
+    });
+
     let (status, _) = get(&veil, "/api/v1/exceptions/00000000000000ff?window=24h");
     assert_eq!(status, 404);
     let (status, e) = get(&veil, "/api/v1/exceptions/top-k?window=forever");
