@@ -222,6 +222,49 @@ async fn gather(
     Ok(all)
 }
 
+/// One exception's history on every shard, added up, and its first sighting ever.
+async fn history(
+    node: &Arc<Node>,
+    exception_id: u64,
+    window: Window,
+    bucket: i64,
+) -> Result<(ExceptionCounts, Option<i64>), ApiError> {
+    let tasks: Vec<_> = node
+        .groups
+        .iter()
+        .map(|g| {
+            let shard = g.shard.clone();
+            tokio::task::spawn_blocking(move || {
+                shard.exception_history(exception_id, window.start, window.end, Some(bucket))
+            })
+        })
+        .collect();
+    let mut all = ExceptionCounts::default();
+    let mut first: Option<i64> = None;
+    for t in tasks {
+        let (part, f) = t
+            .await
+            .map_err(|e| ApiError::internal("reading an exception's history", e))?
+            .map_err(|e| ApiError::internal("reading an exception's history", e))?;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (id, c) in part.totals {
+            match all.totals.get_mut(&id) {
+                Some(existing) => existing.merge(&c),
+                None => {
+                    all.totals.insert(id, c);
+                }
+            }
+        }
+        for (k, n) in part.buckets {
+            *all.buckets.entry(k).or_default() += n;
+        }
+    }
+    Ok((all, first))
+}
+
 /// One item of a top-K answer.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
 pub struct TopItem {
@@ -329,29 +372,46 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         ));
     }
     let filter = filter_of(&p, Some(exception_id))?;
-    let counts = gather(node, window, filter.clone(), Some(bucket)).await?;
-    let earlier = gather(
-        node,
-        Window {
-            start: i64::MIN / 2,
-            end: window.start,
-        },
-        filter,
-        None,
-    )
-    .await?;
-    let Some(total) = counts.totals.get(&exception_id) else {
-        if earlier.totals.contains_key(&exception_id) {
-            return Ok(serde_json::json!({
-                "exception_id": id, "count": 0, "trend": [], "sample_logs": [], "is_new": false,
-                "execution_time_ms": started.elapsed().as_millis() as u64,
-            }));
-        }
+    let unfiltered = filter.services.is_empty()
+        && filter.environments.is_empty()
+        && filter.regions.is_empty()
+        && filter.levels.is_empty();
+    // Without dimension filters one exception's history is one short range per shard; with
+    // them, the window's counter rows are scanned and the time before it tells `is_new`.
+    let (counts, first_ever) = if unfiltered {
+        history(node, exception_id, window, bucket).await?
+    } else {
+        let counts = gather(node, window, filter.clone(), Some(bucket)).await?;
+        let earlier = gather(
+            node,
+            Window {
+                start: i64::MIN / 2,
+                end: window.start,
+            },
+            filter,
+            None,
+        )
+        .await?;
+        let first_ever = earlier
+            .totals
+            .get(&exception_id)
+            .or(counts.totals.get(&exception_id))
+            .map(|c| c.first_seen_us);
+        (counts, first_ever)
+    };
+    let Some(first_ever) = first_ever else {
         return Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "exception_not_found",
             format!("no exception {id} matches"),
         ));
+    };
+    let is_new = first_ever >= window.start * 60_000_000;
+    let Some(total) = counts.totals.get(&exception_id) else {
+        return Ok(serde_json::json!({
+            "exception_id": id, "count": 0, "trend": [], "sample_logs": [], "is_new": false,
+            "execution_time_ms": started.elapsed().as_millis() as u64,
+        }));
     };
     let first_bucket = window.start.div_euclid(bucket) * bucket;
     let trend: Vec<Value> = (0..)
@@ -381,7 +441,7 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         "count": total.count,
         "first_seen": format_timestamp(total.first_seen_us),
         "last_seen": format_timestamp(total.last_seen_us),
-        "is_new": !earlier.totals.contains_key(&exception_id),
+        "is_new": is_new,
         "bucket_minutes": bucket,
         "trend": trend,
         "sample_logs": sample_logs,

@@ -18,6 +18,11 @@ use crate::ShardId;
 /// Column family of the exception counters.
 pub const CF_EXCEPTIONS: &str = "exceptions";
 
+/// Column family of the same counts by exception first, over all dimensions:
+/// `shard u32 | exception_id u64 | minute (sign-flipped) u64` → [`Counter`]. One exception's
+/// history (details, trend, first ever seen) is one short range here.
+pub const CF_EXCEPTION_HISTORY: &str = "exception_history";
+
 /// Sample log_ids kept per counter row (and per answer item).
 pub const SAMPLES_MAX: usize = 3;
 
@@ -117,6 +122,43 @@ pub fn minute_key(shard: ShardId, minute: i64) -> [u8; 12] {
     k[..4].copy_from_slice(&shard.0.to_be_bytes());
     k[4..].copy_from_slice(&flip(minute).to_be_bytes());
     k
+}
+
+/// The history key of an exception's minute.
+pub fn history_key(shard: ShardId, exception_id: u64, minute: i64) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    k[4..12].copy_from_slice(&exception_id.to_be_bytes());
+    k[12..].copy_from_slice(&flip(minute).to_be_bytes());
+    k
+}
+
+/// The history rows that counter rows add: the same counts summed over the dimensions.
+pub fn history_of(shard: ShardId, rows: &HashMap<[u8; 28], Counter>) -> HashMap<[u8; 20], Counter> {
+    let mut out: HashMap<[u8; 20], Counter> = HashMap::new();
+    for (key, c) in rows {
+        let (Some(id), Some(minute)) = (key_exception_id(key), key_minute(key)) else {
+            continue;
+        };
+        let k = history_key(shard, id, minute);
+        match out.get_mut(&k) {
+            Some(existing) => existing.merge(c),
+            None => {
+                let mut c = c.clone();
+                // Summed over dimensions: the row names none.
+                c.environment = None;
+                c.region = None;
+                out.insert(k, c);
+            }
+        }
+    }
+    out
+}
+
+/// Reads the minute out of a history key.
+pub fn history_minute(key: &[u8]) -> Option<i64> {
+    let v = u64::from_be_bytes(key.get(12..20)?.try_into().ok()?);
+    Some((v ^ (1 << 63)) as i64)
 }
 
 /// Reads the exception id out of a counter key.

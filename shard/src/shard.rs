@@ -38,6 +38,7 @@ pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
         CF_INDEX_QUEUE,
         CF_SHARD_META,
         crate::exceptions::CF_EXCEPTIONS,
+        crate::exceptions::CF_EXCEPTION_HISTORY,
     ]
     .into_iter()
     .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
@@ -238,15 +239,21 @@ impl Shard {
         batch: &mut WriteBatch,
         rows: HashMap<[u8; 28], exceptions::Counter>,
     ) -> Result<()> {
-        let cf = self.cf(CF_EXCEPTIONS)?;
+        let history = exceptions::history_of(self.id, &rows);
+        self.merge_rows(batch, CF_EXCEPTIONS, rows)?;
+        self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, history)
+    }
+
+    fn merge_rows<const N: usize>(
+        &self,
+        batch: &mut WriteBatch,
+        cf_name: &'static str,
+        rows: HashMap<[u8; N], exceptions::Counter>,
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
         for (key, mut counter) in rows {
             if let Some(old) = self.db.get_pinned_cf(cf, key)? {
-                let old: exceptions::Counter =
-                    bincode::deserialize(&old).map_err(|e| Error::Corrupt {
-                        shard_id: self.id,
-                        reason: format!("exception counter: {e}"),
-                    })?;
-                let mut merged = old;
+                let mut merged = self.decode_counter(&old)?;
                 merged.merge(&counter);
                 counter = merged;
             }
@@ -257,6 +264,68 @@ impl Shard {
             batch.put_cf(cf, key, value);
         }
         Ok(())
+    }
+
+    fn decode_counter(&self, bytes: &[u8]) -> Result<exceptions::Counter> {
+        bincode::deserialize(bytes).map_err(|e| Error::Corrupt {
+            shard_id: self.id,
+            reason: format!("exception counter: {e}"),
+        })
+    }
+
+    /// One exception's counts over minutes `start_minute..end_minute`, all dimensions together,
+    /// per bucket of `bucket_minutes` when given; and when it was first seen ever (this shard).
+    pub fn exception_history(
+        &self,
+        exception_id: u64,
+        start_minute: i64,
+        end_minute: i64,
+        bucket_minutes: Option<i64>,
+    ) -> Result<(ExceptionCounts, Option<i64>)> {
+        let cf = self.cf(exceptions::CF_EXCEPTION_HISTORY)?;
+        let first_key = exceptions::history_key(self.id, exception_id, i64::MIN);
+        let first_ever = match self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&first_key, Direction::Forward))
+            .next()
+        {
+            Some(item) => {
+                let (key, value) = item?;
+                if key.get(..12) == Some(&first_key[..12]) {
+                    Some(self.decode_counter(&value)?.first_seen_us)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
+        let mut out = ExceptionCounts::default();
+        if start_minute >= end_minute || first_ever.is_none() {
+            return Ok((out, first_ever));
+        }
+        let from = exceptions::history_key(self.id, exception_id, start_minute);
+        let to = exceptions::history_key(self.id, exception_id, end_minute);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let c = self.decode_counter(&value)?;
+            if let (Some(b), Some(minute)) = (bucket_minutes, exceptions::history_minute(&key)) {
+                *out.buckets
+                    .entry((exception_id, minute.div_euclid(b) * b))
+                    .or_default() += c.count;
+            }
+            match out.totals.get_mut(&exception_id) {
+                Some(t) => t.merge(&c),
+                None => {
+                    out.totals.insert(exception_id, c);
+                }
+            }
+        }
+        Ok((out, first_ever))
     }
 
     /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per

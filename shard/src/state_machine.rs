@@ -237,6 +237,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         CF_ENTRY_IDS,
         CF_INDEX_QUEUE,
         crate::exceptions::CF_EXCEPTIONS,
+        crate::exceptions::CF_EXCEPTION_HISTORY,
     ] {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
