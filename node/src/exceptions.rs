@@ -282,6 +282,30 @@ pub struct TopItem {
     pub last_seen: String,
     /// Up to three log_ids (the latest).
     pub sample_log_ids: Vec<String>,
+    /// Hosts, regions and distinct affected users seen in the window.
+    pub metadata: Metadata,
+}
+
+/// What an exception touched in the window.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, Clone)]
+pub struct Metadata {
+    /// Distinct hosts (at most 8).
+    pub hosts: Vec<String>,
+    /// Distinct regions (at most 8).
+    pub regions: Vec<String>,
+    /// Distinct `user_id`s (exact up to 256; a lower bound when `capped`).
+    pub affected_users: usize,
+    /// True when some lists were cut.
+    pub capped: bool,
+}
+
+fn metadata(c: &Counter) -> Metadata {
+    Metadata {
+        hosts: c.hosts.clone(),
+        regions: c.regions.clone(),
+        affected_users: c.users.len(),
+        capped: c.metadata_capped,
+    }
 }
 
 fn item(id: u64, c: &Counter) -> TopItem {
@@ -293,6 +317,7 @@ fn item(id: u64, c: &Counter) -> TopItem {
         first_seen: format_timestamp(c.first_seen_us),
         last_seen: format_timestamp(c.last_seen_us),
         sample_log_ids: c.samples.iter().map(|u| u.to_string()).collect(),
+        metadata: metadata(c),
     }
 }
 
@@ -442,6 +467,7 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         "first_seen": format_timestamp(total.first_seen_us),
         "last_seen": format_timestamp(total.last_seen_us),
         "is_new": is_new,
+        "metadata": metadata(total),
         "bucket_minutes": bucket,
         "trend": trend,
         "sample_logs": sample_logs,

@@ -61,11 +61,48 @@ pub struct Counter {
     pub last_seen_us: i64,
     /// Up to [`SAMPLES_MAX`] log_ids (the latest ones).
     pub samples: Vec<Uuid>,
+    /// Distinct hosts seen, sorted, at most [`METADATA_VALUES_MAX`].
+    pub hosts: Vec<String>,
+    /// Distinct regions seen, sorted, at most [`METADATA_VALUES_MAX`].
+    pub regions: Vec<String>,
+    /// Distinct `user_id`s seen, sorted, at most [`USERS_MAX`].
+    pub users: Vec<String>,
+    /// True when more distinct hosts, regions or users were seen than are kept.
+    pub metadata_capped: bool,
+}
+
+/// Distinct hosts and regions kept per counter.
+pub const METADATA_VALUES_MAX: usize = 8;
+/// Distinct affected users counted exactly per counter; past it the count is a lower bound.
+pub const USERS_MAX: usize = 256;
+
+/// Adds `from` into the sorted distinct list `into`, keeping at most `max`; true when values
+/// had to be left out.
+fn merge_distinct(into: &mut Vec<String>, from: &[String], max: usize) -> bool {
+    for v in from {
+        if let Err(at) = into.binary_search(v) {
+            into.insert(at, v.clone());
+        }
+    }
+    let capped = into.len() > max;
+    into.truncate(max);
+    capped
 }
 
 impl Counter {
     fn of(e: &StoredEntry, exception_type: &str) -> Counter {
+        let user = serde_json::from_str::<serde_json::Value>(&e.fields_json)
+            .ok()
+            .and_then(|f| match f.get("user_id") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
         Counter {
+            hosts: e.host.iter().cloned().collect(),
+            regions: e.region.iter().cloned().collect(),
+            users: user.into_iter().collect(),
+            metadata_capped: false,
             exception_type: exception_type.to_string(),
             service: e.service.clone(),
             environment: e.environment.clone(),
@@ -86,6 +123,10 @@ impl Counter {
             self.last_seen_us = other.last_seen_us;
         }
         merge_samples(&mut self.samples, &other.samples);
+        let capped = merge_distinct(&mut self.hosts, &other.hosts, METADATA_VALUES_MAX)
+            | merge_distinct(&mut self.regions, &other.regions, METADATA_VALUES_MAX)
+            | merge_distinct(&mut self.users, &other.users, USERS_MAX);
+        self.metadata_capped |= capped || other.metadata_capped;
     }
 }
 

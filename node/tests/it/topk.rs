@@ -19,7 +19,19 @@ struct Sent {
     environment: String,
     region: String,
     level: String,
+    host: String,
+    user: String,
 }
+
+/// (exception_id, count, first_seen, last_seen, samples, (hosts, regions, affected users)).
+type Expected = (
+    String,
+    u64,
+    i64,
+    i64,
+    Vec<String>,
+    (Vec<String>, Vec<String>, usize),
+);
 
 fn rfc3339(us: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
@@ -35,29 +47,52 @@ fn us_of(s: &str) -> i64 {
 
 /// The oracle: counts, first/last seen and the three greatest log_ids per (service, type),
 /// ranked by count, then last_seen (latest first), then exception_id.
-fn brute_force(sent: &[&Sent], k: usize) -> Vec<(String, u64, i64, i64, Vec<String>)> {
-    let mut groups: HashMap<String, (u64, i64, i64, Vec<String>)> = HashMap::new();
+fn brute_force(sent: &[&Sent], k: usize) -> Vec<Expected> {
+    type Group = (
+        u64,
+        i64,
+        i64,
+        Vec<String>,
+        [std::collections::BTreeSet<String>; 3],
+    );
+    let mut groups: HashMap<String, Group> = HashMap::new();
     for s in sent {
         let id = exception_id_string(&s.exception, &s.service);
         let g = groups
             .entry(id)
-            .or_insert((0, i64::MAX, i64::MIN, Vec::new()));
+            .or_insert_with(|| (0, i64::MAX, i64::MIN, Vec::new(), Default::default()));
         g.0 += 1;
         g.1 = g.1.min(s.ts_us);
         g.2 = g.2.max(s.ts_us);
         g.3.push(s.log_id.clone());
+        g.4[0].insert(s.host.clone());
+        g.4[1].insert(s.region.clone());
+        g.4[2].insert(s.user.clone());
     }
-    let mut v: Vec<_> = groups
+    let mut v: Vec<Expected> = groups
         .into_iter()
-        .map(|(id, (n, first, last, mut ids))| {
+        .map(|(id, (n, first, last, mut ids, [hosts, regions, users]))| {
             ids.sort_by(|a, b| b.cmp(a));
             ids.truncate(3);
-            (id, n, first, last, ids)
+            let meta = (
+                hosts.into_iter().take(8).collect(),
+                regions.into_iter().take(8).collect(),
+                users.len().min(256),
+            );
+            (id, n, first, last, ids, meta)
         })
         .collect();
     v.sort_by(|a, b| b.1.cmp(&a.1).then(b.3.cmp(&a.3)).then(a.0.cmp(&b.0)));
     v.truncate(k);
     v
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn get(veil: &Veil, path: &str) -> (u16, Value) {
@@ -107,10 +142,13 @@ fn top_k_and_details_match_a_brute_force_count() {
             let region = ["us", "eu"][rng.below(2) as usize];
             let level = ["ERROR", "WARN", "FATAL"][rng.below(3) as usize];
             let has_exception = rng.below(10) < 7;
+            let host = format!("h{}", rng.below(12));
+            let user = format!("u{}", rng.below(40));
             let ty = types[pick_type(&mut rng)].clone();
             let mut entry = json!({
                 "timestamp": rfc3339(ts_us), "service": service, "environment": environment,
-                "metadata": {"region": region}, "level": level,
+                "metadata": {"region": region, "host": host}, "level": level,
+                "fields": {"user_id": user},
                 "message": format!("event {batch}-{i}"),
             });
             if has_exception {
@@ -126,6 +164,8 @@ fn top_k_and_details_match_a_brute_force_count() {
                 environment,
                 region,
                 level,
+                host,
+                user,
             ));
         }
         let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
@@ -141,12 +181,14 @@ fn top_k_and_details_match_a_brute_force_count() {
                     environment: p.4.to_string(),
                     region: p.5.to_string(),
                     level: p.6.to_string(),
+                    host: p.7,
+                    user: p.8,
                 });
             }
         }
     }
 
-    let check = |path: &str, expected: Vec<(String, u64, i64, i64, Vec<String>)>| {
+    let check = |path: &str, expected: Vec<Expected>| {
         let (status, answer) = get(&veil, path);
         assert_eq!(status, 200, "{path}: {answer}");
         let got: Vec<_> = answer["exceptions"]
@@ -165,6 +207,11 @@ fn top_k_and_details_match_a_brute_force_count() {
                         .iter()
                         .map(|x| x.as_str().unwrap().to_string())
                         .collect::<Vec<_>>(),
+                    (
+                        strings(&e["metadata"]["hosts"]),
+                        strings(&e["metadata"]["regions"]),
+                        e["metadata"]["affected_users"].as_u64().unwrap() as usize,
+                    ),
                 )
             })
             .collect();
