@@ -79,6 +79,7 @@ impl Veil for VeilService {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let node = &self.node;
+        let started = std::time::Instant::now();
         let entries = request.into_inner().entries;
         if entries.len() > node.config.batch_entries_max {
             return Err(Status::resource_exhausted(format!(
@@ -114,7 +115,9 @@ impl Veil for VeilService {
                     .map_err(|e| e.with_line(i + 1))
             })
             .collect();
-        let results = node.ingest(items).await.map_err(Status::from)?;
+        let results = node.ingest(items).await;
+        node.metrics.ack_latency.observe(started.elapsed());
+        let results = results.map_err(Status::from)?;
         let mut response = IngestResponse::default();
         for (i, result) in results.into_iter().enumerate() {
             response.results.push(match result {
@@ -238,9 +241,10 @@ impl Veil for VeilService {
             offset: Some(q.offset as usize),
             timeout_ms: None,
         };
-        let answer = query::run(&self.node, request)
-            .await
-            .map_err(Status::from)?;
+        let started = std::time::Instant::now();
+        let answer = query::run(&self.node, request).await;
+        self.node.metrics.query_latency.observe(started.elapsed());
+        let answer = answer.map_err(Status::from)?;
         Ok(Response::new(QueryResponse {
             query_id: answer.query_id,
             total: answer.total,

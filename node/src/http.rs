@@ -23,6 +23,7 @@ use veil_node::pii::PiiType;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
         .route("/api/v1/exceptions/top-k", get(exceptions_top_k))
@@ -49,6 +50,23 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
         )
             .into_response()
     }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let shards: Vec<crate::metrics::ShardLine> = node
+        .groups
+        .iter()
+        .map(|g| crate::metrics::ShardLine {
+            shard: g.shard.id().0,
+            stats: g.shard.stats(),
+        })
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(&shards),
+    )
+        .into_response()
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
@@ -146,6 +164,18 @@ struct IngestParams {
 
 async fn ingest_logs(
     State(node): State<Arc<Node>>,
+    params: Query<IngestParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = ingest_logs_timed(node.clone(), params, headers, body).await;
+    node.metrics.ack_latency.observe(started.elapsed());
+    answer
+}
+
+async fn ingest_logs_timed(
+    node: Arc<Node>,
     Query(params): Query<IngestParams>,
     headers: HeaderMap,
     body: Body,
@@ -220,6 +250,7 @@ async fn ingest_logs(
                     }
                     defaults.idempotency_key = header_str(&headers, "idempotency-key");
                     let prepared = prepare(single, &defaults, 1).map_err(|mut e| {
+                        crate::metrics::Metrics::add(&node.metrics.entries_rejected, 1);
                         e.line = None;
                         e
                     })?;
@@ -327,8 +358,10 @@ async fn query_logs(State(node): State<Arc<Node>>, body: Body) -> Result<Respons
     let bytes = read_body(body, node.config.body_bytes_max).await?;
     let request: query::QueryRequest = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid query body: {e}")))?;
-    let answer = query::run(&node, request).await?;
-    Ok(Json(answer).into_response())
+    let started = std::time::Instant::now();
+    let answer = query::run(&node, request).await;
+    node.metrics.query_latency.observe(started.elapsed());
+    Ok(Json(answer?).into_response())
 }
 
 impl From<PatternError> for ApiError {
@@ -435,8 +468,10 @@ async fn exceptions_top_k(
     State(node): State<Arc<Node>>,
     q: Result<Query<crate::exceptions::WindowParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let answer = crate::exceptions::top_k(&node, window_params(q)?).await?;
-    Ok(Json(answer).into_response())
+    let started = std::time::Instant::now();
+    let answer = crate::exceptions::top_k(&node, window_params(q)?).await;
+    node.metrics.exceptions_latency.observe(started.elapsed());
+    Ok(Json(answer?).into_response())
 }
 
 /// `GET /api/v1/exceptions/{exception_id}`.
@@ -445,6 +480,8 @@ async fn exception_details(
     Path(id): Path<String>,
     q: Result<Query<crate::exceptions::WindowParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let answer = crate::exceptions::details(&node, &id, window_params(q)?).await?;
-    Ok(Json(answer).into_response())
+    let started = std::time::Instant::now();
+    let answer = crate::exceptions::details(&node, &id, window_params(q)?).await;
+    node.metrics.exceptions_latency.observe(started.elapsed());
+    Ok(Json(answer?).into_response())
 }

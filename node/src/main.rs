@@ -7,6 +7,7 @@ mod exceptions;
 mod grpc;
 mod http;
 mod ingest;
+mod metrics;
 mod node;
 mod pii_cmd;
 mod query;

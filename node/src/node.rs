@@ -46,6 +46,8 @@ pub struct Node {
     patterns: tokio::sync::Mutex<PatternStore>,
     /// Distinct field keys per service, bounded.
     field_keys: crate::ingest::FieldKeys,
+    /// Counters and histograms for `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
     ingest_permits: Semaphore,
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
@@ -176,6 +178,7 @@ impl Node {
             keys,
             patterns: tokio::sync::Mutex::new(patterns),
             field_keys: crate::ingest::FieldKeys::new(config.field_keys_per_service_max),
+            metrics: Default::default(),
             ready: AtomicBool::new(false),
             config,
             shard_map,
@@ -254,6 +257,7 @@ impl Node {
             keys: &self.keys,
             keep_originals_for: &self.config.keep_originals_for,
             field_keys: Some(&self.field_keys),
+            mask_nanos: Some(&self.metrics.mask_nanos),
         }
     }
 
@@ -329,6 +333,7 @@ impl Node {
             return Err(ApiError::unavailable("not_ready", "the node is starting"));
         }
         let _permit = self.ingest_permits.try_acquire().map_err(|_| {
+            crate::metrics::Metrics::add(&self.metrics.ingest_throttled, 1);
             let mut e = ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 "overloaded",
@@ -349,6 +354,7 @@ impl Node {
         for (pos, item) in items.into_iter().enumerate() {
             match item {
                 Err(e) => {
+                    crate::metrics::Metrics::add(&self.metrics.entries_rejected, 1);
                     results[pos] = Some(EntryResult::Rejected(e));
                     findings.push(None);
                 }
@@ -377,6 +383,14 @@ impl Node {
         for outcome in futures::future::join_all(proposals).await {
             for (pos, log_id, outcome) in outcome? {
                 let f = findings[pos].take().unwrap_or_default();
+                crate::metrics::Metrics::add(
+                    if outcome == EntryOutcome::Duplicate {
+                        &self.metrics.entries_duplicate
+                    } else {
+                        &self.metrics.entries_accepted
+                    },
+                    1,
+                );
                 results[pos] = Some(EntryResult::Stored(Stored {
                     log_id,
                     duplicate: outcome == EntryOutcome::Duplicate,
@@ -400,24 +414,20 @@ impl Node {
         let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
         let command = Command(ShardCommand::Append(entries).encode());
         let group = &self.groups[shard.0 as usize];
-        let response = group
-            .raft
-            .client_write(command)
-            .await
-            .map_err(|e| match e {
-                RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::unavailable(
-                    "no_leader",
-                    format!("shard {shard} has no leader on this node right now"),
-                ),
-                RaftError::APIError(other) => ApiError::internal("proposing a batch", other),
-                RaftError::Fatal(fatal) => {
-                    tracing::error!(%shard, error = %fatal, "raft group stopped");
-                    ApiError::unavailable(
-                        "shard_unavailable",
-                        format!("shard {shard} is unavailable"),
-                    )
-                }
-            })?;
+        let proposed = std::time::Instant::now();
+        let response = group.raft.client_write(command).await;
+        self.metrics.raft_commit_latency.observe(proposed.elapsed());
+        let response = response.map_err(|e| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::unavailable(
+                "no_leader",
+                format!("shard {shard} has no leader on this node right now"),
+            ),
+            RaftError::APIError(other) => ApiError::internal("proposing a batch", other),
+            RaftError::Fatal(fatal) => {
+                tracing::error!(%shard, error = %fatal, "raft group stopped");
+                ApiError::unavailable("shard_unavailable", format!("shard {shard} is unavailable"))
+            }
+        })?;
         let outcomes = veil_shard::decode_outcomes(shard, &response.response().0)
             .map_err(|e| ApiError::internal("decoding apply outcomes", e))?;
         if outcomes.len() != ids.len() {

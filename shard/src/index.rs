@@ -155,6 +155,11 @@ impl ShardIndex {
         self.lock().committed_up_to
     }
 
+    /// Documents searchable now.
+    pub fn searchable_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
         // A poisoned lock means a panic mid-write; the node aborts on panic in release builds, and
         // the state is only counters and the writer, which tantivy keeps consistent itself.

@@ -32,7 +32,8 @@ pub use entry::{
 pub use error::{Error, Result};
 pub use query::{compare, ShardHits, ShardQuery, SortOrder};
 pub use shard::{
-    column_families, Shard, ShardConfig, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
+    column_families, Shard, ShardConfig, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE,
+    CF_SHARD_META,
 };
 pub use shard_map::{ShardId, ShardMap, ROUTING_HASH};
 pub use state_machine::{ShardSnapshotBuilder, ShardStateMachine};

@@ -70,6 +70,19 @@ pub(crate) struct SnapshotRecord {
     pub file: PathBuf,
 }
 
+/// Monitoring numbers of a shard (see [`Shard::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Last Raft index applied (stored in RocksDB).
+    pub applied_index: u64,
+    /// Last Raft index whose entries are searchable (in a tantivy commit).
+    pub searchable_index: u64,
+    /// Documents searchable.
+    pub searchable_docs: u64,
+    /// Bytes of the shard's tantivy directory.
+    pub index_bytes: u64,
+}
+
 /// One shard of the node.
 pub struct Shard {
     id: ShardId,
@@ -380,6 +393,36 @@ impl Shard {
             }
         }
         Ok(out)
+    }
+
+    /// Cheap numbers for monitoring: the applied and the searchable Raft index, the searchable
+    /// documents, and the bytes of the shard's index directory.
+    pub fn stats(&self) -> ShardStats {
+        let applied_index = self
+            .applied_lock()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
+        let dir = self
+            .config
+            .data_dir
+            .join("index")
+            .join(format!("shard-{:04}", self.id.0));
+        let index_bytes = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        ShardStats {
+            applied_index,
+            searchable_index: self.index.committed_up_to(),
+            searchable_docs: self.index.searchable_docs(),
+            index_bytes,
+        }
     }
 
     /// Commits the index if anything changed and drops the queue records it now covers.

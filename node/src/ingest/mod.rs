@@ -228,6 +228,8 @@ pub struct MaskingContext<'a> {
     pub keep_originals_for: &'a [String],
     /// The per-service bound on distinct field keys (none: unbounded).
     pub field_keys: Option<&'a FieldKeys>,
+    /// Where time spent masking is added up, in nanoseconds (none: not measured).
+    pub mask_nanos: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
 impl MaskingContext<'_> {
@@ -479,6 +481,7 @@ pub fn prepare(
 
     let fields = shape_fields(fields, &limits.fields, &service, masking.field_keys);
     let mut findings = Findings::default();
+    let masking_started = std::time::Instant::now();
     let message = masker.mask(message, &mut findings);
     let exception_message_masked = exception_message
         .take()
@@ -488,6 +491,10 @@ pub fn prepare(
     let Value::Object(mut fields) = masker.mask_json(Value::Object(fields), &mut findings) else {
         unreachable!("masking an object yields an object")
     };
+    if let Some(total) = masking.mask_nanos {
+        let nanos = masking_started.elapsed().as_nanos() as u64;
+        total.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
     // Exceptions are read from masked text only, so no fingerprint is taken of personal data.
     let (exception_message, fingerprint) = {
         use veil_node::parse::exception;
@@ -684,6 +691,7 @@ mod tests {
             keys,
             keep_originals_for: &[],
             field_keys: None,
+            mask_nanos: None,
         }
     }
 

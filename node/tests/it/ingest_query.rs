@@ -281,3 +281,44 @@ fn restart_keeps_entries_and_rejects_a_different_shard_count() {
         |a| a["total"] == 100,
     );
 }
+
+#[test]
+fn metrics_report_ingest_masking_queries_and_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+    let body: String = (0..10)
+        .map(|i| {
+            json!({"service": "m", "message": format!("user {i} ana@example.com")}).to_string()
+                + "\n"
+        })
+        .collect();
+    let (status, _) = veil.post("/api/v1/logs", "application/x-ndjson", body);
+    assert_eq!(status, 200);
+    veil.query(json!({"filters": {"services": ["m"]}}));
+    let text = reqwest::blocking::get(veil.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert_eq!(
+        value("veil_ingest_entries_total{outcome=\"accepted\"}"),
+        10.0
+    );
+    assert_eq!(value("veil_ingest_ack_seconds_count"), 1.0);
+    assert!(value("veil_raft_commit_seconds_count") >= 1.0);
+    assert!(value("veil_mask_seconds_total") > 0.0);
+    assert_eq!(value("veil_query_seconds_count"), 1.0);
+    let applied: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("veil_shard_applied_index{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(applied >= 1.0, "{text}");
+    veil.stop();
+}

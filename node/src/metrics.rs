@@ -1,0 +1,208 @@
+//! `GET /metrics`: the node's numbers in the Prometheus text format (version 0.0.4). Counters
+//! and histograms are atomics updated on the hot paths; per-shard numbers are read when scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Histogram bucket bounds, in seconds.
+const BOUNDS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, b) in BOUNDS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (i, b) in BOUNDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                self.buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// The node's counters and histograms.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Entries stored (new).
+    pub entries_accepted: AtomicU64,
+    /// Entries recognised as already stored (retries).
+    pub entries_duplicate: AtomicU64,
+    /// Entries rejected (bad input).
+    pub entries_rejected: AtomicU64,
+    /// Ingest requests answered 429 for back-pressure.
+    pub ingest_throttled: AtomicU64,
+    /// Time spent masking, in nanoseconds.
+    pub mask_nanos: AtomicU64,
+    /// Request to acknowledgement, per ingest request.
+    pub ack_latency: Histogram,
+    /// Proposal to commit and apply, per Raft entry.
+    pub raft_commit_latency: Histogram,
+    /// Per query.
+    pub query_latency: Histogram,
+    /// Per top-K or exception details request.
+    pub exceptions_latency: Histogram,
+}
+
+/// One shard's numbers at scrape time.
+pub struct ShardLine {
+    /// The shard.
+    pub shard: u32,
+    /// Its stats.
+    pub stats: veil_shard::ShardStats,
+}
+
+impl Metrics {
+    /// Adds to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Renders everything, with the shards' numbers.
+    pub fn render(&self, shards: &[ShardLine]) -> String {
+        let mut out = String::with_capacity(8192);
+        let counter = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {v}");
+        };
+        let _ = writeln!(
+            out,
+            "# HELP veil_ingest_entries_total Entries answered by ingest, by outcome."
+        );
+        let _ = writeln!(out, "# TYPE veil_ingest_entries_total counter");
+        for (outcome, c) in [
+            ("accepted", &self.entries_accepted),
+            ("duplicate", &self.entries_duplicate),
+            ("rejected", &self.entries_rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "veil_ingest_entries_total{{outcome=\"{outcome}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "veil_ingest_throttled_total",
+            "Ingest requests answered 429.",
+            self.ingest_throttled.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_mask_seconds_total",
+            "Time spent detecting and masking personal data.",
+            self.mask_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        );
+        self.ack_latency.render(
+            &mut out,
+            "veil_ingest_ack_seconds",
+            "Ingest request to acknowledgement (entries committed and applied).",
+        );
+        self.raft_commit_latency.render(
+            &mut out,
+            "veil_raft_commit_seconds",
+            "Raft proposal to commit and apply, per Raft entry.",
+        );
+        self.query_latency
+            .render(&mut out, "veil_query_seconds", "Query latency.");
+        self.exceptions_latency.render(
+            &mut out,
+            "veil_exceptions_query_seconds",
+            "Top-K and exception details latency.",
+        );
+        let gauge =
+            |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ShardLine) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                for s in shards {
+                    let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+                }
+            };
+        gauge(
+            &mut out,
+            "veil_shard_applied_index",
+            "Last Raft index applied.",
+            &|s| s.stats.applied_index,
+        );
+        gauge(
+            &mut out,
+            "veil_shard_index_lag",
+            "Raft entries applied but not yet searchable.",
+            &|s| {
+                s.stats
+                    .applied_index
+                    .saturating_sub(s.stats.searchable_index)
+            },
+        );
+        gauge(
+            &mut out,
+            "veil_shard_searchable_docs",
+            "Entries searchable.",
+            &|s| s.stats.searchable_docs,
+        );
+        gauge(
+            &mut out,
+            "veil_shard_index_bytes",
+            "Bytes of the shard's index.",
+            &|s| s.stats.index_bytes,
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let m = Metrics::default();
+        m.ack_latency.observe(Duration::from_millis(3));
+        m.ack_latency.observe(Duration::from_millis(30));
+        Metrics::add(&m.entries_accepted, 5);
+        let text = m.render(&[]);
+        assert!(
+            text.contains("veil_ingest_ack_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("veil_ingest_ack_seconds_bucket{le=\"0.05\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("veil_ingest_ack_seconds_count 2"), "{text}");
+        assert!(
+            text.contains("veil_ingest_entries_total{outcome=\"accepted\"} 5"),
+            "{text}"
+        );
+    }
+}
