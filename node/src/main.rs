@@ -1,5 +1,6 @@
 //! The `veil` binary: `veil serve` runs a node.
 
+mod bench;
 mod config;
 mod datadir;
 mod error;
@@ -33,6 +34,9 @@ enum Command {
     /// PII tools: `veil pii mask` runs the server's masking engine over stdin.
     #[command(subcommand)]
     Pii(pii_cmd::PiiCommand),
+    /// Load a running node: `veil bench ingest`, `veil bench query`.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +69,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Pii(command) => {
             pii_cmd::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(command) => {
+            bench::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,0 +1,468 @@
+//! `veil bench`: load a running node and report what was measured.
+//!
+//! `veil bench ingest` posts NDJSON batches over HTTP as fast as it can or at a fixed rate,
+//! with realistic entries (templates with personal data, exceptions and stack traces, or lines
+//! replayed from a file), Zipf-skewed over services, and reports entries/s, MB/s, acknowledged
+//! and failed, and acknowledgement latency percentiles from an HDR histogram. At the end it
+//! checks that the node holds exactly the entries it acknowledged (the run's services are
+//! unique to the run). `veil bench query` runs a mix of queries and top-K requests and reports
+//! latency per kind. Failed requests count as failures; nothing is reported that was not
+//! measured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use veil_node::pii::corpus::Rng;
+
+/// `veil bench …` commands.
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Ingests generated entries into a running node and reports throughput and latency.
+    Ingest(IngestArgs),
+    /// Runs queries and top-K requests against a running node and reports latency per kind.
+    Query(QueryArgs),
+}
+
+/// Flags of `veil bench ingest`.
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// The node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    target: String,
+    /// How long to run (`10s`, `1m`).
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Entries per second across all workers; 0 means as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Entries per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Number of services, Zipf-skewed.
+    #[arg(long, default_value_t = 50)]
+    services: usize,
+    /// Replay the lines of this file as messages (e.g. a LogHub log) instead of templates.
+    #[arg(long)]
+    replay: Option<std::path::PathBuf>,
+    /// Give every entry an idempotency key.
+    #[arg(long)]
+    idempotency_keys: bool,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Flags of `veil bench query`.
+#[derive(clap::Args)]
+pub struct QueryArgs {
+    /// The node's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    target: String,
+    /// How long to run.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a bench command.
+pub fn run(command: BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start tokio")?;
+    match command {
+        BenchCommand::Ingest(a) => runtime.block_on(ingest(a)),
+        BenchCommand::Query(a) => runtime.block_on(query(a)),
+    }
+}
+
+fn duration_of(s: &str) -> anyhow::Result<Duration> {
+    crate::exceptions::parse_duration_secs(s)
+        .map(|s| Duration::from_secs(s as u64))
+        .with_context(|| format!("--duration {s:?} is not like 10s or 1m"))
+}
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({
+        "count": h.len(),
+        "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
+        "max_ms": h.max() as f64 / 1000.0,
+    })
+}
+
+fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    // Microseconds, 1 µs to 10 minutes, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+/// Message sources: templates of what services log, with personal data, exceptions and stack
+/// traces, or lines replayed from a file.
+struct Messages {
+    lines: Vec<String>,
+}
+
+impl Messages {
+    fn load(replay: Option<&std::path::Path>) -> anyhow::Result<Messages> {
+        if let Some(path) = replay {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(String::from)
+                .collect();
+            if lines.is_empty() {
+                bail!("{} has no lines", path.display());
+            }
+            return Ok(Messages { lines });
+        }
+        Ok(Messages { lines: Vec::new() })
+    }
+
+    /// One entry's JSON object.
+    fn entry(&self, rng: &mut Rng, service: &str, run: &str, n: u64, keyed: bool) -> Value {
+        let level = ["INFO", "INFO", "INFO", "WARN", "ERROR"][rng.below(5) as usize];
+        let mut e = if !self.lines.is_empty() {
+            json!({"message": self.lines[rng.below(self.lines.len() as u64) as usize]})
+        } else {
+            let user = rng.below(100_000);
+            let message = match rng.below(6) {
+                0 => format!(
+                    "payment {} failed for customer{user}@example.com card 4111 1111 1111 1111",
+                    rng.below(1_000_000_000)
+                ),
+                1 => format!(
+                    "GET /api/v1/orders/{} 200 in {}ms from 203.0.113.{}",
+                    rng.below(1_000_000),
+                    rng.below(900),
+                    rng.below(250)
+                ),
+                2 => format!(
+                    "cache miss for key session:{:x} after {}ms",
+                    rng.next_u64(),
+                    rng.below(50)
+                ),
+                3 => format!(
+                    "retrying upstream call attempt={} backoff_ms={}",
+                    rng.below(5),
+                    rng.below(2000)
+                ),
+                _ => format!("request {} processed", rng.below(1_000_000_000)),
+            };
+            json!({"message": message, "fields": {"user_id": format!("user_{user}"), "duration_ms": rng.below(1000)}})
+        };
+        e["service"] = json!(service);
+        e["level"] = json!(level);
+        e["metadata"] = json!({"host": format!("host-{}", rng.below(20)), "region": "us-east-1"});
+        if level == "ERROR" {
+            let ty = [
+                "PaymentProcessingException",
+                "TimeoutException",
+                "NullPointerException",
+            ][rng.below(3) as usize];
+            e["exception"] = json!({
+                "type": format!("com.acme.{ty}"),
+                "message": "operation failed",
+                "stack_trace": format!("com.acme.{ty}: operation failed\n\tat com.acme.Service.call(Service.java:{})\n\tat com.acme.Api.handle(Api.java:88)", 40 + rng.below(5)),
+            });
+        }
+        if keyed {
+            e["fields"]["idempotency_key"] = json!(format!("{run}-{n}"));
+        }
+        e
+    }
+}
+
+async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
+    let duration = duration_of(&a.duration)?;
+    if a.batch == 0 || a.concurrency == 0 || a.services == 0 {
+        bail!("--batch, --concurrency and --services must be positive");
+    }
+    let messages = Arc::new(Messages::load(a.replay.as_deref())?);
+    let run = format!("{:08x}", Rng::new(now_nanos()).next_u64() as u32);
+    let services: Arc<Vec<String>> = Arc::new(
+        (0..a.services)
+            .map(|i| format!("bench-{run}-svc-{i}"))
+            .collect(),
+    );
+    // Zipf weights over services: service i with weight 1/(i+1).
+    let weights: Vec<f64> = (0..a.services).map(|i| 1.0 / (i as f64 + 1.0)).collect();
+    let cumulative: Arc<Vec<f64>> = Arc::new(
+        weights
+            .iter()
+            .scan(0.0, |acc, w| {
+                *acc += w;
+                Some(*acc)
+            })
+            .collect(),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(a.concurrency)
+        .build()?;
+    let url = format!("http://{}/api/v1/logs", a.target);
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let histogram = Arc::new(Mutex::new(new_histogram()?));
+    let started = Instant::now();
+    let deadline = started + duration;
+    // Per worker: batches per second for a fixed rate.
+    let interval = (a.rate > 0)
+        .then(|| Duration::from_secs_f64(a.concurrency as f64 * a.batch as f64 / a.rate as f64));
+    let mut workers = Vec::new();
+    for w in 0..a.concurrency {
+        let (client, url, messages, services, cumulative) = (
+            client.clone(),
+            url.clone(),
+            messages.clone(),
+            services.clone(),
+            cumulative.clone(),
+        );
+        let (acked, failed, bytes, counter, histogram, run) = (
+            acked.clone(),
+            failed.clone(),
+            bytes.clone(),
+            counter.clone(),
+            histogram.clone(),
+            run.clone(),
+        );
+        let batch = a.batch;
+        let keyed = a.idempotency_keys;
+        workers.push(tokio::spawn(async move {
+            let mut rng = Rng::new(now_nanos() ^ (w as u64) << 32);
+            let total = *cumulative.last().unwrap_or(&1.0);
+            let mut next = Instant::now();
+            while Instant::now() < deadline {
+                if let Some(i) = interval {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += i;
+                }
+                let mut body = String::with_capacity(batch * 320);
+                for _ in 0..batch {
+                    let x = (rng.below(1 << 30) as f64 / (1u64 << 30) as f64) * total;
+                    let s = cumulative
+                        .partition_point(|c| *c < x)
+                        .min(services.len() - 1);
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    body.push_str(
+                        &messages
+                            .entry(&mut rng, &services[s], &run, n, keyed)
+                            .to_string(),
+                    );
+                    body.push('\n');
+                }
+                let len = body.len() as u64;
+                let sent = Instant::now();
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match answer {
+                    Ok(r) if r.status().is_success() => r
+                        .json::<Value>()
+                        .await
+                        .ok()
+                        .and_then(|v| v["accepted"].as_u64()),
+                    _ => None,
+                };
+                let elapsed = sent.elapsed().as_micros() as u64;
+                match ok {
+                    Some(n) => {
+                        acked.fetch_add(n, Ordering::Relaxed);
+                        bytes.fetch_add(len, Ordering::Relaxed);
+                        let mut h = histogram.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = h.record(elapsed.max(1));
+                    }
+                    None => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let progress = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let now = acked.load(Ordering::Relaxed);
+                eprintln!(
+                    "veil bench: {:>4.0}s  {} entries acknowledged  {}/s",
+                    started.elapsed().as_secs_f64(),
+                    now,
+                    now - last
+                );
+                last = now;
+            }
+        })
+    };
+    for w in workers {
+        w.await.context("a worker failed")?;
+    }
+    progress.abort();
+    let elapsed = started.elapsed().as_secs_f64();
+    let acked = acked.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    let bytes = bytes.load(Ordering::Relaxed);
+    // The node must hold exactly what it acknowledged: count the run's entries.
+    let held = count_held(&client, &a.target, &services, acked).await?;
+    let h = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let result = json!({
+        "entries_acknowledged": acked,
+        "requests_failed": failed,
+        "seconds": elapsed,
+        "entries_per_second": acked as f64 / elapsed,
+        "megabytes_per_second": bytes as f64 / elapsed / 1e6,
+        "bytes_per_entry": if acked > 0 { bytes as f64 / acked as f64 } else { 0.0 },
+        "ack_latency": latency_json(&h),
+        "entries_held": held,
+        "verified": held == acked,
+    });
+    print_result(&result, a.json, "ingest");
+    if held != acked {
+        bail!("the node holds {held} of the {acked} acknowledged entries");
+    }
+    Ok(())
+}
+
+/// Counts the run's entries on the node, waiting (up to 30 s) for the index to catch up.
+async fn count_held(
+    client: &reqwest::Client,
+    target: &str,
+    services: &[String],
+    expected: u64,
+) -> anyhow::Result<u64> {
+    let url = format!("http://{target}/api/v1/logs/query");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer: Value = client
+            .post(&url)
+            .json(&json!({"filters": {"services": services}, "limit": 1}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let total = answer["total"].as_u64().unwrap_or(0);
+        if total == expected || Instant::now() > deadline {
+            return Ok(total);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_result(result: &Value, as_json: bool, kind: &str) {
+    if as_json {
+        println!("{result}");
+    } else {
+        println!("veil bench {kind}:");
+        if let Some(m) = result.as_object() {
+            for (k, v) in m {
+                println!("  {k:<24} {v}");
+            }
+        }
+    }
+}
+
+async fn query(a: QueryArgs) -> anyhow::Result<()> {
+    let duration = duration_of(&a.duration)?;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", a.target);
+    let kinds: [(&str, &str, Option<Value>); 4] = [
+        (
+            "text",
+            "/api/v1/logs/query",
+            Some(json!({"query": "failed", "limit": 20})),
+        ),
+        (
+            "filters",
+            "/api/v1/logs/query",
+            Some(json!({"filters": {"levels": ["ERROR"]}, "limit": 20})),
+        ),
+        ("top_k_1h", "/api/v1/exceptions/top-k?k=10&window=1h", None),
+        (
+            "top_k_24h",
+            "/api/v1/exceptions/top-k?k=10&window=24h",
+            None,
+        ),
+    ];
+    let histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..kinds.len())
+            .map(|_| new_histogram().map(Mutex::new))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + duration;
+    let kinds = Arc::new(kinds);
+    let mut workers = Vec::new();
+    for w in 0..a.concurrency.max(1) {
+        let (client, base, kinds, histograms, failed) = (
+            client.clone(),
+            base.clone(),
+            kinds.clone(),
+            histograms.clone(),
+            failed.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut i = w;
+            while Instant::now() < deadline {
+                let k = i % kinds.len();
+                i += 1;
+                let (_, path, body) = &kinds[k];
+                let sent = Instant::now();
+                let request = match body {
+                    Some(b) => client.post(format!("{base}{path}")).json(b),
+                    None => client.get(format!("{base}{path}")),
+                };
+                let ok = match request.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if ok {
+                    let us = sent.elapsed().as_micros() as u64;
+                    let mut h = histograms[k].lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = h.record(us.max(1));
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for w in workers {
+        w.await.context("a worker failed")?;
+    }
+    let mut per_kind = serde_json::Map::new();
+    for (k, (name, ..)) in kinds.iter().enumerate() {
+        let h = histograms[k].lock().unwrap_or_else(|p| p.into_inner());
+        per_kind.insert(name.to_string(), latency_json(&h));
+    }
+    let result = json!({
+        "requests_failed": failed.load(Ordering::Relaxed),
+        "latency": per_kind,
+    });
+    print_result(&result, a.json, "query");
+    Ok(())
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}

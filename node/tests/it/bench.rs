@@ -1,0 +1,85 @@
+//! A short smoke of `veil bench` against a real node, so the tool cannot rot: its output is
+//! checked for consistency, never for speed.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::Veil;
+
+fn bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run veil bench");
+    assert!(
+        out.status.success(),
+        "veil bench {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[test]
+fn bench_ingest_and_query_report_consistent_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+    let target = veil.http.clone();
+    let r = bench(&[
+        "ingest",
+        "--target",
+        &target,
+        "--duration",
+        "2s",
+        "--batch",
+        "200",
+        "--concurrency",
+        "2",
+        "--services",
+        "5",
+        "--json",
+    ]);
+    let acked = r["entries_acknowledged"].as_u64().unwrap();
+    assert!(acked >= 200, "{r}");
+    assert_eq!(acked % 200, 0, "whole batches: {r}");
+    assert_eq!(r["requests_failed"], 0, "{r}");
+    assert_eq!(
+        r["verified"], true,
+        "the node holds what it acknowledged: {r}"
+    );
+    assert_eq!(
+        r["ack_latency"]["count"].as_u64().unwrap(),
+        acked / 200,
+        "{r}"
+    );
+    assert!(
+        r["ack_latency"]["p50_ms"].as_f64().unwrap()
+            <= r["ack_latency"]["max_ms"].as_f64().unwrap()
+    );
+
+    // Replayed LogHub lines, with idempotency keys.
+    let loghub = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/loghub/HDFS/HDFS_2k.log");
+    let r = bench(&[
+        "ingest",
+        "--target",
+        &target,
+        "--duration",
+        "1s",
+        "--batch",
+        "100",
+        "--replay",
+        loghub.to_str().unwrap(),
+        "--idempotency-keys",
+        "--json",
+    ]);
+    assert_eq!(r["verified"], true, "{r}");
+
+    let q = bench(&["query", "--target", &target, "--duration", "1s", "--json"]);
+    assert_eq!(q["requests_failed"], 0, "{q}");
+    for kind in ["text", "filters", "top_k_1h", "top_k_24h"] {
+        assert!(q["latency"][kind]["count"].as_u64().unwrap() >= 1, "{q}");
+    }
+    veil.stop();
+}
