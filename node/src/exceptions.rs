@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use veil_shard::exceptions::{merge_samples, Counter, CounterFilter, ExceptionCounts};
+use veil_shard::exceptions::{merge_samples, Counter, CounterFilter, ExceptionCounts, Numbers};
 
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, now_us, parse_level};
@@ -176,6 +176,7 @@ fn filter_of(p: &WindowParams, exception_id: Option<u64>) -> Result<CounterFilte
         .collect::<Result<_, _>>()?;
     Ok(CounterFilter {
         exception_id,
+        exception_ids: Default::default(),
         services: list(&p.service),
         environments: list(&p.environment),
         regions: list(&p.region),
@@ -217,6 +218,37 @@ async fn gather(
         }
         for (k, n) in part.buckets {
             *all.buckets.entry(k).or_default() += n;
+        }
+    }
+    Ok(all)
+}
+
+/// Every shard's per-exception numbers for a window, added up.
+async fn gather_numbers(
+    node: &Arc<Node>,
+    window: Window,
+) -> Result<HashMap<u64, Numbers>, ApiError> {
+    let tasks: Vec<_> = node
+        .groups
+        .iter()
+        .map(|g| {
+            let shard = g.shard.clone();
+            tokio::task::spawn_blocking(move || shard.exception_numbers(window.start, window.end))
+        })
+        .collect();
+    let mut all: HashMap<u64, Numbers> = HashMap::new();
+    for t in tasks {
+        let part = t
+            .await
+            .map_err(|e| ApiError::internal("counting exceptions", e))?
+            .map_err(|e| ApiError::internal("counting exceptions", e))?;
+        for (id, n) in part {
+            match all.get_mut(&id) {
+                Some(existing) => existing.merge(&n),
+                None => {
+                    all.insert(id, n);
+                }
+            }
         }
     }
     Ok(all)
@@ -342,12 +374,51 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
     }
     let window = resolve_window(&p, "1h", now_us())?;
     let filter = filter_of(&p, None)?;
-    let counts = gather(node, window, filter, None).await?;
-    let exceptions: Vec<TopItem> = rank(&counts.totals)
-        .into_iter()
-        .take(k)
-        .map(|(id, c)| item(id, c))
-        .collect();
+    let unfiltered = filter.services.is_empty()
+        && filter.environments.is_empty()
+        && filter.regions.is_empty()
+        && filter.levels.is_empty();
+    let exceptions: Vec<TopItem> = if unfiltered {
+        // Rank on the rows' numbers only (no decoding of names and lists), then read the whole
+        // counters of just the top k.
+        let numbers = gather_numbers(node, window).await?;
+        let mut ranked: Vec<(u64, Numbers)> = numbers.into_iter().collect();
+        ranked.sort_by(|a, b| {
+            b.1.count
+                .cmp(&a.1.count)
+                .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
+                .then(a.0.cmp(&b.0))
+        });
+        ranked.truncate(k);
+        let ids = ranked.iter().map(|(id, _)| *id).collect();
+        let details = gather(
+            node,
+            window,
+            CounterFilter {
+                exception_ids: ids,
+                ..CounterFilter::default()
+            },
+            None,
+        )
+        .await?;
+        ranked
+            .iter()
+            .filter_map(|(id, n)| {
+                let mut c = details.totals.get(id)?.clone();
+                // The ranking's numbers, so the order shown is the order used.
+                (c.count, c.first_seen_us, c.last_seen_us) =
+                    (n.count, n.first_seen_us, n.last_seen_us);
+                Some(item(*id, &c))
+            })
+            .collect()
+    } else {
+        let counts = gather(node, window, filter, None).await?;
+        rank(&counts.totals)
+            .into_iter()
+            .take(k)
+            .map(|(id, c)| item(id, c))
+            .collect()
+    };
     Ok(serde_json::json!({
         "window": p.window.clone().unwrap_or_else(|| if p.start.is_some() { "custom".into() } else { "1h".into() }),
         "mode": p.mode.clone().unwrap_or_else(|| "sliding".into()),

@@ -249,11 +249,60 @@ pub fn rows_of<'a>(
     rows
 }
 
+/// Encodes a counter row: its count, first and last seen first (24 bytes, little-endian), so a
+/// ranking pass reads them without decoding the rest; then the whole counter (bincode).
+pub fn encode_counter(c: &Counter) -> Vec<u8> {
+    let mut v = Vec::with_capacity(96);
+    v.extend_from_slice(&c.count.to_le_bytes());
+    v.extend_from_slice(&c.first_seen_us.to_le_bytes());
+    v.extend_from_slice(&c.last_seen_us.to_le_bytes());
+    // Serialising into a Vec cannot fail.
+    let _ = bincode::serialize_into(&mut v, c);
+    v
+}
+
+/// Decodes what [`encode_counter`] wrote.
+pub fn decode_counter(bytes: &[u8]) -> Option<Counter> {
+    bincode::deserialize(bytes.get(24..)?).ok()
+}
+
+/// The count, first and last seen of an encoded counter, without decoding the rest.
+pub fn decode_numbers(bytes: &[u8]) -> Option<Numbers> {
+    let n = |r: std::ops::Range<usize>| -> Option<[u8; 8]> { bytes.get(r)?.try_into().ok() };
+    Some(Numbers {
+        count: u64::from_le_bytes(n(0..8)?),
+        first_seen_us: i64::from_le_bytes(n(8..16)?),
+        last_seen_us: i64::from_le_bytes(n(16..24)?),
+    })
+}
+
+/// The numbers a ranking needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbers {
+    /// Occurrences.
+    pub count: u64,
+    /// Earliest, µs.
+    pub first_seen_us: i64,
+    /// Latest, µs.
+    pub last_seen_us: i64,
+}
+
+impl Numbers {
+    /// Adds another row's numbers.
+    pub fn merge(&mut self, o: &Numbers) {
+        self.count += o.count;
+        self.first_seen_us = self.first_seen_us.min(o.first_seen_us);
+        self.last_seen_us = self.last_seen_us.max(o.last_seen_us);
+    }
+}
+
 /// Which counter rows a question is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CounterFilter {
     /// Only this exception.
     pub exception_id: Option<u64>,
+    /// Only these exceptions (empty: all).
+    pub exception_ids: std::collections::HashSet<u64>,
     /// Only these services (empty: all).
     pub services: Vec<String>,
     /// Only these environments (empty: all).
@@ -271,6 +320,7 @@ impl CounterFilter {
             list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
         };
         self.exception_id.is_none_or(|x| x == id)
+            && (self.exception_ids.is_empty() || self.exception_ids.contains(&id))
             && any(&self.services, Some(&c.service))
             && any(&self.environments, c.environment.as_deref())
             && any(&self.regions, c.region.as_deref())

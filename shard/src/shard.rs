@@ -270,20 +270,53 @@ impl Shard {
                 merged.merge(&counter);
                 counter = merged;
             }
-            let value = bincode::serialize(&counter).map_err(|e| Error::Corrupt {
-                shard_id: self.id,
-                reason: format!("exception counter: {e}"),
-            })?;
-            batch.put_cf(cf, key, value);
+            batch.put_cf(cf, key, exceptions::encode_counter(&counter));
         }
         Ok(())
     }
 
     fn decode_counter(&self, bytes: &[u8]) -> Result<exceptions::Counter> {
-        bincode::deserialize(bytes).map_err(|e| Error::Corrupt {
+        exceptions::decode_counter(bytes).ok_or_else(|| Error::Corrupt {
             shard_id: self.id,
-            reason: format!("exception counter: {e}"),
+            reason: "undecodable exception counter".into(),
         })
+    }
+
+    /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
+    /// dimensions, reading only each row's numbers: the ranking pass of an unfiltered top-K.
+    pub fn exception_numbers(
+        &self,
+        start_minute: i64,
+        end_minute: i64,
+    ) -> Result<HashMap<u64, exceptions::Numbers>> {
+        let cf = self.cf(CF_EXCEPTIONS)?;
+        let mut out: HashMap<u64, exceptions::Numbers> = HashMap::new();
+        if start_minute >= end_minute {
+            return Ok(out);
+        }
+        let from = exceptions::minute_key(self.id, start_minute);
+        let to = exceptions::minute_key(self.id, end_minute);
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item?;
+            let corrupt = || Error::Corrupt {
+                shard_id: self.id,
+                reason: "short exception counter".into(),
+            };
+            let id = exceptions::key_exception_id(&key).ok_or_else(corrupt)?;
+            let n = exceptions::decode_numbers(&value).ok_or_else(corrupt)?;
+            match out.get_mut(&id) {
+                Some(t) => t.merge(&n),
+                None => {
+                    out.insert(id, n);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One exception's counts over minutes `start_minute..end_minute`, all dimensions together,
@@ -370,11 +403,13 @@ impl Shard {
             };
             let id = exceptions::key_exception_id(&key)
                 .ok_or_else(|| corrupt("short exception counter key".into()))?;
-            if filter.exception_id.is_some_and(|x| x != id) {
+            if filter.exception_id.is_some_and(|x| x != id)
+                || !(filter.exception_ids.is_empty() || filter.exception_ids.contains(&id))
+            {
                 continue;
             }
-            let c: exceptions::Counter = bincode::deserialize(&value)
-                .map_err(|e| corrupt(format!("exception counter: {e}")))?;
+            let c = exceptions::decode_counter(&value)
+                .ok_or_else(|| corrupt("undecodable exception counter".into()))?;
             if !filter.admits(id, &c) {
                 continue;
             }
