@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use veil_shard::exceptions::{merge_samples, Counter, CounterFilter, ExceptionCounts, Numbers};
+use veil_shard::exceptions::{
+    merge_into, merge_samples, Counter, CounterFilter, ExceptionCounts, Numbers,
+};
 
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, now_us, parse_level};
@@ -184,41 +186,45 @@ fn filter_of(p: &WindowParams, exception_id: Option<u64>) -> Result<CounterFilte
     })
 }
 
-/// Asks every shard, in parallel, and adds up their answers.
+/// Runs `f` on every shard on the blocking pool, in parallel, and returns their answers.
+async fn on_every_shard<T: Send + 'static>(
+    node: &Arc<Node>,
+    what: &'static str,
+    f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
+) -> Result<Vec<T>, ApiError> {
+    let tasks: Vec<_> = node
+        .groups
+        .iter()
+        .map(|g| {
+            let (shard, f) = (g.shard.clone(), f.clone());
+            tokio::task::spawn_blocking(move || f(&shard))
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        answers.push(
+            t.await
+                .map_err(|e| ApiError::internal(what, e))?
+                .map_err(|e| ApiError::internal(what, e))?,
+        );
+    }
+    Ok(answers)
+}
+
+/// Asks every shard for its counts of the window and adds them up.
 async fn gather(
     node: &Arc<Node>,
     window: Window,
     filter: CounterFilter,
     bucket_minutes: Option<i64>,
 ) -> Result<ExceptionCounts, ApiError> {
-    let tasks: Vec<_> = node
-        .groups
-        .iter()
-        .map(|g| {
-            let shard = g.shard.clone();
-            let filter = filter.clone();
-            tokio::task::spawn_blocking(move || {
-                shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
-            })
-        })
-        .collect();
+    let parts = on_every_shard(node, "counting exceptions", move |shard| {
+        shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
+    })
+    .await?;
     let mut all = ExceptionCounts::default();
-    for t in tasks {
-        let part = t
-            .await
-            .map_err(|e| ApiError::internal("counting exceptions", e))?
-            .map_err(|e| ApiError::internal("counting exceptions", e))?;
-        for (id, c) in part.totals {
-            match all.totals.get_mut(&id) {
-                Some(existing) => existing.merge(&c),
-                None => {
-                    all.totals.insert(id, c);
-                }
-            }
-        }
-        for (k, n) in part.buckets {
-            *all.buckets.entry(k).or_default() += n;
-        }
+    for part in parts {
+        all.absorb(part);
     }
     Ok(all)
 }
@@ -228,28 +234,13 @@ async fn gather_numbers(
     node: &Arc<Node>,
     window: Window,
 ) -> Result<HashMap<u64, Numbers>, ApiError> {
-    let tasks: Vec<_> = node
-        .groups
-        .iter()
-        .map(|g| {
-            let shard = g.shard.clone();
-            tokio::task::spawn_blocking(move || shard.exception_numbers(window.start, window.end))
-        })
-        .collect();
-    let mut all: HashMap<u64, Numbers> = HashMap::new();
-    for t in tasks {
-        let part = t
-            .await
-            .map_err(|e| ApiError::internal("counting exceptions", e))?
-            .map_err(|e| ApiError::internal("counting exceptions", e))?;
-        for (id, n) in part {
-            match all.get_mut(&id) {
-                Some(existing) => existing.merge(&n),
-                None => {
-                    all.insert(id, n);
-                }
-            }
-        }
+    let parts = on_every_shard(node, "counting exceptions", move |shard| {
+        shard.exception_numbers(window.start, window.end)
+    })
+    .await?;
+    let mut all = HashMap::new();
+    for (id, n) in parts.into_iter().flatten() {
+        merge_into(&mut all, id, n);
     }
     Ok(all)
 }
@@ -261,38 +252,18 @@ async fn history(
     window: Window,
     bucket: i64,
 ) -> Result<(ExceptionCounts, Option<i64>), ApiError> {
-    let tasks: Vec<_> = node
-        .groups
-        .iter()
-        .map(|g| {
-            let shard = g.shard.clone();
-            tokio::task::spawn_blocking(move || {
-                shard.exception_history(exception_id, window.start, window.end, Some(bucket))
-            })
-        })
-        .collect();
+    let parts = on_every_shard(node, "reading an exception's history", move |shard| {
+        shard.exception_history(exception_id, window.start, window.end, Some(bucket))
+    })
+    .await?;
     let mut all = ExceptionCounts::default();
     let mut first: Option<i64> = None;
-    for t in tasks {
-        let (part, f) = t
-            .await
-            .map_err(|e| ApiError::internal("reading an exception's history", e))?
-            .map_err(|e| ApiError::internal("reading an exception's history", e))?;
+    for (part, f) in parts {
         first = match (first, f) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        for (id, c) in part.totals {
-            match all.totals.get_mut(&id) {
-                Some(existing) => existing.merge(&c),
-                None => {
-                    all.totals.insert(id, c);
-                }
-            }
-        }
-        for (k, n) in part.buckets {
-            *all.buckets.entry(k).or_default() += n;
-        }
+        all.absorb(part);
     }
     Ok((all, first))
 }

@@ -449,34 +449,33 @@ impl Node {
     }
 
     /// Finds the timestamp under which `log_id` is stored, asking every shard.
-    async fn lookup_timestamp(&self, log_id: uuid::Uuid) -> Result<Option<i64>, ApiError> {
+    /// The shard holding `log_id` and the entry's timestamp, if any shard holds it.
+    fn locate(&self, log_id: uuid::Uuid) -> Result<Option<(&Arc<Shard>, i64)>, ApiError> {
         for group in &self.groups {
             if let Some(ts) = group
                 .shard
                 .lookup_log_id(log_id)
                 .map_err(|e| ApiError::internal("looking up a log_id", e))?
             {
-                return Ok(Some(ts));
+                return Ok(Some((&group.shard, ts)));
             }
         }
         Ok(None)
     }
 
+    async fn lookup_timestamp(&self, log_id: uuid::Uuid) -> Result<Option<i64>, ApiError> {
+        Ok(self.locate(log_id)?.map(|(_, ts)| ts))
+    }
+
     /// Finds a stored entry by its log_id, in whichever shard holds it.
     pub async fn find_entry(&self, log_id: uuid::Uuid) -> Result<Option<StoredEntry>, ApiError> {
-        for group in &self.groups {
-            let shard = &group.shard;
-            let found = shard
-                .lookup_log_id(log_id)
-                .map_err(|e| ApiError::internal("looking up a log_id", e))?;
-            if let Some(ts) = found {
-                let key = veil_shard::keys::entry_key(shard.id(), ts, log_id);
-                return shard
-                    .get_by_key(&key)
-                    .map_err(|e| ApiError::internal("reading an entry", e));
-            }
-        }
-        Ok(None)
+        let Some((shard, ts)) = self.locate(log_id)? else {
+            return Ok(None);
+        };
+        let key = veil_shard::keys::entry_key(shard.id(), ts, log_id);
+        shard
+            .get_by_key(&key)
+            .map_err(|e| ApiError::internal("reading an entry", e))
     }
 
     /// Stops every Raft group, commits the indexes and flushes RocksDB.

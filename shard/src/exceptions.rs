@@ -130,6 +130,38 @@ impl Counter {
     }
 }
 
+/// Something that adds up: counters and their numbers.
+pub trait Mergeable {
+    /// Adds `other` into `self`.
+    fn merge_from(&mut self, other: &Self);
+}
+
+impl Mergeable for Counter {
+    fn merge_from(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}
+
+impl Mergeable for Numbers {
+    fn merge_from(&mut self, other: &Self) {
+        self.merge(other);
+    }
+}
+
+/// Adds `value` into `map[key]`, or inserts it.
+pub fn merge_into<K: std::hash::Hash + Eq, V: Mergeable>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    value: V,
+) {
+    match map.get_mut(&key) {
+        Some(existing) => existing.merge_from(&value),
+        None => {
+            map.insert(key, value);
+        }
+    }
+}
+
 /// Keeps the [`SAMPLES_MAX`] greatest log_ids (UUIDv7: the latest) of both lists.
 pub fn merge_samples(into: &mut Vec<Uuid>, from: &[Uuid]) {
     into.extend_from_slice(from);
@@ -238,13 +270,7 @@ pub fn rows_of<'a>(
             exception_id(t, &e.service),
             xxhash_rust::xxh3::xxh3_64(&dims),
         );
-        let c = Counter::of(e, t);
-        match rows.get_mut(&key) {
-            Some(existing) => existing.merge(&c),
-            None => {
-                rows.insert(key, c);
-            }
-        }
+        merge_into(&mut rows, key, Counter::of(e, t));
     }
     rows
 }
@@ -314,13 +340,18 @@ pub struct CounterFilter {
 }
 
 impl CounterFilter {
+    /// True when rows of this exception can pass (checked before a row is decoded).
+    pub fn admits_id(&self, id: u64) -> bool {
+        self.exception_id.is_none_or(|x| x == id)
+            && (self.exception_ids.is_empty() || self.exception_ids.contains(&id))
+    }
+
     /// True when a row passes.
     pub fn admits(&self, id: u64, c: &Counter) -> bool {
         let any = |list: &[String], v: Option<&str>| {
             list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
         };
-        self.exception_id.is_none_or(|x| x == id)
-            && (self.exception_ids.is_empty() || self.exception_ids.contains(&id))
+        self.admits_id(id)
             && any(&self.services, Some(&c.service))
             && any(&self.environments, c.environment.as_deref())
             && any(&self.regions, c.region.as_deref())
@@ -336,4 +367,28 @@ pub struct ExceptionCounts {
     pub totals: HashMap<u64, Counter>,
     /// (exception id, bucket start minute) → count, when buckets were asked for.
     pub buckets: HashMap<(u64, i64), u64>,
+}
+
+impl ExceptionCounts {
+    /// Adds one row of exception `id` (at `minute`, counted in its bucket when buckets are
+    /// asked for).
+    pub fn add_row(&mut self, id: u64, minute: i64, bucket_minutes: Option<i64>, c: Counter) {
+        if let Some(b) = bucket_minutes {
+            *self
+                .buckets
+                .entry((id, minute.div_euclid(b) * b))
+                .or_default() += c.count;
+        }
+        merge_into(&mut self.totals, id, c);
+    }
+
+    /// Adds another answer (another shard's) into this one.
+    pub fn absorb(&mut self, other: ExceptionCounts) {
+        for (id, c) in other.totals {
+            merge_into(&mut self.totals, id, c);
+        }
+        for (k, n) in other.buckets {
+            *self.buckets.entry(k).or_default() += n;
+        }
+    }
 }

@@ -276,10 +276,35 @@ impl Shard {
     }
 
     fn decode_counter(&self, bytes: &[u8]) -> Result<exceptions::Counter> {
-        exceptions::decode_counter(bytes).ok_or_else(|| Error::Corrupt {
+        exceptions::decode_counter(bytes).ok_or_else(|| self.corrupt_counter())
+    }
+
+    /// Calls `f` with every `(key, value)` of `cf_name` in `from..to`.
+    fn scan(
+        &self,
+        cf_name: &'static str,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let cf = self.cf(cf_name)?;
+        let mut opts = rocksdb::ReadOptions::default();
+        opts.set_iterate_upper_bound(to.to_vec());
+        for item in self
+            .db
+            .iterator_cf_opt(cf, opts, IteratorMode::From(from, Direction::Forward))
+        {
+            let (key, value) = item?;
+            f(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    fn corrupt_counter(&self) -> Error {
+        Error::Corrupt {
             shard_id: self.id,
-            reason: "undecodable exception counter".into(),
-        })
+            reason: "malformed exception counter".into(),
+        }
     }
 
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
@@ -289,33 +314,18 @@ impl Shard {
         start_minute: i64,
         end_minute: i64,
     ) -> Result<HashMap<u64, exceptions::Numbers>> {
-        let cf = self.cf(CF_EXCEPTIONS)?;
-        let mut out: HashMap<u64, exceptions::Numbers> = HashMap::new();
+        let mut out = HashMap::new();
         if start_minute >= end_minute {
             return Ok(out);
         }
         let from = exceptions::minute_key(self.id, start_minute);
         let to = exceptions::minute_key(self.id, end_minute);
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(to.to_vec());
-        for item in self
-            .db
-            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (key, value) = item?;
-            let corrupt = || Error::Corrupt {
-                shard_id: self.id,
-                reason: "short exception counter".into(),
-            };
-            let id = exceptions::key_exception_id(&key).ok_or_else(corrupt)?;
-            let n = exceptions::decode_numbers(&value).ok_or_else(corrupt)?;
-            match out.get_mut(&id) {
-                Some(t) => t.merge(&n),
-                None => {
-                    out.insert(id, n);
-                }
-            }
-        }
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+            exceptions::merge_into(&mut out, id, n);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -351,26 +361,22 @@ impl Shard {
         }
         let from = exceptions::history_key(self.id, exception_id, start_minute);
         let to = exceptions::history_key(self.id, exception_id, end_minute);
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(to.to_vec());
-        for item in self
-            .db
-            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (key, value) = item?;
-            let c = self.decode_counter(&value)?;
-            if let (Some(b), Some(minute)) = (bucket_minutes, exceptions::history_minute(&key)) {
-                *out.buckets
-                    .entry((exception_id, minute.div_euclid(b) * b))
-                    .or_default() += c.count;
-            }
-            match out.totals.get_mut(&exception_id) {
-                Some(t) => t.merge(&c),
-                None => {
-                    out.totals.insert(exception_id, c);
-                }
-            }
-        }
+        self.scan(
+            exceptions::CF_EXCEPTION_HISTORY,
+            &from,
+            &to,
+            |key, value| {
+                let minute =
+                    exceptions::history_minute(key).ok_or_else(|| self.corrupt_counter())?;
+                out.add_row(
+                    exception_id,
+                    minute,
+                    bucket_minutes,
+                    self.decode_counter(value)?,
+                );
+                Ok(())
+            },
+        )?;
         Ok((out, first_ever))
     }
 
@@ -383,50 +389,25 @@ impl Shard {
         filter: &CounterFilter,
         bucket_minutes: Option<i64>,
     ) -> Result<ExceptionCounts> {
-        let cf = self.cf(CF_EXCEPTIONS)?;
         let mut out = ExceptionCounts::default();
         if start_minute >= end_minute {
             return Ok(out);
         }
         let from = exceptions::minute_key(self.id, start_minute);
         let to = exceptions::minute_key(self.id, end_minute);
-        let mut opts = rocksdb::ReadOptions::default();
-        opts.set_iterate_upper_bound(to.to_vec());
-        let iter = self
-            .db
-            .iterator_cf_opt(cf, opts, IteratorMode::From(&from, Direction::Forward));
-        for item in iter {
-            let (key, value) = item?;
-            let corrupt = |reason: String| Error::Corrupt {
-                shard_id: self.id,
-                reason,
-            };
-            let id = exceptions::key_exception_id(&key)
-                .ok_or_else(|| corrupt("short exception counter key".into()))?;
-            if filter.exception_id.is_some_and(|x| x != id)
-                || !(filter.exception_ids.is_empty() || filter.exception_ids.contains(&id))
-            {
-                continue;
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            // The id is in the key: skip other exceptions without decoding their rows.
+            if !filter.admits_id(id) {
+                return Ok(());
             }
-            let c = exceptions::decode_counter(&value)
-                .ok_or_else(|| corrupt("undecodable exception counter".into()))?;
-            if !filter.admits(id, &c) {
-                continue;
+            let c = self.decode_counter(value)?;
+            if filter.admits(id, &c) {
+                let minute = exceptions::key_minute(key).ok_or_else(|| self.corrupt_counter())?;
+                out.add_row(id, minute, bucket_minutes, c);
             }
-            if let Some(b) = bucket_minutes {
-                let minute = exceptions::key_minute(&key)
-                    .ok_or_else(|| corrupt("short exception counter key".into()))?;
-                *out.buckets
-                    .entry((id, minute.div_euclid(b) * b))
-                    .or_default() += c.count;
-            }
-            match out.totals.get_mut(&id) {
-                Some(t) => t.merge(&c),
-                None => {
-                    out.totals.insert(id, c);
-                }
-            }
-        }
+            Ok(())
+        })?;
         Ok(out)
     }
 

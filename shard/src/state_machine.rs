@@ -267,12 +267,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         }
         db.write(batch)?;
         for (key, c) in crate::exceptions::rows_of(shard.id(), docs.iter().map(|(_, e)| e)) {
-            match counters.get_mut(&key) {
-                Some(existing) => existing.merge(&c),
-                None => {
-                    counters.insert(key, c);
-                }
-            }
+            crate::exceptions::merge_into(&mut counters, key, c);
         }
         let refs: Vec<_> = docs.iter().map(|(k, e)| (k.clone(), e)).collect();
         shard.index().add(raft_index, &refs)?;

@@ -497,11 +497,7 @@ impl Generator {
             }
             (sep, _) => {
                 let s = if sep == 1 { " " } else { "-" };
-                d.as_bytes()
-                    .chunks(4)
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect::<Vec<_>>()
-                    .join(s)
+                in_fours(&d, s)
             }
         };
         if len >= 13 && r.chance(0.2) {
@@ -610,12 +606,7 @@ impl Generator {
         let check = iban_check(country, &bban);
         let compact = format!("{country}{check:02}{bban}");
         let shown = if r.chance(0.5) {
-            compact
-                .as_bytes()
-                .chunks(4)
-                .map(|c| String::from_utf8_lossy(c).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
+            in_fours(&compact, " ")
         } else {
             compact
         };
@@ -800,6 +791,15 @@ impl Generator {
         };
         (tok.clone(), tok)
     }
+}
+
+/// `s` (ASCII) in groups of four joined by `sep`, as cards and IBANs are printed.
+fn in_fours(s: &str, sep: &str) -> String {
+    s.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 fn capitalize(s: &str) -> String {

@@ -500,8 +500,7 @@ impl Masker {
         text
     }
 
-    /// One pass: every detection replaced (exactly the spans [`Masker::scan`] reports); true
-    /// when anything was.
+    /// One pass: every detection replaced (exactly the spans [`Masker::scan`] reports).
     ///
     /// The flag is true when another pass could find more: something was replaced next to a
     /// character a validator looks at (`.`, `-`, `/`, `+`, `%`, a letter or digit…). A span
