@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// Largest `offset + limit` of a query [default: 10000].
     #[arg(long, env = "VEIL_QUERY_WINDOW_MAX")]
     pub query_window_max: Option<usize>,
+    /// Memory one shard may use for a query's aggregations, in bytes [default: 128 MiB].
+    #[arg(long, env = "VEIL_QUERY_AGG_MEMORY_BYTES")]
+    pub query_agg_memory_bytes: Option<u64>,
+    /// Most buckets a query's aggregations may build [default: 65000].
+    #[arg(long, env = "VEIL_QUERY_AGG_BUCKETS_MAX")]
+    pub query_agg_buckets_max: Option<u32>,
     /// Raft log entries between snapshots of a shard [default: 20000].
     #[arg(long, env = "VEIL_SNAPSHOT_LOGS_SINCE_LAST")]
     pub snapshot_logs_since_last: Option<u64>,
@@ -155,6 +161,10 @@ pub struct NodeConfig {
     pub query_timeout_ms: u64,
     /// Largest offset + limit.
     pub query_window_max: usize,
+    /// Aggregation memory per shard and query, in bytes.
+    pub query_agg_memory_bytes: u64,
+    /// Most aggregation buckets per query.
+    pub query_agg_buckets_max: u32,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
     /// Start-up leader election deadline, in ms.
@@ -214,6 +224,8 @@ impl ServeArgs {
             index_heap_bytes: pick!(index_heap_bytes, 32 << 20),
             query_timeout_ms: pick!(query_timeout_ms, 10_000),
             query_window_max: pick!(query_window_max, 10_000),
+            query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
+            query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),
@@ -265,6 +277,11 @@ impl NodeConfig {
             ("raft-entry-entries-max", self.raft_entry_entries_max),
             ("ingest-inflight-max", self.ingest_inflight_max),
             ("query-window-max", self.query_window_max),
+            (
+                "query-agg-memory-bytes",
+                self.query_agg_memory_bytes as usize,
+            ),
+            ("query-agg-buckets-max", self.query_agg_buckets_max as usize),
             ("fields-per-entry-max", self.fields_per_entry_max),
             ("field-depth-max", self.field_depth_max),
             ("field-key-bytes-max", self.field_key_bytes_max),

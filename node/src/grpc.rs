@@ -8,7 +8,8 @@ use veil_proto::v1::veil_server::Veil;
 use veil_proto::v1::{
     EntryResult as PbEntryResult, ErrorDetail, ExceptionDetailsRequest, ExceptionDetailsResponse,
     ExceptionWindow, IngestEntry, IngestRequest, IngestResponse, LogRecord, QueryRequest,
-    QueryResponse, TopException, TopExceptionsRequest, TopExceptionsResponse, TrendBucket,
+    QueryResponse, ShardsAnswered, TopException, TopExceptionsRequest, TopExceptionsResponse,
+    TrendBucket,
 };
 
 use crate::error::ApiError;
@@ -221,17 +222,40 @@ impl Veil for VeilService {
             start: (!r.start.is_empty()).then_some(Value::String(r.start)),
             end: (!r.end.is_empty()).then_some(Value::String(r.end)),
         });
+        let mut fields: serde_json::Map<String, Value> = q
+            .fields
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        if !q.fields_json.is_empty() {
+            match serde_json::from_str::<Value>(&q.fields_json) {
+                Ok(Value::Object(extra)) => fields.extend(extra),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "fields_json must be a JSON object",
+                    ))
+                }
+            }
+        }
+        let aggs = if q.aggs_json.is_empty() {
+            None
+        } else {
+            Some(
+                serde_json::from_str::<Value>(&q.aggs_json)
+                    .map_err(|e| Status::invalid_argument(format!("aggs_json is not JSON: {e}")))?,
+            )
+        };
         let request = query::QueryRequest {
             query: (!q.query.is_empty()).then_some(q.query),
             filters: query::Filters {
                 timestamp_range: range,
                 services: q.services,
                 levels: q.levels,
-                fields: q
-                    .fields
-                    .into_iter()
-                    .map(|(k, v)| (k, Value::String(v)))
-                    .collect(),
+                environments: q.environments,
+                regions: q.regions,
+                hosts: q.hosts,
+                exception_types: q.exception_types,
+                fields,
             },
             sort: (!q.sort_field.is_empty() || !q.sort_order.is_empty()).then(|| query::Sort {
                 field: (!q.sort_field.is_empty()).then_some(q.sort_field),
@@ -239,16 +263,35 @@ impl Veil for VeilService {
             }),
             limit: (q.limit > 0).then_some(q.limit as usize),
             offset: Some(q.offset as usize),
-            timeout_ms: None,
+            search_after: (!q.search_after.is_empty()).then_some(q.search_after),
+            timeout_ms: (q.timeout_ms > 0).then_some(q.timeout_ms),
+            allow_partial: q.allow_partial,
+            aggs,
         };
         let started = std::time::Instant::now();
         let answer = query::run(&self.node, request).await;
         self.node.metrics.query_latency.observe(started.elapsed());
         let answer = answer.map_err(Status::from)?;
+        if let Some(e) = answer.incomplete {
+            return Err(Status::from(e));
+        }
+        let answer = answer.response;
         Ok(Response::new(QueryResponse {
             query_id: answer.query_id,
             total: answer.total,
             execution_time_ms: answer.execution_time_ms,
+            shards: Some(ShardsAnswered {
+                total: answer.shards.total as u32,
+                ok: answer.shards.ok as u32,
+                failed: answer.shards.failed as u32,
+                timed_out: answer.shards.timed_out as u32,
+            }),
+            partial: answer.partial,
+            search_after: answer.search_after.unwrap_or_default(),
+            aggregations_json: answer
+                .aggregations
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             logs: answer
                 .logs
                 .into_iter()

@@ -26,6 +26,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/exceptions/top-k", get(exceptions_top_k))
         .route("/api/v1/exceptions/{exception_id}", get(exception_details))
         .route(
@@ -38,6 +39,13 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
+}
+
+/// The OpenAPI document of the query API.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn health(State(node): State<Arc<Node>>) -> Response {
@@ -361,7 +369,18 @@ async fn query_logs(State(node): State<Arc<Node>>, body: Body) -> Result<Respons
     let started = std::time::Instant::now();
     let answer = query::run(&node, request).await;
     node.metrics.query_latency.observe(started.elapsed());
-    Ok(Json(answer?).into_response())
+    let answer = answer?;
+    Ok(match answer.incomplete {
+        None => Json(answer.response).into_response(),
+        // What is known, under the error's status: the client did not accept a partial answer.
+        Some(e) => {
+            let mut body = serde_json::to_value(&answer.response)
+                .map_err(|err| ApiError::internal("rendering a partial answer", err))?;
+            body["error"] = serde_json::to_value(&e)
+                .map_err(|err| ApiError::internal("rendering a partial answer", err))?;
+            (e.status, Json(body)).into_response()
+        }
+    })
 }
 
 impl From<PatternError> for ApiError {

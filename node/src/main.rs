@@ -1,5 +1,6 @@
 //! The `veil` binary: `veil serve` runs a node.
 
+mod aggs;
 mod bench;
 mod config;
 mod datadir;

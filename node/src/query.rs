@@ -1,5 +1,5 @@
-//! The query coordinator: plans which shards a query needs, asks them in parallel, and merges
-//! their best hits into one page.
+//! The query coordinator: checks and masks a query, plans which shards it needs, asks them in
+//! parallel under a deadline, and merges their best hits, totals and partial aggregations.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -7,8 +7,14 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use veil_shard::{compare, hour_of, Level, ShardId, ShardQuery, SortOrder, StoredEntry};
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+use veil_shard::query_lang::{self, Expr};
+use veil_shard::{
+    hour_of, FieldCondition, Level, Scalar, ShardId, ShardQuery, SortField, SortKey, SortOrder,
+    StoredEntry,
+};
 
+use crate::aggs;
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, parse_level, parse_timestamp};
 use crate::node::Node;
@@ -22,7 +28,7 @@ const PLANNED_HOURS_MAX: i64 = 24 * 31;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
-    /// Full-text query.
+    /// Full-text query (see `veil_shard::query_lang`).
     #[serde(default)]
     pub query: Option<String>,
     /// Filters.
@@ -37,9 +43,18 @@ pub struct QueryRequest {
     /// Hits to skip.
     #[serde(default)]
     pub offset: Option<usize>,
+    /// The `search_after` cursor of the previous page.
+    #[serde(default)]
+    pub search_after: Option<String>,
     /// Deadline in ms (default from the configuration).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// Answer 200 with what is known when the deadline passes or a shard fails.
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// Aggregations, in the Elasticsearch request syntax.
+    #[serde(default, alias = "aggregations")]
+    pub aggs: Option<Value>,
 }
 
 /// Query filters.
@@ -55,7 +70,20 @@ pub struct Filters {
     /// Any of these levels.
     #[serde(default)]
     pub levels: Vec<String>,
-    /// Exact matches on free fields.
+    /// Any of these environments.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// Any of these regions.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Any of these hosts.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Any of these exception types.
+    #[serde(default)]
+    pub exception_types: Vec<String>,
+    /// Conditions on free fields: a value (exact), a list (any of), `{"exists": bool}` or a
+    /// numeric range `{"gte", "gt", "lte", "lt"}`.
     #[serde(default)]
     pub fields: serde_json::Map<String, Value>,
 }
@@ -76,10 +104,10 @@ pub struct TimestampRange {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sort {
-    /// Only `timestamp` for now.
+    /// `timestamp` (default) or a numeric free field (`fields.duration_ms`).
     #[serde(default)]
     pub field: Option<String>,
-    /// `asc` or `desc`.
+    /// `asc` or `desc` (default).
     #[serde(default)]
     pub order: Option<String>,
 }
@@ -147,6 +175,8 @@ pub struct ShardsAnswered {
     pub total: usize,
     pub ok: usize,
     pub failed: usize,
+    /// Shards that had not answered when the deadline passed.
+    pub timed_out: usize,
 }
 
 /// The answer of a query.
@@ -157,16 +187,209 @@ pub struct QueryResponse {
     pub logs: Vec<LogView>,
     pub execution_time_ms: u64,
     pub shards: ShardsAnswered,
+    /// True when some shard did not answer: hits, total and aggregations cover the others.
+    pub partial: bool,
+    /// The cursor for the page after this one (absent when this page is the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_after: Option<String>,
+    /// The aggregations, in the Elasticsearch result shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregations: Option<Value>,
+}
+
+/// A query answer and whether it is incomplete in a way the client did not accept.
+pub struct Answer {
+    pub response: QueryResponse,
+    /// Set when shards timed out or failed and `allow_partial` was not given: the HTTP answer
+    /// is then an error status carrying what is known.
+    pub incomplete: Option<ApiError>,
+}
+
+/// A checked query, ready to send to shards.
+struct Planned {
+    shard_query: ShardQuery,
+    offset: usize,
+    limit: usize,
+    aggs: Option<aggs::Prepared>,
+    cursor_tag: u64,
 }
 
 /// Runs a query across the shards it needs.
-pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryResponse, ApiError> {
+pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiError> {
     let started = Instant::now();
     if !node.is_ready() {
         return Err(ApiError::unavailable("not_ready", "the node is starting"));
     }
-    let limit = request.limit.unwrap_or(100);
-    let offset = request.offset.unwrap_or(0);
+    let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
+    let deadline = started + timeout;
+    let mut planned = plan_query(node, &request)?;
+    planned.shard_query.deadline = Some(deadline);
+    let Planned {
+        shard_query,
+        offset,
+        limit,
+        aggs: prepared_aggs,
+        cursor_tag,
+    } = planned;
+    let shards = plan(node, &shard_query);
+    let shard_query = Arc::new(shard_query);
+    let tasks = shards.iter().map(|shard_id| {
+        let shard = node.groups[shard_id.0 as usize].shard.clone();
+        let q = shard_query.clone();
+        let task = tokio::task::spawn_blocking(move || shard.search(&q));
+        async move {
+            match tokio::time::timeout_at(deadline.into(), task).await {
+                Err(_) => Err(None),
+                Ok(Ok(Ok(hits))) => Ok(hits),
+                Ok(Ok(Err(veil_shard::Error::DeadlineExceeded))) => Err(None),
+                Ok(Ok(Err(e))) => Err(Some(e.into_api())),
+                Ok(Err(e)) => Err(Some(ApiError::internal("shard query task", e))),
+            }
+        }
+    });
+    let answers = futures::future::join_all(tasks).await;
+    let (mut total, mut failed, mut timed_out) = (0u64, 0usize, 0usize);
+    let mut merged: Vec<(SortKey, StoredEntry)> = Vec::new();
+    let mut partial_aggs: Option<IntermediateAggregationResults> = None;
+    for answer in answers {
+        match answer {
+            Ok(hits) => {
+                total += hits.total;
+                merged.extend(hits.entries);
+                if let Some(a) = hits.aggs {
+                    match &mut partial_aggs {
+                        None => partial_aggs = Some(a),
+                        Some(acc) => acc
+                            .merge_fruits(a)
+                            .map_err(|e| ApiError::internal("merging aggregations", e))?,
+                    }
+                }
+            }
+            Err(None) => timed_out += 1,
+            Err(Some(e)) if e.status.is_client_error() => return Err(e),
+            Err(Some(e)) => {
+                tracing::error!(code = e.code, "shard query failed");
+                failed += 1;
+            }
+        }
+    }
+    merged.sort_by_key(|h| std::cmp::Reverse(h.0));
+    let page: Vec<(SortKey, StoredEntry)> = merged.into_iter().skip(offset).take(limit).collect();
+    let search_after = match page.last() {
+        Some((key, _)) if page.len() == limit => Some(encode_cursor(cursor_tag, *key)),
+        _ => None,
+    };
+    let aggregations = match (prepared_aggs, partial_aggs) {
+        (Some(prepared), results) => {
+            let mut results = results.unwrap_or_default();
+            aggs::finish(&prepared, &mut results)?;
+            let limits = tantivy::aggregation::AggregationLimitsGuard::new(
+                Some(node.config.query_agg_memory_bytes),
+                Some(node.config.query_agg_buckets_max),
+            );
+            let final_result = results
+                .into_final_result(prepared.aggs.clone(), limits)
+                .map_err(|e| {
+                    ApiError::bad_request("invalid_aggregation", e.to_string()).with_field("aggs")
+                })?;
+            Some(
+                serde_json::to_value(final_result)
+                    .map_err(|e| ApiError::internal("rendering aggregations", e))?,
+            )
+        }
+        (None, _) => None,
+    };
+    let incomplete = if timed_out + failed == 0 || request.allow_partial {
+        None
+    } else if timed_out > 0 {
+        Some(ApiError::new(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            "query_timeout",
+            format!(
+                "{timed_out} of {} shards did not answer within {} ms; the answer holds what \
+                 the others found (set allow_partial to accept it with status 200)",
+                shards.len(),
+                timeout.as_millis()
+            ),
+        ))
+    } else {
+        Some(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "shard_failed",
+            format!(
+                "{failed} of {} shards failed; the answer holds what the others found (set \
+                 allow_partial to accept it with status 200)",
+                shards.len()
+            ),
+        ))
+    };
+    let response = QueryResponse {
+        query_id: uuid::Uuid::now_v7().to_string(),
+        total,
+        logs: page.into_iter().map(|(_, e)| LogView::from(e)).collect(),
+        execution_time_ms: started.elapsed().as_millis() as u64,
+        shards: ShardsAnswered {
+            total: shards.len(),
+            ok: shards.len() - failed - timed_out,
+            failed,
+            timed_out,
+        },
+        partial: timed_out + failed > 0,
+        search_after,
+        aggregations,
+    };
+    Ok(Answer {
+        response,
+        incomplete,
+    })
+}
+
+trait IntoApi {
+    fn into_api(self) -> ApiError;
+}
+
+impl IntoApi for veil_shard::Error {
+    fn into_api(self) -> ApiError {
+        match self {
+            veil_shard::Error::InvalidQuery(m) => {
+                ApiError::bad_request("invalid_query", m).with_field("query")
+            }
+            veil_shard::Error::InvalidAggregation(m) => {
+                ApiError::bad_request("invalid_aggregation", m).with_field("aggs")
+            }
+            other => ApiError::internal("querying a shard", other),
+        }
+    }
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+/// A cursor: version, a tag of the sort it belongs to, and the last hit's sort key, in hex.
+fn encode_cursor(tag: u64, key: SortKey) -> String {
+    let mut bytes = vec![CURSOR_VERSION];
+    bytes.extend_from_slice(&tag.to_be_bytes());
+    bytes.extend_from_slice(&key.to_bytes());
+    hex::encode(bytes)
+}
+
+fn decode_cursor(tag: u64, cursor: &str) -> Result<SortKey, ApiError> {
+    let bad =
+        |m: &str| ApiError::bad_request("invalid_cursor", m.to_string()).with_field("search_after");
+    let bytes =
+        hex::decode(cursor).map_err(|_| bad("search_after is not a cursor Veil returned"))?;
+    if bytes.first() != Some(&CURSOR_VERSION) || bytes.len() != 34 {
+        return Err(bad("search_after is not a cursor Veil returned"));
+    }
+    if bytes[1..9] != tag.to_be_bytes() {
+        return Err(bad("search_after belongs to a query with another sort"));
+    }
+    SortKey::from_bytes(&bytes[9..])
+        .ok_or_else(|| bad("search_after is not a cursor Veil returned"))
+}
+
+fn plan_query(node: &Node, r: &QueryRequest) -> Result<Planned, ApiError> {
+    let limit = r.limit.unwrap_or(100);
+    let offset = r.offset.unwrap_or(0);
     let window = offset
         .checked_add(limit)
         .filter(|w| *w <= node.config.query_window_max)
@@ -174,114 +397,99 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<QueryRespons
             ApiError::bad_request(
                 "window_too_large",
                 format!(
-                    "offset + limit must be at most {}",
+                    "offset + limit must be at most {}; use search_after to page deeper",
                     node.config.query_window_max
                 ),
             )
             .with_field("limit")
         })?;
-    let order = match &request.sort {
-        None => SortOrder::Desc,
-        Some(sort) => {
-            if let Some(field) = sort.field.as_deref().filter(|f| *f != "timestamp") {
+    let (sort, order) = sort_of(r.sort.as_ref())?;
+    let cursor_tag = xxhash_rust::xxh3::xxh3_64(format!("{sort:?}|{order:?}").as_bytes());
+    let after = match r.search_after.as_deref() {
+        None => None,
+        Some(cursor) => {
+            if offset != 0 {
                 return Err(ApiError::bad_request(
-                    "invalid_sort",
-                    format!("cannot sort by {field:?}; sortable: timestamp"),
+                    "invalid_cursor",
+                    "offset must be 0 with search_after",
                 )
-                .with_field("sort.field"));
+                .with_field("offset"));
             }
-            match sort
-                .order
-                .as_deref()
-                .map(str::to_ascii_lowercase)
-                .as_deref()
-            {
-                None | Some("desc") => SortOrder::Desc,
-                Some("asc") => SortOrder::Asc,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "invalid_sort",
-                        "sort.order must be asc or desc",
-                    )
-                    .with_field("sort.order"))
-                }
-            }
+            Some(decode_cursor(cursor_tag, cursor)?)
         }
     };
-    let shard_query = build_shard_query(&node.masker(), &request, order, window)?;
-    let shards = plan(node, &shard_query);
-    let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
-    let tasks = shards.iter().map(|shard_id| {
-        let shard = node.groups[shard_id.0 as usize].shard.clone();
-        let q = shard_query.clone();
-        tokio::task::spawn_blocking(move || shard.search(&q))
-    });
-    let answers = tokio::time::timeout(timeout, futures::future::join_all(tasks))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "query_timeout",
-                "the query did not finish before its deadline",
-            )
-        })?;
-    let (mut total, mut failed, mut merged) = (0u64, 0usize, Vec::new());
-    for answer in answers {
-        match answer {
-            Ok(Ok(hits)) => {
-                total += hits.total;
-                merged.extend(hits.entries);
-            }
-            Ok(Err(veil_shard::Error::InvalidQuery(message))) => {
-                return Err(ApiError::bad_request("invalid_query", message).with_field("query"));
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "shard query failed");
-                failed += 1;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "shard query task failed");
-                failed += 1;
-            }
-        }
-    }
-    if failed > 0 {
-        return Err(ApiError::internal(
-            "querying shards",
-            format!("{failed} of {} shards failed", shards.len()),
-        ));
-    }
-    merged.sort_by(|a, b| compare(a, b, order));
-    let logs = merged
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(LogView::from)
-        .collect();
-    Ok(QueryResponse {
-        query_id: uuid::Uuid::now_v7().to_string(),
-        total,
-        logs,
-        execution_time_ms: started.elapsed().as_millis() as u64,
-        shards: ShardsAnswered {
-            total: shards.len(),
-            ok: shards.len() - failed,
-            failed,
-        },
+    let prepared = r.aggs.as_ref().map(aggs::prepare).transpose()?;
+    let mut shard_query = build_shard_query(&node.masker(), r)?;
+    shard_query.sort = sort;
+    shard_query.order = order;
+    shard_query.after = after;
+    shard_query.top_n = window;
+    shard_query.aggs = prepared.as_ref().map(|p| p.aggs.clone());
+    shard_query.agg_memory_bytes = node.config.query_agg_memory_bytes;
+    shard_query.agg_buckets = node.config.query_agg_buckets_max;
+    Ok(Planned {
+        shard_query,
+        offset,
+        limit,
+        aggs: prepared,
+        cursor_tag,
     })
 }
 
-fn build_shard_query(
-    masker: &Masker,
-    r: &QueryRequest,
-    order: SortOrder,
-    window: usize,
-) -> Result<ShardQuery, ApiError> {
+fn sort_of(sort: Option<&Sort>) -> Result<(SortField, SortOrder), ApiError> {
+    let Some(sort) = sort else {
+        return Ok((SortField::Timestamp, SortOrder::Desc));
+    };
+    let field = match sort.field.as_deref() {
+        None | Some("timestamp") => SortField::Timestamp,
+        Some(f) => match f.strip_prefix("fields.") {
+            Some(path) if !path.is_empty() => SortField::Numeric(path.to_string()),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_sort",
+                    format!("cannot sort by {f:?}; sortable: timestamp, fields.<numeric key>"),
+                )
+                .with_field("sort.field"))
+            }
+        },
+    };
+    let order = match sort
+        .order
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("desc") => SortOrder::Desc,
+        Some("asc") => SortOrder::Asc,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("invalid_sort", "sort.order must be asc or desc")
+                    .with_field("sort.order"),
+            )
+        }
+    };
+    Ok((field, order))
+}
+
+/// Parses query text. Syntax errors are reported against the text as sent; the expression the
+/// shards run is parsed from the masked text, so personal data goes no further.
+fn parse_text(masker: &Masker, text: &str) -> Result<Option<Expr>, ApiError> {
+    let syntax = |e: query_lang::SyntaxError| {
+        ApiError::bad_request("invalid_query", format!("query syntax: {e}")).with_field("query")
+    };
+    query_lang::parse(text).map_err(syntax)?;
+    let mut findings = Findings::default();
+    let masked = masker.mask(Unmasked(text.to_string()), &mut findings);
+    query_lang::parse(&masked).map_err(syntax)
+}
+
+fn build_shard_query(masker: &Masker, r: &QueryRequest) -> Result<ShardQuery, ApiError> {
     // Query text and filter values pass through the same masking as ingest, so a search for an
     // email looks for its masked form and the plaintext goes no further.
-    let mut findings = Findings::default();
-    // Replacements in the text are quoted, so a hash token is searched as one phrase.
-    let text = r.query.as_deref().map(|q| masker.mask_query_text(q));
+    let text = match r.query.as_deref() {
+        Some(q) => parse_text(masker, q)?,
+        None => None,
+    };
     let bound = |v: &Option<Value>, name: &str| -> Result<Option<i64>, ApiError> {
         match v {
             None | Some(Value::Null) => Ok(None),
@@ -307,33 +515,8 @@ fn build_shard_query(
         .collect::<Result<Vec<Level>, _>>()?;
     let mut fields = Vec::new();
     for (key, value) in &r.filters.fields {
-        let value = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(_) | Value::Bool(_) => value.to_string(),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_filter",
-                    format!("filters.fields.{key} must be a string, number or boolean"),
-                )
-                .with_field("filters.fields"))
-            }
-        };
-        let masked = if masker.is_sensitive_key(key) {
-            // Stored values under such keys are masked whole; match on that form.
-            let mut probe = serde_json::Map::new();
-            probe.insert(key.clone(), Value::String(value));
-            match masker.mask_json(Value::Object(probe), &mut findings) {
-                Value::Object(m) => m
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                _ => String::new(),
-            }
-        } else {
-            masker.mask(Unmasked(value), &mut findings)
-        };
-        fields.push((key.clone(), masked));
+        let key = key.strip_prefix("fields.").unwrap_or(key);
+        fields.push((key.to_string(), field_condition(masker, key, value)?));
     }
     Ok(ShardQuery {
         text,
@@ -341,10 +524,107 @@ fn build_shard_query(
         end_us,
         services: r.filters.services.clone(),
         levels,
+        environments: r.filters.environments.clone(),
+        regions: r.filters.regions.clone(),
+        hosts: r.filters.hosts.clone(),
+        exception_types: r.filters.exception_types.clone(),
         fields,
-        order,
-        top_n: window,
+        ..Default::default()
     })
+}
+
+fn field_condition(masker: &Masker, key: &str, value: &Value) -> Result<FieldCondition, ApiError> {
+    let bad = |m: String| {
+        ApiError::bad_request("invalid_filter", m).with_field(&format!("filters.fields.{key}"))
+    };
+    match value {
+        Value::Array(values) => {
+            if values.is_empty() {
+                return Err(bad(format!(
+                    "filters.fields.{key}: an empty list matches nothing"
+                )));
+            }
+            let scalars = values
+                .iter()
+                .map(|v| {
+                    scalar(masker, key, v).ok_or_else(|| {
+                        bad(format!(
+                            "filters.fields.{key}: list items must be strings, numbers or booleans"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(FieldCondition::AnyOf(scalars))
+        }
+        Value::Object(map) => {
+            if let Some(exists) = map.get("exists") {
+                if map.len() != 1 {
+                    return Err(bad(format!("filters.fields.{key}: exists stands alone")));
+                }
+                return match exists {
+                    Value::Bool(b) => Ok(FieldCondition::Exists(*b)),
+                    _ => Err(bad(format!(
+                        "filters.fields.{key}.exists must be true or false"
+                    ))),
+                };
+            }
+            let mut bounds = [None; 4];
+            for (name, v) in map {
+                let slot = match name.as_str() {
+                    "gte" => 0,
+                    "gt" => 1,
+                    "lte" => 2,
+                    "lt" => 3,
+                    other => {
+                        return Err(bad(format!(
+                            "filters.fields.{key}: unknown condition {other:?}; use exists, gte, \
+                             gt, lte or lt"
+                        )))
+                    }
+                };
+                bounds[slot] =
+                    Some(v.as_f64().filter(|n| n.is_finite()).ok_or_else(|| {
+                        bad(format!("filters.fields.{key}.{name} must be a number"))
+                    })?);
+            }
+            if map.is_empty() {
+                return Err(bad(format!("filters.fields.{key}: an empty condition")));
+            }
+            Ok(FieldCondition::Range {
+                gte: bounds[0],
+                gt: bounds[1],
+                lte: bounds[2],
+                lt: bounds[3],
+            })
+        }
+        other => scalar(masker, key, other)
+            .map(|s| FieldCondition::AnyOf(vec![s]))
+            .ok_or_else(|| bad(format!("filters.fields.{key} must not be null"))),
+    }
+}
+
+/// A filter value as stored: masked the way ingest masks a value under `key`.
+fn scalar(masker: &Masker, key: &str, value: &Value) -> Option<Scalar> {
+    let mut findings = Findings::default();
+    if masker.is_sensitive_key(key) && !matches!(value, Value::Bool(_) | Value::Null) {
+        // Stored values under such keys are masked whole; match on that form.
+        let mut probe = serde_json::Map::new();
+        probe.insert(key.to_string(), value.clone());
+        return match masker.mask_json(Value::Object(probe), &mut findings) {
+            Value::Object(m) => match m.get(key) {
+                Some(Value::String(s)) => Some(Scalar::Str(s.clone())),
+                Some(Value::Number(n)) => n.as_f64().map(|f| Scalar::Num(f, n.to_string())),
+                _ => None,
+            },
+            _ => None,
+        };
+    }
+    match value {
+        Value::String(s) => Some(Scalar::Str(masker.mask(Unmasked(s.clone()), &mut findings))),
+        Value::Number(n) => n.as_f64().map(|f| Scalar::Num(f, n.to_string())),
+        Value::Bool(b) => Some(Scalar::Bool(*b)),
+        _ => None,
+    }
 }
 
 /// Picks the shards a query needs: with a service filter and a bounded time range, exactly the
@@ -376,19 +656,41 @@ mod tests {
     fn query_text_and_field_filters_are_masked_before_they_reach_a_shard() {
         let request: QueryRequest = serde_json::from_value(serde_json::json!({
             "query": "failed for jane@example.org",
-            "filters": {"fields": {"email": "jane@example.org", "note": "ssn 219-09-9999", "user_id": "user_1"}}
+            "filters": {"fields": {"email": "jane@example.org", "note": "ssn 219-09-9999", "user_id": ["user_1", 7]}}
         }))
         .unwrap();
         let keys = veil_node::pii::keys::KeyRing::throwaway().unwrap();
         let masker = Masker::new(Default::default(), &keys, &[]).unwrap();
-        let q = build_shard_query(&masker, &request, SortOrder::Desc, 10).unwrap();
+        let q = build_shard_query(&masker, &request).unwrap();
         // The same token ingest stores for that address (emails are hashed by default).
         let token = masker.scan("jane@example.org")[0].replacement.clone();
         assert!(token.starts_with("<email:"), "{token}");
-        assert_eq!(q.text, Some(format!("failed for \"{token}\"")));
+        let text = format!("{:?}", q.text);
+        assert!(text.contains(&token) && !text.contains("jane"), "{text}");
         let fields: std::collections::BTreeMap<_, _> = q.fields.into_iter().collect();
-        assert_eq!(fields["email"], token);
-        assert_eq!(fields["note"], "ssn ***-**-****");
-        assert_eq!(fields["user_id"], "user_1");
+        assert_eq!(
+            fields["email"],
+            FieldCondition::AnyOf(vec![Scalar::Str(token)])
+        );
+        assert_eq!(
+            fields["note"],
+            FieldCondition::AnyOf(vec![Scalar::Str("ssn ***-**-****".into())])
+        );
+        assert_eq!(
+            fields["user_id"],
+            FieldCondition::AnyOf(vec![
+                Scalar::Str("user_1".into()),
+                Scalar::Num(7.0, "7".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_position_and_not_the_text() {
+        let keys = veil_node::pii::keys::KeyRing::throwaway().unwrap();
+        let masker = Masker::new(Default::default(), &keys, &[]).unwrap();
+        let e = parse_text(&masker, "(jane@example.org AND").unwrap_err();
+        assert!(e.message.contains("at character 22"), "{}", e.message);
+        assert!(!e.message.contains("jane"), "{}", e.message);
     }
 }

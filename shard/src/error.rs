@@ -22,6 +22,12 @@ pub enum Error {
     /// The full-text query could not be parsed.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// The aggregation request is not valid for this index, or exceeded its bounds.
+    #[error("invalid aggregation: {0}")]
+    InvalidAggregation(String),
+    /// The query's deadline passed before the shard finished.
+    #[error("the query deadline passed")]
+    DeadlineExceeded,
     /// A filesystem operation failed.
     #[error("{context}: {source}")]
     Io {

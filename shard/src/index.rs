@@ -8,21 +8,37 @@
 //! Each commit carries the Raft index of the last applied entry whose documents it holds, so a
 //! restart knows which applied entries it still has to index.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Instant;
 
-use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
+use tantivy::aggregation::{
+    AggContextParams, AggregationLimitsGuard, DistributedAggregationCollector,
+};
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::{Column, ColumnType, MonotonicallyMappableToU64};
+use tantivy::query::{
+    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, ExistsQuery, Explanation, Occur,
+    PhrasePrefixQuery, PhraseQuery, Query, RangeQuery, Scorer, TermQuery, Weight,
+};
 use tantivy::schema::{
     DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions, Schema,
     TextFieldIndexing, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::{
-    DateTime, DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term,
+    DateTime, DocAddress, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy,
+    SegmentOrdinal, SegmentReader, TantivyDocument, Term,
 };
 
-use crate::entry::StoredEntry;
-use crate::query::{ShardQuery, SortOrder};
+use crate::entry::{Level, StoredEntry};
+use crate::query::{
+    order_f64, order_i64, FieldCondition, Scalar, ShardQuery, SortField, SortKey, SortOrder,
+};
+use crate::query_lang::{self, Expr, Match, MatchKind};
 use crate::{Error, Result, ShardId};
 
 /// The fields of the index schema.
@@ -245,46 +261,63 @@ impl ShardIndex {
         doc
     }
 
-    /// Runs `query` and returns the total number of matches and the RocksDB keys of the best
-    /// `query.top_n` matches in sort order.
-    pub fn search(&self, query: &ShardQuery) -> Result<(u64, Vec<Vec<u8>>)> {
+    /// Runs `query`: the total number of matches, the RocksDB keys of the best `query.top_n`
+    /// matches after the cursor with their sort keys, and the aggregations' partial results.
+    #[allow(clippy::type_complexity)]
+    pub fn search(
+        &self,
+        query: &ShardQuery,
+    ) -> Result<(
+        u64,
+        Vec<(SortKey, Vec<u8>)>,
+        Option<IntermediateAggregationResults>,
+    )> {
         let tantivy_query = self.build_query(query)?;
         let searcher = self.reader.searcher();
-        let total = searcher.search(&tantivy_query, &Count)? as u64;
-        if query.top_n == 0 || total == 0 {
-            return Ok((total, Vec::new()));
-        }
-        let desc = query.order == SortOrder::Desc;
-        let sort = move |segment: &tantivy::SegmentReader| {
-            let ff = segment.fast_fields();
-            let ts = ff.date("timestamp").ok();
-            let hi = ff.u64("log_id_hi").ok();
-            let lo = ff.u64("log_id_lo").ok();
-            move |doc: tantivy::DocId| {
-                let t = ts
-                    .as_ref()
-                    .and_then(|c| c.first(doc))
-                    .map(|d| d.into_timestamp_micros())
-                    .unwrap_or(0);
-                let t = (t as u64) ^ (1 << 63);
-                let h = hi.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                let l = lo.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
-                if desc {
-                    (t, h, l)
-                } else {
-                    (!t, !h, !l)
-                }
+        let top = TopKeys {
+            limit: query.top_n,
+            after: query.after,
+            sort: query.sort.clone(),
+            order: query.order,
+            deadline: query.deadline,
+        };
+        let ((total, hits), aggs) = match &query.aggs {
+            None => (
+                searcher
+                    .search(&tantivy_query, &top)
+                    .map_err(search_error)?,
+                None,
+            ),
+            Some(aggs) => {
+                let limits = AggregationLimitsGuard::new(
+                    Some(query.agg_memory_bytes),
+                    Some(query.agg_buckets),
+                );
+                let collector = DistributedAggregationCollector::from_aggs(
+                    aggs.clone(),
+                    AggContextParams::new(limits, self.index.tokenizers().clone()),
+                );
+                let (top, aggs) =
+                    searcher
+                        .search(&tantivy_query, &(top, collector))
+                        .map_err(|e| match e {
+                            e if is_deadline(&e) => Error::DeadlineExceeded,
+                            tantivy::TantivyError::AggregationError(e) => {
+                                Error::InvalidAggregation(e.to_string())
+                            }
+                            tantivy::TantivyError::InvalidArgument(e) => {
+                                Error::InvalidAggregation(e)
+                            }
+                            other => Error::from(other),
+                        })?;
+                (top, Some(aggs))
             }
         };
-        let top = searcher.search(
-            &tantivy_query,
-            &TopDocs::with_limit(query.top_n).order_by(sort),
-        )?;
-        let mut keys = Vec::with_capacity(top.len());
-        for (_, address) in top {
-            keys.push(self.stored_key(&searcher, address)?);
+        let mut keys = Vec::with_capacity(hits.len());
+        for (key, address) in hits {
+            keys.push((key, self.stored_key(&searcher, address)?));
         }
-        Ok((total, keys))
+        Ok((total, keys, aggs))
     }
 
     fn stored_key(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Vec<u8>> {
@@ -300,70 +333,507 @@ impl ShardIndex {
 
     fn build_query(&self, q: &ShardQuery) -> Result<Box<dyn Query>> {
         let f = &self.fields;
-        let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        if let Some(text) = q.text.as_deref().filter(|t| !t.trim().is_empty()) {
-            let mut parser = QueryParser::for_index(
-                &self.index,
-                vec![f.message, f.exception_message, f.stack_trace],
-            );
-            parser.set_conjunction_by_default();
-            let parsed = parser
-                .parse_query(text)
-                .map_err(|e| Error::InvalidQuery(e.to_string()))?;
-            must.push((Occur::Must, parsed));
+        let mut must: Vec<Box<dyn Query>> = Vec::new();
+        if let Some(text) = &q.text {
+            must.push(self.expr_query(text)?);
         }
         if q.start_us.is_some() || q.end_us.is_some() {
+            // `from_field_date`, not `from_field_date_for_search`: the latter truncates to the
+            // inverted index's whole seconds, while the fast field holds microseconds.
             let bound = |v: Option<i64>| match v {
-                Some(us) => std::ops::Bound::Included(Term::from_field_date_for_search(
+                Some(us) => std::ops::Bound::Included(Term::from_field_date(
                     f.timestamp,
                     DateTime::from_timestamp_micros(us),
                 )),
                 None => std::ops::Bound::Unbounded,
             };
-            must.push((
-                Occur::Must,
-                Box::new(RangeQuery::new(bound(q.start_us), bound(q.end_us))),
-            ));
+            must.push(Box::new(RangeQuery::new(
+                bound(q.start_us),
+                bound(q.end_us),
+            )));
         }
-        let any_of = |terms: Vec<Term>| -> Box<dyn Query> {
-            let clauses = terms
-                .into_iter()
-                .map(|t| {
-                    (
-                        Occur::Should,
-                        Box::new(TermQuery::new(t, IndexRecordOption::Basic)) as Box<dyn Query>,
-                    )
-                })
-                .collect();
-            Box::new(BooleanQuery::new(clauses))
-        };
-        if !q.services.is_empty() {
-            let terms = q
-                .services
-                .iter()
-                .map(|s| Term::from_field_text(f.service, s))
-                .collect();
-            must.push((Occur::Must, any_of(terms)));
+        let levels: Vec<String> = q.levels.iter().map(|l| l.as_str().to_string()).collect();
+        for (field, values) in [
+            (f.service, &q.services),
+            (f.level, &levels),
+            (f.environment, &q.environments),
+            (f.region, &q.regions),
+            (f.host, &q.hosts),
+            (f.exception_type, &q.exception_types),
+        ] {
+            if !values.is_empty() {
+                must.push(any_of(
+                    values
+                        .iter()
+                        .map(|v| term_query(Term::from_field_text(field, v)))
+                        .collect(),
+                ));
+            }
         }
-        if !q.levels.is_empty() {
-            let terms = q
-                .levels
-                .iter()
-                .map(|l| Term::from_field_text(f.level, l.as_str()))
-                .collect();
-            must.push((Occur::Must, any_of(terms)));
+        let mut must_not: Vec<Box<dyn Query>> = Vec::new();
+        for (path, condition) in &q.fields {
+            match condition {
+                FieldCondition::AnyOf(values) => must.push(any_of(
+                    values.iter().map(|v| self.json_equals(path, v)).collect(),
+                )),
+                FieldCondition::Exists(true) => must.push(self.json_exists(path)),
+                FieldCondition::Exists(false) => must_not.push(self.json_exists(path)),
+                FieldCondition::Range { gte, gt, lte, lt } => {
+                    let lower = match (gte, gt) {
+                        (Some(a), Some(b)) if b >= a => Bound::Excluded(*b),
+                        (Some(a), _) => Bound::Included(*a),
+                        (None, Some(b)) => Bound::Excluded(*b),
+                        (None, None) => Bound::Unbounded,
+                    };
+                    let upper = match (lte, lt) {
+                        (Some(a), Some(b)) if b <= a => Bound::Excluded(*b),
+                        (Some(a), _) => Bound::Included(*a),
+                        (None, Some(b)) => Bound::Excluded(*b),
+                        (None, None) => Bound::Unbounded,
+                    };
+                    must.push(self.json_range(path, lower, upper));
+                }
+            }
         }
-        for (path, value) in &q.fields {
-            let mut term = Term::from_field_json_path(f.fields, path, false);
-            term.append_type_and_str(value);
-            must.push((
-                Occur::Must,
-                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
-            ));
-        }
-        if must.is_empty() {
-            return Ok(Box::new(tantivy::query::AllQuery));
-        }
-        Ok(Box::new(BooleanQuery::new(must)))
+        Ok(conjunction(must, must_not))
     }
+
+    fn expr_query(&self, e: &Expr) -> Result<Box<dyn Query>> {
+        Ok(match e {
+            Expr::All => Box::new(AllQuery),
+            Expr::Match(m) => self.match_query(m)?,
+            Expr::Not(inner) => conjunction(Vec::new(), vec![self.expr_query(inner)?]),
+            Expr::Or(parts) => {
+                let clauses = parts
+                    .iter()
+                    .map(|p| Ok((Occur::Should, self.expr_query(p)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Box::new(BooleanQuery::new(clauses))
+            }
+            Expr::And(parts) => {
+                let (mut must, mut must_not) = (Vec::new(), Vec::new());
+                for p in parts {
+                    match p {
+                        Expr::Not(inner) => must_not.push(self.expr_query(inner)?),
+                        other => must.push(self.expr_query(other)?),
+                    }
+                }
+                conjunction(must, must_not)
+            }
+        })
+    }
+
+    fn match_query(&self, m: &Match) -> Result<Box<dyn Query>> {
+        let f = &self.fields;
+        let text_fields = match m.field.as_deref() {
+            None => vec![f.message, f.exception_message, f.stack_trace],
+            Some("message") => vec![f.message],
+            Some("exception_message") => vec![f.exception_message],
+            Some("stack_trace") => vec![f.stack_trace],
+            Some(name) => {
+                if let Some(field) = self.keyword_field(name) {
+                    return self.keyword_query(name, field, m);
+                }
+                let path = name.strip_prefix("fields.").unwrap_or(name);
+                return Ok(match m.kind {
+                    MatchKind::Exists => self.json_exists(path),
+                    MatchKind::Prefix => {
+                        let mut term = Term::from_field_json_path(f.fields, path, false);
+                        term.append_type_and_str(&m.value);
+                        prefix_query(vec![term])
+                    }
+                    MatchKind::Word | MatchKind::Phrase => {
+                        let v = Scalar::Str(m.value.clone());
+                        let mut any = vec![self.json_equals(path, &v)];
+                        if let Ok(b) = m.value.parse::<bool>() {
+                            any.push(self.json_equals(path, &Scalar::Bool(b)));
+                        }
+                        any_of(any)
+                    }
+                });
+            }
+        };
+        if m.kind == MatchKind::Exists {
+            return Err(Error::InvalidQuery(format!(
+                "{}:* is only supported on keyword fields and fields.*",
+                m.field.as_deref().unwrap_or_default()
+            )));
+        }
+        let tokens = query_lang::tokens(&m.value);
+        if tokens.is_empty() {
+            return Ok(Box::new(EmptyQuery));
+        }
+        let per_field = text_fields
+            .into_iter()
+            .map(|field| {
+                let terms: Vec<Term> = tokens
+                    .iter()
+                    .map(|t| Term::from_field_text(field, t))
+                    .collect();
+                match (m.kind, terms.len()) {
+                    (MatchKind::Prefix, _) => prefix_query(terms),
+                    (_, 1) => term_query(
+                        terms
+                            .into_iter()
+                            .next()
+                            .unwrap_or_else(|| Term::from_field_text(field, "")),
+                    ),
+                    _ => Box::new(PlainSeek(Box::new(PhraseQuery::new(terms)))) as Box<dyn Query>,
+                }
+            })
+            .collect::<Vec<_>>();
+        Ok(any_of(per_field))
+    }
+
+    fn keyword_field(&self, name: &str) -> Option<Field> {
+        let f = &self.fields;
+        Some(match name {
+            "service" | "service_name" => f.service,
+            "level" => f.level,
+            "environment" => f.environment,
+            "region" => f.region,
+            "host" => f.host,
+            "exception_type" => f.exception_type,
+            _ => return None,
+        })
+    }
+
+    fn keyword_query(&self, name: &str, field: Field, m: &Match) -> Result<Box<dyn Query>> {
+        let value = if field == self.fields.level && m.kind != MatchKind::Exists {
+            match Level::from_canonical(&m.value.to_ascii_uppercase()) {
+                Some(level) => level.as_str().to_string(),
+                None if m.kind == MatchKind::Prefix => m.value.to_ascii_uppercase(),
+                None => {
+                    return Err(Error::InvalidQuery(
+                        "level: expects DEBUG, INFO, WARN, ERROR or FATAL".into(),
+                    ))
+                }
+            }
+        } else {
+            m.value.clone()
+        };
+        Ok(match m.kind {
+            MatchKind::Exists => Box::new(ExistsQuery::new(name_of(name).into(), false)),
+            MatchKind::Prefix => prefix_query(vec![Term::from_field_text(field, &value)]),
+            MatchKind::Word | MatchKind::Phrase => term_query(Term::from_field_text(field, &value)),
+        })
+    }
+
+    fn json_exists(&self, path: &str) -> Box<dyn Query> {
+        Box::new(ExistsQuery::new(format!("fields.{path}"), true))
+    }
+
+    fn json_equals(&self, path: &str, v: &Scalar) -> Box<dyn Query> {
+        let f = self.fields.fields;
+        let string_term = |s: &str| {
+            let mut t = Term::from_field_json_path(f, path, false);
+            t.append_type_and_str(s);
+            term_query(t)
+        };
+        match v {
+            Scalar::Str(s) => match s.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() => any_of(vec![
+                    string_term(s),
+                    self.json_range(path, Bound::Included(n), Bound::Included(n)),
+                ]),
+                _ => string_term(s),
+            },
+            Scalar::Num(n, spelled) => any_of(vec![
+                string_term(spelled),
+                self.json_range(path, Bound::Included(*n), Bound::Included(*n)),
+            ]),
+            Scalar::Bool(b) => {
+                let mut t = Term::from_field_json_path(f, path, false);
+                t.append_type_and_fast_value(*b);
+                term_query(t)
+            }
+        }
+    }
+
+    fn json_range(&self, path: &str, lower: Bound<f64>, upper: Bound<f64>) -> Box<dyn Query> {
+        let f = self.fields.fields;
+        let term = |v: f64| {
+            let mut t = Term::from_field_json_path(f, path, false);
+            t.append_type_and_fast_value(v);
+            t
+        };
+        // No bound at all means "any number": both infinities, inclusive.
+        let lower = match lower {
+            Bound::Unbounded => Bound::Included(f64::NEG_INFINITY),
+            other => other,
+        };
+        let upper = match upper {
+            Bound::Unbounded => Bound::Included(f64::INFINITY),
+            other => other,
+        };
+        Box::new(RangeQuery::new(lower.map(term), upper.map(term)))
+    }
+}
+
+fn name_of(keyword: &str) -> &str {
+    if keyword == "service_name" {
+        "service"
+    } else {
+        keyword
+    }
+}
+
+fn term_query(t: Term) -> Box<dyn Query> {
+    Box::new(TermQuery::new(t, IndexRecordOption::Basic))
+}
+
+/// An exact prefix query: every term of the index that extends the prefix, with no cap on
+/// expansions (tantivy's default of 50 would make answers inexact).
+fn prefix_query(terms: Vec<Term>) -> Box<dyn Query> {
+    let mut q = PhrasePrefixQuery::new(terms);
+    q.set_max_expansions(u32::MAX);
+    Box::new(PlainSeek(Box::new(q)))
+}
+
+/// Runs a query with the plain `seek_danger` (seek only forward, then compare).
+///
+/// tantivy 0.27's phrase scorers override `seek_danger` and assume they are never asked again
+/// once exhausted; inside an exclusion (`NOT "a b"`) or an intersection they are, which trips a
+/// debug assertion and, in release builds, relies on seeking an exhausted intersection. The
+/// default implementation checks the current document first, so wrapping phrase queries in
+/// this keeps every answer exact at the cost of the skip-ahead shortcut.
+#[derive(Debug)]
+struct PlainSeek(Box<dyn Query>);
+
+impl Clone for PlainSeek {
+    fn clone(&self) -> Self {
+        PlainSeek(self.0.box_clone())
+    }
+}
+
+impl Query for PlainSeek {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(PlainSeekWeight(self.0.weight(scoring)?)))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.0.query_terms(visitor)
+    }
+}
+
+struct PlainSeekWeight(Box<dyn Weight>);
+
+impl Weight for PlainSeekWeight {
+    fn scorer(
+        &self,
+        reader: &SegmentReader,
+        boost: tantivy::Score,
+    ) -> tantivy::Result<Box<dyn Scorer>> {
+        Ok(Box::new(PlainSeekScorer(self.0.scorer(reader, boost)?)))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.0.explain(reader, doc)
+    }
+}
+
+struct PlainSeekScorer(Box<dyn Scorer>);
+
+impl DocSet for PlainSeekScorer {
+    fn advance(&mut self) -> DocId {
+        self.0.advance()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.0.seek(target)
+    }
+
+    fn doc(&self) -> DocId {
+        self.0.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.0.size_hint()
+    }
+
+    fn cost(&self) -> u64 {
+        self.0.cost()
+    }
+}
+
+impl Scorer for PlainSeekScorer {
+    fn score(&mut self) -> tantivy::Score {
+        self.0.score()
+    }
+}
+
+fn any_of(mut queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if queries.len() == 1 {
+        if let Some(q) = queries.pop() {
+            return q;
+        }
+    }
+    Box::new(BooleanQuery::new(
+        queries.into_iter().map(|q| (Occur::Should, q)).collect(),
+    ))
+}
+
+/// Every `must` and none of `must_not`; with no `must`, everything but `must_not`.
+fn conjunction(must: Vec<Box<dyn Query>>, must_not: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    if must_not.is_empty() && must.len() == 1 {
+        if let Some(q) = must.into_iter().next() {
+            return q;
+        }
+        return Box::new(AllQuery);
+    }
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+        must.into_iter().map(|q| (Occur::Must, q)).collect();
+    if clauses.is_empty() {
+        clauses.push((Occur::Must, Box::new(AllQuery)));
+    }
+    clauses.extend(must_not.into_iter().map(|q| (Occur::MustNot, q)));
+    Box::new(BooleanQuery::new(clauses))
+}
+
+/// Collects the total count and the best `limit` hits after an optional cursor, by sort key.
+struct TopKeys {
+    limit: usize,
+    after: Option<SortKey>,
+    sort: SortField,
+    order: SortOrder,
+    deadline: Option<Instant>,
+}
+
+struct TopKeysSegment {
+    segment: SegmentOrdinal,
+    limit: usize,
+    after: Option<SortKey>,
+    order: SortOrder,
+    value: SortValue,
+    hi: Option<Column<u64>>,
+    lo: Option<Column<u64>>,
+    count: u64,
+    /// A min-heap of the best keys seen (the worst of them on top).
+    heap: BinaryHeap<Reverse<(SortKey, DocId)>>,
+}
+
+enum SortValue {
+    Timestamp(Option<Column<DateTime>>),
+    Numeric(Option<(Column<u64>, ColumnType)>),
+}
+
+impl Collector for TopKeys {
+    type Fruit = (u64, Vec<(SortKey, DocAddress)>);
+    type Child = TopKeysSegment;
+
+    fn for_segment(
+        &self,
+        segment: SegmentOrdinal,
+        reader: &SegmentReader,
+    ) -> tantivy::Result<TopKeysSegment> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(tantivy::TantivyError::InternalError(DEADLINE.into()));
+        }
+        let ff = reader.fast_fields();
+        let value = match &self.sort {
+            SortField::Timestamp => SortValue::Timestamp(ff.date("timestamp").ok()),
+            SortField::Numeric(path) => SortValue::Numeric(ff.u64_lenient_for_type(
+                Some(&[ColumnType::F64, ColumnType::I64, ColumnType::U64]),
+                &format!("fields.{path}"),
+            )?),
+        };
+        Ok(TopKeysSegment {
+            segment,
+            limit: self.limit,
+            after: self.after,
+            order: self.order,
+            value,
+            hi: ff.u64("log_id_hi").ok(),
+            lo: ff.u64("log_id_lo").ok(),
+            count: 0,
+            heap: BinaryHeap::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(
+        &self,
+        fruits: Vec<(u64, Vec<(SortKey, DocAddress)>)>,
+    ) -> tantivy::Result<Self::Fruit> {
+        let mut total = 0;
+        let mut all = Vec::new();
+        for (count, hits) in fruits {
+            total += count;
+            all.extend(hits);
+        }
+        all.sort_by_key(|h| std::cmp::Reverse(h.0));
+        all.truncate(self.limit);
+        Ok((total, all))
+    }
+}
+
+impl SegmentCollector for TopKeysSegment {
+    type Fruit = (u64, Vec<(SortKey, DocAddress)>);
+
+    fn collect(&mut self, doc: DocId, _score: tantivy::Score) {
+        self.count += 1;
+        if self.limit == 0 {
+            return;
+        }
+        let value = match &self.value {
+            SortValue::Timestamp(c) => c
+                .as_ref()
+                .and_then(|c| c.first(doc))
+                .map(|d| order_i64(d.into_timestamp_micros())),
+            SortValue::Numeric(c) => c.as_ref().and_then(|(c, typ)| {
+                let raw = c.first(doc)?;
+                let v = match typ {
+                    ColumnType::I64 => i64::from_u64(raw) as f64,
+                    ColumnType::F64 => f64::from_u64(raw),
+                    _ => raw as f64,
+                };
+                Some(order_f64(v))
+            }),
+        };
+        let hi = self.hi.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+        let lo = self.lo.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
+        let key = SortKey::new(value, ((hi as u128) << 64) | lo as u128, self.order);
+        if self.after.is_some_and(|after| key >= after) {
+            return;
+        }
+        if self.heap.len() < self.limit {
+            self.heap.push(Reverse((key, doc)));
+        } else if self
+            .heap
+            .peek()
+            .is_some_and(|Reverse((worst, _))| key > *worst)
+        {
+            self.heap.pop();
+            self.heap.push(Reverse((key, doc)));
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        let segment = self.segment;
+        let hits = self
+            .heap
+            .into_iter()
+            .map(|Reverse((key, doc))| (key, DocAddress::new(segment, doc)))
+            .collect();
+        (self.count, hits)
+    }
+}
+
+/// The message of the internal error a collector raises when the query deadline has passed.
+const DEADLINE: &str = "veil: query deadline passed";
+
+fn search_error(e: tantivy::TantivyError) -> Error {
+    if is_deadline(&e) {
+        Error::DeadlineExceeded
+    } else {
+        Error::from(e)
+    }
+}
+
+/// True when `e` is the collector's deadline error.
+fn is_deadline(e: &tantivy::TantivyError) -> bool {
+    matches!(e, tantivy::TantivyError::InternalError(m) if m == DEADLINE)
 }

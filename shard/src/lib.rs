@@ -22,6 +22,7 @@ pub mod exceptions;
 mod index;
 pub mod keys;
 mod query;
+pub mod query_lang;
 mod shard;
 mod shard_map;
 mod state_machine;
@@ -30,7 +31,10 @@ pub use entry::{
     decode_outcomes, encode_outcomes, hour_of, EntryOutcome, Level, ShardCommand, StoredEntry,
 };
 pub use error::{Error, Result};
-pub use query::{compare, ShardHits, ShardQuery, SortOrder};
+pub use query::{
+    compare, order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField,
+    SortKey, SortOrder,
+};
 pub use shard::{
     column_families, Shard, ShardConfig, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE,
     CF_SHARD_META,

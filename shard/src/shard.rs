@@ -517,10 +517,11 @@ impl Shard {
 
     /// Answers a query over the searchable entries of this shard.
     pub fn search(&self, query: &ShardQuery) -> Result<ShardHits> {
-        let (total, keys) = self.index.search(query)?;
+        let (total, hits, aggs) = self.index.search(query)?;
         let cf = self.cf(CF_ENTRIES)?;
-        let mut entries = Vec::with_capacity(keys.len());
-        for (key, value) in keys
+        let mut entries = Vec::with_capacity(hits.len());
+        let keys: Vec<&[u8]> = hits.iter().map(|(_, k)| k.as_slice()).collect();
+        for ((sort_key, key), value) in hits
             .iter()
             .zip(self.db.batched_multi_get_cf(cf, &keys, false))
         {
@@ -531,9 +532,13 @@ impl Shard {
                     key.len()
                 ),
             })?;
-            entries.push(decode_entry(self.id, &bytes)?);
+            entries.push((*sort_key, decode_entry(self.id, &bytes)?));
         }
-        Ok(ShardHits { total, entries })
+        Ok(ShardHits {
+            total,
+            entries,
+            aggs,
+        })
     }
 
     /// Returns how many entries the shard stores (a full scan: for tests and tools).

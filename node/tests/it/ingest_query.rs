@@ -190,6 +190,55 @@ fn grpc_ingest_then_query_finds_the_entries() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+
+        // Rich field conditions, aggregations and cursors over gRPC.
+        let q = QueryRequest {
+            services: vec!["grpc-service".into()],
+            fields_json: json!({"n": {"gte": 10}}).to_string(),
+            aggs_json: json!({"levels": {"terms": {"field": "level"}},
+                              "n": {"max": {"field": "n"}}})
+            .to_string(),
+            sort_field: "fields.n".into(),
+            sort_order: "asc".into(),
+            limit: 4,
+            ..Default::default()
+        };
+        let first = client.query(q.clone()).await.unwrap().into_inner();
+        assert_eq!(first.total, 10);
+        assert_eq!(first.shards.unwrap().failed, 0);
+        let aggs: serde_json::Value = serde_json::from_str(&first.aggregations_json).unwrap();
+        assert_eq!(aggs["n"]["value"], 19.0);
+        let levels: Vec<(String, u64)> = aggs["levels"]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["key"].as_str().unwrap().to_string(),
+                    b["doc_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            levels,
+            vec![("ERROR".to_string(), 5), ("INFO".to_string(), 5)]
+        );
+        let mut seen: Vec<String> = first.logs.iter().map(|l| l.message.clone()).collect();
+        let mut cursor = first.search_after;
+        while !cursor.is_empty() {
+            let page = client
+                .query(QueryRequest {
+                    search_after: cursor,
+                    ..q.clone()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(page.logs.iter().map(|l| l.message.clone()));
+            cursor = page.search_after;
+        }
+        let want: Vec<String> = (10..20).map(|i| format!("grpc entry {i}")).collect();
+        assert_eq!(seen, want, "pages in fields.n order, each entry once");
     });
 }
 

@@ -11,5 +11,7 @@ mod harness;
 mod ingest_query;
 mod pii;
 mod privacy;
+mod query_api;
+mod query_oracle;
 mod text;
 mod topk;

@@ -8,8 +8,8 @@ use openraft::{Entry, EntryPayload};
 use uuid::Uuid;
 use veil_raft::{Command, TypeConfig};
 use veil_shard::{
-    Level, Shard, ShardCommand, ShardConfig, ShardId, ShardMap, ShardQuery, ShardStateMachine,
-    StoredEntry,
+    query_lang, FieldCondition, Level, Scalar, Shard, ShardCommand, ShardConfig, ShardId, ShardMap,
+    ShardQuery, ShardStateMachine, StoredEntry,
 };
 
 use crate::conformance::open_db;
@@ -146,13 +146,16 @@ async fn restart_indexes_what_the_last_commit_lacks() {
     );
     let one = shard
         .search(&ShardQuery {
-            fields: vec![("user_id".into(), "user_7".into())],
+            fields: vec![(
+                "user_id".into(),
+                FieldCondition::AnyOf(vec![Scalar::Str("user_7".into())]),
+            )],
             top_n: 10,
             ..Default::default()
         })
         .unwrap();
     assert_eq!(one.entries.len(), 1);
-    assert_eq!(one.entries[0].message, "payment failed attempt 7");
+    assert_eq!(one.entries[0].1.message, "payment failed attempt 7");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,13 +186,17 @@ async fn snapshot_installs_entries_and_index_on_another_shard() {
     assert_eq!(shard_b.entry_count().unwrap(), 20);
     let hits = shard_b
         .search(&ShardQuery {
-            text: Some("attempt".into()),
+            text: query_lang::parse("attempt").unwrap(),
             top_n: 5,
             ..Default::default()
         })
         .unwrap();
     assert_eq!(hits.total, 20);
-    let newest: Vec<_> = hits.entries.iter().map(|e| e.message.clone()).collect();
+    let newest: Vec<_> = hits
+        .entries
+        .iter()
+        .map(|(_, e)| e.message.clone())
+        .collect();
     assert_eq!(newest[0], "payment failed attempt 19");
     // Exception counters are recounted from the installed entries (entry 99 is gone).
     assert_eq!(counts(&shard_b), counts(&shard_a));
