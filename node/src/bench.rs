@@ -54,6 +54,10 @@ pub struct IngestArgs {
     /// Give every entry an idempotency key.
     #[arg(long)]
     idempotency_keys: bool,
+    /// Spread timestamps uniformly over this long before now (`24h`); without it the node
+    /// stamps entries with the time it receives them.
+    #[arg(long)]
+    spread: Option<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -242,6 +246,10 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         );
         let batch = a.batch;
         let keyed = a.idempotency_keys;
+        let spread_us = match &a.spread {
+            Some(s) => duration_of(s)?.as_micros() as u64,
+            None => 0,
+        };
         workers.push(tokio::spawn(async move {
             let mut rng = Rng::new(now_nanos() ^ (w as u64) << 32);
             let total = *cumulative.last().unwrap_or(&1.0);
@@ -258,11 +266,12 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                         .partition_point(|c| *c < x)
                         .min(services.len() - 1);
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    body.push_str(
-                        &messages
-                            .entry(&mut rng, &services[s], &run, n, keyed)
-                            .to_string(),
-                    );
+                    let mut entry = messages.entry(&mut rng, &services[s], &run, n, keyed);
+                    if spread_us > 0 {
+                        let us = now_nanos() / 1000 - rng.below(spread_us);
+                        entry["timestamp"] = json!(rfc3339_us(us as i64));
+                    }
+                    body.push_str(&entry.to_string());
                     body.push('\n');
                 }
                 let len = body.len() as u64;
@@ -384,24 +393,22 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let duration = duration_of(&a.duration)?;
     let client = reqwest::Client::new();
     let base = format!("http://{}", a.target);
-    let kinds: [(&str, &str, Option<Value>); 4] = [
-        (
-            "text",
-            "/api/v1/logs/query",
-            Some(json!({"query": "failed", "limit": 20})),
-        ),
-        (
-            "filters",
-            "/api/v1/logs/query",
-            Some(json!({"filters": {"levels": ["ERROR"]}, "limit": 20})),
-        ),
-        ("top_k_1h", "/api/v1/exceptions/top-k?k=10&window=1h", None),
-        (
-            "top_k_24h",
-            "/api/v1/exceptions/top-k?k=10&window=24h",
-            None,
-        ),
-    ];
+    // The busiest service (for the service + level question).
+    let top: Value = client
+        .post(format!("{base}/api/v1/logs/query"))
+        .json(&json!({"limit": 0, "aggs": {"s": {"terms": {"field": "service", "size": 1}}}}))
+        .send()
+        .await
+        .context("cannot reach the node")?
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    let service = top["aggregations"]["s"]["buckets"][0]["key"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string();
+    let service = Arc::new(service);
+    let kinds = QUERY_KINDS;
     let histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
         (0..kinds.len())
             .map(|_| new_histogram().map(Mutex::new))
@@ -412,6 +419,7 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let kinds = Arc::new(kinds);
     let mut workers = Vec::new();
     for w in 0..a.concurrency.max(1) {
+        let service = service.clone();
         let (client, base, kinds, histograms, failed) = (
             client.clone(),
             base.clone(),
@@ -424,12 +432,12 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
             while Instant::now() < deadline {
                 let k = i % kinds.len();
                 i += 1;
-                let (_, path, body) = &kinds[k];
-                let sent = Instant::now();
-                let request = match body {
-                    Some(b) => client.post(format!("{base}{path}")).json(b),
+                let (name, path) = kinds[k];
+                let request = match query_body(name, &service, i as u64) {
+                    Some(b) => client.post(format!("{base}{path}")).json(&b),
                     None => client.get(format!("{base}{path}")),
                 };
+                let sent = Instant::now();
                 let ok = match request.send().await {
                     Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                     _ => false,
@@ -458,6 +466,46 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     });
     print_result(&result, a.json, "query");
     Ok(())
+}
+
+/// What `veil bench query` asks, by kind: (name, path).
+const QUERY_KINDS: [(&str, &str); 7] = [
+    ("service_level_1h", "/api/v1/logs/query"),
+    ("text_24h", "/api/v1/logs/query"),
+    ("user_id_24h", "/api/v1/logs/query"),
+    ("terms_service_24h", "/api/v1/logs/query"),
+    ("percentiles_24h", "/api/v1/logs/query"),
+    ("top_k_1h", "/api/v1/exceptions/top-k?k=10&window=1h"),
+    ("top_k_24h", "/api/v1/exceptions/top-k?k=10&window=24h"),
+];
+
+/// The body of one query of `kind`, over windows ending now.
+fn query_body(kind: &str, service: &str, i: u64) -> Option<Value> {
+    let now = now_nanos() as i64 / 1000;
+    let range = |hours: i64| json!({"start": rfc3339_us(now - hours * 3_600_000_000), "end": rfc3339_us(now)});
+    Some(match kind {
+        "service_level_1h" => json!({"filters": {"services": [service], "levels": ["ERROR"],
+            "timestamp_range": range(1)}, "limit": 100}),
+        "text_24h" => json!({"query": "retrying", "filters": {"timestamp_range": range(24)},
+            "limit": 100}),
+        "user_id_24h" => json!({"filters": {"timestamp_range": range(24),
+            "fields": {"user_id": format!("user_{}", i.wrapping_mul(7919) % 100_000)}}, "limit": 100}),
+        "terms_service_24h" => json!({"filters": {"timestamp_range": range(24)}, "limit": 0,
+            "aggs": {"s": {"terms": {"field": "service", "size": 200}}}}),
+        "percentiles_24h" => json!({"filters": {"timestamp_range": range(24)}, "limit": 0,
+            "aggs": {"p": {"percentiles": {"field": "duration_ms", "percents": [50, 90, 99]}}}}),
+        _ => return None,
+    })
+}
+
+fn rfc3339_us(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 fn now_nanos() -> u64 {

@@ -72,13 +72,23 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         "--replay",
         loghub.to_str().unwrap(),
         "--idempotency-keys",
+        "--spread",
+        "24h",
         "--json",
     ]);
     assert_eq!(r["verified"], true, "{r}");
 
     let q = bench(&["query", "--target", &target, "--duration", "1s", "--json"]);
     assert_eq!(q["requests_failed"], 0, "{q}");
-    for kind in ["text", "filters", "top_k_1h", "top_k_24h"] {
+    for kind in [
+        "service_level_1h",
+        "text_24h",
+        "user_id_24h",
+        "terms_service_24h",
+        "percentiles_24h",
+        "top_k_1h",
+        "top_k_24h",
+    ] {
         assert!(q["latency"][kind]["count"].as_u64().unwrap() >= 1, "{q}");
     }
     veil.stop();
