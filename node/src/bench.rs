@@ -54,6 +54,11 @@ pub struct IngestArgs {
     /// Give every entry an idempotency key.
     #[arg(long)]
     idempotency_keys: bool,
+    /// Name the run's services `bench-<name>-svc-<i>` (default: a random name), so a second
+    /// run can add to the same services; the check then counts what the run added (with
+    /// --idempotency-keys, a second run under the same name repeats the first run's keys).
+    #[arg(long)]
+    run_name: Option<String>,
     /// Spread timestamps uniformly over this long before now (`24h`); without it the node
     /// stamps entries with the time it receives them.
     #[arg(long)]
@@ -75,6 +80,10 @@ pub struct QueryArgs {
     /// Requests in flight.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// The kinds to run, comma-separated (default: all of service_level_1h, text_24h,
+    /// user_id_24h, terms_service_24h, percentiles_24h, top_k_1h, top_k_24h).
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<String>,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -196,7 +205,10 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         bail!("--batch, --concurrency and --services must be positive");
     }
     let messages = Arc::new(Messages::load(a.replay.as_deref())?);
-    let run = format!("{:08x}", Rng::new(now_nanos()).next_u64() as u32);
+    let run = match &a.run_name {
+        Some(name) => name.clone(),
+        None => format!("{:08x}", Rng::new(now_nanos()).next_u64() as u32),
+    };
     let services: Arc<Vec<String>> = Arc::new(
         (0..a.services)
             .map(|i| format!("bench-{run}-svc-{i}"))
@@ -216,6 +228,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(a.concurrency)
         .build()?;
+    let held_before = count_once(&client, &a.target, &services).await?;
     let url = format!("http://{}/api/v1/logs", a.target);
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -330,8 +343,11 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let acked = acked.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
     let bytes = bytes.load(Ordering::Relaxed);
-    // The node must hold exactly what it acknowledged: count the run's entries.
-    let held = count_held(&client, &a.target, &services, acked).await?;
+    // The node must hold exactly what it acknowledged: count the run's entries (beyond what
+    // the same services held before it started).
+    let held = count_held(&client, &a.target, &services, held_before + acked)
+        .await?
+        .saturating_sub(held_before);
     let h = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let result = json!({
         "entries_acknowledged": acked,
@@ -358,22 +374,32 @@ async fn count_held(
     services: &[String],
     expected: u64,
 ) -> anyhow::Result<u64> {
-    let url = format!("http://{target}/api/v1/logs/query");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let answer: Value = client
-            .post(&url)
-            .json(&json!({"filters": {"services": services}, "limit": 1}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let total = answer["total"].as_u64().unwrap_or(0);
+        let total = count_once(client, target, services).await?;
         if total == expected || Instant::now() > deadline {
             return Ok(total);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How many searchable entries the services have now.
+async fn count_once(
+    client: &reqwest::Client,
+    target: &str,
+    services: &[String],
+) -> anyhow::Result<u64> {
+    let answer: Value = client
+        .post(format!("http://{target}/api/v1/logs/query"))
+        .json(&json!({"filters": {"services": services}, "limit": 0}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    answer["total"]
+        .as_u64()
+        .with_context(|| format!("the node answered without a total: {answer}"))
 }
 
 fn print_result(result: &Value, as_json: bool, kind: &str) {
@@ -408,7 +434,17 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
         .unwrap_or("none")
         .to_string();
     let service = Arc::new(service);
-    let kinds = QUERY_KINDS;
+    let kinds: Vec<(&str, &str)> = QUERY_KINDS
+        .into_iter()
+        .filter(|(name, _)| a.kinds.is_empty() || a.kinds.iter().any(|k| k == name))
+        .collect();
+    if let Some(unknown) = a
+        .kinds
+        .iter()
+        .find(|k| !QUERY_KINDS.iter().any(|(name, _)| name == k))
+    {
+        bail!("unknown query kind {unknown:?}");
+    }
     let histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
         (0..kinds.len())
             .map(|_| new_histogram().map(Mutex::new))

@@ -793,6 +793,20 @@ impl SegmentCollector for TopKeysSegment {
                 Some(order_f64(v))
             }),
         };
+        // Most documents lose on the sort value alone: decide before reading the log_id.
+        let partial = SortKey::new(value, 0, self.order);
+        let head = |k: &SortKey| (k.present, k.value);
+        if self
+            .after
+            .is_some_and(|after| head(&partial) > head(&after))
+            || (self.heap.len() >= self.limit
+                && self
+                    .heap
+                    .peek()
+                    .is_some_and(|Reverse((worst, _))| head(&partial) < head(worst)))
+        {
+            return;
+        }
         let hi = self.hi.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
         let lo = self.lo.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
         let key = SortKey::new(value, ((hi as u128) << 64) | lo as u128, self.order);

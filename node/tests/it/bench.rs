@@ -38,6 +38,8 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         "2",
         "--services",
         "5",
+        "--run-name",
+        "smoke",
         "--json",
     ]);
     let acked = r["entries_acknowledged"].as_u64().unwrap();
@@ -56,6 +58,27 @@ fn bench_ingest_and_query_report_consistent_numbers() {
     assert!(
         r["ack_latency"]["p50_ms"].as_f64().unwrap()
             <= r["ack_latency"]["max_ms"].as_f64().unwrap()
+    );
+
+    // A second run into the same services is checked on what it added.
+    let again = bench(&[
+        "ingest",
+        "--target",
+        &target,
+        "--duration",
+        "1s",
+        "--batch",
+        "100",
+        "--services",
+        "5",
+        "--run-name",
+        "smoke",
+        "--json",
+    ]);
+    assert_eq!(again["verified"], true, "{again}");
+    assert_eq!(
+        again["entries_held"], again["entries_acknowledged"],
+        "{again}"
     );
 
     // Replayed LogHub lines, with idempotency keys.
