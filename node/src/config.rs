@@ -81,6 +81,9 @@ pub struct ServeArgs {
     /// Memory one shard may use for a query's aggregations, in bytes [default: 128 MiB].
     #[arg(long, env = "VEIL_QUERY_AGG_MEMORY_BYTES")]
     pub query_agg_memory_bytes: Option<u64>,
+    /// Shard searches run at once across all queries [default: the number of CPUs].
+    #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
+    pub query_parallelism: Option<usize>,
     /// Most buckets a query's aggregations may build [default: 65000].
     #[arg(long, env = "VEIL_QUERY_AGG_BUCKETS_MAX")]
     pub query_agg_buckets_max: Option<u32>,
@@ -165,6 +168,8 @@ pub struct NodeConfig {
     pub query_agg_memory_bytes: u64,
     /// Most aggregation buckets per query.
     pub query_agg_buckets_max: u32,
+    /// Shard searches at once, across all queries.
+    pub query_parallelism: usize,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
     /// Start-up leader election deadline, in ms.
@@ -226,6 +231,10 @@ impl ServeArgs {
             query_window_max: pick!(query_window_max, 10_000),
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
             query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
+            query_parallelism: pick!(
+                query_parallelism,
+                std::thread::available_parallelism().map_or(2, |n| n.get())
+            ),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),
@@ -282,6 +291,7 @@ impl NodeConfig {
                 self.query_agg_memory_bytes as usize,
             ),
             ("query-agg-buckets-max", self.query_agg_buckets_max as usize),
+            ("query-parallelism", self.query_parallelism),
             ("fields-per-entry-max", self.fields_per_entry_max),
             ("field-depth-max", self.field_depth_max),
             ("field-key-bytes-max", self.field_key_bytes_max),

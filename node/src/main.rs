@@ -124,7 +124,7 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     http_task.await.context("HTTP task panicked")??;
     grpc_task.await.context("gRPC task panicked")??;
-    node.shutdown().await;
+    node.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -49,11 +49,18 @@ pub struct Node {
     /// Counters and histograms for `GET /metrics`.
     pub metrics: crate::metrics::Metrics,
     ingest_permits: Semaphore,
+    /// Bounds the shard searches running at once (`--query-parallelism`): more threads than
+    /// cores only share them, with worse caches.
+    pub query_slots: Arc<Semaphore>,
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
     idempotency_gate: tokio::sync::Mutex<()>,
     ready: AtomicBool,
     db: Arc<rocksdb::DB>,
+    /// The Raft log's fsync thread, stopped at close.
+    syncer: LogSyncer,
+    /// The index-commit loop, stopped at shutdown.
+    committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What happened to one stored entry of an ingest request.
@@ -173,6 +180,7 @@ impl Node {
         }
         let node = Arc::new(Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),
+            query_slots: Arc::new(Semaphore::new(config.query_parallelism)),
             idempotency_gate: tokio::sync::Mutex::new(()),
             masker: std::sync::RwLock::new(Arc::new(masker)),
             keys,
@@ -184,6 +192,8 @@ impl Node {
             shard_map,
             groups,
             db,
+            syncer,
+            committer: std::sync::Mutex::new(None),
         });
         node.clone().spawn_index_committer();
         Ok(node)
@@ -283,7 +293,8 @@ impl Node {
 
     fn spawn_index_committer(self: Arc<Self>) {
         let interval = Duration::from_millis(self.config.index_commit_interval_ms);
-        tokio::spawn(async move {
+        let slot = self.clone();
+        let handle = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -295,6 +306,7 @@ impl Node {
                 }
             }
         });
+        *slot.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 
     /// Commits every shard's index (called on an interval and at shutdown).
@@ -478,9 +490,42 @@ impl Node {
             .map_err(|e| ApiError::internal("reading an entry", e))
     }
 
+    /// Stops the node and closes its storage: stops the index-commit loop and every Raft group,
+    /// commits the indexes, syncs and stops the Raft log's fsync thread, then drops the last
+    /// handles so RocksDB closes (its background work joined) before the process exits.
+    pub async fn close(self: Arc<Self>) {
+        self.shutdown().await;
+        let db = self.db.clone();
+        drop(self);
+        // openraft's tasks and in-flight blocking work release their handles as they finish.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let holders = Arc::strong_count(&db) - 1;
+        if holders > 0 {
+            tracing::warn!(
+                holders,
+                "rocksdb still referenced at close; it closes at exit"
+            );
+            return;
+        }
+        drop(db);
+        tracing::info!("storage closed");
+    }
+
     /// Stops every Raft group, commits the indexes and flushes RocksDB.
-    pub async fn shutdown(&self) {
+    async fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
+        let committer = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(committer) = committer {
+            committer.abort();
+            let _ = committer.await;
+        }
         for group in &self.groups {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(shard_id = %group.shard.id(), error = %e, "raft group did not stop cleanly");
@@ -489,6 +534,10 @@ impl Node {
         self.commit_indexes();
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "final wal sync failed");
+        }
+        let syncer = self.syncer.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || syncer.stop()).await {
+            tracing::warn!(error = %e, "stopping the raft log sync thread failed");
         }
     }
 }

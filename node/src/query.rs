@@ -236,14 +236,27 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
     let tasks = shards.iter().map(|shard_id| {
         let shard = node.groups[shard_id.0 as usize].shard.clone();
         let q = shard_query.clone();
-        let task = tokio::task::spawn_blocking(move || shard.search(&q));
+        let slots = node.query_slots.clone();
+        let task = async move {
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|e| ApiError::internal("query slots", e))?;
+            // The slot is held until the search ends, even when the deadline drops this future.
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                shard.search(&q)
+            })
+            .await
+            .map_err(|e| ApiError::internal("shard query task", e))
+        };
         async move {
             match tokio::time::timeout_at(deadline.into(), task).await {
                 Err(_) => Err(None),
                 Ok(Ok(Ok(hits))) => Ok(hits),
                 Ok(Ok(Err(veil_shard::Error::DeadlineExceeded))) => Err(None),
                 Ok(Ok(Err(e))) => Err(Some(e.into_api())),
-                Ok(Err(e)) => Err(Some(ApiError::internal("shard query task", e))),
+                Ok(Err(e)) => Err(Some(e)),
             }
         }
     });

@@ -15,7 +15,8 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
@@ -56,13 +57,17 @@ type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
 #[derive(Clone)]
 pub struct LogSyncer {
     tx: mpsc::Sender<SyncCallback>,
+    stopping: Arc<AtomicBool>,
+    thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl LogSyncer {
     /// Starts the sync thread with room for `queue_len_max` waiting writes.
     pub fn start(db: Arc<DB>, queue_len_max: usize) -> Result<Self> {
         let (tx, mut rx) = mpsc::channel::<SyncCallback>(queue_len_max.max(1));
-        std::thread::Builder::new()
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || {
                 let mut pending = Vec::new();
@@ -78,10 +83,33 @@ impl LogSyncer {
                     for callback in pending.drain(..) {
                         callback(result.clone().map_err(io::Error::other));
                     }
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
                 }
+                // Dropping `db` here lets the node close RocksDB before the process exits.
             })
             .map_err(Error::SpawnSyncer)?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            stopping,
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// Stops the sync thread after one last fsync and waits for it (blocking: call it from a
+    /// blocking context at shutdown, after every Raft group has stopped). Writes queued later
+    /// fail with "raft log sync thread has stopped".
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the thread; when the queue is full it is busy and sees the flag after its round.
+        let _ = self.tx.try_send(Box::new(|_| {}));
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("raft log sync thread panicked");
+            }
+        }
     }
 
     /// Queues `callback` to run after the next fsync of the WAL.

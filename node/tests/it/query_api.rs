@@ -64,6 +64,7 @@ fn the_openapi_document_is_served_and_its_example_runs() {
             "sort" => json!({"field": "timestamp"}),
             "search_after" => continue,
             "allow_partial" => json!(true),
+            "timeout_ms" => json!(60_000),
             "aggs" => json!({}),
             _ => json!(5),
         };
