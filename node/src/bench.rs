@@ -25,6 +25,30 @@ pub enum BenchCommand {
     Ingest(IngestArgs),
     /// Runs queries and top-K requests against a running node and reports latency per kind.
     Query(QueryArgs),
+    /// The limit Veil's ingest can approach: the same generated entries, masked as the node
+    /// masks them, indexed into the node's tantivy schema in this process (no HTTP, Raft,
+    /// RocksDB or masking in the timed part).
+    Index(IndexArgs),
+}
+
+/// Flags of `veil bench index`.
+#[derive(clap::Args)]
+pub struct IndexArgs {
+    /// How many entries to index.
+    #[arg(long, default_value_t = 1_000_000)]
+    entries: usize,
+    /// Indexing threads (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Number of services, Zipf-skewed.
+    #[arg(long, default_value_t = 50)]
+    services: usize,
+    /// Indexing memory in all, in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    heap_bytes: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Flags of `veil bench ingest`.
@@ -54,6 +78,11 @@ pub struct IngestArgs {
     /// Give every entry an idempotency key.
     #[arg(long)]
     idempotency_keys: bool,
+    /// Give every entry an exception of one of this many types (Zipf-skewed; with S services
+    /// that makes up to S × N distinct exceptions), with levels ERROR/WARN/FATAL, two
+    /// environments and two regions; 0 keeps the templates' own ERROR exceptions.
+    #[arg(long, default_value_t = 0)]
+    exceptions: usize,
     /// Name the run's services `bench-<name>-svc-<i>` (default: a random name), so a second
     /// run can add to the same services; the check then counts what the run added (with
     /// --idempotency-keys, a second run under the same name repeats the first run's keys).
@@ -98,6 +127,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(a) => runtime.block_on(ingest(a)),
         BenchCommand::Query(a) => runtime.block_on(query(a)),
+        BenchCommand::Index(a) => index(a),
     }
 }
 
@@ -125,6 +155,9 @@ fn new_histogram() -> anyhow::Result<Histogram<u64>> {
 /// traces, or lines replayed from a file.
 struct Messages {
     lines: Vec<String>,
+    /// With `--exceptions N`: N exception types and their cumulative Zipf weights.
+    exception_types: Vec<String>,
+    exception_weights: Vec<f64>,
 }
 
 impl Messages {
@@ -140,9 +173,32 @@ impl Messages {
             if lines.is_empty() {
                 bail!("{} has no lines", path.display());
             }
-            return Ok(Messages { lines });
+            return Ok(Messages {
+                lines,
+                exception_types: Vec::new(),
+                exception_weights: Vec::new(),
+            });
         }
-        Ok(Messages { lines: Vec::new() })
+        Ok(Messages {
+            lines: Vec::new(),
+            exception_types: Vec::new(),
+            exception_weights: Vec::new(),
+        })
+    }
+
+    /// Gives every entry an exception of one of `n` types, drawn Zipf-like (exponent 0.9).
+    fn with_exceptions(mut self, n: usize) -> Self {
+        self.exception_types = (0..n)
+            .map(|i| format!("com.acme.Fault{i}Exception"))
+            .collect();
+        let mut total = 0.0;
+        self.exception_weights = (0..n)
+            .map(|i| {
+                total += 1.0 / ((i + 1) as f64).powf(0.9);
+                total
+            })
+            .collect();
+        self
     }
 
     /// One entry's JSON object.
@@ -180,7 +236,18 @@ impl Messages {
         e["service"] = json!(service);
         e["level"] = json!(level);
         e["metadata"] = json!({"host": format!("host-{}", rng.below(20)), "region": "us-east-1"});
-        if level == "ERROR" {
+        if let Some(total) = self.exception_weights.last() {
+            let x = (rng.below(1 << 30) as f64 / (1u64 << 30) as f64) * total;
+            let i = self
+                .exception_weights
+                .partition_point(|c| *c < x)
+                .min(self.exception_types.len() - 1);
+            let ty = &self.exception_types[i];
+            e["level"] = json!(["ERROR", "WARN", "FATAL"][rng.below(3) as usize]);
+            e["environment"] = json!(["prod", "staging"][rng.below(2) as usize]);
+            e["metadata"]["region"] = json!(["us-east-1", "eu-west-1"][rng.below(2) as usize]);
+            e["exception"] = json!({"type": ty, "message": "operation failed"});
+        } else if level == "ERROR" {
             let ty = [
                 "PaymentProcessingException",
                 "TimeoutException",
@@ -204,7 +271,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     if a.batch == 0 || a.concurrency == 0 || a.services == 0 {
         bail!("--batch, --concurrency and --services must be positive");
     }
-    let messages = Arc::new(Messages::load(a.replay.as_deref())?);
+    let messages = Arc::new(Messages::load(a.replay.as_deref())?.with_exceptions(a.exceptions));
     let run = match &a.run_name {
         Some(name) => name.clone(),
         None => format!("{:08x}", Rng::new(now_nanos()).next_u64() as u32),
@@ -502,6 +569,102 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     });
     print_result(&result, a.json, "query");
     Ok(())
+}
+
+/// `veil bench index`: generate, mask (untimed), then index and commit (timed).
+fn index(a: IndexArgs) -> anyhow::Result<()> {
+    use veil_node::pii::{keys::KeyRing, Masker};
+    let config = crate::config::ServeArgs::default().resolve()?;
+    let keys = KeyRing::throwaway()?;
+    let masker = Masker::new(config.pii_strategies, &keys, &[])?;
+    let masking = crate::ingest::MaskingContext {
+        masker: &masker,
+        keys: &keys,
+        keep_originals_for: &[],
+        field_keys: None,
+        mask_nanos: None,
+    };
+    let messages = Messages::load(None)?;
+    let services: Vec<String> = (0..a.services.max(1))
+        .map(|i| format!("bench-svc-{i}"))
+        .collect();
+    let mut rng = Rng::new(now_nanos());
+    let started = Instant::now();
+    let now = now_nanos() as i64 / 1000;
+    let mut entries = Vec::with_capacity(a.entries);
+    let mut raw_bytes = 0usize;
+    for n in 0..a.entries as u64 {
+        // Zipf-like over services, as `veil bench ingest`.
+        let s = ((rng.below(1 << 20) as f64 / (1u64 << 20) as f64).powi(3) * services.len() as f64)
+            as usize;
+        let value = messages.entry(
+            &mut rng,
+            &services[s.min(services.len() - 1)],
+            "index",
+            n,
+            false,
+        );
+        raw_bytes += value.to_string().len() + 1;
+        let serde_json::Value::Object(map) = value else {
+            bail!("generated entry is not an object");
+        };
+        let prepared = crate::ingest::prepare(
+            map,
+            &crate::ingest::RequestDefaults::default(),
+            config.entry_limits(),
+            &masking,
+            now,
+        )
+        .map_err(|e| anyhow::anyhow!("generated entry rejected: {}", e.message))?;
+        entries.push(prepared.entry);
+    }
+    let prepare_seconds = started.elapsed().as_secs_f64();
+    let dir = tempfile_dir()?;
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let index = veil_shard::ShardIndex::open_with_threads(
+        veil_shard::ShardId(0),
+        &dir,
+        a.heap_bytes,
+        threads,
+    )?;
+    let started = Instant::now();
+    for (raft_index, chunk) in entries.chunks(1000).enumerate() {
+        let docs: Vec<(Vec<u8>, &veil_shard::StoredEntry)> = chunk
+            .iter()
+            .map(|e| (e.log_id.as_bytes().to_vec(), e))
+            .collect();
+        index.add(raft_index as u64 + 1, &docs)?;
+    }
+    index.commit()?;
+    let index_seconds = started.elapsed().as_secs_f64();
+    let searchable = index.searchable_docs();
+    drop(index);
+    let _ = std::fs::remove_dir_all(&dir);
+    if searchable != entries.len() as u64 {
+        bail!(
+            "indexed {} documents, {searchable} searchable",
+            entries.len()
+        );
+    }
+    let result = json!({
+        "entries": entries.len(),
+        "raw_megabytes": raw_bytes as f64 / 1e6,
+        "threads": threads,
+        "prepare_seconds": prepare_seconds,
+        "index_seconds": index_seconds,
+        "index_entries_per_second": entries.len() as f64 / index_seconds,
+    });
+    print_result(&result, a.json, "index");
+    Ok(())
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("veil-bench-index-{:016x}", now_nanos()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// What `veil bench query` asks, by kind: (name, path).

@@ -324,3 +324,22 @@ impl NodeConfig {
         Ok(())
     }
 }
+
+impl NodeConfig {
+    /// The bounds the ingest path checks on every entry.
+    pub fn entry_limits(&self) -> crate::ingest::EntryLimits {
+        crate::ingest::EntryLimits {
+            future_us_max: (self.timestamp_future_secs_max as i64).saturating_mul(1_000_000),
+            past_us_max: match self.timestamp_past_secs_max {
+                0 => None,
+                s => Some((s as i64).saturating_mul(1_000_000)),
+            },
+            fields: crate::ingest::FieldLimits {
+                keys_max: self.fields_per_entry_max,
+                depth_max: self.field_depth_max,
+                key_bytes_max: self.field_key_bytes_max,
+                value_bytes_max: self.field_value_bytes_max,
+            },
+        }
+    }
+}

@@ -27,6 +27,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/exceptions/top-k", get(exceptions_top_k))
         .route("/api/v1/exceptions/{exception_id}", get(exception_details))
         .route(
@@ -39,6 +40,18 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
+}
+
+/// Snapshots and purges every Raft log, compacts RocksDB and merges the indexes, now.
+async fn compact(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    if !node.is_ready() {
+        return Err(ApiError::unavailable("not_ready", "the node is starting"));
+    }
+    let report = node
+        .compact()
+        .await
+        .map_err(|e| ApiError::internal("compacting storage", format!("{e:#}")))?;
+    Ok(Json(report).into_response())
 }
 
 /// The OpenAPI document of the query API.

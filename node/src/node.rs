@@ -63,6 +63,40 @@ pub struct Node {
     committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// What `Node::compact` did.
+#[derive(Debug, serde::Serialize)]
+pub struct CompactReport {
+    /// The data directory's size before, in bytes.
+    pub bytes_before: u64,
+    /// And after.
+    pub bytes_after: u64,
+    /// Raft log entries removed behind the new snapshots.
+    pub raft_entries_purged: u64,
+    /// Index segments (over all shards) merged into one per shard.
+    pub index_segments_before: usize,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// The size of every file under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 /// What happened to one stored entry of an ingest request.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -320,19 +354,7 @@ impl Node {
 
     /// Returns the entry limits of the ingest path.
     pub fn entry_limits(&self) -> EntryLimits {
-        EntryLimits {
-            future_us_max: (self.config.timestamp_future_secs_max as i64).saturating_mul(1_000_000),
-            past_us_max: match self.config.timestamp_past_secs_max {
-                0 => None,
-                s => Some((s as i64).saturating_mul(1_000_000)),
-            },
-            fields: crate::ingest::FieldLimits {
-                keys_max: self.config.fields_per_entry_max,
-                depth_max: self.config.field_depth_max,
-                key_bytes_max: self.config.field_key_bytes_max,
-                value_bytes_max: self.config.field_value_bytes_max,
-            },
-        }
+        self.config.entry_limits()
     }
 
     /// Stores the prepared entries; rejected ones pass through. Returns once every stored entry
@@ -488,6 +510,75 @@ impl Node {
         shard
             .get_by_key(&key)
             .map_err(|e| ApiError::internal("reading an entry", e))
+    }
+
+    /// Compacts the node's storage now: each Raft group snapshots its applied state and purges
+    /// its log behind the snapshot, RocksDB compacts every column family, and every shard's index
+    /// is merged into one segment. Queries keep working; ingest into a shard waits while its
+    /// index merges.
+    pub async fn compact(&self) -> anyhow::Result<CompactReport> {
+        let started = std::time::Instant::now();
+        let bytes_before = dir_bytes(&self.config.data_dir);
+        let timeout = Some(Duration::from_secs(600));
+        let mut purged_entries = 0u64;
+        for group in &self.groups {
+            // The metrics as they are now (the condition holds at once).
+            let m = group
+                .raft
+                .wait(timeout)
+                .metrics(|_| true, "metrics")
+                .await?;
+            let (applied, purged) = (
+                m.last_applied.as_ref().map(|l| l.index()),
+                m.purged.as_ref().map(|l| l.index()),
+            );
+            let Some(applied) = applied else { continue };
+            group.raft.trigger().snapshot().await?;
+            group
+                .raft
+                .wait(timeout)
+                .metrics(
+                    |m| m.snapshot.as_ref().is_some_and(|s| s.index() >= applied),
+                    "snapshot of the applied state",
+                )
+                .await?;
+            group.raft.trigger().purge_log(applied).await?;
+            group
+                .raft
+                .wait(timeout)
+                .metrics(
+                    |m| m.purged.as_ref().is_some_and(|p| p.index() >= applied),
+                    "raft log purged behind the snapshot",
+                )
+                .await?;
+            purged_entries += applied - purged.unwrap_or(0);
+        }
+        let db = self.db.clone();
+        let shards: Vec<Arc<Shard>> = self.groups.iter().map(|g| g.shard.clone()).collect();
+        let segments_merged = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+            let mut names = veil_raft::column_families();
+            names.extend(veil_shard::column_families());
+            for cf in names {
+                let name = cf.name().to_string();
+                let handle = db
+                    .cf_handle(&name)
+                    .with_context(|| format!("column family {name} is missing"))?;
+                db.compact_range_cf(handle, None::<&[u8]>, None::<&[u8]>);
+            }
+            let mut merged = 0;
+            for shard in shards {
+                merged += shard.merge_index()?;
+            }
+            Ok(merged)
+        })
+        .await??;
+        Ok(CompactReport {
+            bytes_before,
+            bytes_after: dir_bytes(&self.config.data_dir),
+            raft_entries_purged: purged_entries,
+            index_segments_before: segments_merged,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Stops the node and closes its storage: stops the index-commit loop and every Raft group,

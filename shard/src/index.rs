@@ -128,8 +128,20 @@ pub struct ShardIndex {
 }
 
 impl ShardIndex {
-    /// Opens (or creates) the index of `shard_id` in `dir`, with `heap_bytes` of indexing memory.
+    /// Opens (or creates) the index of `shard_id` in `dir`, with `heap_bytes` of indexing memory
+    /// and one indexing thread (the node runs one index per shard).
     pub fn open(shard_id: ShardId, dir: &Path, heap_bytes: usize) -> Result<Self> {
+        Self::open_with_threads(shard_id, dir, heap_bytes, 1)
+    }
+
+    /// [`ShardIndex::open`] with `threads` indexing threads (`heap_bytes` in all): the
+    /// one-process baseline `veil bench index` measures.
+    pub fn open_with_threads(
+        shard_id: ShardId,
+        dir: &Path,
+        heap_bytes: usize,
+        threads: usize,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create index dir {}", dir.display()), e))?;
         let (schema, fields) = schema();
@@ -146,7 +158,9 @@ impl ShardIndex {
             .as_deref()
             .and_then(|p| p.parse::<u64>().ok())
             .unwrap_or(0);
-        let writer = index.writer_with_num_threads(1, heap_bytes.max(15_000_000))?;
+        let threads = threads.max(1);
+        let writer =
+            index.writer_with_num_threads(threads, heap_bytes.max(15_000_000 * threads))?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -222,6 +236,19 @@ impl ShardIndex {
         drop(state);
         self.reader.reload()?;
         Ok(Some(up_to))
+    }
+
+    /// Merges every committed segment into one (an operator's compaction; indexing of this
+    /// shard waits meanwhile) and reloads the reader. Returns the segment count before.
+    pub fn merge_segments(&self) -> Result<usize> {
+        let mut state = self.lock();
+        let ids = self.index.searchable_segment_ids()?;
+        if ids.len() > 1 {
+            state.writer.merge(&ids).wait()?;
+        }
+        drop(state);
+        self.reader.reload()?;
+        Ok(ids.len())
     }
 
     fn document(&self, key: &[u8], e: &StoredEntry) -> TantivyDocument {

@@ -31,6 +31,7 @@ pub use entry::{
     decode_outcomes, encode_outcomes, hour_of, EntryOutcome, Level, ShardCommand, StoredEntry,
 };
 pub use error::{Error, Result};
+pub use index::ShardIndex;
 pub use query::{
     compare, order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField,
     SortKey, SortOrder,

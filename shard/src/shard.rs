@@ -541,6 +541,11 @@ impl Shard {
         })
     }
 
+    /// Merges the shard's index into one segment; returns the segment count before.
+    pub fn merge_index(&self) -> Result<usize> {
+        self.index.merge_segments()
+    }
+
     /// Returns how many entries the shard stores (a full scan: for tests and tools).
     pub fn entry_count(&self) -> Result<u64> {
         let cf = self.cf(CF_ENTRIES)?;

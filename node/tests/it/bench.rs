@@ -115,4 +115,9 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         assert!(q["latency"][kind]["count"].as_u64().unwrap() >= 1, "{q}");
     }
     veil.stop();
+
+    // The in-process tantivy baseline indexes exactly what it generated.
+    let i = bench(&["index", "--entries", "3000", "--threads", "2", "--json"]);
+    assert_eq!(i["entries"], 3000, "{i}");
+    assert!(i["index_entries_per_second"].as_f64().unwrap() > 0.0, "{i}");
 }
