@@ -412,9 +412,13 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let bytes = bytes.load(Ordering::Relaxed);
     // The node must hold exactly what it acknowledged: count the run's entries (beyond what
     // the same services held before it started).
+    let last_ack = Instant::now();
     let held = count_held(&client, &a.target, &services, held_before + acked)
         .await?
         .saturating_sub(held_before);
+    // From the last acknowledgement to every acknowledged entry answering a query (an upper
+    // bound for the last batch, polled every 25 ms).
+    let visible_after_ms = last_ack.elapsed().as_secs_f64() * 1000.0;
     let h = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let result = json!({
         "entries_acknowledged": acked,
@@ -426,6 +430,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         "ack_latency": latency_json(&h),
         "entries_held": held,
         "verified": held == acked,
+        "visible_after_ms": visible_after_ms,
     });
     print_result(&result, a.json, "ingest");
     if held != acked {
@@ -447,7 +452,7 @@ async fn count_held(
         if total == expected || Instant::now() > deadline {
             return Ok(total);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
