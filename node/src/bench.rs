@@ -110,7 +110,8 @@ pub struct QueryArgs {
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
     /// The kinds to run, comma-separated (default: all of service_level_1h, text_24h,
-    /// user_id_24h, terms_service_24h, percentiles_24h, top_k_1h, top_k_24h).
+    /// user_id_24h, terms_service_24h, percentiles_24h, top_k_1h, top_k_24h, top_k_7d,
+    /// details_24h).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// Print the result as one JSON object.
@@ -506,6 +507,21 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
         .unwrap_or("none")
         .to_string();
     let service = Arc::new(service);
+    // The most frequent exception of the last 24 h (for the details question).
+    let top: Value = client
+        .get(format!("{base}/api/v1/exceptions/top-k?k=1&window=24h"))
+        .send()
+        .await
+        .context("cannot reach the node")?
+        .json()
+        .await
+        .context("the node's answer is not JSON")?;
+    let top_id = Arc::new(
+        top["exceptions"][0]["exception_id"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string(),
+    );
     let kinds: Vec<(&str, &str)> = QUERY_KINDS
         .into_iter()
         .filter(|(name, _)| a.kinds.is_empty() || a.kinds.iter().any(|k| k == name))
@@ -528,6 +544,7 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let mut workers = Vec::new();
     for w in 0..a.concurrency.max(1) {
         let service = service.clone();
+        let top_id = top_id.clone();
         let (client, base, kinds, histograms, failed) = (
             client.clone(),
             base.clone(),
@@ -541,6 +558,7 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
                 let k = i % kinds.len();
                 i += 1;
                 let (name, path) = kinds[k];
+                let path = path.replace("{top}", &top_id);
                 let request = match query_body(name, &service, i as u64) {
                     Some(b) => client.post(format!("{base}{path}")).json(&b),
                     None => client.get(format!("{base}{path}")),
@@ -673,7 +691,8 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// What `veil bench query` asks, by kind: (name, path).
-const QUERY_KINDS: [(&str, &str); 7] = [
+/// (`details_24h` asks about the most frequent exception of the last 24 h.)
+const QUERY_KINDS: [(&str, &str); 9] = [
     ("service_level_1h", "/api/v1/logs/query"),
     ("text_24h", "/api/v1/logs/query"),
     ("user_id_24h", "/api/v1/logs/query"),
@@ -681,6 +700,8 @@ const QUERY_KINDS: [(&str, &str); 7] = [
     ("percentiles_24h", "/api/v1/logs/query"),
     ("top_k_1h", "/api/v1/exceptions/top-k?k=10&window=1h"),
     ("top_k_24h", "/api/v1/exceptions/top-k?k=10&window=24h"),
+    ("top_k_7d", "/api/v1/exceptions/top-k?k=10&window=7d"),
+    ("details_24h", "/api/v1/exceptions/{top}?window=24h"),
 ];
 
 /// The body of one query of `kind`, over windows ending now.

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// The on-disk format this build reads and writes.
 /// 2: entries carry `sealed_original` (issue 4).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: hourly exception rollups (`exception_hourly`), which older directories lack.
+pub const FORMAT_VERSION: u32 = 3;
 
 const FILE_NAME: &str = "veil.toml";
 
@@ -44,7 +45,9 @@ pub fn open_or_create(
             let info: DataDirInfo = toml::from_str(&text).with_context(|| {
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
-            if info.format_version != FORMAT_VERSION {
+            // Format 2 differs only by lacking the hourly rollups, which the node rebuilds from
+            // the minute rows at start (then records format 3).
+            if info.format_version != FORMAT_VERSION && info.format_version != 2 {
                 bail!(
                     "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",
                     dir.display(),
@@ -91,19 +94,25 @@ pub fn open_or_create(
                 shards,
                 routing_hash: veil_shard::ROUTING_HASH.to_string(),
             };
-            let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-            std::fs::write(
-                &tmp,
-                toml::to_string(&info).context("failed to encode data directory info")?,
-            )
-            .with_context(|| format!("failed to write {}", tmp.display()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .with_context(|| format!("failed to fsync {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("failed to write {}", path.display()))?;
+            write_info(dir, &info)?;
             Ok((info, true))
         }
         Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
     }
+}
+
+/// Records `info` in the data directory atomically (write, fsync, rename).
+pub fn write_info(dir: &Path, info: &DataDirInfo) -> anyhow::Result<()> {
+    let path = dir.join(FILE_NAME);
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    std::fs::write(
+        &tmp,
+        toml::to_string(info).context("failed to encode data directory info")?,
+    )
+    .with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("failed to fsync {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
 }

@@ -177,6 +177,7 @@ impl Node {
             .context("invalid raft config")?,
         );
         let mut groups = Vec::with_capacity(config.shards as usize);
+        let mut rollup_rows = 0usize;
         for shard_id in shard_map.shards() {
             let shard_config = ShardConfig {
                 data_dir: config.data_dir.clone(),
@@ -188,6 +189,13 @@ impl Node {
                 tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
                     .await?
                     .with_context(|| format!("failed to open shard {shard_id}"))?;
+            if info.format_version == 2 {
+                // Before its Raft group starts, so no apply races the rebuild.
+                let shard = shard.clone();
+                rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
+                    .await?
+                    .context("failed to build the hourly exception rollups")?;
+            }
             let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
             let raft = ShardRaft::new(
                 config.node_id,
@@ -211,6 +219,15 @@ impl Node {
                     .with_context(|| format!("failed to initialize shard {shard_id}"))?;
             }
             groups.push(Group { shard, raft });
+        }
+        if info.format_version == 2 {
+            let mut upgraded = info.clone();
+            upgraded.format_version = crate::datadir::FORMAT_VERSION;
+            crate::datadir::write_info(&config.data_dir, &upgraded)?;
+            tracing::info!(
+                rollup_rows,
+                "data directory upgraded from format 2 to 3 (hourly exception rollups)"
+            );
         }
         let node = Arc::new(Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),

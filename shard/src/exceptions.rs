@@ -206,6 +206,50 @@ pub fn history_key(shard: ShardId, exception_id: u64, minute: i64) -> [u8; 20] {
     k
 }
 
+/// The column family of hourly rollups for unfiltered rankings: `shard | hour | exception_id →
+/// Numbers` (the count, first and last seen of the hour, summed over the dimensions).
+pub const CF_EXCEPTION_HOURLY: &str = "exception_hourly";
+
+/// The hourly rollup key of an exception's hour.
+pub fn hourly_key(shard: ShardId, hour: i64, exception_id: u64) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    k[4..12].copy_from_slice(&flip(hour).to_be_bytes());
+    k[12..].copy_from_slice(&exception_id.to_be_bytes());
+    k
+}
+
+/// The first key of `hour` in a shard's rollups (a range bound).
+pub fn hour_key(shard: ShardId, hour: i64) -> [u8; 12] {
+    minute_key(shard, hour)
+}
+
+/// The hourly rollup rows that counter rows add.
+pub fn hourly_of(shard: ShardId, rows: &HashMap<[u8; 28], Counter>) -> HashMap<[u8; 20], Numbers> {
+    let mut out: HashMap<[u8; 20], Numbers> = HashMap::new();
+    for (key, c) in rows {
+        let (Some(id), Some(minute)) = (key_exception_id(key), key_minute(key)) else {
+            continue;
+        };
+        let n = Numbers {
+            count: c.count,
+            first_seen_us: c.first_seen_us,
+            last_seen_us: c.last_seen_us,
+        };
+        merge_into(&mut out, hourly_key(shard, minute.div_euclid(60), id), n);
+    }
+    out
+}
+
+/// Encodes a rollup's numbers (24 bytes, little-endian, as a counter row begins).
+pub fn encode_numbers(n: &Numbers) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&n.count.to_le_bytes());
+    v[8..16].copy_from_slice(&n.first_seen_us.to_le_bytes());
+    v[16..].copy_from_slice(&n.last_seen_us.to_le_bytes());
+    v
+}
+
 /// The history rows that counter rows add: the same counts summed over the dimensions.
 pub fn history_of(shard: ShardId, rows: &HashMap<[u8; 28], Counter>) -> HashMap<[u8; 20], Counter> {
     let mut out: HashMap<[u8; 20], Counter> = HashMap::new();

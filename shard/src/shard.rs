@@ -39,6 +39,7 @@ pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
         CF_SHARD_META,
         crate::exceptions::CF_EXCEPTIONS,
         crate::exceptions::CF_EXCEPTION_HISTORY,
+        crate::exceptions::CF_EXCEPTION_HOURLY,
     ]
     .into_iter()
     .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
@@ -253,8 +254,19 @@ impl Shard {
         rows: HashMap<[u8; 28], exceptions::Counter>,
     ) -> Result<()> {
         let history = exceptions::history_of(self.id, &rows);
+        let hourly = exceptions::hourly_of(self.id, &rows);
         self.merge_rows(batch, CF_EXCEPTIONS, rows)?;
-        self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, history)
+        self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, history)?;
+        let cf = self.cf(exceptions::CF_EXCEPTION_HOURLY)?;
+        for (key, mut numbers) in hourly {
+            if let Some(old) = self.db.get_pinned_cf(cf, key)? {
+                numbers.merge(
+                    &exceptions::decode_numbers(&old).ok_or_else(|| self.corrupt_counter())?,
+                );
+            }
+            batch.put_cf(cf, key, exceptions::encode_numbers(&numbers));
+        }
+        Ok(())
     }
 
     fn merge_rows<const N: usize>(
@@ -308,7 +320,9 @@ impl Shard {
     }
 
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
-    /// dimensions, reading only each row's numbers: the ranking pass of an unfiltered top-K.
+    /// dimensions, reading only numbers: the ranking pass of an unfiltered top-K. Whole hours
+    /// inside the window come from the hourly rollups; the minutes before the first and after
+    /// the last whole hour from the minute rows.
     pub fn exception_numbers(
         &self,
         start_minute: i64,
@@ -318,14 +332,40 @@ impl Shard {
         if start_minute >= end_minute {
             return Ok(out);
         }
-        let from = exceptions::minute_key(self.id, start_minute);
-        let to = exceptions::minute_key(self.id, end_minute);
-        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
-            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
-            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
-            exceptions::merge_into(&mut out, id, n);
-            Ok(())
-        })?;
+        let first_hour = start_minute.div_euclid(60) + i64::from(start_minute.rem_euclid(60) != 0);
+        let end_hour = end_minute.div_euclid(60);
+        let (minutes_a, hours, minutes_b) = if first_hour < end_hour {
+            (
+                start_minute..first_hour * 60,
+                first_hour..end_hour,
+                end_hour * 60..end_minute,
+            )
+        } else {
+            (start_minute..end_minute, 0..0, 0..0)
+        };
+        for minutes in [minutes_a, minutes_b] {
+            if minutes.is_empty() {
+                continue;
+            }
+            let from = exceptions::minute_key(self.id, minutes.start);
+            let to = exceptions::minute_key(self.id, minutes.end);
+            self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+                let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+                let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+                exceptions::merge_into(&mut out, id, n);
+                Ok(())
+            })?;
+        }
+        if !hours.is_empty() {
+            let from = exceptions::hour_key(self.id, hours.start);
+            let to = exceptions::hour_key(self.id, hours.end);
+            self.scan(exceptions::CF_EXCEPTION_HOURLY, &from, &to, |key, value| {
+                let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+                let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+                exceptions::merge_into(&mut out, id, n);
+                Ok(())
+            })?;
+        }
         Ok(out)
     }
 
@@ -539,6 +579,33 @@ impl Shard {
             entries,
             aggs,
         })
+    }
+
+    /// Rebuilds the hourly exception rollups from the minute rows (a data directory written
+    /// before they existed). Returns the rollup rows written.
+    pub fn rebuild_hourly_rollups(&self) -> Result<usize> {
+        let from = keys::shard_prefix(self.id);
+        let to = keys::shard_end(self.id);
+        let cf = self.cf(exceptions::CF_EXCEPTION_HOURLY)?;
+        self.db.delete_range_cf(cf, &from[..], &to[..])?;
+        let mut hourly: HashMap<[u8; 20], exceptions::Numbers> = HashMap::new();
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            let minute = exceptions::key_minute(key).ok_or_else(|| self.corrupt_counter())?;
+            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+            exceptions::merge_into(
+                &mut hourly,
+                exceptions::hourly_key(self.id, minute.div_euclid(60), id),
+                n,
+            );
+            Ok(())
+        })?;
+        let mut batch = WriteBatch::default();
+        for (key, n) in &hourly {
+            batch.put_cf(cf, key, exceptions::encode_numbers(n));
+        }
+        self.db.write(batch)?;
+        Ok(hourly.len())
     }
 
     /// Merges the shard's index into one segment; returns the segment count before.

@@ -238,6 +238,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         CF_INDEX_QUEUE,
         crate::exceptions::CF_EXCEPTIONS,
         crate::exceptions::CF_EXCEPTION_HISTORY,
+        crate::exceptions::CF_EXCEPTION_HOURLY,
     ] {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }

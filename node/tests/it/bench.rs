@@ -111,6 +111,8 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         "percentiles_24h",
         "top_k_1h",
         "top_k_24h",
+        "top_k_7d",
+        "details_24h",
     ] {
         assert!(q["latency"][kind]["count"].as_u64().unwrap() >= 1, "{q}");
     }

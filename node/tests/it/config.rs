@@ -12,7 +12,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 2"), "{recorded}");
+    assert!(recorded.contains("format_version = 3"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -36,7 +36,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 2", "format_version = 99");
+        .replace("format_version = 3", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -46,4 +46,63 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
         "unclear error: {}",
         err.stderr
     );
+}
+
+#[test]
+fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+    let now = time::OffsetDateTime::now_utc();
+    // Entries over the last three hours, so a 24 h ranking reads whole hours from rollups.
+    let body: String = (0..300)
+        .map(|i| {
+            let ts = now - time::Duration::minutes(i % 180);
+            format!(
+                "{}\n",
+                serde_json::json!({"service": "upgrade", "message": "failed", "timestamp": ts
+                    .format(&time::format_description::well_known::Rfc3339).unwrap(),
+                    "exception": {"type": format!("E{}", i % 3), "message": "x"}})
+            )
+        })
+        .collect();
+    let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 300, "{answer}");
+    let top = |veil: &Veil| {
+        let resp = reqwest::blocking::get(veil.url("/api/v1/exceptions/top-k?k=10&window=24h"))
+            .unwrap()
+            .json::<serde_json::Value>()
+            .unwrap();
+        let mut v: Vec<(String, u64)> = resp["exceptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["exception_type"].as_str().unwrap().to_string(),
+                    e["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let want = vec![
+        ("E0".to_string(), 100),
+        ("E1".to_string(), 100),
+        ("E2".to_string(), 100),
+    ];
+    assert_eq!(top(&veil), want);
+    veil.stop();
+
+    let path = dir.path().join("veil.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("format_version = 3", "format_version = 2");
+    std::fs::write(&path, text).unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+    assert_eq!(top(&veil), want, "rollups rebuilt from the minute rows");
+    veil.stop();
+    let recorded = std::fs::read_to_string(&path).unwrap();
+    assert!(recorded.contains("format_version = 3"), "{recorded}");
 }
