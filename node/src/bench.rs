@@ -493,29 +493,20 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let base = format!("http://{}", a.target);
     // The busiest service (for the service + level question).
-    let top: Value = client
-        .post(format!("{base}/api/v1/logs/query"))
-        .json(&json!({"limit": 0, "aggs": {"s": {"terms": {"field": "service", "size": 1}}}}))
-        .send()
-        .await
-        .context("cannot reach the node")?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
-    let service = top["aggregations"]["s"]["buckets"][0]["key"]
-        .as_str()
-        .unwrap_or("none")
-        .to_string();
-    let service = Arc::new(service);
+    let top = answer(
+        client
+            .post(format!("{base}/api/v1/logs/query"))
+            .json(&json!({"limit": 0, "aggs": {"s": {"terms": {"field": "service", "size": 1}}}})),
+    )
+    .await?;
+    let service = Arc::new(
+        top["aggregations"]["s"]["buckets"][0]["key"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string(),
+    );
     // The most frequent exception of the last 24 h (for the details question).
-    let top: Value = client
-        .get(format!("{base}/api/v1/exceptions/top-k?k=1&window=24h"))
-        .send()
-        .await
-        .context("cannot reach the node")?
-        .json()
-        .await
-        .context("the node's answer is not JSON")?;
+    let top = answer(client.get(format!("{base}/api/v1/exceptions/top-k?k=1&window=24h"))).await?;
     let top_id = Arc::new(
         top["exceptions"][0]["exception_id"]
             .as_str()
@@ -592,6 +583,17 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     });
     print_result(&result, a.json, "query");
     Ok(())
+}
+
+/// Sends a request and reads its JSON answer.
+async fn answer(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    request
+        .send()
+        .await
+        .context("cannot reach the node")?
+        .json()
+        .await
+        .context("the node's answer is not JSON")
 }
 
 /// `veil bench index`: generate, mask (untimed), then index and commit (timed).

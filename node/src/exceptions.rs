@@ -245,6 +245,31 @@ async fn gather_numbers(
     Ok(all)
 }
 
+/// The whole counters (samples, hosts, regions, users) of a few exceptions over a window, read
+/// exception-first from each shard's history rows: a short range per exception and shard,
+/// however many other exceptions the window holds.
+async fn gather_details(
+    node: &Arc<Node>,
+    window: Window,
+    ids: Vec<u64>,
+) -> Result<ExceptionCounts, ApiError> {
+    let ids = Arc::new(ids);
+    let parts = on_every_shard(node, "reading exception details", move |shard| {
+        let mut out = ExceptionCounts::default();
+        for id in ids.iter() {
+            let (counts, _) = shard.exception_history(*id, window.start, window.end, None)?;
+            out.absorb(counts);
+        }
+        Ok(out)
+    })
+    .await?;
+    let mut all = ExceptionCounts::default();
+    for part in parts {
+        all.absorb(part);
+    }
+    Ok(all)
+}
+
 /// One exception's history on every shard, added up, and its first sighting ever.
 async fn history(
     node: &Arc<Node>,
@@ -361,17 +386,8 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
                 .then(a.0.cmp(&b.0))
         });
         ranked.truncate(k);
-        let ids = ranked.iter().map(|(id, _)| *id).collect();
-        let details = gather(
-            node,
-            window,
-            CounterFilter {
-                exception_ids: ids,
-                ..CounterFilter::default()
-            },
-            None,
-        )
-        .await?;
+        let ids: Vec<u64> = ranked.iter().map(|(id, _)| *id).collect();
+        let details = gather_details(node, window, ids).await?;
         ranked
             .iter()
             .filter_map(|(id, n)| {
