@@ -79,13 +79,21 @@ pub const USERS_MAX: usize = 256;
 /// Adds `from` into the sorted distinct list `into`, keeping at most `max`; true when values
 /// had to be left out.
 fn merge_distinct(into: &mut Vec<String>, from: &[String], max: usize) -> bool {
+    let mut capped = false;
     for v in from {
+        // Both lists are sorted: once `into` is full, a value past its last one (and every value
+        // after it in `from`) would be cut off again, so stop without inserting.
+        if into.len() >= max && into.last().is_some_and(|last| v > last) {
+            return true;
+        }
         if let Err(at) = into.binary_search(v) {
             into.insert(at, v.clone());
+            if into.len() > max {
+                into.pop();
+                capped = true;
+            }
         }
     }
-    let capped = into.len() > max;
-    into.truncate(max);
     capped
 }
 
@@ -433,6 +441,48 @@ impl ExceptionCounts {
         }
         for (k, n) in other.buckets {
             *self.buckets.entry(k).or_default() += n;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: the `max` smallest distinct values of the union, and whether any was
+    /// left out.
+    fn reference(into: &[String], from: &[String], max: usize) -> (Vec<String>, bool) {
+        let mut all: Vec<String> = into.iter().chain(from).cloned().collect();
+        all.sort();
+        all.dedup();
+        let capped = all.len() > max;
+        all.truncate(max);
+        (all, capped)
+    }
+
+    #[test]
+    fn merge_distinct_keeps_the_smallest_distinct_values() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..2000 {
+            let max = 1 + next(12) as usize;
+            let mut list = |len: u64| {
+                let mut v: Vec<String> = (0..next(len)).map(|_| format!("u{}", next(30))).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let mut into = list(max as u64 + 1);
+            into.truncate(max);
+            let from = list(20);
+            let want = reference(&into, &from, max);
+            let capped = merge_distinct(&mut into, &from, max);
+            assert_eq!((into, capped), want);
         }
     }
 }
