@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Memory one shard may use for a query's aggregations, in bytes [default: 128 MiB].
     #[arg(long, env = "VEIL_QUERY_AGG_MEMORY_BYTES")]
     pub query_agg_memory_bytes: Option<u64>,
+    /// Per-exception numbers the top-K block cache holds across all shards [default: 4000000,
+    /// about 130 MB; 0 disables it].
+    #[arg(long, env = "VEIL_EXCEPTION_CACHE_ENTRIES")]
+    pub exception_cache_entries: Option<usize>,
     /// Shard searches run at once across all queries [default: the number of CPUs].
     #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
     pub query_parallelism: Option<usize>,
@@ -170,6 +174,8 @@ pub struct NodeConfig {
     pub query_agg_buckets_max: u32,
     /// Shard searches at once, across all queries.
     pub query_parallelism: usize,
+    /// Per-exception numbers the top-K block cache holds, all shards together.
+    pub exception_cache_entries: usize,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
     /// Start-up leader election deadline, in ms.
@@ -231,6 +237,7 @@ impl ServeArgs {
             query_window_max: pick!(query_window_max, 10_000),
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
             query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
+            exception_cache_entries: pick!(exception_cache_entries, 4_000_000),
             query_parallelism: pick!(
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -11,9 +11,13 @@ use serde::{Deserialize, Serialize};
 /// The on-disk format this build reads and writes.
 /// 2: entries carry `sealed_original` (issue 4).
 /// 3: hourly exception rollups (`exception_hourly`), which older directories lack.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: hourly exception history rollups (`exception_history_hourly`).
+pub const FORMAT_VERSION: u32 = 4;
 
 const FILE_NAME: &str = "veil.toml";
+
+/// Older formats this build upgrades in place (by rebuilding the hourly exception rollups).
+pub const UPGRADABLE: [u32; 2] = [2, 3];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,9 +49,9 @@ pub fn open_or_create(
             let info: DataDirInfo = toml::from_str(&text).with_context(|| {
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
-            // Format 2 differs only by lacking the hourly rollups, which the node rebuilds from
-            // the minute rows at start (then records format 3).
-            if info.format_version != FORMAT_VERSION && info.format_version != 2 {
+            // Formats 2 and 3 differ only by lacking hourly rollups, which the node rebuilds from
+            // the minute rows at start (then records the current format).
+            if info.format_version != FORMAT_VERSION && !UPGRADABLE.contains(&info.format_version) {
                 bail!(
                     "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",
                     dir.display(),

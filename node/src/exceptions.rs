@@ -233,12 +233,14 @@ async fn gather(
 async fn gather_numbers(
     node: &Arc<Node>,
     window: Window,
-) -> Result<HashMap<u64, Numbers>, ApiError> {
+) -> Result<veil_shard::exceptions::IdMap<Numbers>, ApiError> {
     let parts = on_every_shard(node, "counting exceptions", move |shard| {
         shard.exception_numbers(window.start, window.end)
     })
     .await?;
-    let mut all = HashMap::new();
+    let distinct = parts.iter().map(|p| p.len()).max().unwrap_or(0);
+    let mut all =
+        veil_shard::exceptions::IdMap::with_capacity_and_hasher(distinct * 2, Default::default());
     for (id, n) in parts.into_iter().flatten() {
         merge_into(&mut all, id, n);
     }
@@ -246,8 +248,8 @@ async fn gather_numbers(
 }
 
 /// The whole counters (samples, hosts, regions, users) of a few exceptions over a window, read
-/// exception-first from each shard's history rows: a short range per exception and shard,
-/// however many other exceptions the window holds.
+/// exception-first from each shard's hourly and minute history rows: a few short ranges per
+/// exception and shard, however many other exceptions the window holds.
 async fn gather_details(
     node: &Arc<Node>,
     window: Window,
@@ -255,12 +257,7 @@ async fn gather_details(
 ) -> Result<ExceptionCounts, ApiError> {
     let ids = Arc::new(ids);
     let parts = on_every_shard(node, "reading exception details", move |shard| {
-        let mut out = ExceptionCounts::default();
-        for id in ids.iter() {
-            let (counts, _) = shard.exception_history(*id, window.start, window.end, None)?;
-            out.absorb(counts);
-        }
-        Ok(out)
+        shard.exception_summary(&ids, window.start, window.end)
     })
     .await?;
     let mut all = ExceptionCounts::default();

@@ -183,13 +183,15 @@ impl Node {
                 data_dir: config.data_dir.clone(),
                 index_heap_bytes: config.index_heap_bytes,
                 shard_map,
+                rollup_cache_entries: config.exception_cache_entries
+                    / config.shards.max(1) as usize,
             };
             let db2 = db.clone();
             let shard =
                 tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
                     .await?
                     .with_context(|| format!("failed to open shard {shard_id}"))?;
-            if info.format_version == 2 {
+            if info.format_version != crate::datadir::FORMAT_VERSION {
                 // Before its Raft group starts, so no apply races the rebuild.
                 let shard = shard.clone();
                 rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
@@ -220,13 +222,14 @@ impl Node {
             }
             groups.push(Group { shard, raft });
         }
-        if info.format_version == 2 {
+        if info.format_version != crate::datadir::FORMAT_VERSION {
             let mut upgraded = info.clone();
             upgraded.format_version = crate::datadir::FORMAT_VERSION;
             crate::datadir::write_info(&config.data_dir, &upgraded)?;
             tracing::info!(
                 rollup_rows,
-                "data directory upgraded from format 2 to 3 (hourly exception rollups)"
+                from = info.format_version,
+                "data directory upgraded to format 4 (hourly exception rollups rebuilt)"
             );
         }
         let node = Arc::new(Node {

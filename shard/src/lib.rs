@@ -8,7 +8,7 @@
 //! ```no_run
 //! # fn demo(db: std::sync::Arc<rocksdb::DB>) -> veil_shard::Result<()> {
 //! use veil_shard::{Shard, ShardConfig, ShardId, ShardMap, ShardQuery, ShardStateMachine};
-//! let config = ShardConfig { data_dir: "./data".into(), index_heap_bytes: 32 << 20, shard_map: ShardMap::new(16) };
+//! let config = ShardConfig { data_dir: "./data".into(), index_heap_bytes: 32 << 20, shard_map: ShardMap::new(16), rollup_cache_entries: 1 << 20 };
 //! let shard = Shard::open(ShardId(0), db, config)?;
 //! let state_machine = ShardStateMachine::new(shard.clone()); // hand to openraft
 //! let hits = shard.search(&ShardQuery { top_n: 10, ..Default::default() })?;
@@ -23,6 +23,7 @@ mod index;
 pub mod keys;
 mod query;
 pub mod query_lang;
+mod rollups;
 mod shard;
 mod shard_map;
 mod state_machine;

@@ -16,6 +16,7 @@ use crate::exceptions::{self, CounterFilter, ExceptionCounts, CF_EXCEPTIONS};
 use crate::index::ShardIndex;
 use crate::keys;
 use crate::query::{ShardHits, ShardQuery};
+use crate::rollups::{self, Block, RollupCache};
 use crate::{Error, Result, ShardId, ShardMap};
 
 /// Column family of the entries.
@@ -40,6 +41,7 @@ pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
         crate::exceptions::CF_EXCEPTIONS,
         crate::exceptions::CF_EXCEPTION_HISTORY,
         crate::exceptions::CF_EXCEPTION_HOURLY,
+        crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
     ]
     .into_iter()
     .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
@@ -55,6 +57,8 @@ pub struct ShardConfig {
     pub index_heap_bytes: usize,
     /// The cluster's shard map, to check that applied entries belong here.
     pub shard_map: ShardMap,
+    /// Most per-exception numbers the shard's top-K block cache holds (0: no cache).
+    pub rollup_cache_entries: usize,
 }
 
 /// The state the shard has applied, persisted with every applied Raft entry.
@@ -91,6 +95,8 @@ pub struct Shard {
     index: ShardIndex,
     config: ShardConfig,
     pub(crate) applied: Mutex<AppliedState>,
+    /// Per-block exception numbers for unfiltered rankings (see `rollups`).
+    pub(crate) rollups: RollupCache,
 }
 
 impl Shard {
@@ -109,6 +115,7 @@ impl Shard {
             id,
             db,
             index,
+            rollups: RollupCache::new(config.rollup_cache_entries),
             config,
             applied: Mutex::new(AppliedState::default()),
         };
@@ -235,11 +242,28 @@ impl Shard {
             new_entries.push((key.to_vec(), entry));
         }
         let rows = exceptions::rows_of(self.id, new_entries.iter().map(|(_, e)| *e));
+        let added: Vec<(i64, u64, exceptions::Numbers)> = rows
+            .iter()
+            .filter_map(|(k, c)| {
+                Some((
+                    exceptions::key_minute(k)?,
+                    exceptions::key_exception_id(k)?,
+                    exceptions::Numbers {
+                        count: c.count,
+                        first_seen_us: c.first_seen_us,
+                        last_seen_us: c.last_seen_us,
+                    },
+                ))
+            })
+            .collect();
         self.add_counters(&mut batch, rows)?;
         let mut next = state.clone();
         next.last_applied = Some(log_id);
         self.put_meta(&mut batch, META_APPLIED, &next)?;
         self.db.write(batch)?;
+        // Only now, with the counters written: cached blocks take the new numbers, and a
+        // reader that began before caches nothing.
+        self.rollups.applied(&added);
         *state = next;
         drop(state);
         self.index.add(raft_index, &new_entries)?;
@@ -254,9 +278,15 @@ impl Shard {
         rows: HashMap<[u8; 28], exceptions::Counter>,
     ) -> Result<()> {
         let history = exceptions::history_of(self.id, &rows);
+        let history_hourly = exceptions::history_hourly_of(self.id, &history);
         let hourly = exceptions::hourly_of(self.id, &rows);
         self.merge_rows(batch, CF_EXCEPTIONS, rows)?;
         self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, history)?;
+        self.merge_rows(
+            batch,
+            exceptions::CF_EXCEPTION_HISTORY_HOURLY,
+            history_hourly,
+        )?;
         let cf = self.cf(exceptions::CF_EXCEPTION_HOURLY)?;
         for (key, mut numbers) in hourly {
             if let Some(old) = self.db.get_pinned_cf(cf, key)? {
@@ -321,52 +351,78 @@ impl Shard {
     }
 
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
-    /// dimensions, reading only numbers: the ranking pass of an unfiltered top-K. Whole hours
-    /// inside the window come from the hourly rollups; the minutes before the first and after
-    /// the last whole hour from the minute rows.
+    /// dimensions, reading only numbers: the ranking pass of an unfiltered top-K. Whole six-hour
+    /// blocks and hours come from the hourly rollups, whole ten-minute blocks from the minute
+    /// rows, all through the shard's block cache; the single minutes at the ends from the
+    /// minute rows.
     pub fn exception_numbers(
         &self,
         start_minute: i64,
         end_minute: i64,
-    ) -> Result<HashMap<u64, exceptions::Numbers>> {
-        let mut out = HashMap::new();
-        if start_minute >= end_minute {
-            return Ok(out);
-        }
-        let first_hour = start_minute.div_euclid(60) + i64::from(start_minute.rem_euclid(60) != 0);
-        let end_hour = end_minute.div_euclid(60);
-        let (minutes_a, hours, minutes_b) = if first_hour < end_hour {
-            (
-                start_minute..first_hour * 60,
-                first_hour..end_hour,
-                end_hour * 60..end_minute,
-            )
-        } else {
-            (start_minute..end_minute, 0..0, 0..0)
-        };
-        for minutes in [minutes_a, minutes_b] {
-            if minutes.is_empty() {
-                continue;
+    ) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let mut out = exceptions::IdMap::with_capacity_and_hasher(4096, Default::default());
+        let (minutes, blocks) = rollups::plan(start_minute, end_minute);
+        for range in minutes {
+            for (id, n) in self.read_minutes(range.start, range.end)? {
+                exceptions::merge_into(&mut out, id, n);
             }
-            let from = exceptions::minute_key(self.id, minutes.start);
-            let to = exceptions::minute_key(self.id, minutes.end);
-            self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
-                let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
-                let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
-                exceptions::merge_into(&mut out, id, n);
-                Ok(())
-            })?;
         }
-        if !hours.is_empty() {
-            let from = exceptions::hour_key(self.id, hours.start);
-            let to = exceptions::hour_key(self.id, hours.end);
-            self.scan(exceptions::CF_EXCEPTION_HOURLY, &from, &to, |key, value| {
-                let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
-                let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
-                exceptions::merge_into(&mut out, id, n);
-                Ok(())
-            })?;
+        for block in blocks {
+            let numbers = match self.rollups.begin(block) {
+                Ok(cached) => cached,
+                Err(reading) => match self.read_block(block) {
+                    Ok(read) => {
+                        let read = Arc::new(read);
+                        self.rollups.finish(reading, read.clone());
+                        read
+                    }
+                    Err(e) => {
+                        self.rollups.abandon(reading);
+                        return Err(e);
+                    }
+                },
+            };
+            for (id, n) in numbers.iter() {
+                exceptions::merge_into(&mut out, *id, *n);
+            }
         }
+        Ok(out)
+    }
+
+    /// The per-exception numbers of minutes `start..end`, from the minute rows.
+    fn read_minutes(&self, start: i64, end: i64) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let mut out = exceptions::IdMap::default();
+        let from = exceptions::minute_key(self.id, start);
+        let to = exceptions::minute_key(self.id, end);
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+            exceptions::merge_into(&mut out, id, n);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// The per-exception numbers of one block, from RocksDB.
+    fn read_block(&self, block: Block) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        match block {
+            Block::Ten(t) => self.read_minutes(t * 10, t * 10 + 10),
+            Block::Hour(h) => self.read_hours(h, h + 1),
+            Block::Six(x) => self.read_hours(x * 6, x * 6 + 6),
+        }
+    }
+
+    /// The per-exception numbers of hours `start..end`, from the hourly rollups.
+    fn read_hours(&self, start: i64, end: i64) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let mut out = exceptions::IdMap::default();
+        let from = exceptions::hour_key(self.id, start);
+        let to = exceptions::hour_key(self.id, end);
+        self.scan(exceptions::CF_EXCEPTION_HOURLY, &from, &to, |key, value| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+            exceptions::merge_into(&mut out, id, n);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -419,6 +475,55 @@ impl Shard {
             },
         )?;
         Ok((out, first_ever))
+    }
+
+    /// Some exceptions' whole counters (samples, hosts, regions, users) over minutes
+    /// `start_minute..end_minute`, all dimensions together: whole hours from the hourly history
+    /// rollups, the minutes before the first and after the last whole hour from the history rows.
+    pub fn exception_summary(
+        &self,
+        exception_ids: &[u64],
+        start_minute: i64,
+        end_minute: i64,
+    ) -> Result<ExceptionCounts> {
+        let mut out = ExceptionCounts::default();
+        if start_minute >= end_minute {
+            return Ok(out);
+        }
+        let first_hour = start_minute.div_euclid(60) + i64::from(start_minute.rem_euclid(60) != 0);
+        let end_hour = end_minute.div_euclid(60);
+        let (ranges, hours) = if first_hour < end_hour {
+            (
+                [start_minute..first_hour * 60, end_hour * 60..end_minute],
+                first_hour..end_hour,
+            )
+        } else {
+            ([start_minute..end_minute, 0..0], 0..0)
+        };
+        for &id in exception_ids {
+            let mut add = |value: &[u8]| -> Result<()> {
+                let c = self.decode_counter(value)?;
+                // Minute 0: no buckets are asked for, so the minute is not used.
+                out.add_row(id, 0, None, c);
+                Ok(())
+            };
+            for minutes in ranges.iter().filter(|r| !r.is_empty()) {
+                let from = exceptions::history_key(self.id, id, minutes.start);
+                let to = exceptions::history_key(self.id, id, minutes.end);
+                self.scan(exceptions::CF_EXCEPTION_HISTORY, &from, &to, |_, v| add(v))?;
+            }
+            if !hours.is_empty() {
+                let from = exceptions::history_key(self.id, id, hours.start);
+                let to = exceptions::history_key(self.id, id, hours.end);
+                self.scan(
+                    exceptions::CF_EXCEPTION_HISTORY_HOURLY,
+                    &from,
+                    &to,
+                    |_, v| add(v),
+                )?;
+            }
+        }
+        Ok(out)
     }
 
     /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per
@@ -582,11 +687,46 @@ impl Shard {
         })
     }
 
-    /// Rebuilds the hourly exception rollups from the minute rows (a data directory written
-    /// before they existed). Returns the rollup rows written.
+    /// Rebuilds the hourly exception rollups (numbers and history) from the minute rows (a data
+    /// directory written before they existed). Returns the rollup rows written.
     pub fn rebuild_hourly_rollups(&self) -> Result<usize> {
         let from = keys::shard_prefix(self.id);
         let to = keys::shard_end(self.id);
+        // History: merge each exception's minute rows per hour, one exception at a time.
+        let cf_history_hourly = self.cf(exceptions::CF_EXCEPTION_HISTORY_HOURLY)?;
+        self.db
+            .delete_range_cf(cf_history_hourly, &from[..], &to[..])?;
+        let mut history_rows = 0;
+        let mut current: Option<([u8; 20], exceptions::Counter)> = None;
+        let mut batch = WriteBatch::default();
+        self.scan(
+            exceptions::CF_EXCEPTION_HISTORY,
+            &from,
+            &to,
+            |key, value| {
+                let id =
+                    exceptions::history_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+                let minute =
+                    exceptions::history_minute(key).ok_or_else(|| self.corrupt_counter())?;
+                let hour_key = exceptions::history_key(self.id, id, minute.div_euclid(60));
+                let c = self.decode_counter(value)?;
+                match &mut current {
+                    Some((k, acc)) if *k == hour_key => acc.merge(&c),
+                    _ => {
+                        if let Some((k, acc)) = current.replace((hour_key, c)) {
+                            batch.put_cf(cf_history_hourly, k, exceptions::encode_counter(&acc));
+                            history_rows += 1;
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if let Some((k, acc)) = current {
+            batch.put_cf(cf_history_hourly, k, exceptions::encode_counter(&acc));
+            history_rows += 1;
+        }
+        self.db.write(batch)?;
         let cf = self.cf(exceptions::CF_EXCEPTION_HOURLY)?;
         self.db.delete_range_cf(cf, &from[..], &to[..])?;
         let mut hourly: HashMap<[u8; 20], exceptions::Numbers> = HashMap::new();
@@ -606,7 +746,8 @@ impl Shard {
             batch.put_cf(cf, key, exceptions::encode_numbers(n));
         }
         self.db.write(batch)?;
-        Ok(hourly.len())
+        self.rollups.clear();
+        Ok(hourly.len() + history_rows)
     }
 
     /// Merges the shard's index into one segment; returns the segment count before.

@@ -239,6 +239,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         crate::exceptions::CF_EXCEPTIONS,
         crate::exceptions::CF_EXCEPTION_HISTORY,
         crate::exceptions::CF_EXCEPTION_HOURLY,
+        crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
     ] {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
@@ -284,6 +285,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     shard.add_counters(&mut batch, counters)?;
     shard.put_applied(&mut batch, &state)?;
     db.write(batch)?;
+    shard.rollups.clear();
     *shard.applied_lock() = state;
     shard.commit_index()?;
     let dir = shard.snapshot_dir();

@@ -12,7 +12,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 3"), "{recorded}");
+    assert!(recorded.contains("format_version = 4"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -36,7 +36,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 3", "format_version = 99");
+        .replace("format_version = 4", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -61,19 +61,35 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
                 "{}\n",
                 serde_json::json!({"service": "upgrade", "message": "failed", "timestamp": ts
                     .format(&time::format_description::well_known::Rfc3339).unwrap(),
-                    "exception": {"type": format!("E{}", i % 3), "message": "x"}})
+                    "exception": {"type": format!("E{}", i % 3), "message": "x"},
+                    "metadata": {"host": format!("h{}", i % 7), "region": format!("r{}", i % 2)},
+                    "fields": {"user_id": format!("u{}", i % 50)}})
             )
         })
         .collect();
     let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 300, "{answer}");
+    // A fixed window (whole hours inside it come from the rollups, its ends from minute rows).
+    let fmt = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let path = format!(
+        "/api/v1/exceptions/top-k?k=10&start={}&end={}",
+        fmt(now - time::Duration::hours(23) - time::Duration::minutes(7)),
+        fmt(now + time::Duration::minutes(13))
+    );
     let top = |veil: &Veil| {
-        let resp = reqwest::blocking::get(veil.url("/api/v1/exceptions/top-k?k=10&window=24h"))
+        let mut resp = reqwest::blocking::get(veil.url(&path))
             .unwrap()
             .json::<serde_json::Value>()
             .unwrap();
-        let mut v: Vec<(String, u64)> = resp["exceptions"]
+        resp["execution_time_ms"] = serde_json::Value::Null;
+        resp
+    };
+    let counts = |v: &serde_json::Value| {
+        let mut c: Vec<(String, u64)> = v["exceptions"]
             .as_array()
             .unwrap()
             .iter()
@@ -84,25 +100,27 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
                 )
             })
             .collect();
-        v.sort();
-        v
+        c.sort();
+        c
     };
     let want = vec![
         ("E0".to_string(), 100),
         ("E1".to_string(), 100),
         ("E2".to_string(), 100),
     ];
-    assert_eq!(top(&veil), want);
+    let before = top(&veil);
+    assert_eq!(counts(&before), want, "{before}");
     veil.stop();
 
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 3", "format_version = 2");
+        .replace("format_version = 4", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     let mut veil = Veil::start(dir.path(), &[]);
-    assert_eq!(top(&veil), want, "rollups rebuilt from the minute rows");
+    // Counts, first and last seen, samples and metadata: all as before.
+    assert_eq!(top(&veil), before, "rollups rebuilt from the minute rows");
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 3"), "{recorded}");
+    assert!(recorded.contains("format_version = 4"), "{recorded}");
 }

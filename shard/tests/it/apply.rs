@@ -48,6 +48,7 @@ fn open(dir: &std::path::Path, db: Arc<rocksdb::DB>) -> Arc<Shard> {
         data_dir: dir.to_path_buf(),
         index_heap_bytes: 15_000_000,
         shard_map: ShardMap::new(SHARDS),
+        rollup_cache_entries: 100_000,
     };
     Shard::open(ShardId(1), db, config).expect("open shard")
 }
@@ -213,6 +214,19 @@ async fn snapshot_installs_entries_and_index_on_another_shard() {
     };
     assert_eq!(numbers(&shard_b), numbers(&shard_a));
     assert_eq!(numbers(&shard_a).iter().map(|(_, c)| c).sum::<u64>(), 20);
+    let ids: Vec<u64> = numbers(&shard_a).into_iter().map(|(id, _)| id).collect();
+    let summary = |s: &Shard| {
+        let mut v: Vec<_> = s
+            .exception_summary(&ids, 480_000 * 60 - 60, 480_001 * 60 + 60)
+            .unwrap()
+            .totals
+            .into_iter()
+            .map(|(id, c)| (id, c.count, c.samples, c.users))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(summary(&shard_b), summary(&shard_a));
     assert_eq!(counts(&shard_b).values().sum::<u64>(), 20);
     // The installed snapshot also restores the idempotency set.
     apply(&mut sm_b, 2, vec![entry_for(ShardId(1), 3)]).await;
@@ -220,8 +234,9 @@ async fn snapshot_installs_entries_and_index_on_another_shard() {
     assert_eq!(counts(&shard_b).values().sum::<u64>(), 20);
 }
 
-/// The unfiltered ranking reads whole hours from the hourly rollups and the edges from the
-/// minute rows; for any window it must agree with summing the minute rows themselves.
+/// The unfiltered ranking reads whole hours from the hourly rollups, ten-minute blocks and
+/// minutes from the minute rows, blocks through the shard's cache; for any window, between any
+/// two applies, it must agree with summing the minute rows themselves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hourly_rollups_rank_exactly_like_the_minute_rows() {
     let dir = tempfile::tempdir().unwrap();
@@ -252,31 +267,74 @@ async fn hourly_rollups_rank_exactly_like_the_minute_rows() {
         e.environment = [None, Some("prod".to_string())][(next() % 2) as usize].clone();
         entries.push(e);
     }
-    for (i, chunk) in entries.chunks(250).enumerate() {
-        apply(&mut sm, i as u64 + 1, chunk.to_vec()).await;
-    }
     let lo = base_hour * 60 - 30;
     let span = 6 * 60 + 60;
-    for _ in 0..300 {
-        let start = lo + (next() % span) as i64;
-        let end = start + (next() % span) as i64;
-        let fast = shard.exception_numbers(start, end).unwrap();
-        let slow: std::collections::HashMap<u64, (u64, i64, i64)> = shard
-            .exception_counts(
-                start,
-                end,
-                &veil_shard::exceptions::CounterFilter::default(),
-                None,
-            )
-            .unwrap()
-            .totals
-            .into_iter()
-            .map(|(id, c)| (id, (c.count, c.first_seen_us, c.last_seen_us)))
-            .collect();
-        let fast: std::collections::HashMap<u64, (u64, i64, i64)> = fast
-            .into_iter()
-            .map(|(id, n)| (id, (n.count, n.first_seen_us, n.last_seen_us)))
-            .collect();
-        assert_eq!(fast, slow, "window {start}..{end}");
+    // Ask between applies too, so blocks cached by one question are touched by the next
+    // apply: the cache must forget them.
+    for (i, chunk) in entries.chunks(250).enumerate() {
+        apply(&mut sm, i as u64 + 1, chunk.to_vec()).await;
+        for _ in 0..25 {
+            let start = lo + (next() % span) as i64;
+            let end = start + (next() % span) as i64;
+            let fast = shard.exception_numbers(start, end).unwrap();
+            let slow: std::collections::HashMap<u64, (u64, i64, i64)> = shard
+                .exception_counts(
+                    start,
+                    end,
+                    &veil_shard::exceptions::CounterFilter::default(),
+                    None,
+                )
+                .unwrap()
+                .totals
+                .into_iter()
+                .map(|(id, c)| (id, (c.count, c.first_seen_us, c.last_seen_us)))
+                .collect();
+            let fast: std::collections::HashMap<u64, (u64, i64, i64)> = fast
+                .into_iter()
+                .map(|(id, n)| (id, (n.count, n.first_seen_us, n.last_seen_us)))
+                .collect();
+            assert_eq!(fast, slow, "window {start}..{end} after apply {i}");
+            // The whole counters of a few exceptions, from the hourly and minute history rows,
+            // against the minute rows filtered to them.
+            let ids: Vec<u64> = slow.keys().take(3).copied().collect();
+            let summary = shard.exception_summary(&ids, start, end).unwrap().totals;
+            let filtered = shard
+                .exception_counts(
+                    start,
+                    end,
+                    &veil_shard::exceptions::CounterFilter {
+                        exception_ids: ids.iter().copied().collect(),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .unwrap()
+                .totals;
+            let view = |m: &std::collections::HashMap<u64, veil_shard::exceptions::Counter>| {
+                let mut v: Vec<_> = m
+                    .iter()
+                    .map(|(id, c)| {
+                        (
+                            *id,
+                            c.count,
+                            c.first_seen_us,
+                            c.last_seen_us,
+                            c.samples.clone(),
+                            c.hosts.clone(),
+                            c.regions.clone(),
+                            c.users.clone(),
+                            c.metadata_capped,
+                        )
+                    })
+                    .collect();
+                v.sort();
+                v
+            };
+            assert_eq!(
+                view(&summary),
+                view(&filtered),
+                "summary {start}..{end} after apply {i}"
+            );
+        }
     }
 }

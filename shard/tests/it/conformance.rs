@@ -31,6 +31,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
             data_dir: dir.path().to_path_buf(),
             index_heap_bytes: 15_000_000,
             shard_map: ShardMap::new(16),
+            rollup_cache_entries: 0,
         };
         let shard = Shard::open(ShardId(7), db, config).expect("open shard");
         Ok((dir, store, ShardStateMachine::new(shard)))

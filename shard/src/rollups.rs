@@ -1,0 +1,278 @@
+//! An in-memory cache of exception numbers per block of time (ten minutes, one hour), for the
+//! ranking pass of unfiltered top-K questions.
+//!
+//! A window is cut into whole hours, whole ten-minute blocks at its edges, and single minutes
+//! at the very ends. Each whole block's per-exception numbers are read once from RocksDB (the
+//! hourly rollups, or the minute rows of ten minutes) and kept here, so a dashboard asking for
+//! the last 24 hours every few seconds reads a few thousand cached numbers per shard instead of
+//! a few hundred thousand rows.
+//!
+//! Exactness: every apply that writes counters, *after* its write batch is in RocksDB, adds its
+//! new rows' numbers into the cached blocks they fall in (so blocks stay cached, and exact,
+//! under live ingest), and marks the blocks some reader is reading. A reader registers a block
+//! before reading it and caches what it read only when no apply touched that block in between;
+//! otherwise it uses what it read for its own answer (a consistent view as of its read) and
+//! leaves the block uncached. So a cached block always equals what RocksDB holds for it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::exceptions::{merge_into, IdMap, Numbers};
+
+/// A block of time: its level and its index (minutes / 10, or hours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Block {
+    /// Ten minutes: minutes `10 t .. 10 t + 10`.
+    Ten(i64),
+    /// An hour: minutes `60 h .. 60 h + 60`.
+    Hour(i64),
+    /// Six hours (UTC-aligned): minutes `360 s .. 360 s + 360`.
+    Six(i64),
+}
+
+/// Per-exception numbers of one block.
+pub type BlockNumbers = Arc<IdMap<Numbers>>;
+
+#[derive(Default)]
+struct Slot {
+    /// Bumped by every apply that touches the block.
+    generation: u64,
+    /// Readers between registering and finishing.
+    readers: usize,
+    cached: Option<BlockNumbers>,
+}
+
+#[derive(Default)]
+struct Inner {
+    slots: HashMap<Block, Slot>,
+    /// Numbers held in `cached` over all slots.
+    entries: usize,
+}
+
+/// The cache of one shard, bounded by the numbers it holds.
+pub struct RollupCache {
+    inner: Mutex<Inner>,
+    max_entries: usize,
+}
+
+/// A reader's registration of a block (see [`RollupCache::begin`]).
+#[derive(Debug)]
+pub struct Reading {
+    block: Block,
+    generation: u64,
+}
+
+impl RollupCache {
+    /// A cache holding at most `max_entries` per-exception numbers (0 disables it).
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_entries,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The state is counters and immutable vectors; a panic elsewhere leaves it usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached numbers of `block`, or a registration to read them and hand them back.
+    pub fn begin(&self, block: Block) -> Result<BlockNumbers, Reading> {
+        let mut inner = self.lock();
+        let slot = inner.slots.entry(block).or_default();
+        if let Some(cached) = &slot.cached {
+            return Ok(cached.clone());
+        }
+        slot.readers += 1;
+        Err(Reading {
+            block,
+            generation: slot.generation,
+        })
+    }
+
+    /// Ends a read: caches `numbers` when no apply touched the block since [`Self::begin`].
+    pub fn finish(&self, reading: Reading, numbers: BlockNumbers) {
+        let mut inner = self.lock();
+        let len = numbers.len();
+        let Some(slot) = inner.slots.get_mut(&reading.block) else {
+            return;
+        };
+        slot.readers = slot.readers.saturating_sub(1);
+        let fresh = slot.generation == reading.generation && slot.cached.is_none();
+        let idle = slot.readers == 0 && slot.cached.is_none();
+        if !fresh || self.max_entries == 0 {
+            if idle {
+                inner.slots.remove(&reading.block);
+            }
+            return;
+        }
+        if inner.entries + len > self.max_entries {
+            // Over the bound: start again (cheap, and a block is re-read at most once per use).
+            inner.slots.retain(|_, s| s.readers > 0);
+            for s in inner.slots.values_mut() {
+                s.cached = None;
+            }
+            inner.entries = 0;
+        }
+        let slot = inner.slots.entry(reading.block).or_default();
+        slot.cached = Some(numbers);
+        inner.entries += len;
+    }
+
+    /// Ends a read that failed: nothing is cached.
+    pub fn abandon(&self, reading: Reading) {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.slots.get_mut(&reading.block) {
+            slot.readers = slot.readers.saturating_sub(1);
+            if slot.readers == 0 && slot.cached.is_none() {
+                inner.slots.remove(&reading.block);
+            }
+        }
+    }
+
+    /// Called after an apply's write batch is in RocksDB with the numbers it added, per
+    /// (minute, exception): adds them into the cached blocks holding those minutes, and keeps
+    /// readers in flight on those blocks from caching what they read.
+    pub fn applied(&self, rows: &[(i64, u64, Numbers)]) {
+        let mut inner = self.lock();
+        if inner.slots.is_empty() {
+            return;
+        }
+        let mut added = 0;
+        for &(minute, id, numbers) in rows {
+            for block in [
+                Block::Ten(minute.div_euclid(10)),
+                Block::Hour(minute.div_euclid(60)),
+                Block::Six(minute.div_euclid(360)),
+            ] {
+                let Some(slot) = inner.slots.get_mut(&block) else {
+                    continue;
+                };
+                if slot.readers > 0 {
+                    slot.generation += 1;
+                }
+                if let Some(cached) = &mut slot.cached {
+                    let map = Arc::make_mut(cached);
+                    added += usize::from(!map.contains_key(&id));
+                    merge_into(map, id, numbers);
+                }
+            }
+        }
+        inner.entries += added;
+    }
+
+    /// Forgets everything (after a snapshot is installed).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.slots.retain(|_, s| s.readers > 0);
+        for s in inner.slots.values_mut() {
+            s.generation += 1;
+            s.cached = None;
+        }
+        inner.entries = 0;
+    }
+}
+
+/// How a minute range `start..end` is read: single minutes, whole ten-minute blocks, whole
+/// hours and whole six-hour blocks, covering it exactly once.
+pub fn plan(start: i64, end: i64) -> (Vec<std::ops::Range<i64>>, Vec<Block>) {
+    let mut minutes = Vec::new();
+    let mut blocks = Vec::new();
+    if start >= end {
+        return (minutes, blocks);
+    }
+    let ceil = |v: i64, n: i64| v.div_euclid(n) + i64::from(v.rem_euclid(n) != 0);
+    let tens =
+        |a: i64, b: i64, minutes: &mut Vec<std::ops::Range<i64>>, blocks: &mut Vec<Block>| {
+            let (first, last) = (ceil(a, 10), b.div_euclid(10));
+            if first < last {
+                minutes.push(a..first * 10);
+                blocks.extend((first..last).map(Block::Ten));
+                minutes.push(last * 10..b);
+            } else {
+                minutes.push(a..b);
+            }
+        };
+    let (first_hour, end_hour) = (ceil(start, 60), end.div_euclid(60));
+    if first_hour < end_hour {
+        tens(start, first_hour * 60, &mut minutes, &mut blocks);
+        let (first_six, end_six) = (ceil(first_hour, 6), end_hour.div_euclid(6));
+        if first_six < end_six {
+            blocks.extend((first_hour..first_six * 6).map(Block::Hour));
+            blocks.extend((first_six..end_six).map(Block::Six));
+            blocks.extend((end_six * 6..end_hour).map(Block::Hour));
+        } else {
+            blocks.extend((first_hour..end_hour).map(Block::Hour));
+        }
+        tens(end_hour * 60, end, &mut minutes, &mut blocks);
+    } else {
+        tens(start, end, &mut minutes, &mut blocks);
+    }
+    minutes.retain(|r| !r.is_empty());
+    (minutes, blocks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minutes_of(block: Block) -> std::ops::Range<i64> {
+        match block {
+            Block::Ten(t) => t * 10..t * 10 + 10,
+            Block::Hour(h) => h * 60..h * 60 + 60,
+            Block::Six(x) => x * 360..x * 360 + 360,
+        }
+    }
+
+    #[test]
+    fn a_plan_covers_the_range_exactly_once() {
+        for start in -130..130 {
+            for len in [
+                0, 1, 9, 10, 11, 59, 60, 61, 119, 120, 200, 359, 360, 361, 721, 1440, 10080,
+            ] {
+                let end = start + len;
+                let (minutes, blocks) = plan(start, end);
+                let mut covered: Vec<i64> = minutes.into_iter().flatten().collect();
+                covered.extend(blocks.iter().flat_map(|b| minutes_of(*b)));
+                covered.sort();
+                assert_eq!(covered, (start..end).collect::<Vec<_>>(), "{start}..{end}");
+            }
+        }
+        // A day reads at most 2 × 9 single minutes and 2 × 5 ten-minute blocks besides hours.
+        let (minutes, blocks) = plan(7, 7 + 1440);
+        assert!(minutes.iter().map(|r| r.end - r.start).sum::<i64>() <= 18);
+        assert!(blocks.iter().filter(|b| matches!(b, Block::Ten(_))).count() <= 10);
+        assert!(
+            blocks
+                .iter()
+                .filter(|b| matches!(b, Block::Hour(_)))
+                .count()
+                <= 10
+        );
+    }
+
+    #[test]
+    fn a_block_written_during_a_read_is_not_cached_and_cached_blocks_take_writes() {
+        let cache = RollupCache::new(1000);
+        let one = Numbers {
+            count: 1,
+            first_seen_us: 0,
+            last_seen_us: 0,
+        };
+        let numbers: BlockNumbers = Arc::new([(1, one)].into_iter().collect());
+        let reading = cache.begin(Block::Hour(5)).expect_err("empty cache");
+        cache.applied(&[(5 * 60 + 3, 1, one)]);
+        cache.finish(reading, numbers.clone());
+        assert!(
+            cache.begin(Block::Hour(5)).is_err(),
+            "a stale read was cached"
+        );
+        // A quiet read is cached, and a later write is added into it.
+        let reading = cache.begin(Block::Hour(6)).expect_err("empty cache");
+        cache.finish(reading, numbers.clone());
+        cache.applied(&[(6 * 60, 1, one), (6 * 60 + 1, 2, one)]);
+        let cached = cache.begin(Block::Hour(6)).expect("cached");
+        assert_eq!(cached.get(&1).map(|n| n.count), Some(2));
+        assert_eq!(cached.get(&2).map(|n| n.count), Some(1));
+    }
+}
