@@ -391,10 +391,27 @@ impl Shard {
 
     /// The per-exception numbers of minutes `start..end`, from the minute rows.
     fn read_minutes(&self, start: i64, end: i64) -> Result<exceptions::IdMap<exceptions::Numbers>> {
-        let mut out = exceptions::IdMap::default();
         let from = exceptions::minute_key(self.id, start);
         let to = exceptions::minute_key(self.id, end);
-        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+        self.read_numbers(CF_EXCEPTIONS, &from, &to)
+    }
+
+    /// The per-exception numbers of hours `start..end`, from the hourly rollups.
+    fn read_hours(&self, start: i64, end: i64) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let from = exceptions::hour_key(self.id, start);
+        let to = exceptions::hour_key(self.id, end);
+        self.read_numbers(exceptions::CF_EXCEPTION_HOURLY, &from, &to)
+    }
+
+    /// Sums the numbers of rows keyed `shard | time | exception_id | …` in `from..to`.
+    fn read_numbers(
+        &self,
+        cf_name: &'static str,
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let mut out = exceptions::IdMap::default();
+        self.scan(cf_name, from, to, |key, value| {
             let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
             let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
             exceptions::merge_into(&mut out, id, n);
@@ -410,20 +427,6 @@ impl Shard {
             Block::Hour(h) => self.read_hours(h, h + 1),
             Block::Six(x) => self.read_hours(x * 6, x * 6 + 6),
         }
-    }
-
-    /// The per-exception numbers of hours `start..end`, from the hourly rollups.
-    fn read_hours(&self, start: i64, end: i64) -> Result<exceptions::IdMap<exceptions::Numbers>> {
-        let mut out = exceptions::IdMap::default();
-        let from = exceptions::hour_key(self.id, start);
-        let to = exceptions::hour_key(self.id, end);
-        self.scan(exceptions::CF_EXCEPTION_HOURLY, &from, &to, |key, value| {
-            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
-            let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
-            exceptions::merge_into(&mut out, id, n);
-            Ok(())
-        })?;
-        Ok(out)
     }
 
     /// One exception's counts over minutes `start_minute..end_minute`, all dimensions together,
