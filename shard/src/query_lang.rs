@@ -351,7 +351,7 @@ impl Parser {
                 if self.peek() != Some(&Tok::Close) {
                     return Err(SyntaxError {
                         position: self.pos(),
-                        message: format!("expected ')' to close the '(' at character {pos}"),
+                        message: format!("expected ')' to close the '(' opened at character {pos}"),
                     });
                 }
                 self.at += 1;
