@@ -222,11 +222,16 @@ async fn gather(
         shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
     })
     .await?;
+    Ok(sum(parts))
+}
+
+/// Shards' counts added up.
+fn sum(parts: Vec<ExceptionCounts>) -> ExceptionCounts {
     let mut all = ExceptionCounts::default();
     for part in parts {
         all.absorb(part);
     }
-    Ok(all)
+    all
 }
 
 /// Every shard's per-exception numbers for a window, added up.
@@ -260,11 +265,7 @@ async fn gather_details(
         shard.exception_summary(&ids, window.start, window.end)
     })
     .await?;
-    let mut all = ExceptionCounts::default();
-    for part in parts {
-        all.absorb(part);
-    }
-    Ok(all)
+    Ok(sum(parts))
 }
 
 /// One exception's history on every shard, added up, and its first sighting ever.

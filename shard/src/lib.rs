@@ -34,8 +34,8 @@ pub use entry::{
 pub use error::{Error, Result};
 pub use index::ShardIndex;
 pub use query::{
-    compare, order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField,
-    SortKey, SortOrder,
+    order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField, SortKey,
+    SortOrder,
 };
 pub use shard::{
     column_families, Shard, ShardConfig, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE,

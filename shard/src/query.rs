@@ -181,12 +181,3 @@ pub struct ShardHits {
     /// The aggregations' mergeable partial results.
     pub aggs: Option<IntermediateAggregationResults>,
 }
-
-/// Orders two entries as `order` wants them: by `(timestamp, log_id)`, oldest or newest first.
-pub fn compare(a: &StoredEntry, b: &StoredEntry, order: SortOrder) -> std::cmp::Ordering {
-    let key = |e: &StoredEntry| (e.timestamp_us, e.log_id);
-    match order {
-        SortOrder::Asc => key(a).cmp(&key(b)),
-        SortOrder::Desc => key(b).cmp(&key(a)),
-    }
-}

@@ -15,6 +15,7 @@
 //! leaves the block uncached. So a cached block always equals what RocksDB holds for it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::exceptions::{merge_into, IdMap, Numbers};
@@ -173,40 +174,40 @@ impl RollupCache {
     }
 }
 
+/// Splits `start..end` (in some unit) at multiples of `n`: the part before the first whole
+/// group, the whole groups (as group indices), the part after the last. None when no whole
+/// group fits.
+pub fn split(start: i64, end: i64, n: i64) -> Option<(Range<i64>, Range<i64>, Range<i64>)> {
+    let first = start.div_euclid(n) + i64::from(start.rem_euclid(n) != 0);
+    let last = end.div_euclid(n);
+    (first < last).then(|| (start..first * n, first..last, last * n..end))
+}
+
 /// How a minute range `start..end` is read: single minutes, whole ten-minute blocks, whole
 /// hours and whole six-hour blocks, covering it exactly once.
-pub fn plan(start: i64, end: i64) -> (Vec<std::ops::Range<i64>>, Vec<Block>) {
+pub fn plan(start: i64, end: i64) -> (Vec<Range<i64>>, Vec<Block>) {
     let mut minutes = Vec::new();
     let mut blocks = Vec::new();
-    if start >= end {
-        return (minutes, blocks);
-    }
-    let ceil = |v: i64, n: i64| v.div_euclid(n) + i64::from(v.rem_euclid(n) != 0);
-    let tens =
-        |a: i64, b: i64, minutes: &mut Vec<std::ops::Range<i64>>, blocks: &mut Vec<Block>| {
-            let (first, last) = (ceil(a, 10), b.div_euclid(10));
-            if first < last {
-                minutes.push(a..first * 10);
-                blocks.extend((first..last).map(Block::Ten));
-                minutes.push(last * 10..b);
-            } else {
-                minutes.push(a..b);
-            }
-        };
-    let (first_hour, end_hour) = (ceil(start, 60), end.div_euclid(60));
-    if first_hour < end_hour {
-        tens(start, first_hour * 60, &mut minutes, &mut blocks);
-        let (first_six, end_six) = (ceil(first_hour, 6), end_hour.div_euclid(6));
-        if first_six < end_six {
-            blocks.extend((first_hour..first_six * 6).map(Block::Hour));
-            blocks.extend((first_six..end_six).map(Block::Six));
-            blocks.extend((end_six * 6..end_hour).map(Block::Hour));
-        } else {
-            blocks.extend((first_hour..end_hour).map(Block::Hour));
+    let mut tens = |r: Range<i64>, minutes: &mut Vec<Range<i64>>| match split(r.start, r.end, 10) {
+        Some((head, whole, tail)) => {
+            minutes.extend([head, tail]);
+            blocks.extend(whole.map(Block::Ten));
         }
-        tens(end_hour * 60, end, &mut minutes, &mut blocks);
-    } else {
-        tens(start, end, &mut minutes, &mut blocks);
+        None => minutes.push(r),
+    };
+    match split(start, end, 60) {
+        Some((head, hours, tail)) => {
+            tens(head, &mut minutes);
+            tens(tail, &mut minutes);
+            match split(hours.start, hours.end, 6) {
+                Some((before, sixes, after)) => {
+                    blocks.extend(before.chain(after).map(Block::Hour));
+                    blocks.extend(sixes.map(Block::Six));
+                }
+                None => blocks.extend(hours.map(Block::Hour)),
+            }
+        }
+        None => tens(start..end, &mut minutes),
     }
     minutes.retain(|r| !r.is_empty());
     (minutes, blocks)

@@ -31,21 +31,25 @@ pub const CF_SHARD_META: &str = "shard_meta";
 const META_APPLIED: u8 = 1;
 const META_SNAPSHOT: u8 = 2;
 
+/// The column families holding a shard's data (all keyed `shard | …`): what a snapshot install
+/// replaces.
+pub(crate) const DATA_COLUMN_FAMILIES: [&str; 7] = [
+    CF_ENTRIES,
+    CF_ENTRY_IDS,
+    CF_INDEX_QUEUE,
+    crate::exceptions::CF_EXCEPTIONS,
+    crate::exceptions::CF_EXCEPTION_HISTORY,
+    crate::exceptions::CF_EXCEPTION_HOURLY,
+    crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
+];
+
 /// Returns the column families this crate needs in the node's RocksDB.
 pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
-    [
-        CF_ENTRIES,
-        CF_ENTRY_IDS,
-        CF_INDEX_QUEUE,
-        CF_SHARD_META,
-        crate::exceptions::CF_EXCEPTIONS,
-        crate::exceptions::CF_EXCEPTION_HISTORY,
-        crate::exceptions::CF_EXCEPTION_HOURLY,
-        crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
-    ]
-    .into_iter()
-    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
-    .collect()
+    DATA_COLUMN_FAMILIES
+        .into_iter()
+        .chain([CF_SHARD_META])
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+        .collect()
 }
 
 /// The configuration of a shard, given by the node.
@@ -493,15 +497,9 @@ impl Shard {
         if start_minute >= end_minute {
             return Ok(out);
         }
-        let first_hour = start_minute.div_euclid(60) + i64::from(start_minute.rem_euclid(60) != 0);
-        let end_hour = end_minute.div_euclid(60);
-        let (ranges, hours) = if first_hour < end_hour {
-            (
-                [start_minute..first_hour * 60, end_hour * 60..end_minute],
-                first_hour..end_hour,
-            )
-        } else {
-            ([start_minute..end_minute, 0..0], 0..0)
+        let (ranges, hours) = match rollups::split(start_minute, end_minute, 60) {
+            Some((head, hours, tail)) => ([head, tail], hours),
+            None => ([start_minute..end_minute, 0..0], 0..0),
         };
         for &id in exception_ids {
             let mut add = |value: &[u8]| -> Result<()> {

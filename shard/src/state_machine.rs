@@ -18,7 +18,7 @@ use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
 use veil_raft::{CommandResponse, TypeConfig};
 
 use crate::entry::{encode_outcomes, ShardCommand};
-use crate::shard::{AppliedState, Shard, SnapshotRecord, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE};
+use crate::shard::{AppliedState, Shard, SnapshotRecord, CF_ENTRIES, CF_ENTRY_IDS};
 use crate::{keys, Error, Result};
 
 /// A shard snapshot: its metadata and the file holding it.
@@ -232,15 +232,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     }
     let from = keys::shard_prefix(shard.id());
     let end = keys::shard_end(shard.id());
-    for cf in [
-        CF_ENTRIES,
-        CF_ENTRY_IDS,
-        CF_INDEX_QUEUE,
-        crate::exceptions::CF_EXCEPTIONS,
-        crate::exceptions::CF_EXCEPTION_HISTORY,
-        crate::exceptions::CF_EXCEPTION_HOURLY,
-        crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
-    ] {
+    for cf in crate::shard::DATA_COLUMN_FAMILIES {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
     // Exception counters are recounted from the installed entries.
