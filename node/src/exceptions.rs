@@ -12,6 +12,13 @@
 //! Merging is exact: each shard returns its full per-exception totals for the window (as many
 //! as there are distinct exceptions in it), the coordinator adds them up, sorts by count
 //! (ties: latest `last_seen` first, then `exception_id`) and keeps `k`.
+//!
+//! An unfiltered ranking gets each shard's numbers in two parts: the window's whole hours (one
+//! cached span per shard, with a version that changes whenever an apply changes it) and the
+//! edges (ten-minute blocks and single minutes). The coordinator keeps the sum of all shards'
+//! spans with the versions it was summed from ([`SpanSums`]); while every shard reports the same
+//! versions, the sum is reused and only the edges are added, so a sliding 24 h window asked
+//! every few seconds adds up the shards' whole hours once an hour instead of every time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,8 +26,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use veil_shard::exceptions::{
-    merge_into, merge_samples, Counter, CounterFilter, ExceptionCounts, Numbers,
+    merge_into, merge_samples, Counter, CounterFilter, ExceptionCounts, IdMap, Numbers,
 };
+use veil_shard::rollups::{HoursNumbers, WindowNumbers};
 
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, now_us, parse_level};
@@ -234,35 +242,189 @@ fn sum(parts: Vec<ExceptionCounts>) -> ExceptionCounts {
     all
 }
 
-/// Every shard's per-exception numbers for a window, added up.
-async fn gather_numbers(
-    node: &Arc<Node>,
-    window: Window,
-) -> Result<veil_shard::exceptions::IdMap<Numbers>, ApiError> {
+/// Sums kept of every shard's whole-hour span ([`veil_shard::rollups::HoursNumbers`]).
+pub const SPAN_SUMS_MAX: usize = 4;
+
+/// The coordinator's sums of every shard's whole-hour span, each with the shards' versions it
+/// was summed from (see the module's doc). At most [`SPAN_SUMS_MAX`], the oldest goes first.
+#[derive(Default)]
+pub struct SpanSums {
+    sums: std::sync::Mutex<Vec<SpanSum>>,
+}
+
+struct SpanSum {
+    hours: std::ops::Range<i64>,
+    versions: Vec<u64>,
+    numbers: Arc<IdMap<Numbers>>,
+}
+
+impl SpanSums {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SpanSum>> {
+        // A list of immutable sums: a panic elsewhere leaves it usable.
+        self.sums.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sum of the spans `hours` at exactly these per-shard versions, if kept.
+    pub fn get(
+        &self,
+        hours: &std::ops::Range<i64>,
+        versions: &[u64],
+    ) -> Option<Arc<IdMap<Numbers>>> {
+        self.lock()
+            .iter()
+            .find(|s| s.hours == *hours && s.versions == versions)
+            .map(|s| s.numbers.clone())
+    }
+
+    /// Keeps a sum (replacing one of the same hours).
+    pub fn put(
+        &self,
+        hours: std::ops::Range<i64>,
+        versions: Vec<u64>,
+        numbers: Arc<IdMap<Numbers>>,
+    ) {
+        let mut sums = self.lock();
+        sums.retain(|s| s.hours != hours);
+        if sums.len() >= SPAN_SUMS_MAX {
+            sums.remove(0);
+        }
+        sums.push(SpanSum {
+            hours,
+            versions,
+            numbers,
+        });
+    }
+}
+
+/// Every shard's per-exception numbers for a window, added up in two parts.
+struct Ranking {
+    /// The sum of the shards' whole-hour spans (kept by the coordinator while the shards'
+    /// versions stay the same).
+    span: Option<Arc<IdMap<Numbers>>>,
+    /// The sum of the shards' edges.
+    edges: IdMap<Numbers>,
+    /// Each shard's own parts, by shard id.
+    parts: Vec<WindowNumbers>,
+}
+
+async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, ApiError> {
     let parts = on_every_shard(node, "counting exceptions", move |shard| {
-        shard.exception_numbers(window.start, window.end)
+        shard.exception_window_numbers(window.start, window.end)
     })
     .await?;
-    let distinct = parts.iter().map(|p| p.len()).max().unwrap_or(0);
-    let mut all =
-        veil_shard::exceptions::IdMap::with_capacity_and_hasher(distinct * 2, Default::default());
-    for (id, n) in parts.into_iter().flatten() {
-        merge_into(&mut all, id, n);
+    let mut edges = IdMap::default();
+    for part in &parts {
+        for (id, n) in &part.edges {
+            merge_into(&mut edges, *id, *n);
+        }
     }
-    Ok(all)
+    let spans: Vec<&HoursNumbers> = parts.iter().filter_map(|p| p.hours.as_ref()).collect();
+    let Some(first) = spans.first() else {
+        return Ok(Ranking {
+            span: None,
+            edges,
+            parts,
+        });
+    };
+    let hours = first.hours.clone();
+    let versions: Option<Vec<u64>> = spans.iter().map(|s| s.version).collect();
+    let kept = versions
+        .as_ref()
+        .and_then(|v| node.exception_spans.get(&hours, v));
+    let span = match kept {
+        Some(sum) => sum,
+        None => {
+            let distinct = spans.iter().map(|s| s.numbers.len()).max().unwrap_or(0);
+            let mut sum = IdMap::with_capacity_and_hasher(distinct * 2, Default::default());
+            for span in &spans {
+                for (id, n) in span.numbers.iter() {
+                    merge_into(&mut sum, *id, *n);
+                }
+            }
+            let sum = Arc::new(sum);
+            if let Some(versions) = versions {
+                node.exception_spans.put(hours, versions, sum.clone());
+            }
+            sum
+        }
+    };
+    Ok(Ranking {
+        span: Some(span),
+        edges,
+        parts,
+    })
+}
+
+/// The ranking order: count (desc), then last_seen (latest first), then exception id.
+fn ranking(a: &(u64, Numbers), b: &(u64, Numbers)) -> std::cmp::Ordering {
+    b.1.count
+        .cmp(&a.1.count)
+        .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
+        .then(a.0.cmp(&b.0))
+}
+
+/// The best `k` of `span + edges` (each exception's numbers added up), in ranking order.
+pub fn top_numbers(
+    span: Option<&IdMap<Numbers>>,
+    edges: &IdMap<Numbers>,
+    k: usize,
+) -> Vec<(u64, Numbers)> {
+    let mut all: Vec<(u64, Numbers)> =
+        Vec::with_capacity(span.map_or(0, |s| s.len()) + edges.len());
+    if let Some(span) = span {
+        all.extend(span.iter().map(|(id, n)| {
+            let mut n = *n;
+            if let Some(e) = edges.get(id) {
+                n.merge(e);
+            }
+            (*id, n)
+        }));
+    }
+    all.extend(
+        edges
+            .iter()
+            .filter(|(id, _)| span.is_none_or(|s| !s.contains_key(*id)))
+            .map(|(id, n)| (*id, *n)),
+    );
+    if k < all.len() {
+        all.select_nth_unstable_by(k, ranking);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(ranking);
+    all
 }
 
 /// The whole counters (samples, hosts, regions, users) of a few exceptions over a window, read
 /// exception-first from each shard's hourly and minute history rows: a few short ranges per
-/// exception and shard, however many other exceptions the window holds.
+/// exception and shard, however many other exceptions the window holds. A shard reads an
+/// exception's whole hours only when its span has the exception, and its edge minutes only when
+/// its edges do (the ranking's numbers are written in the same batches as the history rows).
 async fn gather_details(
     node: &Arc<Node>,
     window: Window,
-    ids: Vec<u64>,
+    ids: &[u64],
+    parts: &[WindowNumbers],
 ) -> Result<ExceptionCounts, ApiError> {
-    let ids = Arc::new(ids);
+    let wanted: Vec<(Vec<u64>, Vec<u64>)> = parts
+        .iter()
+        .map(|p| {
+            let in_hours = ids
+                .iter()
+                .filter(|id| p.hours.as_ref().is_some_and(|h| h.numbers.contains_key(id)))
+                .copied()
+                .collect();
+            let in_edges = ids
+                .iter()
+                .filter(|id| p.edges.contains_key(id))
+                .copied()
+                .collect();
+            (in_hours, in_edges)
+        })
+        .collect();
+    let wanted = Arc::new(wanted);
     let parts = on_every_shard(node, "reading exception details", move |shard| {
-        shard.exception_summary(&ids, window.start, window.end)
+        let (in_hours, in_edges) = &wanted[shard.id().0 as usize];
+        shard.exception_parts_summary(in_hours, in_edges, window.start, window.end)
     })
     .await?;
     Ok(sum(parts))
@@ -375,17 +537,10 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
     let exceptions: Vec<TopItem> = if unfiltered {
         // Rank on the rows' numbers only (no decoding of names and lists), then read the whole
         // counters of just the top k.
-        let numbers = gather_numbers(node, window).await?;
-        let mut ranked: Vec<(u64, Numbers)> = numbers.into_iter().collect();
-        ranked.sort_by(|a, b| {
-            b.1.count
-                .cmp(&a.1.count)
-                .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
-                .then(a.0.cmp(&b.0))
-        });
-        ranked.truncate(k);
+        let ranking = gather_numbers(node, window).await?;
+        let ranked = top_numbers(ranking.span.as_deref(), &ranking.edges, k);
         let ids: Vec<u64> = ranked.iter().map(|(id, _)| *id).collect();
-        let details = gather_details(node, window, ids).await?;
+        let details = gather_details(node, window, &ids, &ranking.parts).await?;
         ranked
             .iter()
             .filter_map(|(id, n)| {
@@ -534,6 +689,40 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `top_numbers` against its definition: add the two parts up, sort everything, keep `k`.
+    #[test]
+    fn top_numbers_equals_sorting_the_sum() {
+        let mut rng = veil_chaos_tests::Rng::new(20261129);
+        let mut next = move |n: u64| rng.below(n);
+        for case in 0..500 {
+            // Few distinct counts and times, so ties on both are common.
+            let mut part = |len: u64| -> IdMap<Numbers> {
+                (0..next(len))
+                    .map(|_| {
+                        let t = next(4) as i64;
+                        let n = Numbers {
+                            count: 1 + next(3),
+                            first_seen_us: t,
+                            last_seen_us: t + next(3) as i64,
+                        };
+                        (next(40), n)
+                    })
+                    .collect()
+            };
+            let span = (case % 5 != 0).then(|| part(30));
+            let edges = part(20);
+            let k = 1 + next(45) as usize;
+            let mut sum = span.clone().unwrap_or_default();
+            for (id, n) in &edges {
+                merge_into(&mut sum, *id, *n);
+            }
+            let mut want: Vec<(u64, Numbers)> = sum.into_iter().collect();
+            want.sort_by(ranking);
+            want.truncate(k);
+            assert_eq!(top_numbers(span.as_ref(), &edges, k), want, "case {case}");
+        }
+    }
 
     #[test]
     fn windows_are_minute_aligned_as_documented() {

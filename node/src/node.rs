@@ -55,6 +55,8 @@ pub struct Node {
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
     idempotency_gate: tokio::sync::Mutex<()>,
+    /// Sums of every shard's whole-hour span of recent top-K windows.
+    pub(crate) exception_spans: crate::exceptions::SpanSums,
     ready: AtomicBool,
     db: Arc<rocksdb::DB>,
     /// The Raft log's fsync thread, stopped at close.
@@ -236,6 +238,7 @@ impl Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),
             query_slots: Arc::new(Semaphore::new(config.query_parallelism)),
             idempotency_gate: tokio::sync::Mutex::new(()),
+            exception_spans: Default::default(),
             masker: std::sync::RwLock::new(Arc::new(masker)),
             keys,
             patterns: tokio::sync::Mutex::new(patterns),

@@ -23,7 +23,7 @@ mod index;
 pub mod keys;
 mod query;
 pub mod query_lang;
-mod rollups;
+pub mod rollups;
 mod shard;
 mod shard_map;
 mod state_machine;

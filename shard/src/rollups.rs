@@ -1,11 +1,14 @@
-//! An in-memory cache of exception numbers per block of time (ten minutes, one hour), for the
-//! ranking pass of unfiltered top-K questions.
+//! An in-memory cache of exception numbers per block of time (ten minutes, one hour, six
+//! hours, and a window's whole hours together), for the ranking pass of unfiltered top-K
+//! questions.
 //!
 //! A window is cut into whole hours, whole ten-minute blocks at its edges, and single minutes
 //! at the very ends. Each whole block's per-exception numbers are read once from RocksDB (the
 //! hourly rollups, or the minute rows of ten minutes) and kept here, so a dashboard asking for
 //! the last 24 hours every few seconds reads a few thousand cached numbers per shard instead of
-//! a few hundred thousand rows.
+//! a few hundred thousand rows. The sum of a window's whole hours is kept too, as one
+//! [`Block::Hours`] span: a sliding window keeps the same whole hours for up to an hour, so a
+//! repeated question adds up its edges only.
 //!
 //! Exactness: every apply that writes counters, *after* its write batch is in RocksDB, adds its
 //! new rows' numbers into the cached blocks they fall in (so blocks stay cached, and exact,
@@ -13,6 +16,11 @@
 //! before reading it and caches what it read only when no apply touched that block in between;
 //! otherwise it uses what it read for its own answer (a consistent view as of its read) and
 //! leaves the block uncached. So a cached block always equals what RocksDB holds for it.
+//!
+//! Versions: a cached block carries a version, drawn from a counter of the cache that only
+//! grows, and renewed whenever an apply changes the block. Equal versions of one block mean
+//! equal numbers, so a coordinator can keep a sum of several shards' spans and reuse it while
+//! every shard reports the versions it was summed from.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -29,10 +37,57 @@ pub enum Block {
     Hour(i64),
     /// Six hours (UTC-aligned): minutes `360 s .. 360 s + 360`.
     Six(i64),
+    /// Whole hours `start..end`: the sum of the hour and six-hour blocks that cover them.
+    Hours(i64, i64),
 }
+
+impl Block {
+    /// The minutes the block covers.
+    pub fn minutes(self) -> Range<i64> {
+        match self {
+            Block::Ten(t) => t * 10..t * 10 + 10,
+            Block::Hour(h) => h * 60..h * 60 + 60,
+            Block::Six(x) => x * 360..x * 360 + 360,
+            Block::Hours(a, b) => a * 60..b * 60,
+        }
+    }
+}
+
+/// Spans ([`Block::Hours`]) a shard keeps at once; the oldest goes first. A few windows
+/// (1 h, 24 h, 7 d) asked over and over each keep one.
+pub const SPANS_MAX: usize = 4;
 
 /// Per-exception numbers of one block.
 pub type BlockNumbers = Arc<IdMap<Numbers>>;
+
+/// A cached block's numbers and their version.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    /// Per-exception numbers.
+    pub numbers: BlockNumbers,
+    /// Renewed by every apply that changes them (see the module's doc).
+    pub version: u64,
+}
+
+/// The numbers of a window's whole hours, from one shard.
+#[derive(Debug, Clone)]
+pub struct HoursNumbers {
+    /// The hours (since the epoch) they cover.
+    pub hours: Range<i64>,
+    /// Per-exception numbers.
+    pub numbers: BlockNumbers,
+    /// The version they are cached under in the shard (None: read for one question only).
+    pub version: Option<u64>,
+}
+
+/// One shard's per-exception numbers over a window, in two parts that add up to it.
+#[derive(Debug, Clone, Default)]
+pub struct WindowNumbers {
+    /// The window's whole hours, when it has any.
+    pub hours: Option<HoursNumbers>,
+    /// The rest: whole ten-minute blocks and single minutes at the ends.
+    pub edges: IdMap<Numbers>,
+}
 
 #[derive(Default)]
 struct Slot {
@@ -40,14 +95,46 @@ struct Slot {
     generation: u64,
     /// Readers between registering and finishing.
     readers: usize,
-    cached: Option<BlockNumbers>,
+    cached: Option<Cached>,
 }
 
 #[derive(Default)]
 struct Inner {
     slots: HashMap<Block, Slot>,
+    /// The [`Block::Hours`] slots present, oldest first.
+    spans: Vec<Block>,
     /// Numbers held in `cached` over all slots.
     entries: usize,
+    /// The last version handed out.
+    version: u64,
+}
+
+impl Inner {
+    fn next_version(&mut self) -> u64 {
+        self.version += 1;
+        self.version
+    }
+
+    fn remove(&mut self, block: Block) {
+        if let Some(slot) = self.slots.remove(&block) {
+            if let Some(c) = slot.cached {
+                self.entries -= c.numbers.len();
+            }
+        }
+        self.spans.retain(|b| *b != block);
+    }
+
+    /// Drops every cached block (readers in flight keep their slots, uncached).
+    fn drop_all(&mut self) {
+        self.slots.retain(|_, s| s.readers > 0);
+        for s in self.slots.values_mut() {
+            s.generation += 1;
+            s.cached = None;
+        }
+        let slots = &self.slots;
+        self.spans.retain(|b| slots.contains_key(b));
+        self.entries = 0;
+    }
 }
 
 /// The cache of one shard, bounded by the numbers it holds.
@@ -73,13 +160,16 @@ impl RollupCache {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        // The state is counters and immutable vectors; a panic elsewhere leaves it usable.
+        // The state is counters and immutable maps; a panic elsewhere leaves it usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The cached numbers of `block`, or a registration to read them and hand them back.
-    pub fn begin(&self, block: Block) -> Result<BlockNumbers, Reading> {
+    pub fn begin(&self, block: Block) -> Result<Cached, Reading> {
         let mut inner = self.lock();
+        if matches!(block, Block::Hours(..)) && !inner.slots.contains_key(&block) {
+            inner.spans.push(block);
+        }
         let slot = inner.slots.entry(block).or_default();
         if let Some(cached) = &slot.cached {
             return Ok(cached.clone());
@@ -91,33 +181,48 @@ impl RollupCache {
         })
     }
 
-    /// Ends a read: caches `numbers` when no apply touched the block since [`Self::begin`].
-    pub fn finish(&self, reading: Reading, numbers: BlockNumbers) {
+    /// Ends a read: caches `numbers` when no apply touched the block since [`Self::begin`], and
+    /// returns the version they are cached under (None: not cached).
+    pub fn finish(&self, reading: Reading, numbers: BlockNumbers) -> Option<u64> {
         let mut inner = self.lock();
         let len = numbers.len();
-        let Some(slot) = inner.slots.get_mut(&reading.block) else {
-            return;
-        };
+        let slot = inner.slots.get_mut(&reading.block)?;
         slot.readers = slot.readers.saturating_sub(1);
         let fresh = slot.generation == reading.generation && slot.cached.is_none();
         let idle = slot.readers == 0 && slot.cached.is_none();
         if !fresh || self.max_entries == 0 {
             if idle {
-                inner.slots.remove(&reading.block);
+                inner.remove(reading.block);
             }
-            return;
+            return None;
         }
         if inner.entries + len > self.max_entries {
             // Over the bound: start again (cheap, and a block is re-read at most once per use).
-            inner.slots.retain(|_, s| s.readers > 0);
-            for s in inner.slots.values_mut() {
-                s.cached = None;
-            }
-            inner.entries = 0;
+            inner.drop_all();
         }
+        if matches!(reading.block, Block::Hours(..)) {
+            if !inner.spans.contains(&reading.block) {
+                inner.spans.push(reading.block);
+            }
+            // The oldest idle spans past the bound go.
+            while inner.spans.len() > SPANS_MAX {
+                let slots = &inner.slots;
+                let Some(old) = inner
+                    .spans
+                    .iter()
+                    .find(|b| **b != reading.block && slots.get(b).is_none_or(|s| s.readers == 0))
+                    .copied()
+                else {
+                    break;
+                };
+                inner.remove(old);
+            }
+        }
+        let version = inner.next_version();
         let slot = inner.slots.entry(reading.block).or_default();
-        slot.cached = Some(numbers);
+        slot.cached = Some(Cached { numbers, version });
         inner.entries += len;
+        Some(version)
     }
 
     /// Ends a read that failed: nothing is cached.
@@ -126,7 +231,7 @@ impl RollupCache {
         if let Some(slot) = inner.slots.get_mut(&reading.block) {
             slot.readers = slot.readers.saturating_sub(1);
             if slot.readers == 0 && slot.cached.is_none() {
-                inner.slots.remove(&reading.block);
+                inner.remove(reading.block);
             }
         }
     }
@@ -135,27 +240,32 @@ impl RollupCache {
     /// (minute, exception): adds them into the cached blocks holding those minutes, and keeps
     /// readers in flight on those blocks from caching what they read.
     pub fn applied(&self, rows: &[(i64, u64, Numbers)]) {
-        let mut inner = self.lock();
-        if inner.slots.is_empty() {
+        let mut guard = self.lock();
+        if guard.slots.is_empty() {
             return;
         }
+        let inner = &mut *guard;
         let mut added = 0;
         for &(minute, id, numbers) in rows {
-            for block in [
+            let fixed = [
                 Block::Ten(minute.div_euclid(10)),
                 Block::Hour(minute.div_euclid(60)),
                 Block::Six(minute.div_euclid(360)),
-            ] {
-                let Some(slot) = inner.slots.get_mut(&block) else {
+            ];
+            let spans = inner.spans.iter().filter(|b| b.minutes().contains(&minute));
+            for block in fixed.iter().chain(spans) {
+                let Some(slot) = inner.slots.get_mut(block) else {
                     continue;
                 };
                 if slot.readers > 0 {
                     slot.generation += 1;
                 }
                 if let Some(cached) = &mut slot.cached {
-                    let map = Arc::make_mut(cached);
+                    let map = Arc::make_mut(&mut cached.numbers);
                     added += usize::from(!map.contains_key(&id));
                     merge_into(map, id, numbers);
+                    inner.version += 1;
+                    cached.version = inner.version;
                 }
             }
         }
@@ -164,13 +274,7 @@ impl RollupCache {
 
     /// Forgets everything (after a snapshot is installed).
     pub fn clear(&self) {
-        let mut inner = self.lock();
-        inner.slots.retain(|_, s| s.readers > 0);
-        for s in inner.slots.values_mut() {
-            s.generation += 1;
-            s.cached = None;
-        }
-        inner.entries = 0;
+        self.lock().drop_all();
     }
 }
 
@@ -217,14 +321,6 @@ pub fn plan(start: i64, end: i64) -> (Vec<Range<i64>>, Vec<Block>) {
 mod tests {
     use super::*;
 
-    fn minutes_of(block: Block) -> std::ops::Range<i64> {
-        match block {
-            Block::Ten(t) => t * 10..t * 10 + 10,
-            Block::Hour(h) => h * 60..h * 60 + 60,
-            Block::Six(x) => x * 360..x * 360 + 360,
-        }
-    }
-
     #[test]
     fn a_plan_covers_the_range_exactly_once() {
         for start in -130..130 {
@@ -234,7 +330,7 @@ mod tests {
                 let end = start + len;
                 let (minutes, blocks) = plan(start, end);
                 let mut covered: Vec<i64> = minutes.into_iter().flatten().collect();
-                covered.extend(blocks.iter().flat_map(|b| minutes_of(*b)));
+                covered.extend(blocks.iter().flat_map(|b| b.minutes()));
                 covered.sort();
                 assert_eq!(covered, (start..end).collect::<Vec<_>>(), "{start}..{end}");
             }
@@ -273,7 +369,87 @@ mod tests {
         cache.finish(reading, numbers.clone());
         cache.applied(&[(6 * 60, 1, one), (6 * 60 + 1, 2, one)]);
         let cached = cache.begin(Block::Hour(6)).expect("cached");
-        assert_eq!(cached.get(&1).map(|n| n.count), Some(2));
-        assert_eq!(cached.get(&2).map(|n| n.count), Some(1));
+        assert_eq!(cached.numbers.get(&1).map(|n| n.count), Some(2));
+        assert_eq!(cached.numbers.get(&2).map(|n| n.count), Some(1));
+    }
+
+    fn numbers_of(pairs: &[(u64, u64)]) -> BlockNumbers {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|&(id, count)| {
+                    let n = Numbers {
+                        count,
+                        first_seen_us: 0,
+                        last_seen_us: 0,
+                    };
+                    (id, n)
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn spans_take_writes_inside_them_and_renew_their_version() {
+        let cache = RollupCache::new(1000);
+        let one = Numbers {
+            count: 1,
+            first_seen_us: 0,
+            last_seen_us: 0,
+        };
+        let span = Block::Hours(10, 34);
+        let reading = cache.begin(span).expect_err("empty cache");
+        // A write inside the span while it is read: not cached.
+        cache.applied(&[(20 * 60, 7, one)]);
+        assert_eq!(cache.finish(reading, numbers_of(&[(7, 1)])), None);
+        let reading = cache.begin(span).expect_err("a stale read was cached");
+        let v1 = cache
+            .finish(reading, numbers_of(&[(7, 2)]))
+            .expect("a quiet read is cached");
+        let cached = cache.begin(span).expect("cached");
+        assert_eq!(cached.version, v1);
+        // A write outside the span changes neither its numbers nor its version.
+        cache.applied(&[(34 * 60, 7, one), (10 * 60 - 1, 7, one)]);
+        let same = cache.begin(span).expect("cached");
+        assert_eq!(
+            (same.version, same.numbers.get(&7).map(|n| n.count)),
+            (v1, Some(2))
+        );
+        // A write inside: added in place, new version.
+        cache.applied(&[(33 * 60 + 59, 7, one), (10 * 60, 8, one)]);
+        let after = cache.begin(span).expect("cached");
+        assert!(after.version > v1);
+        assert_eq!(after.numbers.get(&7).map(|n| n.count), Some(3));
+        assert_eq!(after.numbers.get(&8).map(|n| n.count), Some(1));
+        // The version handed out before still names the numbers of then.
+        assert_eq!(cached.numbers.get(&7).map(|n| n.count), Some(2));
+    }
+
+    #[test]
+    fn spans_past_the_bound_go_oldest_first_and_versions_never_repeat() {
+        let cache = RollupCache::new(1000);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..(SPANS_MAX as i64 + 3) {
+            let span = Block::Hours(i, i + 24);
+            let reading = cache.begin(span).expect_err("new span");
+            let v = cache
+                .finish(reading, numbers_of(&[(1, 1)]))
+                .expect("cached");
+            assert!(seen.insert(v), "version {v} handed out twice");
+        }
+        let mut cached = Vec::new();
+        for i in 0..(SPANS_MAX as i64 + 3) {
+            match cache.begin(Block::Hours(i, i + 24)) {
+                Ok(_) => cached.push(i),
+                Err(reading) => cache.abandon(reading),
+            }
+        }
+        assert_eq!(cached, (3..(SPANS_MAX as i64 + 3)).collect::<Vec<_>>());
+        // Re-reading an evicted span gives a version never seen before.
+        let reading = cache.begin(Block::Hours(0, 24)).expect_err("evicted");
+        let v = cache
+            .finish(reading, numbers_of(&[(1, 1)]))
+            .expect("cached");
+        assert!(seen.insert(v));
     }
 }

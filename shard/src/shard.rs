@@ -16,7 +16,7 @@ use crate::exceptions::{self, CounterFilter, ExceptionCounts, CF_EXCEPTIONS};
 use crate::index::ShardIndex;
 use crate::keys;
 use crate::query::{ShardHits, ShardQuery};
-use crate::rollups::{self, Block, RollupCache};
+use crate::rollups::{self, Block, BlockNumbers, HoursNumbers, RollupCache, WindowNumbers};
 use crate::{Error, Result, ShardId, ShardMap};
 
 /// Column family of the entries.
@@ -355,42 +355,95 @@ impl Shard {
     }
 
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
-    /// dimensions, reading only numbers: the ranking pass of an unfiltered top-K. Whole six-hour
-    /// blocks and hours come from the hourly rollups, whole ten-minute blocks from the minute
-    /// rows, all through the shard's block cache; the single minutes at the ends from the
-    /// minute rows.
+    /// dimensions: [`Self::exception_window_numbers`] added up.
     pub fn exception_numbers(
         &self,
         start_minute: i64,
         end_minute: i64,
     ) -> Result<exceptions::IdMap<exceptions::Numbers>> {
-        let mut out = exceptions::IdMap::with_capacity_and_hasher(4096, Default::default());
-        let (minutes, blocks) = rollups::plan(start_minute, end_minute);
-        for range in minutes {
-            for (id, n) in self.read_minutes(range.start, range.end)? {
-                exceptions::merge_into(&mut out, id, n);
-            }
-        }
-        for block in blocks {
-            let numbers = match self.rollups.begin(block) {
-                Ok(cached) => cached,
-                Err(reading) => match self.read_block(block) {
-                    Ok(read) => {
-                        let read = Arc::new(read);
-                        self.rollups.finish(reading, read.clone());
-                        read
-                    }
-                    Err(e) => {
-                        self.rollups.abandon(reading);
-                        return Err(e);
-                    }
-                },
-            };
-            for (id, n) in numbers.iter() {
+        let parts = self.exception_window_numbers(start_minute, end_minute)?;
+        let mut out = parts.edges;
+        if let Some(hours) = parts.hours {
+            for (id, n) in hours.numbers.iter() {
                 exceptions::merge_into(&mut out, *id, *n);
             }
         }
         Ok(out)
+    }
+
+    /// Count, first and last seen per exception over minutes `start_minute..end_minute`, all
+    /// dimensions, reading only numbers: the ranking pass of an unfiltered top-K, in two parts.
+    /// The window's whole hours are one span, summed from whole six-hour blocks and hours of the
+    /// hourly rollups; the rest (whole ten-minute blocks from the minute rows, single minutes at
+    /// the ends) is its edges. Blocks and the span go through the shard's block cache.
+    pub fn exception_window_numbers(
+        &self,
+        start_minute: i64,
+        end_minute: i64,
+    ) -> Result<WindowNumbers> {
+        let mut edges = exceptions::IdMap::with_capacity_and_hasher(1024, Default::default());
+        let (minutes, blocks) = rollups::plan(start_minute, end_minute);
+        for range in minutes {
+            for (id, n) in self.read_minutes(range.start, range.end)? {
+                exceptions::merge_into(&mut edges, id, n);
+            }
+        }
+        let (hour_blocks, ten_blocks): (Vec<Block>, Vec<Block>) = blocks
+            .into_iter()
+            .partition(|b| matches!(b, Block::Hour(_) | Block::Six(_)));
+        for block in ten_blocks {
+            let (numbers, _) = self.cached_block(block, || self.read_block(block))?;
+            for (id, n) in numbers.iter() {
+                exceptions::merge_into(&mut edges, *id, *n);
+            }
+        }
+        let first = hour_blocks.iter().map(|b| b.minutes().start).min();
+        let last = hour_blocks.iter().map(|b| b.minutes().end).max();
+        let hours = match (first, last) {
+            (Some(first), Some(last)) => {
+                let span = Block::Hours(first / 60, last / 60);
+                let cached = self.cached_block(span, || {
+                    let mut sum = exceptions::IdMap::default();
+                    for &block in &hour_blocks {
+                        let (part, _) = self.cached_block(block, || self.read_block(block))?;
+                        for (id, n) in part.iter() {
+                            exceptions::merge_into(&mut sum, *id, *n);
+                        }
+                    }
+                    Ok(sum)
+                })?;
+                Some(HoursNumbers {
+                    hours: first / 60..last / 60,
+                    numbers: cached.0,
+                    version: cached.1,
+                })
+            }
+            _ => None,
+        };
+        Ok(WindowNumbers { hours, edges })
+    }
+
+    /// A block's numbers from the cache, or read by `read` and handed to the cache; with the
+    /// version they are cached under (None: the cache did not keep them).
+    fn cached_block(
+        &self,
+        block: Block,
+        read: impl FnOnce() -> Result<exceptions::IdMap<exceptions::Numbers>>,
+    ) -> Result<(BlockNumbers, Option<u64>)> {
+        match self.rollups.begin(block) {
+            Ok(cached) => Ok((cached.numbers, Some(cached.version))),
+            Err(reading) => match read() {
+                Ok(read) => {
+                    let numbers = Arc::new(read);
+                    let version = self.rollups.finish(reading, numbers.clone());
+                    Ok((numbers, version))
+                }
+                Err(e) => {
+                    self.rollups.abandon(reading);
+                    Err(e)
+                }
+            },
+        }
     }
 
     /// The per-exception numbers of minutes `start..end`, from the minute rows.
@@ -430,6 +483,7 @@ impl Shard {
             Block::Ten(t) => self.read_minutes(t * 10, t * 10 + 10),
             Block::Hour(h) => self.read_hours(h, h + 1),
             Block::Six(x) => self.read_hours(x * 6, x * 6 + 6),
+            Block::Hours(a, b) => self.read_hours(a, b),
         }
     }
 
@@ -493,35 +547,54 @@ impl Shard {
         start_minute: i64,
         end_minute: i64,
     ) -> Result<ExceptionCounts> {
+        self.exception_parts_summary(exception_ids, exception_ids, start_minute, end_minute)
+    }
+
+    /// [`Self::exception_summary`] reading the window's whole hours only for `in_hours` and the
+    /// minutes around them only for `in_edges`: a caller that knows from the ranking's numbers
+    /// (written in the same batches) that an exception is absent from a part skips its seeks.
+    pub fn exception_parts_summary(
+        &self,
+        in_hours: &[u64],
+        in_edges: &[u64],
+        start_minute: i64,
+        end_minute: i64,
+    ) -> Result<ExceptionCounts> {
         let mut out = ExceptionCounts::default();
         if start_minute >= end_minute {
             return Ok(out);
         }
-        let (ranges, hours) = match rollups::split(start_minute, end_minute, 60) {
+        let (edges, hours) = match rollups::split(start_minute, end_minute, 60) {
             Some((head, hours, tail)) => ([head, tail], hours),
             None => ([start_minute..end_minute, 0..0], 0..0),
         };
-        for &id in exception_ids {
-            let mut add = |value: &[u8]| -> Result<()> {
-                let c = self.decode_counter(value)?;
-                // Minute 0: no buckets are asked for, so the minute is not used.
-                out.add_row(id, 0, None, c);
-                Ok(())
-            };
-            for minutes in ranges.iter().filter(|r| !r.is_empty()) {
-                let from = exceptions::history_key(self.id, id, minutes.start);
-                let to = exceptions::history_key(self.id, id, minutes.end);
-                self.scan(exceptions::CF_EXCEPTION_HISTORY, &from, &to, |_, v| add(v))?;
+        let mut add = |id: u64, value: &[u8]| -> Result<()> {
+            let c = self.decode_counter(value)?;
+            // Minute 0: no buckets are asked for, so the minute is not used.
+            out.add_row(id, 0, None, c);
+            Ok(())
+        };
+        // One iterator per column family for all the ranges: creating one costs more than a seek.
+        if edges.iter().any(|r| !r.is_empty()) && !in_edges.is_empty() {
+            let mut it = self
+                .db
+                .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY)?);
+            for &id in in_edges {
+                for minutes in edges.iter().filter(|r| !r.is_empty()) {
+                    let from = exceptions::history_key(self.id, id, minutes.start);
+                    let to = exceptions::history_key(self.id, id, minutes.end);
+                    scan_range(&mut it, &from, &to, |_, v| add(id, v))?;
+                }
             }
-            if !hours.is_empty() {
+        }
+        if !hours.is_empty() && !in_hours.is_empty() {
+            let mut it = self
+                .db
+                .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY_HOURLY)?);
+            for &id in in_hours {
                 let from = exceptions::history_key(self.id, id, hours.start);
                 let to = exceptions::history_key(self.id, id, hours.end);
-                self.scan(
-                    exceptions::CF_EXCEPTION_HISTORY_HOURLY,
-                    &from,
-                    &to,
-                    |_, v| add(v),
-                )?;
+                scan_range(&mut it, &from, &to, |_, v| add(id, v))?;
             }
         }
         Ok(out)
@@ -808,4 +881,24 @@ impl Shard {
     pub(crate) fn decode_entry(&self, bytes: &[u8]) -> Result<StoredEntry> {
         decode_entry(self.id, bytes)
     }
+}
+
+/// Calls `f` with every `(key, value)` in `from..to`, seeking an iterator that is reused across
+/// ranges (so it has no upper bound of its own).
+fn scan_range(
+    it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
+    from: &[u8],
+    to: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<()> {
+    it.seek(from);
+    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+        if key >= to {
+            break;
+        }
+        f(key, value)?;
+        it.next();
+    }
+    it.status()?;
+    Ok(())
 }

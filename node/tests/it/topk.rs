@@ -130,11 +130,11 @@ fn top_k_and_details_match_a_brute_force_count() {
         }
         types.len() - 1
     };
-    let mut sent: Vec<Sent> = Vec::new();
-    for batch in 0..3 {
+    // Sends `n` entries stamped within the last 5 hours; records the ones with an exception.
+    let send = |rng: &mut Rng, batch: usize, n: usize, sent: &mut Vec<Sent>| {
         let mut body = String::new();
         let mut planned = Vec::new();
-        for i in 0..1000 {
+        for i in 0..n {
             let ts_us =
                 now_us - rng.below(5 * 3600) as i64 * 1_000_000 - rng.below(1_000_000) as i64;
             let service = services[rng.below(services.len() as u64) as usize];
@@ -144,7 +144,7 @@ fn top_k_and_details_match_a_brute_force_count() {
             let has_exception = rng.below(10) < 7;
             let host = format!("h{}", rng.below(12));
             let user = format!("u{}", rng.below(40));
-            let ty = types[pick_type(&mut rng)].clone();
+            let ty = types[pick_type(rng)].clone();
             let mut entry = json!({
                 "timestamp": rfc3339(ts_us), "service": service, "environment": environment,
                 "metadata": {"region": region, "host": host}, "level": level,
@@ -170,7 +170,7 @@ fn top_k_and_details_match_a_brute_force_count() {
         }
         let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
         assert_eq!(status, 200, "{answer}");
-        assert_eq!(answer["accepted"], 1000);
+        assert_eq!(answer["accepted"], n);
         for (r, p) in answer["results"].as_array().unwrap().iter().zip(planned) {
             if p.0 {
                 sent.push(Sent {
@@ -186,6 +186,10 @@ fn top_k_and_details_match_a_brute_force_count() {
                 });
             }
         }
+    };
+    let mut sent: Vec<Sent> = Vec::new();
+    for batch in 0..3 {
+        send(&mut rng, batch, 1000, &mut sent);
     }
 
     let check = |path: &str, expected: Vec<Expected>| {
@@ -255,6 +259,31 @@ fn top_k_and_details_match_a_brute_force_count() {
         if round == 0 {
             eprintln!("first query: {query} → {} matching", matching.len());
         }
+    }
+
+    // Answers kept between questions (each shard's whole-hour spans and the coordinator's sum
+    // of them) must take later writes into the hours they cover: ask unfiltered windows of
+    // several whole hours, write into those hours, ask again.
+    let windows: Vec<(i64, i64)> = (0..4)
+        .map(|_| {
+            let end = now_us - rng.below(1800) as i64 * 1_000_000;
+            (end - (2 + rng.below(3) as i64) * 3_600_000_000, end)
+        })
+        .collect();
+    for batch in 3..6 {
+        for &(start, end) in &windows {
+            let path = format!(
+                "/api/v1/exceptions/top-k?k=20&start={}&end={}",
+                rfc3339(start).replace('+', "%2B"),
+                rfc3339(end).replace('+', "%2B")
+            );
+            let matching: Vec<&Sent> = sent
+                .iter()
+                .filter(|s| minute(s.ts_us) >= minute(start) && minute(s.ts_us) <= minute(end))
+                .collect();
+            check(&path, brute_force(&matching, 20));
+        }
+        send(&mut rng, batch, 300, &mut sent);
     }
 
     // Sliding: 6h covers every entry whatever minute it is now.
