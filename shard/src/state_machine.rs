@@ -3,6 +3,8 @@
 //! A snapshot is a file: a header with the snapshot's metadata, then every `(key, entry)` of the
 //! shard in key order, read from one RocksDB snapshot so that it matches the applied state it
 //! claims. Installing one replaces the shard's entries and rebuilds its index from them.
+//! Format 2 compresses everything after the header as one zstd stream (the snapshot files were
+//! 60 % of a compacted data directory, BENCHMARKS.md); format 1 files (plain body) still install.
 
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
@@ -145,7 +147,10 @@ struct SnapshotHeader {
     meta: SnapshotMeta,
 }
 
-const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// The format written: 2, a zstd body. Installing also takes 1, a plain body.
+const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// zstd's default level: fast enough for a background snapshot, most of the ratio.
+const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
 
 fn io_err(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |e| Error::io(context, e)
@@ -188,6 +193,8 @@ fn build(shard: &Shard) -> Result<SnapshotRecord> {
             meta: meta.clone(),
         };
         bincode::serialize_into(&mut out, &header).map_err(bincode_err(shard))?;
+        let mut out = zstd::stream::write::Encoder::new(out, SNAPSHOT_ZSTD_LEVEL)
+            .map_err(io_err("start snapshot compression"))?;
         let end = keys::shard_end(shard.id());
         let from = keys::shard_prefix(shard.id());
         for item in snap.iterator_cf(
@@ -203,6 +210,8 @@ fn build(shard: &Shard) -> Result<SnapshotRecord> {
         }
         bincode::serialize_into(&mut out, &None::<(&[u8], &[u8])>).map_err(bincode_err(shard))?;
         let file = out
+            .finish()
+            .map_err(io_err("finish snapshot compression"))?
             .into_inner()
             .map_err(|e| Error::io("flush snapshot file", e.into_error()))?;
         file.sync_all().map_err(io_err("fsync snapshot file"))?;
@@ -220,16 +229,23 @@ fn build(shard: &Shard) -> Result<SnapshotRecord> {
 
 fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     let db = shard.db();
-    let mut input =
+    let mut file =
         BufReader::new(std::fs::File::open(&source).map_err(io_err("open snapshot file"))?);
     let header: SnapshotHeader =
-        bincode::deserialize_from(&mut input).map_err(bincode_err(shard))?;
-    if header.format_version != SNAPSHOT_FORMAT_VERSION {
-        return Err(Error::Corrupt {
-            shard_id: shard.id(),
-            reason: format!("snapshot format {}", header.format_version),
-        });
-    }
+        bincode::deserialize_from(&mut file).map_err(bincode_err(shard))?;
+    let mut input: Box<dyn std::io::Read> = match header.format_version {
+        1 => Box::new(file),
+        2 => Box::new(
+            zstd::stream::read::Decoder::with_buffer(file)
+                .map_err(io_err("start snapshot decompression"))?,
+        ),
+        other => {
+            return Err(Error::Corrupt {
+                shard_id: shard.id(),
+                reason: format!("snapshot format {other}"),
+            })
+        }
+    };
     let from = keys::shard_prefix(shard.id());
     let end = keys::shard_end(shard.id());
     for cf in crate::shard::DATA_COLUMN_FAMILIES {
