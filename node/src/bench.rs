@@ -403,10 +403,17 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let probe = tokio::spawn(probe_exception_freshness(
+        client.clone(),
+        a.target.clone(),
+        format!("bench-{run}-probe"),
+        deadline,
+    ));
     for w in workers {
         w.await.context("a worker failed")?;
     }
     progress.abort();
+    let (fresh, probes_missed) = probe.await.context("the freshness probe failed")??;
     let elapsed = started.elapsed().as_secs_f64();
     let acked = acked.load(Ordering::Relaxed);
     let failed = failed.load(Ordering::Relaxed);
@@ -432,12 +439,81 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         "entries_held": held,
         "verified": held == acked,
         "visible_after_ms": visible_after_ms,
+        "exception_counted_after": latency_json(&fresh),
+        "exception_probes_missed": probes_missed,
     });
     print_result(&result, a.json, "ingest");
     if held != acked {
         bail!("the node holds {held} of the {acked} acknowledged entries");
     }
     Ok(())
+}
+
+/// How long one freshness probe waits for its exception to be counted before it counts as missed.
+const PROBE_WAIT: Duration = Duration::from_secs(10);
+
+/// Once a second until `deadline`: sends one entry whose exception type is its own under
+/// `service` (not one of the run's, so the held-count check is not disturbed) and measures from
+/// its acknowledgement until a top-K answer counts it, polling every 5 ms. Returns the latencies
+/// and how many probes were not counted within [`PROBE_WAIT`] (or not acknowledged).
+async fn probe_exception_freshness(
+    client: reqwest::Client,
+    target: String,
+    service: String,
+    deadline: Instant,
+) -> anyhow::Result<(Histogram<u64>, u64)> {
+    let mut latencies = new_histogram()?;
+    let mut missed = 0;
+    let top_k =
+        format!("http://{target}/api/v1/exceptions/top-k?k=1000&window=5m&service={service}");
+    let mut next = Instant::now();
+    while next < deadline {
+        tokio::time::sleep_until(next.into()).await;
+        next += Duration::from_secs(1);
+        let exception_type = format!("VeilFreshnessProbe{:x}Exception", now_nanos());
+        let entry = json!({
+            "service": service, "level": "ERROR", "message": "veil bench freshness probe",
+            "exception": {"type": exception_type, "message": "probe"},
+        });
+        let sent = client
+            .post(format!("http://{target}/api/v1/logs"))
+            .json(&entry)
+            .send()
+            .await;
+        if !sent.is_ok_and(|r| r.status().is_success()) {
+            missed += 1;
+            continue;
+        }
+        let acked = Instant::now();
+        let counted = loop {
+            let answer: Option<Value> = match client.get(&top_k).send().await {
+                Ok(r) => r.json().await.ok(),
+                Err(_) => None,
+            };
+            let seen = answer
+                .as_ref()
+                .and_then(|a| a["exceptions"].as_array())
+                .is_some_and(|items| {
+                    items
+                        .iter()
+                        .any(|e| e["exception_type"] == exception_type.as_str())
+                });
+            if seen {
+                break Some(acked.elapsed());
+            }
+            if acked.elapsed() > PROBE_WAIT {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        match counted {
+            Some(d) => {
+                let _ = latencies.record((d.as_micros() as u64).max(1));
+            }
+            None => missed += 1,
+        }
+    }
+    Ok((latencies, missed))
 }
 
 /// Counts the run's entries on the node, waiting (up to 30 s) for the index to catch up.

@@ -59,6 +59,12 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         r["ack_latency"]["p50_ms"].as_f64().unwrap()
             <= r["ack_latency"]["max_ms"].as_f64().unwrap()
     );
+    // The freshness probe ran (once a second) and top-K counted every probe's exception.
+    assert!(
+        r["exception_counted_after"]["count"].as_u64().unwrap() >= 1,
+        "{r}"
+    );
+    assert_eq!(r["exception_probes_missed"], 0, "{r}");
 
     // A second run into the same services is checked on what it added.
     let again = bench(&[
