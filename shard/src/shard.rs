@@ -48,8 +48,16 @@ pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
     DATA_COLUMN_FAMILIES
         .into_iter()
         .chain([CF_SHARD_META])
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
+        .map(|name| ColumnFamilyDescriptor::new(name, data_options()))
         .collect()
+}
+
+/// Options of the shard's column families: RocksDB's default compression (Snappy) where
+/// flushes and early compactions write, zstd at the bottommost level, where the data settles.
+fn data_options() -> Options {
+    let mut opts = Options::default();
+    opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
+    opts
 }
 
 /// The configuration of a shard, given by the node.
