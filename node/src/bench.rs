@@ -734,7 +734,11 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
     for (raft_index, chunk) in entries.chunks(1000).enumerate() {
         let docs: Vec<(Vec<u8>, &veil_shard::StoredEntry)> = chunk
             .iter()
-            .map(|e| (e.log_id.as_bytes().to_vec(), e))
+            .map(|e| {
+                let key =
+                    veil_shard::keys::entry_key(veil_shard::ShardId(0), e.timestamp_us, e.log_id);
+                (key.to_vec(), e)
+            })
             .collect();
         index.add(raft_index as u64 + 1, &docs)?;
     }

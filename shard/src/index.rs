@@ -1,8 +1,8 @@
 //! The tantivy index of one shard.
 //!
-//! RocksDB holds the entries; the index holds what queries need to find them: the entry's
-//! RocksDB key (stored), its time and log_id as fast fields (for the `(timestamp, log_id)` sort
-//! order), the keyword fields (service, level, …) as untokenized terms, message, exception
+//! RocksDB holds the entries; the index holds what queries need to find them: the entry's time
+//! and log_id as fast fields (for the `(timestamp, log_id)` sort order, and to rebuild the
+//! entry's RocksDB key), the keyword fields (service, level, …) as untokenized terms, message, exception
 //! message and stack trace as full text, and the free fields as a JSON field with exact terms.
 //!
 //! Each commit carries the Raft index of the last applied entry whose documents it holds, so a
@@ -27,7 +27,7 @@ use tantivy::query::{
 };
 use tantivy::schema::{
     DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions, Schema,
-    TextFieldIndexing, Value, FAST, INDEXED, STORED, STRING, TEXT,
+    TextFieldIndexing, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::{
     DateTime, DocAddress, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy,
@@ -44,7 +44,6 @@ use crate::{Error, Result, ShardId};
 /// The fields of the index schema.
 #[derive(Clone, Copy)]
 struct Fields {
-    key: Field,
     timestamp: Field,
     log_id_hi: Field,
     log_id_lo: Field,
@@ -62,7 +61,9 @@ struct Fields {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
-    let key = b.add_bytes_field("key", STORED);
+    // Stored by earlier versions, never read now: kept so their indexes' schema still matches
+    // (tantivy opens an index only with the schema it was created with).
+    b.add_bytes_field("key", STORED);
     let timestamp = b.add_date_field(
         "timestamp",
         DateOptions::from(INDEXED)
@@ -90,7 +91,6 @@ fn schema() -> (Schema, Fields) {
         .set_fast("raw");
     let fields = b.add_json_field("fields", json);
     let f = Fields {
-        key,
         timestamp,
         log_id_hi,
         log_id_lo,
@@ -200,7 +200,12 @@ impl ShardIndex {
     pub fn add(&self, raft_index: u64, entries: &[(Vec<u8>, &StoredEntry)]) -> Result<()> {
         let mut state = self.lock();
         for (key, entry) in entries {
-            state.writer.add_document(self.document(key, entry))?;
+            debug_assert_eq!(
+                key.as_slice(),
+                crate::keys::entry_key(self.shard_id, entry.timestamp_us, entry.log_id).as_slice(),
+                "a document's RocksDB key is rebuilt from its time and log_id"
+            );
+            state.writer.add_document(self.document(entry))?;
         }
         state.dirty |= !entries.is_empty();
         state.added_up_to = state.added_up_to.max(raft_index);
@@ -251,10 +256,12 @@ impl ShardIndex {
         Ok(ids.len())
     }
 
-    fn document(&self, key: &[u8], e: &StoredEntry) -> TantivyDocument {
+    /// The document of an entry. Its RocksDB key is not stored: it is `shard | time | log_id`,
+    /// rebuilt from the fast fields ([`Self::entry_key`]). The schema keeps the `key` field so
+    /// indexes written when it was stored still open; their stored keys are simply not read.
+    fn document(&self, e: &StoredEntry) -> TantivyDocument {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
-        doc.add_bytes(f.key, key);
         doc.add_date(f.timestamp, DateTime::from_timestamp_micros(e.timestamp_us));
         let id = e.log_id.as_u128();
         doc.add_u64(f.log_id_hi, (id >> 64) as u64);
@@ -342,20 +349,32 @@ impl ShardIndex {
         };
         let mut keys = Vec::with_capacity(hits.len());
         for (key, address) in hits {
-            keys.push((key, self.stored_key(&searcher, address)?));
+            keys.push((key, self.entry_key(&searcher, address)?));
         }
         Ok((total, keys, aggs))
     }
 
-    fn stored_key(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Vec<u8>> {
-        let doc: TantivyDocument = searcher.doc(address)?;
-        doc.get_first(self.fields.key)
-            .and_then(|v| v.as_bytes())
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| Error::Corrupt {
-                shard_id: self.shard_id,
-                reason: "indexed document without a key".into(),
-            })
+    /// The RocksDB key of a hit, from its time and log_id fast fields.
+    fn entry_key(&self, searcher: &tantivy::Searcher, address: DocAddress) -> Result<Vec<u8>> {
+        let ff = searcher.segment_reader(address.segment_ord).fast_fields();
+        let missing = || Error::Corrupt {
+            shard_id: self.shard_id,
+            reason: "indexed document without a time or log_id".into(),
+        };
+        let time = ff
+            .date("timestamp")?
+            .first(address.doc_id)
+            .ok_or_else(missing)?;
+        let hi = ff
+            .u64("log_id_hi")?
+            .first(address.doc_id)
+            .ok_or_else(missing)?;
+        let lo = ff
+            .u64("log_id_lo")?
+            .first(address.doc_id)
+            .ok_or_else(missing)?;
+        let log_id = uuid::Uuid::from_u128((u128::from(hi) << 64) | u128::from(lo));
+        Ok(crate::keys::entry_key(self.shard_id, time.into_timestamp_micros(), log_id).to_vec())
     }
 
     fn build_query(&self, q: &ShardQuery) -> Result<Box<dyn Query>> {
