@@ -351,11 +351,7 @@ mod tests {
     #[test]
     fn a_block_written_during_a_read_is_not_cached_and_cached_blocks_take_writes() {
         let cache = RollupCache::new(1000);
-        let one = Numbers {
-            count: 1,
-            first_seen_us: 0,
-            last_seen_us: 0,
-        };
+        let one = count(1);
         let numbers: BlockNumbers = Arc::new([(1, one)].into_iter().collect());
         let reading = cache.begin(Block::Hour(5)).expect_err("empty cache");
         cache.applied(&[(5 * 60 + 3, 1, one)]);
@@ -373,30 +369,23 @@ mod tests {
         assert_eq!(cached.numbers.get(&2).map(|n| n.count), Some(1));
     }
 
+    /// Numbers of `n` occurrences at time 0.
+    fn count(n: u64) -> Numbers {
+        Numbers {
+            count: n,
+            first_seen_us: 0,
+            last_seen_us: 0,
+        }
+    }
+
     fn numbers_of(pairs: &[(u64, u64)]) -> BlockNumbers {
-        Arc::new(
-            pairs
-                .iter()
-                .map(|&(id, count)| {
-                    let n = Numbers {
-                        count,
-                        first_seen_us: 0,
-                        last_seen_us: 0,
-                    };
-                    (id, n)
-                })
-                .collect(),
-        )
+        Arc::new(pairs.iter().map(|&(id, n)| (id, count(n))).collect())
     }
 
     #[test]
     fn spans_take_writes_inside_them_and_renew_their_version() {
         let cache = RollupCache::new(1000);
-        let one = Numbers {
-            count: 1,
-            first_seen_us: 0,
-            last_seen_us: 0,
-        };
+        let one = count(1);
         let span = Block::Hours(10, 34);
         let reading = cache.begin(span).expect_err("empty cache");
         // A write inside the span while it is read: not cached.

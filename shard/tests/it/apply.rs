@@ -66,6 +66,31 @@ async fn apply(sm: &mut ShardStateMachine, index: u64, entries: Vec<StoredEntry>
         .expect("apply");
 }
 
+/// A shard in `dir` holding `count` entries (one Raft entry), and a snapshot of it.
+async fn snapshot_of(
+    dir: &std::path::Path,
+    count: u64,
+) -> (
+    Arc<Shard>,
+    openraft::alias::SnapshotOf<TypeConfig, std::path::PathBuf>,
+) {
+    let shard = open(dir, open_db(dir));
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        1,
+        (0..count).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    (shard, snapshot)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_batch_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,20 +188,7 @@ async fn restart_indexes_what_the_last_commit_lacks() {
 async fn snapshot_installs_entries_and_index_on_another_shard() {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
-    let shard_a = open(dir_a.path(), open_db(dir_a.path()));
-    let mut sm_a = ShardStateMachine::new(shard_a.clone());
-    apply(
-        &mut sm_a,
-        1,
-        (0..20).map(|n| entry_for(ShardId(1), n)).collect(),
-    )
-    .await;
-    let snapshot = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let (shard_a, snapshot) = snapshot_of(dir_a.path(), 20).await;
 
     let shard_b = open(dir_b.path(), open_db(dir_b.path()));
     let mut sm_b = ShardStateMachine::new(shard_b.clone());
@@ -345,20 +357,7 @@ async fn hourly_rollups_rank_exactly_like_the_minute_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_compressed_and_plain_ones_still_install() {
     let dir_a = tempfile::tempdir().unwrap();
-    let shard_a = open(dir_a.path(), open_db(dir_a.path()));
-    let mut sm_a = ShardStateMachine::new(shard_a.clone());
-    apply(
-        &mut sm_a,
-        1,
-        (0..500).map(|n| entry_for(ShardId(1), n)).collect(),
-    )
-    .await;
-    let snapshot = sm_a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let (shard_a, snapshot) = snapshot_of(dir_a.path(), 500).await;
     let bytes = std::fs::read(&snapshot.snapshot).unwrap();
     let header_len = bincode::serialized_size(&(2u32, &snapshot.meta)).unwrap() as usize;
     let (header, body) = bytes.split_at(header_len);
