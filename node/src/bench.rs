@@ -464,8 +464,12 @@ async fn probe_exception_freshness(
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
     let mut latencies = new_histogram()?;
     let mut missed = 0;
-    let top_k =
-        format!("http://{target}/api/v1/exceptions/top-k?k=1000&window=5m&service={service}");
+    let top_k = format!("http://{target}/api/v1/exceptions/top-k");
+    let top_k_query = [
+        ("k", "1000"),
+        ("window", "5m"),
+        ("service", service.as_str()),
+    ];
     let mut next = Instant::now();
     while next < deadline {
         tokio::time::sleep_until(next.into()).await;
@@ -486,7 +490,7 @@ async fn probe_exception_freshness(
         }
         let acked = Instant::now();
         let counted = loop {
-            let answer: Option<Value> = match client.get(&top_k).send().await {
+            let answer: Option<Value> = match client.get(&top_k).query(&top_k_query).send().await {
                 Ok(r) => r.json().await.ok(),
                 Err(_) => None,
             };
@@ -732,14 +736,7 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
     )?;
     let started = Instant::now();
     for (raft_index, chunk) in entries.chunks(1000).enumerate() {
-        let docs: Vec<(Vec<u8>, &veil_shard::StoredEntry)> = chunk
-            .iter()
-            .map(|e| {
-                let key =
-                    veil_shard::keys::entry_key(veil_shard::ShardId(0), e.timestamp_us, e.log_id);
-                (key.to_vec(), e)
-            })
-            .collect();
+        let docs: Vec<&veil_shard::StoredEntry> = chunk.iter().collect();
         index.add(raft_index as u64 + 1, &docs)?;
     }
     index.commit()?;

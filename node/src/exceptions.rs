@@ -355,12 +355,12 @@ async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, Api
     })
 }
 
-/// The ranking order: count (desc), then last_seen (latest first), then exception id.
+/// [`rank_order`] over ranking numbers.
 fn ranking(a: &(u64, Numbers), b: &(u64, Numbers)) -> std::cmp::Ordering {
-    b.1.count
-        .cmp(&a.1.count)
-        .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
-        .then(a.0.cmp(&b.0))
+    rank_order(
+        (a.0, a.1.count, a.1.last_seen_us),
+        (b.0, b.1.count, b.1.last_seen_us),
+    )
 }
 
 /// The best `k` of `span + edges` (each exception's numbers added up), in ranking order.
@@ -509,16 +509,22 @@ fn item(id: u64, c: &Counter) -> TopItem {
     }
 }
 
-/// Sorts by count (desc), then last_seen (latest first), then exception id.
+/// Sorts by the ranking order ([`rank_order`]).
 pub fn rank(totals: &HashMap<u64, Counter>) -> Vec<(u64, &Counter)> {
     let mut v: Vec<(u64, &Counter)> = totals.iter().map(|(id, c)| (*id, c)).collect();
     v.sort_by(|a, b| {
-        b.1.count
-            .cmp(&a.1.count)
-            .then(b.1.last_seen_us.cmp(&a.1.last_seen_us))
-            .then(a.0.cmp(&b.0))
+        rank_order(
+            (a.0, a.1.count, a.1.last_seen_us),
+            (b.0, b.1.count, b.1.last_seen_us),
+        )
     });
     v
+}
+
+/// The ranking order of `(exception id, count, last seen)`: count (desc), then last seen
+/// (latest first), then exception id.
+fn rank_order(a: (u64, u64, i64), b: (u64, u64, i64)) -> std::cmp::Ordering {
+    b.1.cmp(&a.1).then(b.2.cmp(&a.2)).then(a.0.cmp(&b.0))
 }
 
 /// `GET /api/v1/exceptions/top-k`.

@@ -2,8 +2,9 @@
 //!
 //! RocksDB holds the entries; the index holds what queries need to find them: the entry's time
 //! and log_id as fast fields (for the `(timestamp, log_id)` sort order, and to rebuild the
-//! entry's RocksDB key), the keyword fields (service, level, …) as untokenized terms, message, exception
-//! message and stack trace as full text, and the free fields as a JSON field with exact terms.
+//! entry's RocksDB key), the keyword fields (service, level, …) as untokenized terms, message,
+//! exception message and stack trace as full text, and the free fields as a JSON field with
+//! exact terms.
 //!
 //! Each commit carries the Raft index of the last applied entry whose documents it holds, so a
 //! restart knows which applied entries it still has to index.
@@ -197,14 +198,9 @@ impl ShardIndex {
     }
 
     /// Adds the documents of the entries applied at Raft index `raft_index`.
-    pub fn add(&self, raft_index: u64, entries: &[(Vec<u8>, &StoredEntry)]) -> Result<()> {
+    pub fn add(&self, raft_index: u64, entries: &[&StoredEntry]) -> Result<()> {
         let mut state = self.lock();
-        for (key, entry) in entries {
-            debug_assert_eq!(
-                key.as_slice(),
-                crate::keys::entry_key(self.shard_id, entry.timestamp_us, entry.log_id).as_slice(),
-                "a document's RocksDB key is rebuilt from its time and log_id"
-            );
+        for entry in entries {
             state.writer.add_document(self.document(entry))?;
         }
         state.dirty |= !entries.is_empty();

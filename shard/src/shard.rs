@@ -256,9 +256,9 @@ impl Shard {
                 key,
             );
             outcomes.push(EntryOutcome::Accepted);
-            new_entries.push((key.to_vec(), entry));
+            new_entries.push(entry);
         }
-        let rows = exceptions::rows_of(self.id, new_entries.iter().map(|(_, e)| *e));
+        let rows = exceptions::rows_of(self.id, new_entries.iter().copied());
         let added: Vec<(i64, u64, exceptions::Numbers)> = rows
             .iter()
             .filter_map(|(k, c)| {
@@ -344,20 +344,14 @@ impl Shard {
         cf_name: &'static str,
         from: &[u8],
         to: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+        f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
         let cf = self.cf(cf_name)?;
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(to.to_vec());
         // The raw iterator lends each key and value instead of copying them into new boxes.
         let mut it = self.db.raw_iterator_cf_opt(cf, opts);
-        it.seek(from);
-        while let (Some(key), Some(value)) = (it.key(), it.value()) {
-            f(key, value)?;
-            it.next();
-        }
-        it.status()?;
-        Ok(())
+        scan_range(&mut it, from, to, f)
     }
 
     fn corrupt_counter(&self) -> Error {
@@ -717,7 +711,7 @@ impl Shard {
                 shard_id: self.id,
                 reason: format!("index queue names a missing entry (raft index {raft_index})"),
             })?;
-            self.index.add(raft_index, &[(key, &entry)])?;
+            self.index.add(raft_index, &[&entry])?;
         }
         let up_to = self.commit_index()?;
         tracing::info!(shard_id = %self.id, entry_count = count, raft_index = ?up_to, "index caught up with applied entries");
@@ -896,8 +890,8 @@ impl Shard {
     }
 }
 
-/// Calls `f` with every `(key, value)` in `from..to`, seeking an iterator that is reused across
-/// ranges (so it has no upper bound of its own).
+/// Calls `f` with every `(key, value)` in `from..to`, seeking `it` (which may be reused across
+/// ranges, so `to` is checked here whatever upper bound the iterator has).
 fn scan_range(
     it: &mut rocksdb::DBRawIteratorWithThreadMode<'_, DB>,
     from: &[u8],

@@ -279,7 +279,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
         for (key, c) in crate::exceptions::rows_of(shard.id(), docs.iter().map(|(_, e)| e)) {
             crate::exceptions::merge_into(&mut counters, key, c);
         }
-        let refs: Vec<_> = docs.iter().map(|(k, e)| (k.clone(), e)).collect();
+        let refs: Vec<_> = docs.iter().map(|(_, e)| e).collect();
         shard.index().add(raft_index, &refs)?;
         if done {
             break;
