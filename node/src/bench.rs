@@ -733,6 +733,7 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
         &dir,
         a.heap_bytes,
         threads,
+        veil_shard::PersistPolicy::default(),
     )?;
     let started = Instant::now();
     for (raft_index, chunk) in entries.chunks(1000).enumerate() {
@@ -740,6 +741,8 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
         index.add(raft_index as u64 + 1, &docs)?;
     }
     index.commit()?;
+    // On disk, as tantivy's own commit would have it.
+    index.persist()?;
     let index_seconds = started.elapsed().as_secs_f64();
     let searchable = index.searchable_docs();
     drop(index);

@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Most entries carried by one Raft entry [default: 4096].
     #[arg(long, env = "VEIL_RAFT_ENTRY_ENTRIES_MAX")]
     pub raft_entry_entries_max: Option<usize>,
+    /// Raft entries a shard has proposed and not yet applied, at most; entries that arrive
+    /// meanwhile wait and go together in the next one [default: 2].
+    #[arg(long, env = "VEIL_RAFT_PROPOSALS_INFLIGHT_MAX")]
+    pub raft_proposals_inflight_max: Option<usize>,
     /// How far in the future a timestamp may be, in seconds [default: 3600].
     #[arg(long, env = "VEIL_TIMESTAMP_FUTURE_SECS_MAX")]
     pub timestamp_future_secs_max: Option<u64>,
@@ -72,6 +76,14 @@ pub struct ServeArgs {
     /// tantivy writer memory per shard, in bytes [default: 32 MiB].
     #[arg(long, env = "VEIL_INDEX_HEAP_BYTES")]
     pub index_heap_bytes: Option<usize>,
+    /// How often committed index segments held in memory are written to disk, in ms; a crash
+    /// reindexes what was applied since (from RocksDB) [default: 10000].
+    #[arg(long, env = "VEIL_INDEX_PERSIST_INTERVAL_MS")]
+    pub index_persist_interval_ms: Option<u64>,
+    /// Index bytes held in memory per node before they are written to disk early, shared out
+    /// among the shards [default: 256 MiB].
+    #[arg(long, env = "VEIL_INDEX_RAM_BYTES_MAX")]
+    pub index_ram_bytes_max: Option<usize>,
     /// Default query deadline, in ms [default: 10000].
     #[arg(long, env = "VEIL_QUERY_TIMEOUT_MS")]
     pub query_timeout_ms: Option<u64>,
@@ -154,6 +166,8 @@ pub struct NodeConfig {
     pub batch_entries_max: usize,
     /// Most entries per Raft entry.
     pub raft_entry_entries_max: usize,
+    /// Raft entries in flight per shard.
+    pub raft_proposals_inflight_max: usize,
     /// Future timestamp limit, in seconds.
     pub timestamp_future_secs_max: u64,
     /// Past timestamp limit, in seconds (0: none).
@@ -164,6 +178,10 @@ pub struct NodeConfig {
     pub index_commit_interval_ms: u64,
     /// tantivy writer memory per shard, in bytes.
     pub index_heap_bytes: usize,
+    /// Index persist interval, in ms.
+    pub index_persist_interval_ms: u64,
+    /// Index bytes held in memory per node.
+    pub index_ram_bytes_max: usize,
     /// Default query deadline, in ms.
     pub query_timeout_ms: u64,
     /// Largest offset + limit.
@@ -228,11 +246,14 @@ impl ServeArgs {
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
             batch_entries_max: pick!(batch_entries_max, 10_000),
             raft_entry_entries_max: pick!(raft_entry_entries_max, 4096),
+            raft_proposals_inflight_max: pick!(raft_proposals_inflight_max, 2),
             timestamp_future_secs_max: pick!(timestamp_future_secs_max, 3600),
             timestamp_past_secs_max: pick!(timestamp_past_secs_max, 0),
             ingest_inflight_max: pick!(ingest_inflight_max, 64),
             index_commit_interval_ms: pick!(index_commit_interval_ms, 500),
             index_heap_bytes: pick!(index_heap_bytes, 32 << 20),
+            index_persist_interval_ms: pick!(index_persist_interval_ms, 10_000),
+            index_ram_bytes_max: pick!(index_ram_bytes_max, 256 << 20),
             query_timeout_ms: pick!(query_timeout_ms, 10_000),
             query_window_max: pick!(query_window_max, 10_000),
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
@@ -291,7 +312,12 @@ impl NodeConfig {
             ("entry-bytes-max", self.entry_bytes_max),
             ("batch-entries-max", self.batch_entries_max),
             ("raft-entry-entries-max", self.raft_entry_entries_max),
+            (
+                "raft-proposals-inflight-max",
+                self.raft_proposals_inflight_max,
+            ),
             ("ingest-inflight-max", self.ingest_inflight_max),
+            ("index-ram-bytes-max", self.index_ram_bytes_max),
             ("query-window-max", self.query_window_max),
             (
                 "query-agg-memory-bytes",

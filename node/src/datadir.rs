@@ -12,12 +12,18 @@ use serde::{Deserialize, Serialize};
 /// 2: entries carry `sealed_original` (issue 4).
 /// 3: hourly exception rollups (`exception_hourly`), which older directories lack.
 /// 4: hourly exception history rollups (`exception_history_hourly`).
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: counter rows may hold RocksDB merge operands, and Raft logs `AppendMinted` commands,
+///    which builds for format 4 cannot read; nothing to convert.
+pub const FORMAT_VERSION: u32 = 5;
+
+/// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
+pub const ROLLUPS_SINCE: u32 = 4;
 
 const FILE_NAME: &str = "veil.toml";
 
-/// Older formats this build upgrades in place (by rebuilding the hourly exception rollups).
-pub const UPGRADABLE: [u32; 2] = [2, 3];
+/// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
+/// rollups; 4 as it is).
+pub const UPGRADABLE: [u32; 3] = [2, 3, 4];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,7 +56,7 @@ pub fn open_or_create(
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
             // Formats 2 and 3 differ only by lacking hourly rollups, which the node rebuilds from
-            // the minute rows at start (then records the current format).
+            // the minute rows at start; 4 reads as is (then the current format is recorded).
             if info.format_version != FORMAT_VERSION && !UPGRADABLE.contains(&info.format_version) {
                 bail!(
                     "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",

@@ -12,6 +12,7 @@ mod ingest;
 mod metrics;
 mod node;
 mod pii_cmd;
+mod proposer;
 mod query;
 
 use std::io::Write;

@@ -173,8 +173,24 @@ impl Metrics {
         gauge(
             &mut out,
             "veil_shard_index_bytes",
-            "Bytes of the shard's index.",
+            "Bytes of the shard's index on disk.",
             &|s| s.stats.index_bytes,
+        );
+        gauge(
+            &mut out,
+            "veil_shard_index_ram_bytes",
+            "Bytes of the shard's index held in memory until the next persist.",
+            &|s| s.stats.index_ram_bytes,
+        );
+        gauge(
+            &mut out,
+            "veil_shard_index_unpersisted_raft_entries",
+            "Raft entries searchable but not yet in the index on disk (reindexed after a crash).",
+            &|s| {
+                s.stats
+                    .searchable_index
+                    .saturating_sub(s.stats.persisted_index)
+            },
         );
         out
     }

@@ -7,12 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::Semaphore;
-use veil_raft::{Command, GroupId, LogStore, LogSyncer, NoPeersNetwork};
+use veil_raft::{GroupId, LogStore, LogSyncer, NoPeersNetwork};
 use veil_shard::{
-    EntryOutcome, Shard, ShardCommand, ShardConfig, ShardId, ShardMap, ShardStateMachine,
-    StoredEntry,
+    EntryOutcome, Shard, ShardConfig, ShardId, ShardMap, ShardStateMachine, StoredEntry,
 };
 
 use crate::config::NodeConfig;
@@ -47,7 +45,11 @@ pub struct Node {
     /// Distinct field keys per service, bounded.
     field_keys: crate::ingest::FieldKeys,
     /// Counters and histograms for `GET /metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Each shard's proposal queue, by shard id (see `proposer`).
+    proposers: Vec<crate::proposer::Proposer>,
+    /// The proposers' tasks, stopped at shutdown.
+    proposer_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     ingest_permits: Semaphore,
     /// Bounds the shard searches running at once (`--query-parallelism`): more threads than
     /// cores only share them, with worse caches.
@@ -184,6 +186,10 @@ impl Node {
             let shard_config = ShardConfig {
                 data_dir: config.data_dir.clone(),
                 index_heap_bytes: config.index_heap_bytes,
+                index_persist: veil_shard::PersistPolicy {
+                    interval: Duration::from_millis(config.index_persist_interval_ms),
+                    ram_bytes_max: config.index_ram_bytes_max / config.shards.max(1) as usize,
+                },
                 shard_map,
                 rollup_cache_entries: config.exception_cache_entries
                     / config.shards.max(1) as usize,
@@ -193,7 +199,7 @@ impl Node {
                 tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
                     .await?
                     .with_context(|| format!("failed to open shard {shard_id}"))?;
-            if info.format_version != crate::datadir::FORMAT_VERSION {
+            if info.format_version < crate::datadir::ROLLUPS_SINCE {
                 // Before its Raft group starts, so no apply races the rebuild.
                 let shard = shard.clone();
                 rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
@@ -231,9 +237,24 @@ impl Node {
             tracing::info!(
                 rollup_rows,
                 from = info.format_version,
-                "data directory upgraded to format 4 (hourly exception rollups rebuilt)"
+                to = crate::datadir::FORMAT_VERSION,
+                "data directory upgraded (hourly exception rollups rebuilt when older than format 4)"
             );
         }
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
+        let (proposers, proposer_tasks): (Vec<_>, Vec<_>) = groups
+            .iter()
+            .map(|g| {
+                crate::proposer::Proposer::start(
+                    g.shard.id(),
+                    g.raft.clone(),
+                    metrics.clone(),
+                    config.ingest_inflight_max,
+                    config.raft_entry_entries_max,
+                    config.raft_proposals_inflight_max,
+                )
+            })
+            .unzip();
         let node = Arc::new(Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),
             query_slots: Arc::new(Semaphore::new(config.query_parallelism)),
@@ -243,7 +264,9 @@ impl Node {
             keys,
             patterns: tokio::sync::Mutex::new(patterns),
             field_keys: crate::ingest::FieldKeys::new(config.field_keys_per_service_max),
-            metrics: Default::default(),
+            metrics,
+            proposers,
+            proposer_tasks: std::sync::Mutex::new(proposer_tasks),
             ready: AtomicBool::new(false),
             config,
             shard_map,
@@ -366,7 +389,7 @@ impl Node {
         *slot.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 
-    /// Commits every shard's index (called on an interval and at shutdown).
+    /// Commits every shard's index, persisting those whose policy says so (on an interval).
     pub fn commit_indexes(&self) {
         for group in &self.groups {
             if let Err(e) = group.shard.commit_index() {
@@ -406,7 +429,9 @@ impl Node {
             None
         };
         let mut results: Vec<Option<EntryResult>> = vec![None; items.len()];
-        let mut by_shard: HashMap<ShardId, Vec<(usize, StoredEntry)>> = HashMap::new();
+        // Per shard, and apart by whether the node minted the log_ids (only keyed entries need
+        // the shard's duplicate check).
+        let mut by_shard: HashMap<(ShardId, bool), Vec<(usize, StoredEntry)>> = HashMap::new();
         let mut findings = Vec::with_capacity(items.len());
         for (pos, item) in items.into_iter().enumerate() {
             match item {
@@ -424,17 +449,34 @@ impl Node {
                         }
                     }
                     let shard = self.shard_map.shard_for(&p.entry.service, p.entry.hour());
-                    by_shard.entry(shard).or_default().push((pos, p.entry));
+                    by_shard
+                        .entry((shard, !p.keyed))
+                        .or_default()
+                        .push((pos, p.entry));
                     findings.push(Some(p.findings));
                 }
             }
         }
         let mut proposals = Vec::new();
-        for (shard, entries) in by_shard {
+        for ((shard, minted), entries) in by_shard {
             let mut rest = entries;
             while !rest.is_empty() {
                 let tail = rest.split_off(rest.len().min(self.config.raft_entry_entries_max));
-                proposals.push(self.propose(shard, std::mem::replace(&mut rest, tail)));
+                let (positions, entries): (Vec<usize>, Vec<StoredEntry>) =
+                    std::mem::replace(&mut rest, tail).into_iter().unzip();
+                let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
+                let proposer = &self.proposers[shard.0 as usize];
+                proposals.push(async move {
+                    let outcomes = proposer.propose(minted, entries).await?;
+                    Ok::<_, ApiError>(
+                        positions
+                            .into_iter()
+                            .zip(ids)
+                            .zip(outcomes)
+                            .map(|((p, id), o)| (p, id, o))
+                            .collect::<Vec<_>>(),
+                    )
+                });
             }
         }
         for outcome in futures::future::join_all(proposals).await {
@@ -460,49 +502,6 @@ impl Node {
             .into_iter()
             .map(|r| r.ok_or_else(|| ApiError::internal("ingesting", "an entry got no result")))
             .collect()
-    }
-
-    async fn propose(
-        &self,
-        shard: ShardId,
-        entries: Vec<(usize, StoredEntry)>,
-    ) -> Result<Vec<(usize, uuid::Uuid, EntryOutcome)>, ApiError> {
-        let (positions, entries): (Vec<usize>, Vec<StoredEntry>) = entries.into_iter().unzip();
-        let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
-        let command = Command(ShardCommand::Append(entries).encode());
-        let group = &self.groups[shard.0 as usize];
-        let proposed = std::time::Instant::now();
-        let response = group.raft.client_write(command).await;
-        self.metrics.raft_commit_latency.observe(proposed.elapsed());
-        let response = response.map_err(|e| match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::unavailable(
-                "no_leader",
-                format!("shard {shard} has no leader on this node right now"),
-            ),
-            RaftError::APIError(other) => ApiError::internal("proposing a batch", other),
-            RaftError::Fatal(fatal) => {
-                tracing::error!(%shard, error = %fatal, "raft group stopped");
-                ApiError::unavailable("shard_unavailable", format!("shard {shard} is unavailable"))
-            }
-        })?;
-        let outcomes = veil_shard::decode_outcomes(shard, &response.response().0)
-            .map_err(|e| ApiError::internal("decoding apply outcomes", e))?;
-        if outcomes.len() != ids.len() {
-            return Err(ApiError::internal(
-                "ingesting",
-                format!(
-                    "shard {shard} answered {} outcomes for {} entries",
-                    outcomes.len(),
-                    ids.len()
-                ),
-            ));
-        }
-        Ok(positions
-            .into_iter()
-            .zip(ids)
-            .zip(outcomes)
-            .map(|((p, id), o)| (p, id, o))
-            .collect())
     }
 
     /// Finds the timestamp under which `log_id` is stored, asking every shard.
@@ -640,12 +639,28 @@ impl Node {
             committer.abort();
             let _ = committer.await;
         }
+        // Parts still queued are answered "shutting down"; Raft entries already proposed end
+        // with the groups below.
+        let proposers = std::mem::take(
+            &mut *self
+                .proposer_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for task in proposers {
+            task.abort();
+            let _ = task.await;
+        }
         for group in &self.groups {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(shard_id = %group.shard.id(), error = %e, "raft group did not stop cleanly");
             }
         }
-        self.commit_indexes();
+        for group in &self.groups {
+            if let Err(e) = group.shard.flush_index() {
+                tracing::error!(shard_id = %group.shard.id(), error = %e, "index flush failed");
+            }
+        }
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "final wal sync failed");
         }

@@ -104,6 +104,10 @@ pub fn hour_of(timestamp_us: i64) -> i64 {
 pub enum ShardCommand {
     /// Stores a batch of entries; entries whose log_id the shard already holds are skipped.
     Append(Vec<StoredEntry>),
+    /// Stores a batch of entries whose log_ids the proposing node minted (UUIDv7: the time and
+    /// 74 random bits), so none can already be stored: apply skips the idempotency look-up
+    /// that `Append` does for every entry. Entries with idempotency keys never travel here.
+    AppendMinted(Vec<StoredEntry>),
 }
 
 impl ShardCommand {

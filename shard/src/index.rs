@@ -14,7 +14,7 @@ use std::collections::BinaryHeap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
 use tantivy::aggregation::{
@@ -36,6 +36,7 @@ use tantivy::{
 };
 
 use crate::entry::{Level, StoredEntry};
+use crate::index_dir::NrtDirectory;
 use crate::query::{
     order_f64, order_i64, FieldCondition, Scalar, ShardQuery, SortField, SortKey, SortOrder,
 };
@@ -119,10 +120,41 @@ struct WriterState {
     dirty: bool,
 }
 
+/// When a shard's committed index is written to disk (see `index_dir`).
+#[derive(Debug, Clone, Copy)]
+pub struct PersistPolicy {
+    /// At most this long between persists.
+    pub interval: Duration,
+    /// Persist as soon as the segments held in memory reach this many bytes; a single file
+    /// growing past a quarter of it is written to disk as it grows.
+    pub ram_bytes_max: usize,
+}
+
+impl PersistPolicy {
+    fn spill_bytes(&self) -> usize {
+        (self.ram_bytes_max / 4).max(1 << 20)
+    }
+}
+
+impl Default for PersistPolicy {
+    /// Every 10 s or past 16 MiB.
+    fn default() -> Self {
+        PersistPolicy {
+            interval: Duration::from_secs(10),
+            ram_bytes_max: 16 << 20,
+        }
+    }
+}
+
 /// The tantivy index of one shard: a single writer and a reader reloaded after each commit.
+/// Commits live in memory until persisted (`index_dir`).
 pub struct ShardIndex {
     shard_id: ShardId,
     index: Index,
+    directory: NrtDirectory,
+    persist: PersistPolicy,
+    /// The Raft index of the commit on disk, and when it was written.
+    persisted: Mutex<(u64, Instant)>,
     fields: Fields,
     reader: IndexReader,
     writer: Mutex<WriterState>,
@@ -131,8 +163,13 @@ pub struct ShardIndex {
 impl ShardIndex {
     /// Opens (or creates) the index of `shard_id` in `dir`, with `heap_bytes` of indexing memory
     /// and one indexing thread (the node runs one index per shard).
-    pub fn open(shard_id: ShardId, dir: &Path, heap_bytes: usize) -> Result<Self> {
-        Self::open_with_threads(shard_id, dir, heap_bytes, 1)
+    pub fn open(
+        shard_id: ShardId,
+        dir: &Path,
+        heap_bytes: usize,
+        persist: PersistPolicy,
+    ) -> Result<Self> {
+        Self::open_with_threads(shard_id, dir, heap_bytes, 1, persist)
     }
 
     /// [`ShardIndex::open`] with `threads` indexing threads (`heap_bytes` in all): the
@@ -142,17 +179,20 @@ impl ShardIndex {
         dir: &Path,
         heap_bytes: usize,
         threads: usize,
+        persist: PersistPolicy,
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("create index dir {}", dir.display()), e))?;
         let (schema, fields) = schema();
-        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| {
+        let directory = NrtDirectory::open(dir, persist.spill_bytes()).map_err(|e| {
             Error::io(
                 format!("open index dir {}", dir.display()),
                 std::io::Error::other(e),
             )
         })?;
-        let index = Index::open_or_create(directory, schema)?;
+        let index = Index::open_or_create(directory.clone(), schema)?;
+        // A new index exists only in memory until persisted.
+        directory.persist(&index)?;
         let committed_up_to = index
             .load_metas()?
             .payload
@@ -169,6 +209,9 @@ impl ShardIndex {
         Ok(Self {
             shard_id,
             index,
+            directory,
+            persist,
+            persisted: Mutex::new((committed_up_to, Instant::now())),
             fields,
             reader,
             writer: Mutex::new(WriterState {
@@ -236,6 +279,40 @@ impl ShardIndex {
         state.dirty = false;
         drop(state);
         self.reader.reload()?;
+        Ok(Some(up_to))
+    }
+
+    /// The Raft index recorded in the commit on disk: a restart indexes what is above it again.
+    pub fn persisted_up_to(&self) -> u64 {
+        self.persisted.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Bytes of index files held in memory, not yet persisted.
+    pub fn ram_bytes(&self) -> usize {
+        self.directory.ram_bytes()
+    }
+
+    /// True when the policy asks for a persist now.
+    pub fn persist_due(&self) -> bool {
+        let since = self.persisted.lock().unwrap_or_else(|p| p.into_inner()).1;
+        since.elapsed() >= self.persist.interval
+            || self.directory.ram_bytes() >= self.persist.ram_bytes_max
+    }
+
+    /// Writes the last commit to disk (`index_dir`). Returns the Raft index it covers, or None
+    /// when nothing was committed since the last persist.
+    pub fn persist(&self) -> Result<Option<u64>> {
+        let done = self.directory.persist(&self.index)?;
+        let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+        persisted.1 = Instant::now();
+        let Some(payload) = done.payload else {
+            return Ok(None);
+        };
+        let up_to = payload.parse::<u64>().map_err(|_| Error::Corrupt {
+            shard_id: self.shard_id,
+            reason: "index commit payload is not a Raft index".into(),
+        })?;
+        persisted.0 = up_to;
         Ok(Some(up_to))
     }
 

@@ -6,8 +6,11 @@
 //!   of a shard sort by time, so an hour of a shard is one contiguous key range.
 //! - `entry_ids`: `shard u32 | log_id [16]` → `raft_index u64 | entries key`: the idempotency
 //!   set, which also tells in which Raft entry the log_id was first stored.
-//! - `index_queue`: `shard u32 | raft_index u64 | seq u32` → `entries key`: entries applied but
-//!   perhaps not yet in a tantivy commit; trimmed after each commit, replayed at open.
+//! - `index_queue`: `shard u32 | raft_index u64 | seq u32` → `entries key`…: the entries of a
+//!   Raft entry applied but perhaps not yet in a tantivy commit; trimmed after each commit,
+//!   replayed at open. One record per Raft entry (seq 0, the value every new entry's key one
+//!   after another); directories written before held one record per entry (seq = position,
+//!   one key), which reads the same way.
 //! - `shard_meta`: `shard u32 | tag u8` → applied state and snapshot records.
 
 use uuid::Uuid;
@@ -53,7 +56,8 @@ pub fn id_key(shard: ShardId, log_id: Uuid) -> [u8; 20] {
     key
 }
 
-/// Returns the `index_queue` key of the `seq`-th new entry of Raft entry `raft_index`.
+/// Returns the `index_queue` key of Raft entry `raft_index` (`seq` 0; older directories also
+/// hold records with `seq` > 0, one per entry).
 pub fn queue_key(shard: ShardId, raft_index: u64, seq: u32) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..4].copy_from_slice(&shard.0.to_be_bytes());

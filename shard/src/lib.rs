@@ -8,7 +8,13 @@
 //! ```no_run
 //! # fn demo(db: std::sync::Arc<rocksdb::DB>) -> veil_shard::Result<()> {
 //! use veil_shard::{Shard, ShardConfig, ShardId, ShardMap, ShardQuery, ShardStateMachine};
-//! let config = ShardConfig { data_dir: "./data".into(), index_heap_bytes: 32 << 20, shard_map: ShardMap::new(16), rollup_cache_entries: 1 << 20 };
+//! let config = ShardConfig {
+//!     data_dir: "./data".into(),
+//!     index_heap_bytes: 32 << 20,
+//!     shard_map: ShardMap::new(16),
+//!     rollup_cache_entries: 1 << 20,
+//!     index_persist: Default::default(), // in memory until every 10 s or 16 MiB
+//! };
 //! let shard = Shard::open(ShardId(0), db, config)?;
 //! let state_machine = ShardStateMachine::new(shard.clone()); // hand to openraft
 //! let hits = shard.search(&ShardQuery { top_n: 10, ..Default::default() })?;
@@ -20,6 +26,7 @@ mod entry;
 mod error;
 pub mod exceptions;
 mod index;
+mod index_dir;
 pub mod keys;
 mod query;
 pub mod query_lang;
@@ -32,7 +39,7 @@ pub use entry::{
     decode_outcomes, encode_outcomes, hour_of, EntryOutcome, Level, ShardCommand, StoredEntry,
 };
 pub use error::{Error, Result};
-pub use index::ShardIndex;
+pub use index::{PersistPolicy, ShardIndex};
 pub use query::{
     order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField, SortKey,
     SortOrder,

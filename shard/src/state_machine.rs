@@ -295,7 +295,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     db.write(batch)?;
     shard.rollups.clear();
     *shard.applied_lock() = state;
-    shard.commit_index()?;
+    shard.flush_index()?;
     let dir = shard.snapshot_dir();
     std::fs::create_dir_all(&dir).map_err(io_err("create snapshot dir"))?;
     let file = dir.join(format!("{raft_index:020}-{}.snap", uuid::Uuid::now_v7()));

@@ -44,19 +44,38 @@ fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
 }
 
 fn open(dir: &std::path::Path, db: Arc<rocksdb::DB>) -> Arc<Shard> {
+    open_with(dir, db, Default::default())
+}
+
+fn open_with(
+    dir: &std::path::Path,
+    db: Arc<rocksdb::DB>,
+    index_persist: veil_shard::PersistPolicy,
+) -> Arc<Shard> {
     let config = ShardConfig {
         data_dir: dir.to_path_buf(),
         index_heap_bytes: 15_000_000,
         shard_map: ShardMap::new(SHARDS),
         rollup_cache_entries: 100_000,
+        index_persist,
     };
     Shard::open(ShardId(1), db, config).expect("open shard")
+}
+
+/// Index queue records of shard 1 still in RocksDB.
+fn queued(db: &rocksdb::DB) -> usize {
+    let cf = db.cf_handle(veil_shard::CF_INDEX_QUEUE).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
 }
 
 /// Applies one Raft entry carrying `entries`, as openraft would after a restart (no client is
 /// waiting, so there is no responder); the outcomes show in what the shard holds.
 async fn apply(sm: &mut ShardStateMachine, index: u64, entries: Vec<StoredEntry>) {
-    let command = Command(ShardCommand::Append(entries).encode());
+    apply_command(sm, index, ShardCommand::Append(entries)).await
+}
+
+async fn apply_command(sm: &mut ShardStateMachine, index: u64, command: ShardCommand) {
+    let command = Command(command.encode());
     let entry: Entry<_, _> = Entry {
         log_id: log_id::<TypeConfig>(1, 0, index),
         payload: EntryPayload::Normal(command),
@@ -109,16 +128,41 @@ async fn retried_batch_is_stored_once() {
         "only the new entry of the retried batch is stored"
     );
     shard.commit_index().unwrap();
-    let hits = shard
+    assert_eq!(searchable(&shard), 11);
+    // Exception counters are kept on apply, and the retried entries are not counted twice.
+    let counted: u64 = counts(&shard).values().sum();
+    assert_eq!(counted, 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_batches_are_stored_without_the_duplicate_check_and_keyed_ones_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path(), open_db(dir.path()));
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let minted: Vec<_> = (0..10).map(|n| entry_for(ShardId(1), n)).collect();
+    apply_command(&mut sm, 1, ShardCommand::AppendMinted(minted.clone())).await;
+    assert_eq!(shard.entry_count().unwrap(), 10);
+    // Minted entries are in the idempotency set like any other, so a keyed retry that
+    // carries one of their log_ids is still recognised.
+    for e in &minted {
+        assert_eq!(shard.lookup_log_id(e.log_id).unwrap(), Some(e.timestamp_us));
+    }
+    apply(&mut sm, 2, minted[..3].to_vec()).await;
+    assert_eq!(shard.entry_count().unwrap(), 10);
+    shard.commit_index().unwrap();
+    assert_eq!(searchable(&shard), 10);
+    assert_eq!(counts(&shard).values().sum::<u64>(), 10);
+}
+
+/// How many entries a search of everything counts.
+fn searchable(shard: &Shard) -> u64 {
+    shard
         .search(&ShardQuery {
             top_n: 100,
             ..Default::default()
         })
-        .unwrap();
-    assert_eq!(hits.total, 11);
-    // Exception counters are kept on apply, and the retried entries are not counted twice.
-    let counted: u64 = counts(&shard).values().sum();
-    assert_eq!(counted, 11);
+        .unwrap()
+        .total
 }
 
 /// Exception counts of a shard over all time, by exception type.
@@ -182,6 +226,103 @@ async fn restart_indexes_what_the_last_commit_lacks() {
         .unwrap();
     assert_eq!(one.entries.len(), 1);
     assert_eq!(one.entries[0].1.message, "payment failed attempt 7");
+}
+
+/// A commit makes entries searchable at once but reaches the disk only when the persist policy
+/// says so; the index queue keeps their keys until then, so a crash in between reindexes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searchable_but_unpersisted_entries_are_reindexed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let never = veil_shard::PersistPolicy {
+        interval: std::time::Duration::from_secs(3600),
+        ram_bytes_max: usize::MAX,
+    };
+    {
+        let shard = open_with(dir.path(), db.clone(), never);
+        let mut sm = ShardStateMachine::new(shard.clone());
+        apply(
+            &mut sm,
+            1,
+            (0..8).map(|n| entry_for(ShardId(1), n)).collect(),
+        )
+        .await;
+        shard.commit_index().unwrap();
+        assert_eq!(searchable(&shard), 8, "searchable after the commit");
+        let stats = shard.stats();
+        assert_eq!(stats.searchable_index, 1);
+        assert_eq!(stats.persisted_index, 0, "not on disk");
+        assert!(stats.index_ram_bytes > 0);
+        assert_eq!(
+            queued(&db),
+            1,
+            "the queue record stays until the commit is on disk"
+        );
+        // Dropped without flush_index: a crash.
+    }
+    let shard = open_with(dir.path(), db.clone(), never);
+    assert_eq!(searchable(&shard), 8, "reindexed from the queue");
+    assert_eq!(
+        shard.stats().persisted_index,
+        1,
+        "catch-up persists what it reindexed"
+    );
+    assert_eq!(queued(&db), 0);
+
+    // An immediate policy persists at every commit and trims the queue.
+    drop(shard);
+    let shard = open_with(
+        dir.path(),
+        db.clone(),
+        veil_shard::PersistPolicy {
+            interval: std::time::Duration::ZERO,
+            ram_bytes_max: usize::MAX,
+        },
+    );
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        2,
+        (8..12).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    assert_eq!(queued(&db), 1);
+    shard.commit_index().unwrap();
+    assert_eq!(shard.stats().persisted_index, 2);
+    assert_eq!(queued(&db), 0);
+}
+
+/// Directories written before the queue kept one record per Raft entry held one record per
+/// entry (`seq` = its position, the value its key); a restart still indexes from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_indexes_from_per_entry_queue_records_of_older_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let batch: Vec<_> = (0..6).map(|n| entry_for(ShardId(1), n)).collect();
+    {
+        let shard = open(dir.path(), db.clone());
+        let mut sm = ShardStateMachine::new(shard.clone());
+        apply(&mut sm, 1, batch.clone()).await;
+    }
+    let cf = db.cf_handle(veil_shard::CF_INDEX_QUEUE).unwrap();
+    let record = veil_shard::keys::queue_key(ShardId(1), 1, 0);
+    let queued = db
+        .get_cf(cf, record)
+        .unwrap()
+        .expect("one record for the Raft entry");
+    assert_eq!(queued.len(), batch.len() * veil_shard::keys::ENTRY_KEY_LEN);
+    db.delete_cf(cf, record).unwrap();
+    for (seq, e) in batch.iter().enumerate() {
+        let key = veil_shard::keys::entry_key(ShardId(1), e.timestamp_us, e.log_id);
+        db.put_cf(
+            cf,
+            veil_shard::keys::queue_key(ShardId(1), 1, seq as u32),
+            key,
+        )
+        .unwrap();
+    }
+    let shard = open(dir.path(), db);
+    assert_eq!(searchable(&shard), 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,4 +530,109 @@ async fn snapshots_are_compressed_and_plain_ones_still_install() {
         assert_eq!(shard_b.entry_count().unwrap(), 500, "{source:?}");
         assert_eq!(counts(&shard_b), counts(&shard_a), "{source:?}");
     }
+}
+
+/// Counter rows are written as merge operands; whatever grouping RocksDB folds them in (in the
+/// memtable, across flushed files, in compaction), a read gives the sequential fold that the
+/// read-modify-write apply used to store. Hosts come from a pool larger than the kept maximum,
+/// so capping is exercised too.
+#[test]
+fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
+    use veil_shard::exceptions::{self, Counter, Numbers};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let cf = db
+        .cf_handle(exceptions::CF_EXCEPTION_HISTORY_HOURLY)
+        .unwrap();
+    let cf_hourly = db.cf_handle(exceptions::CF_EXCEPTION_HOURLY).unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut want: std::collections::HashMap<u8, Counter> = Default::default();
+    let mut want_numbers: std::collections::HashMap<u8, Numbers> = Default::default();
+    for round in 0..400u64 {
+        let row = next(5) as u8;
+        let ts = next(1_000_000) as i64;
+        let delta = Counter {
+            exception_type: "Fault".into(),
+            service: "svc".into(),
+            environment: None,
+            region: None,
+            level: "ERROR".into(),
+            count: 1 + next(3),
+            first_seen_us: ts,
+            last_seen_us: ts + next(1000) as i64,
+            samples: vec![Uuid::from_u128(u128::from(next(50)))],
+            hosts: {
+                let mut h: Vec<String> =
+                    (0..next(4)).map(|_| format!("h{:02}", next(20))).collect();
+                h.sort();
+                h.dedup();
+                h
+            },
+            regions: vec![],
+            users: vec![format!("u{}", next(40))],
+            metadata_capped: false,
+        };
+        let numbers = Numbers {
+            count: delta.count,
+            first_seen_us: delta.first_seen_us,
+            last_seen_us: delta.last_seen_us,
+        };
+        db.merge_cf(cf, [row], exceptions::encode_counter(&delta))
+            .unwrap();
+        db.merge_cf(cf_hourly, [row], exceptions::encode_numbers(&numbers))
+            .unwrap();
+        want.entry(row)
+            .and_modify(|c| c.merge(&delta))
+            .or_insert(delta);
+        want_numbers
+            .entry(row)
+            .and_modify(|n| n.merge(&numbers))
+            .or_insert(numbers);
+        if round % 37 == 0 {
+            db.flush_cf(cf).unwrap();
+            db.flush_cf(cf_hourly).unwrap();
+        }
+        if round % 150 == 149 {
+            db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        }
+    }
+    let check = |stage: &str| {
+        for (row, c) in &want {
+            let got = db.get_cf(cf, [*row]).unwrap().unwrap();
+            assert_eq!(
+                exceptions::decode_counter(&got).as_ref(),
+                Some(c),
+                "{stage}"
+            );
+            assert_eq!(
+                exceptions::decode_numbers(&got),
+                Some(Numbers {
+                    count: c.count,
+                    first_seen_us: c.first_seen_us,
+                    last_seen_us: c.last_seen_us
+                }),
+                "{stage}: the ranking numbers in front"
+            );
+            let got = db.get_cf(cf_hourly, [*row]).unwrap().unwrap();
+            assert_eq!(
+                exceptions::decode_numbers(&got).as_ref(),
+                want_numbers.get(row),
+                "{stage}"
+            );
+        }
+    };
+    assert!(
+        want.values().any(|c| c.metadata_capped),
+        "the hosts cap was reached"
+    );
+    check("before compaction");
+    db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+    db.compact_range_cf(cf_hourly, None::<&[u8]>, None::<&[u8]>);
+    check("after compaction");
 }

@@ -32,6 +32,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
             index_heap_bytes: 15_000_000,
             shard_map: ShardMap::new(16),
             rollup_cache_entries: 0,
+            index_persist: Default::default(),
         };
         let shard = Shard::open(ShardId(7), db, config).expect("open shard");
         Ok((dir, store, ShardStateMachine::new(shard)))
