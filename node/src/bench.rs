@@ -326,6 +326,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             run.clone(),
         );
         let batch = a.batch;
+        let concurrency = a.concurrency;
         let keyed = a.idempotency_keys;
         let spread_us = match &a.spread {
             Some(s) => duration_of(s)?.as_micros() as u64,
@@ -334,7 +335,10 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         workers.push(tokio::spawn(async move {
             let mut rng = Rng::new(now_nanos() ^ (w as u64) << 32);
             let total = *cumulative.last().unwrap_or(&1.0);
-            let mut next = Instant::now();
+            // Workers start evenly spread over one interval, so a fixed rate arrives as a
+            // steady stream rather than `concurrency` requests at once every interval.
+            let mut next = Instant::now()
+                + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
             while Instant::now() < deadline {
                 if let Some(i) = interval {
                     tokio::time::sleep_until(next.into()).await;

@@ -39,7 +39,8 @@ pub struct ServeArgs {
     /// gRPC listen address; port 0 picks a free port [default: 127.0.0.1:7421].
     #[arg(long, env = "VEIL_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
-    /// Number of shards, fixed when the data directory is created [default: 16].
+    /// Number of shards, fixed when the data directory is created [default: the directory's;
+    /// 4 for a new one].
     #[arg(long, env = "VEIL_SHARDS")]
     pub shards: Option<u32>,
     /// This node's id, fixed when the data directory is created [default: 1].
@@ -154,8 +155,9 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     /// gRPC listen address.
     pub grpc_addr: SocketAddr,
-    /// Number of shards (checked against the data directory).
-    pub shards: u32,
+    /// Number of shards as given (checked against the data directory); None: the directory's, or
+    /// `datadir::DEFAULT_SHARDS` for a new one.
+    pub shards: Option<u32>,
     /// This node's id.
     pub node_id: u64,
     /// Largest request body, in bytes.
@@ -240,7 +242,7 @@ impl ServeArgs {
             data_dir: pick!(data_dir, PathBuf::from("./data")),
             http_addr: pick!(http_addr, SocketAddr::from(([127, 0, 0, 1], 7420))),
             grpc_addr: pick!(grpc_addr, SocketAddr::from(([127, 0, 0, 1], 7421))),
-            shards: pick!(shards, 16),
+            shards: self.shards.or(file.shards),
             node_id: pick!(node_id, 1),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
@@ -301,8 +303,8 @@ impl ServeArgs {
 
 impl NodeConfig {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.shards == 0 || self.shards > 4096 {
-            bail!("--shards must be between 1 and 4096, got {}", self.shards);
+        if let Some(shards) = self.shards.filter(|s| *s == 0 || *s > 4096) {
+            bail!("--shards must be between 1 and 4096, got {shards}");
         }
         if self.node_id == 0 {
             bail!("--node-id must be positive");

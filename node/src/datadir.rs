@@ -21,6 +21,12 @@ pub const ROLLUPS_SINCE: u32 = 4;
 
 const FILE_NAME: &str = "veil.toml";
 
+/// Shards of a new data directory when `--shards` is not given. Every shard costs a Raft group,
+/// an index writer and its commits whatever its traffic: on two cores 4 shards ingested 56K
+/// entries/s where 16 took 44–48K (BENCHMARKS.md, session 5). A cluster meant to grow past a
+/// few nodes is created with more.
+pub const DEFAULT_SHARDS: u32 = 4;
+
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; 4 as it is).
 pub const UPGRADABLE: [u32; 3] = [2, 3, 4];
@@ -44,7 +50,7 @@ pub struct DataDirInfo {
 /// configuration agrees with what it recorded.
 pub fn open_or_create(
     dir: &Path,
-    shards: u32,
+    shards: Option<u32>,
     node_id: u64,
 ) -> anyhow::Result<(DataDirInfo, bool)> {
     std::fs::create_dir_all(dir)
@@ -64,7 +70,7 @@ pub fn open_or_create(
                     info.format_version
                 );
             }
-            if info.shards != shards {
+            if let Some(shards) = shards.filter(|s| *s != info.shards) {
                 bail!(
                     "data directory {} was created with {} shards; --shards {shards} would re-route every entry (the shard count is fixed when a cluster is created)",
                     dir.display(),
@@ -101,7 +107,7 @@ pub fn open_or_create(
                 format_version: FORMAT_VERSION,
                 cluster_id: uuid::Uuid::new_v4().to_string(),
                 node_id,
-                shards,
+                shards: shards.unwrap_or(DEFAULT_SHARDS),
                 routing_hash: veil_shard::ROUTING_HASH.to_string(),
             };
             write_info(dir, &info)?;

@@ -88,34 +88,41 @@ impl Veil for VeilService {
                 node.config.batch_entries_max
             )));
         }
-        let now = ingest::now_us();
-        let limits = node.entry_limits();
-        let defaults = RequestDefaults::default();
-        let masker = node.masker();
-        let masking = node.masking(&masker);
-        let items = entries
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let size = e.message.len()
-                    + e.fields_json.len()
-                    + e.exception
-                        .as_ref()
-                        .map(|x| x.stack_trace.len() + x.message.len())
-                        .unwrap_or(0);
-                if size > node.config.entry_bytes_max {
-                    return Err(ApiError::new(
-                        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        "entry_too_large",
-                        "entry is too large",
-                    )
-                    .with_line(i + 1));
-                }
-                let map = entry_to_json(e, i + 1)?;
-                ingest::prepare(map, &defaults, limits, &masking, now)
-                    .map_err(|e| e.with_line(i + 1))
-            })
-            .collect();
+        // Parsing and masking on a blocking thread, as the HTTP path does.
+        let parsing = node.clone();
+        let items = tokio::task::spawn_blocking(move || {
+            let node = &parsing;
+            let now = ingest::now_us();
+            let limits = node.entry_limits();
+            let defaults = RequestDefaults::default();
+            let masker = node.masker();
+            let masking = node.masking(&masker);
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let size = e.message.len()
+                        + e.fields_json.len()
+                        + e.exception
+                            .as_ref()
+                            .map(|x| x.stack_trace.len() + x.message.len())
+                            .unwrap_or(0);
+                    if size > node.config.entry_bytes_max {
+                        return Err(ApiError::new(
+                            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                            "entry_too_large",
+                            "entry is too large",
+                        )
+                        .with_line(i + 1));
+                    }
+                    let map = entry_to_json(e, i + 1)?;
+                    ingest::prepare(map, &defaults, limits, &masking, now)
+                        .map_err(|e| e.with_line(i + 1))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("parsing a request: {e}")))?;
         let results = node.ingest(items).await;
         node.metrics.ack_latency.observe(started.elapsed());
         let results = results.map_err(Status::from)?;

@@ -213,125 +213,39 @@ async fn ingest_logs_timed(
         })?,
     };
     let bytes = read_body(body, node.config.body_bytes_max).await?;
-    let mut defaults = RequestDefaults {
+    let defaults = RequestDefaults {
         service: header_str(&headers, "x-service-name"),
         environment: header_str(&headers, "x-environment"),
         idempotency_key: None,
     };
-    let now = ingest::now_us();
-    let limits = node.entry_limits();
-    let entry_max = node.config.entry_bytes_max;
-    let masker = node.masker();
-    let masking = node.masking(&masker);
-    let prepare = |value: Value,
-                   defaults: &RequestDefaults,
-                   line: usize|
-     -> Result<PreparedEntry, ApiError> {
-        match value {
-            Value::Object(map) => {
-                ingest::prepare(map, defaults, limits, &masking, now).map_err(|e| e.with_line(line))
-            }
-            _ => Err(
-                ApiError::bad_request("invalid_entry", "an entry must be a JSON object")
-                    .with_line(line),
-            ),
-        }
-    };
-    let too_large = |line: usize| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "entry_too_large",
-            format!("entry is larger than {entry_max} bytes"),
-        )
-        .with_line(line)
-    };
-    let items: Vec<Result<PreparedEntry, ApiError>> = match kind {
-        BodyKind::Json => {
-            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+    let idempotency_key = header_str(&headers, "idempotency-key");
+    // Parsing and masking are CPU work (several ms for a batch of 500): on a blocking thread,
+    // so the async workers keep moving Raft groups and other requests meanwhile.
+    let parsing = node.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        parse_body(&parsing, kind, format, &bytes, defaults, idempotency_key)
+    })
+    .await
+    .map_err(|e| ApiError::internal("parsing a request", e))??;
+    let items = match parsed {
+        Parsed::Batch(items) => items,
+        Parsed::Single(prepared) => {
+            let prepared = (*prepared).map_err(|mut e| {
+                crate::metrics::Metrics::add(&node.metrics.entries_rejected, 1);
+                e.line = None;
+                e
             })?;
-            match value {
-                Value::Array(items) => {
-                    check_batch_len(items.len(), node.config.batch_entries_max)?;
-                    items
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, v)| {
-                            if serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0) > entry_max {
-                                Err(too_large(i + 1))
-                            } else {
-                                prepare(v, &defaults, i + 1)
-                            }
-                        })
-                        .collect()
+            let result = node.ingest(vec![Ok(prepared)]).await?;
+            return match result.into_iter().next() {
+                Some(EntryResult::Stored(stored)) => {
+                    Ok(Json(EntryAnswer::from(stored)).into_response())
                 }
-                single => {
-                    if bytes.len() > entry_max {
-                        return Err(too_large(1));
-                    }
-                    defaults.idempotency_key = header_str(&headers, "idempotency-key");
-                    let prepared = prepare(single, &defaults, 1).map_err(|mut e| {
-                        crate::metrics::Metrics::add(&node.metrics.entries_rejected, 1);
-                        e.line = None;
-                        e
-                    })?;
-                    let result = node.ingest(vec![Ok(prepared)]).await?;
-                    return match result.into_iter().next() {
-                        Some(EntryResult::Stored(stored)) => {
-                            Ok(Json(EntryAnswer::from(stored)).into_response())
-                        }
-                        Some(EntryResult::Rejected(e)) => Err(e),
-                        None => Err(ApiError::internal(
-                            "ingesting",
-                            "no result for a single entry",
-                        )),
-                    };
-                }
-            }
-        }
-        BodyKind::Text => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
-            let entries = parse::split_entries(text, now, node.config.entry_lines_max);
-            check_batch_len(entries.len(), node.config.batch_entries_max)?;
-            entries
-                .into_iter()
-                .enumerate()
-                .map(|(i, entry)| {
-                    if entry.len() > entry_max {
-                        return Err(too_large(i + 1));
-                    }
-                    let object = ingest::text_entry(&entry, format, &defaults, now);
-                    prepare(Value::Object(object), &defaults, i + 1)
-                })
-                .collect()
-        }
-        BodyKind::Ndjson => {
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
-            let lines: Vec<(usize, &str)> = text
-                .lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| (i + 1, l))
-                .collect();
-            check_batch_len(lines.len(), node.config.batch_entries_max)?;
-            lines
-                .into_iter()
-                .map(|(n, line)| {
-                    if line.len() > entry_max {
-                        return Err(too_large(n));
-                    }
-                    let value: Value = serde_json::from_str(line).map_err(|e| {
-                        ApiError::bad_request(
-                            "invalid_json",
-                            format!("line is not valid JSON: {e}"),
-                        )
-                        .with_line(n)
-                    })?;
-                    prepare(value, &defaults, n)
-                })
-                .collect()
+                Some(EntryResult::Rejected(e)) => Err(e),
+                None => Err(ApiError::internal(
+                    "ingesting",
+                    "no result for a single entry",
+                )),
+            };
         }
     };
     let lines: Vec<usize> = items
@@ -362,6 +276,127 @@ async fn ingest_logs_timed(
         }
     }
     Ok(Json(answer).into_response())
+}
+
+/// What a request body holds once parsed and masked.
+enum Parsed {
+    /// An array or NDJSON or text: one result per entry.
+    Batch(Vec<Result<PreparedEntry, ApiError>>),
+    /// A single JSON object: answered with that entry's result alone.
+    Single(Box<Result<PreparedEntry, ApiError>>),
+}
+
+/// Parses, validates and masks a request body (CPU work: callers run it on a blocking thread).
+fn parse_body(
+    node: &Node,
+    kind: BodyKind,
+    format: Format,
+    bytes: &[u8],
+    mut defaults: RequestDefaults,
+    idempotency_key: Option<String>,
+) -> Result<Parsed, ApiError> {
+    let now = ingest::now_us();
+    let limits = node.entry_limits();
+    let entry_max = node.config.entry_bytes_max;
+    let masker = node.masker();
+    let masking = node.masking(&masker);
+    let prepare = |value: Value,
+                   defaults: &RequestDefaults,
+                   line: usize|
+     -> Result<PreparedEntry, ApiError> {
+        match value {
+            Value::Object(map) => {
+                ingest::prepare(map, defaults, limits, &masking, now).map_err(|e| e.with_line(line))
+            }
+            _ => Err(
+                ApiError::bad_request("invalid_entry", "an entry must be a JSON object")
+                    .with_line(line),
+            ),
+        }
+    };
+    let too_large = |line: usize| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "entry_too_large",
+            format!("entry is larger than {entry_max} bytes"),
+        )
+        .with_line(line)
+    };
+    let items: Vec<Result<PreparedEntry, ApiError>> = match kind {
+        BodyKind::Json => {
+            let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+                ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+            })?;
+            match value {
+                Value::Array(items) => {
+                    check_batch_len(items.len(), node.config.batch_entries_max)?;
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            if serde_json::to_vec(&v).map(|b| b.len()).unwrap_or(0) > entry_max {
+                                Err(too_large(i + 1))
+                            } else {
+                                prepare(v, &defaults, i + 1)
+                            }
+                        })
+                        .collect()
+                }
+                single => {
+                    if bytes.len() > entry_max {
+                        return Err(too_large(1));
+                    }
+                    defaults.idempotency_key = idempotency_key;
+                    return Ok(Parsed::Single(Box::new(prepare(single, &defaults, 1))));
+                }
+            }
+        }
+        BodyKind::Text => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
+            let entries = parse::split_entries(text, now, node.config.entry_lines_max);
+            check_batch_len(entries.len(), node.config.batch_entries_max)?;
+            entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    if entry.len() > entry_max {
+                        return Err(too_large(i + 1));
+                    }
+                    let object = ingest::text_entry(&entry, format, &defaults, now);
+                    prepare(Value::Object(object), &defaults, i + 1)
+                })
+                .collect()
+        }
+        BodyKind::Ndjson => {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("invalid_utf8", "body is not UTF-8"))?;
+            let lines: Vec<(usize, &str)> = text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| (i + 1, l))
+                .collect();
+            check_batch_len(lines.len(), node.config.batch_entries_max)?;
+            lines
+                .into_iter()
+                .map(|(n, line)| {
+                    if line.len() > entry_max {
+                        return Err(too_large(n));
+                    }
+                    let value: Value = serde_json::from_str(line).map_err(|e| {
+                        ApiError::bad_request(
+                            "invalid_json",
+                            format!("line is not valid JSON: {e}"),
+                        )
+                        .with_line(n)
+                    })?;
+                    prepare(value, &defaults, n)
+                })
+                .collect()
+        }
+    };
+    Ok(Parsed::Batch(items))
 }
 
 fn check_batch_len(len: usize, max: usize) -> Result<(), ApiError> {

@@ -164,7 +164,7 @@ impl Node {
             .context("PII patterns")?;
         let db = open_db(&config)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
-        let shard_map = ShardMap::new(config.shards);
+        let shard_map = ShardMap::new(info.shards);
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: info.cluster_id.clone(),
@@ -180,56 +180,37 @@ impl Node {
             .validate()
             .context("invalid raft config")?,
         );
-        let mut groups = Vec::with_capacity(config.shards as usize);
-        let mut rollup_rows = 0usize;
-        for shard_id in shard_map.shards() {
-            let shard_config = ShardConfig {
-                data_dir: config.data_dir.clone(),
-                index_heap_bytes: config.index_heap_bytes,
-                index_persist: veil_shard::PersistPolicy {
-                    interval: Duration::from_millis(config.index_persist_interval_ms),
-                    ram_bytes_max: config.index_ram_bytes_max / config.shards.max(1) as usize,
-                },
-                shard_map,
-                rollup_cache_entries: config.exception_cache_entries
-                    / config.shards.max(1) as usize,
-            };
-            let db2 = db.clone();
-            let shard =
-                tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
-                    .await?
-                    .with_context(|| format!("failed to open shard {shard_id}"))?;
-            if info.format_version < crate::datadir::ROLLUPS_SINCE {
-                // Before its Raft group starts, so no apply races the rebuild.
-                let shard = shard.clone();
-                rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
-                    .await?
-                    .context("failed to build the hourly exception rollups")?;
+        let mut groups = Vec::with_capacity(info.shards as usize);
+        let opened = Self::open_groups(
+            &config,
+            &info,
+            &db,
+            &syncer,
+            shard_map,
+            raft_config,
+            &mut groups,
+        )
+        .await;
+        let rollup_rows = match opened {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Close what was opened before failing: RocksDB must not be left open (its
+                // background threads crash the process at exit).
+                for group in &groups {
+                    let _ = group.raft.shutdown().await;
+                }
+                drop(groups);
+                let stopping = syncer.clone();
+                let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
+                drop(syncer);
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                drop(db);
+                return Err(e);
             }
-            let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
-            let raft = ShardRaft::new(
-                config.node_id,
-                raft_config.clone(),
-                NoPeersNetwork,
-                store,
-                ShardStateMachine::new(shard.clone()),
-            )
-            .await
-            .with_context(|| format!("failed to start raft group of shard {shard_id}"))?;
-            if !raft.is_initialized().await.context("raft group stopped")? {
-                let mut members = BTreeMap::new();
-                members.insert(
-                    config.node_id,
-                    openraft::impls::BasicNode {
-                        addr: config.grpc_addr.to_string(),
-                    },
-                );
-                raft.initialize(members)
-                    .await
-                    .with_context(|| format!("failed to initialize shard {shard_id}"))?;
-            }
-            groups.push(Group { shard, raft });
-        }
+        };
         if info.format_version != crate::datadir::FORMAT_VERSION {
             let mut upgraded = info.clone();
             upgraded.format_version = crate::datadir::FORMAT_VERSION;
@@ -277,6 +258,68 @@ impl Node {
         });
         node.clone().spawn_index_committer();
         Ok(node)
+    }
+
+    /// Opens every shard and starts its Raft group, pushing each onto `groups` as it comes up
+    /// (so a caller can close them when a later one fails). Returns the rollup rows rebuilt.
+    async fn open_groups(
+        config: &NodeConfig,
+        info: &crate::datadir::DataDirInfo,
+        db: &Arc<rocksdb::DB>,
+        syncer: &LogSyncer,
+        shard_map: ShardMap,
+        raft_config: Arc<openraft::Config>,
+        groups: &mut Vec<Group>,
+    ) -> anyhow::Result<usize> {
+        let mut rollup_rows = 0usize;
+        for shard_id in shard_map.shards() {
+            let shard_config = ShardConfig {
+                data_dir: config.data_dir.clone(),
+                index_heap_bytes: config.index_heap_bytes,
+                index_persist: veil_shard::PersistPolicy {
+                    interval: Duration::from_millis(config.index_persist_interval_ms),
+                    ram_bytes_max: config.index_ram_bytes_max / info.shards.max(1) as usize,
+                },
+                shard_map,
+                rollup_cache_entries: config.exception_cache_entries / info.shards.max(1) as usize,
+            };
+            let db2 = db.clone();
+            let shard =
+                tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
+                    .await?
+                    .with_context(|| format!("failed to open shard {shard_id}"))?;
+            if info.format_version < crate::datadir::ROLLUPS_SINCE {
+                // Before its Raft group starts, so no apply races the rebuild.
+                let shard = shard.clone();
+                rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
+                    .await?
+                    .context("failed to build the hourly exception rollups")?;
+            }
+            let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
+            let raft = ShardRaft::new(
+                config.node_id,
+                raft_config.clone(),
+                NoPeersNetwork,
+                store,
+                ShardStateMachine::new(shard.clone()),
+            )
+            .await
+            .with_context(|| format!("failed to start raft group of shard {shard_id}"))?;
+            if !raft.is_initialized().await.context("raft group stopped")? {
+                let mut members = BTreeMap::new();
+                members.insert(
+                    config.node_id,
+                    openraft::impls::BasicNode {
+                        addr: config.grpc_addr.to_string(),
+                    },
+                );
+                raft.initialize(members)
+                    .await
+                    .with_context(|| format!("failed to initialize shard {shard_id}"))?;
+            }
+            groups.push(Group { shard, raft });
+        }
+        Ok(rollup_rows)
     }
 
     /// The PII engine in force.

@@ -110,6 +110,13 @@ fn schema() -> (Schema, Fields) {
     (b.build(), f)
 }
 
+/// Documents applied while the writer was busy committing, and the Raft index they reach.
+#[derive(Default)]
+struct Pending {
+    docs: Vec<TantivyDocument>,
+    up_to: u64,
+}
+
 struct WriterState {
     writer: IndexWriter,
     /// The Raft index of the last applied entry whose documents were added.
@@ -158,6 +165,10 @@ pub struct ShardIndex {
     fields: Fields,
     reader: IndexReader,
     writer: Mutex<WriterState>,
+    pending: Mutex<Pending>,
+    /// Most documents waiting in `pending` before adding waits for the writer: one per KiB of
+    /// the writer's memory budget (`--index-heap-bytes`).
+    pending_max: usize,
 }
 
 impl ShardIndex {
@@ -220,6 +231,8 @@ impl ShardIndex {
                 committed_up_to,
                 dirty: false,
             }),
+            pending: Mutex::new(Pending::default()),
+            pending_max: heap_bytes / 1024,
         })
     }
 
@@ -240,20 +253,49 @@ impl ShardIndex {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the documents of the entries applied at Raft index `raft_index`.
+    /// Adds the documents of the entries applied at Raft index `raft_index`. While a commit
+    /// holds the writer (it waits for the segment to be written: tens of ms under load), the
+    /// documents wait in a queue instead of stalling the apply — up to `pending_max`
+    /// documents, past which adding waits for the writer; the next add or commit feeds them.
     pub fn add(&self, raft_index: u64, entries: &[&StoredEntry]) -> Result<()> {
-        let mut state = self.lock();
-        for entry in entries {
-            state.writer.add_document(self.document(entry))?;
+        let docs: Vec<TantivyDocument> = entries.iter().map(|e| self.document(e)).collect();
+        let waiting = {
+            let mut pending = self.pending();
+            pending.docs.extend(docs);
+            pending.up_to = pending.up_to.max(raft_index);
+            pending.docs.len()
+        };
+        let mut state = if waiting > self.pending_max {
+            self.lock()
+        } else {
+            match self.writer.try_lock() {
+                Ok(state) => state,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(()),
+            }
+        };
+        self.feed(&mut state)
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands the waiting documents to the writer (whose lock the caller holds).
+    fn feed(&self, state: &mut WriterState) -> Result<()> {
+        let Pending { docs, up_to } = std::mem::take(&mut *self.pending());
+        state.dirty |= !docs.is_empty();
+        for doc in docs {
+            state.writer.add_document(doc)?;
         }
-        state.dirty |= !entries.is_empty();
-        state.added_up_to = state.added_up_to.max(raft_index);
+        state.added_up_to = state.added_up_to.max(up_to);
         Ok(())
     }
 
     /// Drops every document (before a snapshot is installed).
     pub fn clear(&self) -> Result<()> {
         let mut state = self.lock();
+        *self.pending() = Pending::default();
         // Rollback first: documents added since the last commit are still being indexed, and
         // delete_all_documents only drops what is committed.
         state.writer.rollback()?;
@@ -268,6 +310,7 @@ impl ShardIndex {
     /// nothing to commit (an idle shard writes nothing).
     pub fn commit(&self) -> Result<Option<u64>> {
         let mut state = self.lock();
+        self.feed(&mut state)?;
         if !state.dirty {
             return Ok(None);
         }
@@ -320,6 +363,7 @@ impl ShardIndex {
     /// shard waits meanwhile) and reloads the reader. Returns the segment count before.
     pub fn merge_segments(&self) -> Result<usize> {
         let mut state = self.lock();
+        self.feed(&mut state)?;
         let ids = self.index.searchable_segment_ids()?;
         if ids.len() > 1 {
             state.writer.merge(&ids).wait()?;

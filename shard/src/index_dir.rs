@@ -2,8 +2,8 @@
 //! until they are persisted.
 //!
 //! A commit makes entries searchable (every `--index-commit-interval-ms`); with sixteen shards
-//! that is thirty-two new segments a second, each eight-odd files, most of them merged away
-//! within seconds. On disk that churn cost more CPU than indexing itself (file creation in the
+//! (the default when this was written) that is thirty-two new segments a second, each eight-odd
+//! files, most of them merged away within seconds. On disk that churn cost more CPU than indexing itself (file creation in the
 //! kernel, fsyncs, merges reading and writing files). Here a commit writes its segment and
 //! `meta.json` to memory; [`NrtDirectory::persist`] (run by the shard every
 //! `--index-persist-interval-ms`, past `--index-ram-bytes-max`, and at shutdown) writes the
@@ -25,10 +25,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use tantivy::directory::error::{DeleteError, OpenReadError, OpenWriteError};
+use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
-    AntiCallToken, Directory, FileHandle, MmapDirectory, RamDirectory, TerminatingWrite,
-    WatchCallback, WatchHandle, WritePtr,
+    AntiCallToken, Directory, DirectoryLock, FileHandle, Lock, MmapDirectory, RamDirectory,
+    TerminatingWrite, WatchCallback, WatchHandle, WritePtr,
 };
 use tantivy::Index;
 
@@ -289,6 +289,14 @@ impl Directory for NrtDirectory {
     fn watch(&self, watch_callback: WatchCallback) -> tantivy::Result<WatchHandle> {
         self.inner.ram.watch(watch_callback)
     }
+
+    fn acquire_lock(&self, lock: &Lock) -> Result<DirectoryLock, LockError> {
+        // In memory only: indexes written before this directory existed keep tantivy's lock
+        // files on disk (a memory-mapped directory never deletes them), which would read as
+        // held. Two processes never share a shard's index: RocksDB's own lock on the data
+        // directory is taken first.
+        self.inner.ram.acquire_lock(lock)
+    }
 }
 
 /// A file being written: buffered, then moved into memory when terminated; or, once it grows
@@ -453,6 +461,32 @@ mod tests {
         assert_eq!(reopen(tmp.path()), (35, Some("3".into())));
         let reader = index.reader().unwrap();
         assert_eq!(reader.searcher().num_docs(), 35);
+    }
+
+    /// Indexes written by a memory-mapped directory (Veil before format 5) keep tantivy's lock
+    /// files on disk; they open here with a writer, and their segments are read from disk.
+    #[test]
+    fn an_index_written_straight_to_disk_opens_with_a_writer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (schema, body) = schema();
+        {
+            let disk = MmapDirectory::open(tmp.path()).unwrap();
+            let index = Index::create(disk, schema, Default::default()).unwrap();
+            let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            commit(&mut writer, body, 7, "1");
+            let _reader = index.reader().unwrap();
+        }
+        assert!(tmp
+            .path()
+            .join(".tantivy-writer.lock")
+            .try_exists()
+            .unwrap());
+        let dir = NrtDirectory::open(tmp.path(), 1 << 20).unwrap();
+        let index = Index::open(dir.clone()).unwrap();
+        let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        commit(&mut writer, body, 3, "2");
+        dir.persist(&index).unwrap();
+        assert_eq!(reopen(tmp.path()), (10, Some("2".into())));
     }
 
     #[test]
