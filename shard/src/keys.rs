@@ -5,7 +5,10 @@
 //! - `entries`: `shard u32 | timestamp_us (sign-flipped) u64 | log_id [16]` → the entry. Entries
 //!   of a shard sort by time, so an hour of a shard is one contiguous key range.
 //! - `entry_ids`: `shard u32 | log_id [16]` → `raft_index u64 | entries key`: the idempotency
-//!   set, which also tells in which Raft entry the log_id was first stored.
+//!   set, which also tells in which Raft entry the log_id was first stored. Entries whose
+//!   UUIDv7 log_id carries their own millisecond (`findable_by_time`: every entry the node
+//!   minted an id for since format 5) have no row: their key is found by seeking that
+//!   millisecond in `entries`.
 //! - `index_queue`: `shard u32 | raft_index u64 | seq u32` → `entries key`…: the entries of a
 //!   Raft entry applied but perhaps not yet in a tantivy commit; trimmed after each commit,
 //!   replayed at open. One record per Raft entry (seq 0, the value every new entry's key one
@@ -46,6 +49,24 @@ pub fn entry_key_at(shard: ShardId, timestamp_us: i64) -> [u8; 12] {
     key[..4].copy_from_slice(&shard.0.to_be_bytes());
     key[4..].copy_from_slice(&flip(timestamp_us).to_be_bytes());
     key
+}
+
+/// The millisecond a UUIDv7 log_id carries (its first 48 bits), or None for other versions.
+pub fn minted_ms(log_id: Uuid) -> Option<i64> {
+    if log_id.get_version_num() != 7 {
+        return None;
+    }
+    let b = log_id.as_bytes();
+    let mut ms = [0u8; 8];
+    ms[2..].copy_from_slice(&b[..6]);
+    Some(u64::from_be_bytes(ms) as i64)
+}
+
+/// True when an entry's `entries` key can be found from its log_id alone: a UUIDv7 minted from
+/// the entry's own time, so a look-up seeks that millisecond's keys. Such entries get no
+/// `entry_ids` row; keyed (name-based) log_ids always do.
+pub fn findable_by_time(log_id: Uuid, timestamp_us: i64) -> bool {
+    minted_ms(log_id) == Some(timestamp_us.div_euclid(1000))
 }
 
 /// Returns the `entry_ids` key of a log_id.

@@ -323,7 +323,10 @@ impl Shard {
             batch.put_cf(cf_entries, key, encode_entry(entry));
         }
         writes.sort_unstable_by_key(|w| w.1);
-        for (key, id_key, _) in &writes {
+        for (key, id_key, entry) in &writes {
+            if keys::findable_by_time(entry.log_id, entry.timestamp_us) {
+                continue;
+            }
             id_value[8..].copy_from_slice(key);
             batch.put_cf(cf_ids, id_key, id_value);
         }
@@ -824,7 +827,20 @@ impl Shard {
             .db
             .get_pinned_cf(self.cf(CF_ENTRY_IDS)?, keys::id_key(self.id, log_id))?
         else {
-            return Ok(None);
+            // A minted log_id has no row: seek the millisecond it carries.
+            let Some(ms) = keys::minted_ms(log_id) else {
+                return Ok(None);
+            };
+            let from = keys::entry_key_at(self.id, ms.saturating_mul(1000));
+            let to = keys::entry_key_at(self.id, ms.saturating_mul(1000).saturating_add(1000));
+            let mut found = None;
+            self.scan(CF_ENTRIES, &from, &to, |key, _| {
+                if key.get(12..) == Some(log_id.as_bytes().as_slice()) {
+                    found = keys::decode_entry_key(key).map(|(_, ts, _)| ts);
+                }
+                Ok(())
+            })?;
+            return Ok(found);
         };
         let key = value.get(8..).unwrap_or_default();
         let (_, ts, _) = keys::decode_entry_key(key).ok_or_else(|| Error::Corrupt {

@@ -852,6 +852,33 @@ mod tests {
         assert_eq!(entry("search").sealed_original, None);
     }
 
+    /// The shard keeps no idempotency row for minted log_ids and finds them by the millisecond
+    /// they carry, so every minted id must carry its entry's own millisecond.
+    #[test]
+    fn minted_log_ids_carry_their_entrys_millisecond() {
+        for ts in [
+            "2023-11-14T10:00:00.000999Z",
+            "2023-01-01T00:00:00.001Z",
+            "1970-01-01T00:00:00.5Z",
+            "2001-09-09T01:46:39.999999Z",
+        ] {
+            let p =
+                prep(serde_json::json!({"service": "s", "message": "m", "timestamp": ts})).unwrap();
+            assert!(
+                veil_shard::keys::findable_by_time(p.entry.log_id, p.entry.timestamp_us),
+                "{ts}"
+            );
+        }
+        let keyed = prep(
+            serde_json::json!({"service": "s", "message": "m", "fields": {"idempotency_key": "k"}}),
+        )
+        .unwrap();
+        assert!(!veil_shard::keys::findable_by_time(
+            keyed.entry.log_id,
+            keyed.entry.timestamp_us
+        ));
+    }
+
     #[test]
     fn idempotency_key_gives_the_same_log_id_without_a_timestamp() {
         let a = prep(serde_json::json!({"service": "s", "message": "m", "fields": {"idempotency_key": "k1"}})).unwrap();

@@ -154,6 +154,60 @@ async fn minted_batches_are_stored_without_the_duplicate_check_and_keyed_ones_wi
     assert_eq!(counts(&shard).values().sum::<u64>(), 10);
 }
 
+/// Minted log_ids (UUIDv7 of the entry's own time) get no idempotency row: a look-up seeks
+/// the millisecond they carry. Name-based (keyed) ones keep their row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_log_ids_are_found_by_their_millisecond_without_an_idempotency_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let shard = open(dir.path(), db.clone());
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let v7 = |ts: i64| {
+        let ts_u = ts as u64;
+        Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            ts_u / 1_000_000,
+            (ts_u % 1_000_000) as u32 * 1000,
+        ))
+    };
+    // Several entries inside one millisecond, and others around it.
+    let minted: Vec<StoredEntry> = (0..12)
+        .map(|n| {
+            let mut e = entry_for(ShardId(1), n);
+            e.timestamp_us += (n as i64 % 3) * 250 + (n as i64 / 6) * 1000;
+            e.log_id = v7(e.timestamp_us);
+            e
+        })
+        .collect();
+    apply_command(&mut sm, 1, ShardCommand::AppendMinted(minted.clone())).await;
+    let mut keyed = entry_for(ShardId(1), 20);
+    keyed.log_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, b"svc\0key-1");
+    apply(&mut sm, 2, vec![keyed.clone()]).await;
+
+    let cf = db.cf_handle(veil_shard::CF_ENTRY_IDS).unwrap();
+    let rows: Vec<_> = db
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .map(|r| r.unwrap().0)
+        .collect();
+    assert_eq!(rows.len(), 1, "only the keyed entry has a row");
+    for e in &minted {
+        assert_eq!(shard.lookup_log_id(e.log_id).unwrap(), Some(e.timestamp_us));
+    }
+    assert_eq!(
+        shard.lookup_log_id(keyed.log_id).unwrap(),
+        Some(keyed.timestamp_us)
+    );
+    let absent = v7(minted[0].timestamp_us);
+    assert_eq!(
+        shard.lookup_log_id(absent).unwrap(),
+        None,
+        "same millisecond, other id"
+    );
+    // A retry of the keyed entry is still recognised.
+    apply(&mut sm, 3, vec![keyed]).await;
+    assert_eq!(shard.entry_count().unwrap(), 13);
+}
+
 /// How many entries a search of everything counts.
 fn searchable(shard: &Shard) -> u64 {
     shard
