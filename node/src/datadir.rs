@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 /// 2: entries carry `sealed_original` (issue 4).
 /// 3: hourly exception rollups (`exception_hourly`), which older directories lack.
 /// 4: hourly exception history rollups (`exception_history_hourly`).
-/// 5: counter rows may hold RocksDB merge operands, and Raft logs `AppendMinted` commands,
-///    which builds for format 4 cannot read; nothing to convert.
+/// 5: counter rows may hold RocksDB merge operands, Raft logs `AppendMinted` commands, and
+///    entries with minted log_ids have no `entry_ids` row — none of which builds for format 4
+///    can read; nothing to convert.
 pub const FORMAT_VERSION: u32 = 5;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
