@@ -28,7 +28,7 @@ use tantivy::query::{
 };
 use tantivy::schema::{
     DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions, Schema,
-    TextFieldIndexing, FAST, INDEXED, STORED, STRING, TEXT,
+    TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::{
     DateTime, DocAddress, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy,
@@ -61,7 +61,22 @@ struct Fields {
     fields: Field,
 }
 
+/// The schema new indexes get: no field norms, since no query ranks by score (they were 0.04
+/// bytes on disk per raw byte, and indexing work).
 fn schema() -> (Schema, Fields) {
+    schema_with_fieldnorms(false)
+}
+
+/// Indexes created before field norms were dropped have them; they open as they are (the
+/// fields, and so their ids, are the same either way).
+fn schema_with_fieldnorms(fieldnorms: bool) -> (Schema, Fields) {
+    let norms = |opts: TextOptions| match opts.get_indexing_options() {
+        Some(indexing) => {
+            let indexing = indexing.clone().set_fieldnorms(fieldnorms);
+            opts.set_indexing_options(indexing)
+        }
+        None => opts,
+    };
     let mut b = Schema::builder();
     // Stored by earlier versions, never read now: kept so their indexes' schema still matches
     // (tantivy opens an index only with the schema it was created with).
@@ -74,21 +89,22 @@ fn schema() -> (Schema, Fields) {
     );
     let log_id_hi = b.add_u64_field("log_id_hi", FAST);
     let log_id_lo = b.add_u64_field("log_id_lo", FAST);
-    let keyword = STRING | FAST;
+    let keyword = norms(STRING | FAST);
     let service = b.add_text_field("service", keyword.clone());
     let level = b.add_text_field("level", keyword.clone());
     let environment = b.add_text_field("environment", keyword.clone());
     let region = b.add_text_field("region", keyword.clone());
     let host = b.add_text_field("host", keyword.clone());
     let exception_type = b.add_text_field("exception_type", keyword);
-    let message = b.add_text_field("message", TEXT);
-    let exception_message = b.add_text_field("exception_message", TEXT);
-    let stack_trace = b.add_text_field("stack_trace", TEXT);
+    let message = b.add_text_field("message", norms(TEXT));
+    let exception_message = b.add_text_field("exception_message", norms(TEXT));
+    let stack_trace = b.add_text_field("stack_trace", norms(TEXT));
     let json = JsonObjectOptions::default()
         .set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer("raw")
-                .set_index_option(IndexRecordOption::Basic),
+                .set_index_option(IndexRecordOption::Basic)
+                .set_fieldnorms(fieldnorms),
         )
         .set_fast("raw");
     let fields = b.add_json_field("fields", json);
@@ -201,7 +217,19 @@ impl ShardIndex {
                 std::io::Error::other(e),
             )
         })?;
-        let index = Index::open_or_create(directory.clone(), schema)?;
+        let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
+            let index = Index::open(directory.clone())?;
+            let found = index.schema();
+            if found != schema && found != schema_with_fieldnorms(true).0 {
+                return Err(Error::Corrupt {
+                    shard_id,
+                    reason: format!("index in {} has another schema", dir.display()),
+                });
+            }
+            index
+        } else {
+            Index::create(directory.clone(), schema, Default::default())?
+        };
         // A new index exists only in memory until persisted.
         directory.persist(&index)?;
         let committed_up_to = index
@@ -1013,4 +1041,83 @@ fn search_error(e: tantivy::TantivyError) -> Error {
 /// True when `e` is the collector's deadline error.
 fn is_deadline(e: &tantivy::TantivyError) -> bool {
     matches!(e, tantivy::TantivyError::InternalError(m) if m == DEADLINE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u64) -> StoredEntry {
+        StoredEntry {
+            log_id: uuid::Uuid::from_u128(u128::from(n) + 1),
+            timestamp_us: 1_700_000_000_000_000 + n as i64,
+            received_at_us: 1_700_000_000_000_000,
+            service: "svc".into(),
+            level: Level::Info,
+            message: format!("payment {n} failed"),
+            fields_json: format!(r#"{{"user_id":"u{n}"}}"#),
+            exception_type: None,
+            exception_message: None,
+            stack_trace: None,
+            fingerprint: None,
+            host: Some("h1".into()),
+            environment: None,
+            region: None,
+            sealed_original: None,
+        }
+    }
+
+    fn total(index: &ShardIndex, text: &str) -> u64 {
+        let query = ShardQuery {
+            text: query_lang::parse(text).unwrap(),
+            top_n: 10,
+            ..Default::default()
+        };
+        index.search(&query).unwrap().0
+    }
+
+    #[test]
+    fn new_indexes_have_no_field_norms_and_older_ones_open_with_theirs() {
+        let policy = PersistPolicy::default();
+        let fresh = tempfile::tempdir().unwrap();
+        let index = ShardIndex::open(ShardId(0), fresh.path(), 15_000_000, policy).unwrap();
+        let schema = index.index.schema();
+        for (_, entry) in schema.fields() {
+            if let tantivy::schema::FieldType::Str(opts) = entry.field_type() {
+                if let Some(indexing) = opts.get_indexing_options() {
+                    assert!(!indexing.fieldnorms(), "{}", entry.name());
+                }
+            }
+        }
+        index.add(1, &[&entry(1)]).unwrap();
+        index.commit().unwrap();
+        assert_eq!(total(&index, "\"payment 1 failed\""), 1);
+
+        // An index as builds before this one created it: field norms on every text field.
+        let old = tempfile::tempdir().unwrap();
+        {
+            let (legacy, _) = schema_with_fieldnorms(true);
+            assert_ne!(legacy, schema);
+            let index = Index::create_in_dir(old.path(), legacy).unwrap();
+            let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            let f = schema_with_fieldnorms(true).1;
+            let mut doc = TantivyDocument::new();
+            doc.add_date(
+                f.timestamp,
+                DateTime::from_timestamp_micros(1_700_000_000_000_007),
+            );
+            doc.add_u64(f.log_id_hi, 0);
+            doc.add_u64(f.log_id_lo, 7);
+            doc.add_text(f.service, "svc");
+            doc.add_text(f.message, "payment 7 failed");
+            writer.add_document(doc).unwrap();
+            writer.commit().unwrap();
+        }
+        let index = ShardIndex::open(ShardId(0), old.path(), 15_000_000, policy).unwrap();
+        assert_eq!(total(&index, "payment"), 1);
+        index.add(2, &[&entry(2)]).unwrap();
+        index.commit().unwrap();
+        assert_eq!(total(&index, "payment"), 2);
+        assert_eq!(total(&index, "\"payment 2 failed\""), 1);
+    }
 }
