@@ -200,14 +200,8 @@ impl Node {
                     let _ = group.raft.shutdown().await;
                 }
                 drop(groups);
-                let stopping = syncer.clone();
-                let _ = tokio::task::spawn_blocking(move || stopping.stop()).await;
-                drop(syncer);
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                drop(db);
+                stop_syncer(syncer).await;
+                close_db(db).await;
                 return Err(e);
             }
         };
@@ -653,21 +647,9 @@ impl Node {
         self.shutdown().await;
         let db = self.db.clone();
         drop(self);
-        // openraft's tasks and in-flight blocking work release their handles as they finish.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        if close_db(db).await {
+            tracing::info!("storage closed");
         }
-        let holders = Arc::strong_count(&db) - 1;
-        if holders > 0 {
-            tracing::warn!(
-                holders,
-                "rocksdb still referenced at close; it closes at exit"
-            );
-            return;
-        }
-        drop(db);
-        tracing::info!("storage closed");
     }
 
     /// Stops every Raft group, commits the indexes and flushes RocksDB.
@@ -707,9 +689,34 @@ impl Node {
         if let Err(e) = self.db.flush_wal(true) {
             tracing::warn!(error = %e, "final wal sync failed");
         }
-        let syncer = self.syncer.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || syncer.stop()).await {
-            tracing::warn!(error = %e, "stopping the raft log sync thread failed");
-        }
+        stop_syncer(self.syncer.clone()).await;
     }
+}
+
+/// Stops the Raft log's fsync thread (it joins the thread: on a blocking thread).
+async fn stop_syncer(syncer: LogSyncer) {
+    if let Err(e) = tokio::task::spawn_blocking(move || syncer.stop()).await {
+        tracing::warn!(error = %e, "stopping the raft log sync thread failed");
+    }
+}
+
+/// Waits (up to 10 s) for every other handle on RocksDB to go — openraft's tasks and in-flight
+/// blocking work release theirs as they finish — then drops the last, so RocksDB closes with its
+/// background work joined (left open, it can crash the process at exit). False when handles
+/// remained: RocksDB then closes at exit.
+async fn close_db(db: Arc<rocksdb::DB>) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let holders = Arc::strong_count(&db) - 1;
+    if holders > 0 {
+        tracing::warn!(
+            holders,
+            "rocksdb still referenced at close; it closes at exit"
+        );
+        return false;
+    }
+    drop(db);
+    true
 }

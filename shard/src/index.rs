@@ -384,6 +384,7 @@ impl ShardIndex {
             reason: "index commit payload is not a Raft index".into(),
         })?;
         persisted.0 = up_to;
+        tracing::debug!(shard_id = %self.shard_id, raft_index = up_to, files = done.files, bytes = done.bytes, "index commit persisted");
         Ok(Some(up_to))
     }
 

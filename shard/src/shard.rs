@@ -77,12 +77,7 @@ fn merge_counters(
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
-    let mut parts = existing.into_iter().chain(operands.iter());
-    let mut sum = exceptions::decode_counter(parts.next()?)?;
-    for part in parts {
-        sum.merge(&exceptions::decode_counter(part)?);
-    }
-    Some(exceptions::encode_counter(&sum))
+    fold(existing, operands, exceptions::decode_counter).map(|c| exceptions::encode_counter(&c))
 }
 
 /// [`merge_counters`] for the 24-byte numbers of `exception_hourly`.
@@ -91,12 +86,23 @@ fn merge_numbers(
     existing: Option<&[u8]>,
     operands: &rocksdb::MergeOperands,
 ) -> Option<Vec<u8>> {
+    fold(existing, operands, exceptions::decode_numbers)
+        .map(|n| exceptions::encode_numbers(&n).to_vec())
+}
+
+/// The existing value (if any) and then every operand, decoded and added up in order; None
+/// when one does not decode.
+fn fold<V: exceptions::Mergeable>(
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+    decode: fn(&[u8]) -> Option<V>,
+) -> Option<V> {
     let mut parts = existing.into_iter().chain(operands.iter());
-    let mut sum = exceptions::decode_numbers(parts.next()?)?;
+    let mut sum = decode(parts.next()?)?;
     for part in parts {
-        sum.merge(&exceptions::decode_numbers(part)?);
+        sum.merge_from(&decode(part)?);
     }
-    Some(exceptions::encode_numbers(&sum).to_vec())
+    Some(sum)
 }
 
 /// Options of the shard's column families: RocksDB's default compression (Snappy) where

@@ -269,9 +269,9 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
                 break;
             };
             let entry = shard.decode_entry(&value)?;
-            let mut id_value = raft_index.to_be_bytes().to_vec();
-            id_value.extend_from_slice(&key);
             if !keys::findable_by_time(entry.log_id, entry.timestamp_us) {
+                let mut id_value = raft_index.to_be_bytes().to_vec();
+                id_value.extend_from_slice(&key);
                 batch.put_cf(cf_ids, keys::id_key(shard.id(), entry.log_id), id_value);
             }
             batch.put_cf(cf_entries, &key, &value);
