@@ -158,19 +158,44 @@ fn acknowledged_entries_survive_kill_9_and_restart() {
             .collect();
         next_key += 10_000_000;
         let kill_after = Duration::from_millis(100 + rng.below(1000));
+        // Most cycles also compact while the writers write: every group snapshots its applied
+        // state and purges its Raft log behind it, so the restart must rebuild from a purged log.
+        let compactor = (rng.below(4) != 0).then(|| {
+            let (http, client) = (node.http.clone(), client.clone());
+            let after = Duration::from_millis(rng.below(kill_after.as_millis() as u64));
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                // It may be cut short by the kill; what it finished must hold either way.
+                post(
+                    &client,
+                    &http,
+                    "/api/v1/admin/compact",
+                    "application/json",
+                    String::new(),
+                )
+                .is_some()
+            })
+        });
         std::thread::sleep(kill_after);
         node.kill9();
         stop.store(true, Ordering::SeqCst);
         for w in writers {
             w.join().expect("writer thread");
         }
+        let compacted = compactor.map(|c| c.join().expect("compactor thread"));
         let node = start(dir.path());
         for (c, acked) in acknowledged.iter().enumerate() {
             let acked = acked.lock().expect("ack lock").clone();
             if c == cycle {
                 eprintln!(
-                    "cycle {cycle}: killed after {kill_after:?}, {} entries acknowledged",
-                    acked.len()
+                    "cycle {cycle}: killed after {kill_after:?}, {} entries acknowledged, \
+                     compaction {}",
+                    acked.len(),
+                    match compacted {
+                        None => "not asked",
+                        Some(true) => "finished",
+                        Some(false) => "cut short",
+                    }
                 );
             }
             let ids = read_cycle(&client, &node.http, c, acked.len());

@@ -18,11 +18,13 @@
 mod error;
 mod log_store;
 mod network;
+mod snapshot;
 mod types;
 
 pub use error::{Error, Result};
 pub use log_store::{column_families, LogStore, LogSyncer, CF_RAFT_LOG, CF_RAFT_META};
 pub use network::NoPeersNetwork;
+pub use snapshot::{LiveState, SnapshotData};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};
 
 /// openraft's types as instantiated by Veil's [`TypeConfig`].

@@ -46,7 +46,7 @@ impl RaftNetworkFactory<TypeConfig> for NoPeersNetwork {
 }
 
 impl RaftNetworkV2<TypeConfig> for NoPeerClient {
-    type SnapshotData = std::path::PathBuf;
+    type SnapshotData = crate::SnapshotData;
 
     async fn append_entries(
         &mut self,

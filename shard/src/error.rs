@@ -36,6 +36,18 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A snapshot file holds another state than the one it was asked to install as.
+    #[error(
+        "shard {shard_id}: the snapshot file holds the state at log id {file}, not {install} it was to be installed as"
+    )]
+    SnapshotMismatch {
+        /// The shard installing.
+        shard_id: ShardId,
+        /// The last log id in the file's header.
+        file: String,
+        /// The last log id it was to be installed under.
+        install: String,
+    },
     /// A required column family is missing from the database.
     #[error(
         "column family {0} is missing; was the database opened with veil_shard::column_families()?"

@@ -29,7 +29,10 @@ pub const CF_INDEX_QUEUE: &str = "index_queue";
 pub const CF_SHARD_META: &str = "shard_meta";
 
 const META_APPLIED: u8 = 1;
-const META_SNAPSHOT: u8 = 2;
+/// A snapshot record with a file (`LegacySnapshotRecord`), written before snapshots were live.
+const META_SNAPSHOT_FILE: u8 = 2;
+/// The current snapshot's metadata: the durable state machine is the snapshot.
+const META_SNAPSHOT: u8 = 3;
 
 /// The column families holding a shard's data (all keyed `shard | …`): what a snapshot install
 /// replaces.
@@ -140,9 +143,17 @@ pub(crate) struct AppliedState {
     pub membership: StoredMembership,
 }
 
-/// A record of the current snapshot: its metadata and the file holding it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The current snapshot: its metadata, and the file holding it if an earlier version built it
+/// as a file (snapshots are the state machine itself now; see `state_machine.rs`).
+#[derive(Debug, Clone)]
 pub(crate) struct SnapshotRecord {
+    pub meta: veil_raft::alias::SnapshotMeta,
+    pub legacy_file: Option<PathBuf>,
+}
+
+/// How snapshot records were stored (tag `META_SNAPSHOT_FILE`) while snapshots were files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LegacySnapshotRecord {
     pub meta: veil_raft::alias::SnapshotMeta,
     pub file: PathBuf,
 }
@@ -987,14 +998,45 @@ impl Shard {
             .join(format!("shard-{:04}", self.id.0))
     }
 
+    /// The current snapshot: the newer of the live record and a file record left by an
+    /// earlier version (an older build may have run on this directory after a newer one).
     pub(crate) fn snapshot_record(&self) -> Result<Option<SnapshotRecord>> {
-        self.read_meta(META_SNAPSHOT)
+        let live = self
+            .read_meta::<veil_raft::alias::SnapshotMeta>(META_SNAPSHOT)?
+            .map(|meta| SnapshotRecord {
+                meta,
+                legacy_file: None,
+            });
+        let file = self
+            .read_meta::<LegacySnapshotRecord>(META_SNAPSHOT_FILE)?
+            .map(|r| SnapshotRecord {
+                meta: r.meta,
+                legacy_file: Some(r.file),
+            });
+        Ok(match (live, file) {
+            (Some(l), Some(f)) if f.meta.last_log_id > l.meta.last_log_id => Some(f),
+            (Some(l), _) => Some(l),
+            (None, f) => f,
+        })
     }
 
-    pub(crate) fn put_snapshot_record(&self, record: &SnapshotRecord) -> Result<()> {
+    /// Records `meta` as the current snapshot and makes it durable: the WAL, which holds every
+    /// apply up to `meta` and this record, is synced before this returns, so the Raft log may
+    /// be purged behind it. A snapshot file an earlier version left is deleted.
+    pub(crate) fn put_snapshot_record(&self, meta: &veil_raft::alias::SnapshotMeta) -> Result<()> {
+        let previous = self.read_meta::<LegacySnapshotRecord>(META_SNAPSHOT_FILE)?;
         let mut batch = WriteBatch::default();
-        self.put_meta(&mut batch, META_SNAPSHOT, record)?;
+        self.put_meta(&mut batch, META_SNAPSHOT, meta)?;
+        batch.delete_cf(
+            self.cf(CF_SHARD_META)?,
+            keys::meta_key(self.id, META_SNAPSHOT_FILE),
+        );
         self.db.write(batch)?;
+        self.db.flush_wal(true)?;
+        if let Some(old) = previous {
+            // No record names it any more; failing to delete it only wastes disk.
+            let _ = std::fs::remove_file(old.file);
+        }
         Ok(())
     }
 

@@ -1,10 +1,19 @@
 //! The Raft state machine of a shard, and its snapshots.
 //!
-//! A snapshot is a file: a header with the snapshot's metadata, then every `(key, entry)` of the
-//! shard in key order, read from one RocksDB snapshot so that it matches the applied state it
-//! claims. Installing one replaces the shard's entries and rebuilds its index from them.
-//! Format 2 compresses everything after the header as one zstd stream (the snapshot files were
-//! 60 % of a compacted data directory, BENCHMARKS.md); format 1 files (plain body) still install.
+//! The shard's state lives in RocksDB and each apply goes through its WAL, so building a snapshot
+//! copies nothing: it syncs the WAL and records the applied log id and membership
+//! (`Shard::put_snapshot_record`); openraft may then purge the log behind it. The snapshot's
+//! data is [`SnapshotData::Live`], the shard itself. (Snapshots used to be a file holding every
+//! entry again — a sixth of a compacted data directory, and a rewrite of the whole shard every
+//! `--snapshot-logs-since-last` Raft entries.)
+//!
+//! A snapshot *file* is written only when the state must travel (`LiveShard::write_file`): a
+//! header with the metadata, then every `(key, entry)` of the shard in key order, read from one
+//! RocksDB snapshot so that it matches the applied state the header claims. Installing one
+//! replaces the shard's entries and rebuilds its index from them. Format 2 compresses
+//! everything after the header as one zstd stream; format 1 files (plain body) still install.
+//! A file record an earlier version left is still handed out as [`SnapshotData::File`] until
+//! the next snapshot replaces it and deletes the file.
 
 use std::io::{BufReader, BufWriter};
 use std::path::PathBuf;
@@ -17,14 +26,14 @@ use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use serde::{Deserialize, Serialize};
 use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
-use veil_raft::{CommandResponse, TypeConfig};
+use veil_raft::{CommandResponse, LiveState, SnapshotData, TypeConfig};
 
 use crate::entry::{encode_outcomes, ShardCommand};
-use crate::shard::{AppliedState, Shard, SnapshotRecord, CF_ENTRIES, CF_ENTRY_IDS};
+use crate::shard::{AppliedState, Shard, CF_ENTRIES, CF_ENTRY_IDS};
 use crate::{keys, Error, Result};
 
-/// A shard snapshot: its metadata and the file holding it.
-pub type ShardSnapshot = openraft::alias::SnapshotOf<TypeConfig, PathBuf>;
+/// A shard snapshot: its metadata and its data (the live shard, or a file).
+pub type ShardSnapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// The Raft state machine of one shard.
 #[derive(Clone)]
@@ -54,7 +63,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl RaftStateMachine<TypeConfig> for ShardStateMachine {
-    type SnapshotData = PathBuf;
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = ShardSnapshotBuilder;
 
     async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, Membership)> {
@@ -107,18 +116,21 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: PathBuf,
+        snapshot: SnapshotData,
     ) -> std::io::Result<()> {
         let shard = self.shard.clone();
         let meta = meta.clone();
-        blocking(move || install(&shard, meta, snapshot)).await
+        blocking(move || install_data(&shard, meta, snapshot)).await
     }
 
     async fn get_current_snapshot(&mut self) -> std::io::Result<Option<ShardSnapshot>> {
         let record = self.shard.snapshot_record().map_err(std::io::Error::from)?;
         Ok(record.map(|r| ShardSnapshot {
             meta: r.meta,
-            snapshot: r.file,
+            snapshot: match r.legacy_file {
+                Some(file) => SnapshotData::File(file),
+                None => SnapshotData::Live(Arc::new(LiveShard(self.shard.clone()))),
+            },
         }))
     }
 }
@@ -129,15 +141,24 @@ pub struct ShardSnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for ShardSnapshotBuilder {
-    type SnapshotData = PathBuf;
+    type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> std::io::Result<ShardSnapshot> {
         let shard = self.shard.clone();
-        let record = blocking(move || build(&shard)).await?;
+        let meta = blocking(move || build(&shard)).await?;
         Ok(ShardSnapshot {
-            meta: record.meta,
-            snapshot: record.file,
+            meta,
+            snapshot: SnapshotData::Live(Arc::new(LiveShard(self.shard.clone()))),
         })
+    }
+}
+
+/// A shard as its own snapshot's data.
+struct LiveShard(Arc<Shard>);
+
+impl LiveState for LiveShard {
+    fn write_file(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+        write_file(&self.0).map_err(std::io::Error::from)
     }
 }
 
@@ -163,7 +184,22 @@ fn bincode_err(shard: &Shard) -> impl Fn(bincode::Error) -> Error + '_ {
     }
 }
 
-fn build(shard: &Shard) -> Result<SnapshotRecord> {
+/// Builds a snapshot: records the applied state as the snapshot, durably. Every apply writes
+/// `AppliedState` under the applied lock after its batch landed, so the state read here is
+/// in RocksDB with everything it covers.
+fn build(shard: &Shard) -> Result<SnapshotMeta> {
+    let applied = shard.applied_lock().clone();
+    let meta = SnapshotMeta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership,
+    };
+    shard.put_snapshot_record(&meta)?;
+    Ok(meta)
+}
+
+/// Writes the shard as it is now to a new snapshot file in its snapshot directory, returning
+/// the metadata in the file's header and its path.
+fn write_file(shard: &Shard) -> Result<(SnapshotMeta, PathBuf)> {
     let db = shard.db();
     let snap = db.snapshot();
     let applied: AppliedState = match snap.get_cf(
@@ -217,22 +253,40 @@ fn build(shard: &Shard) -> Result<SnapshotRecord> {
         file.sync_all().map_err(io_err("fsync snapshot file"))?;
     }
     std::fs::rename(&tmp, &file).map_err(io_err("rename snapshot file"))?;
-    let previous = shard.snapshot_record()?;
-    let record = SnapshotRecord { meta, file };
-    shard.put_snapshot_record(&record)?;
-    if let Some(old) = previous.filter(|p| p.file != record.file) {
-        // The old file is no longer referenced; failing to delete it only wastes disk.
-        let _ = std::fs::remove_file(old.file);
-    }
-    Ok(record)
+    Ok((meta, file))
 }
 
-fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
+/// Installs a snapshot's data under `meta`. A live state is first written to a file (removed
+/// after); either way the file's own header must carry `meta`, or the install is refused before
+/// anything changes: installing data under another log id would re-apply or skip entries.
+fn install_data(shard: &Shard, meta: SnapshotMeta, data: SnapshotData) -> Result<()> {
+    match data {
+        SnapshotData::File(path) => install(shard, meta, &path),
+        SnapshotData::Live(state) => {
+            let (_, path) = state
+                .write_file()
+                .map_err(io_err("write the snapshot to install"))?;
+            let result = install(shard, meta, &path);
+            // A copy made only for this install; failing to delete it only wastes disk.
+            let _ = std::fs::remove_file(&path);
+            result
+        }
+    }
+}
+
+fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Result<()> {
     let db = shard.db();
     let mut file =
-        BufReader::new(std::fs::File::open(&source).map_err(io_err("open snapshot file"))?);
+        BufReader::new(std::fs::File::open(source).map_err(io_err("open snapshot file"))?);
     let header: SnapshotHeader =
         bincode::deserialize_from(&mut file).map_err(bincode_err(shard))?;
+    if header.meta != meta {
+        return Err(Error::SnapshotMismatch {
+            shard_id: shard.id(),
+            file: format!("{:?}", header.meta.last_log_id),
+            install: format!("{:?}", meta.last_log_id),
+        });
+    }
     let mut input: Box<dyn std::io::Read> = match header.format_version {
         1 => Box::new(file),
         2 => Box::new(
@@ -298,20 +352,6 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: PathBuf) -> Result<()> {
     shard.rollups.clear();
     *shard.applied_lock() = state;
     shard.flush_index()?;
-    let dir = shard.snapshot_dir();
-    std::fs::create_dir_all(&dir).map_err(io_err("create snapshot dir"))?;
-    let file = dir.join(format!("{raft_index:020}-{}.snap", uuid::Uuid::now_v7()));
-    if source != file {
-        std::fs::copy(&source, &file).map_err(io_err("copy installed snapshot"))?;
-    }
-    let previous = shard.snapshot_record()?;
-    shard.put_snapshot_record(&SnapshotRecord {
-        meta,
-        file: file.clone(),
-    })?;
-    if let Some(old) = previous.filter(|p| p.file != file) {
-        // Unreferenced now; a leftover file only wastes disk.
-        let _ = std::fs::remove_file(old.file);
-    }
-    Ok(())
+    // The installed state is in RocksDB now, and it is the current snapshot.
+    shard.put_snapshot_record(&meta)
 }

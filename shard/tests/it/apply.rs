@@ -6,7 +6,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::testing::log_id;
 use openraft::{Entry, EntryPayload};
 use uuid::Uuid;
-use veil_raft::{Command, TypeConfig};
+use veil_raft::{Command, SnapshotData, TypeConfig};
 use veil_shard::{
     query_lang, FieldCondition, Level, Scalar, Shard, ShardCommand, ShardConfig, ShardId, ShardMap,
     ShardQuery, ShardStateMachine, StoredEntry,
@@ -85,13 +85,23 @@ async fn apply_command(sm: &mut ShardStateMachine, index: u64, command: ShardCom
         .expect("apply");
 }
 
+async fn build_snapshot(
+    sm: &mut ShardStateMachine,
+) -> openraft::alias::SnapshotOf<TypeConfig, SnapshotData> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
 /// A shard in `dir` holding `count` entries (one Raft entry), and a snapshot of it.
 async fn snapshot_of(
     dir: &std::path::Path,
     count: u64,
 ) -> (
     Arc<Shard>,
-    openraft::alias::SnapshotOf<TypeConfig, std::path::PathBuf>,
+    openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
 ) {
     let shard = open(dir, open_db(dir));
     let mut sm = ShardStateMachine::new(shard.clone());
@@ -101,12 +111,7 @@ async fn snapshot_of(
         (0..count).map(|n| entry_for(ShardId(1), n)).collect(),
     )
     .await;
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = build_snapshot(&mut sm).await;
     (shard, snapshot)
 }
 
@@ -379,6 +384,148 @@ async fn restart_indexes_from_per_entry_queue_records_of_older_directories() {
     assert_eq!(searchable(&shard), 6);
 }
 
+/// The live state behind a snapshot's data (every snapshot built now is live).
+fn live(data: SnapshotData) -> Arc<dyn veil_raft::LiveState> {
+    match data {
+        SnapshotData::Live(state) => state,
+        SnapshotData::File(path) => panic!("expected a live snapshot, got the file {path:?}"),
+    }
+}
+
+/// Files under a directory, recursively (a missing directory has none).
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    read.flat_map(|e| {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            files_under(&path)
+        } else {
+            vec![path]
+        }
+    })
+    .collect()
+}
+
+/// Building a snapshot copies nothing: it records the applied state, which stays the current
+/// snapshot's metadata as the shard moves on. A copy written to travel carries the state as it
+/// is when written, with that state's metadata; installing it under any other metadata is
+/// refused before anything changes, and under its own it installs that newer state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_are_the_live_shard_and_copies_carry_their_own_state() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let (shard_a, built) = snapshot_of(dir_a.path(), 20).await;
+    assert_eq!(built.meta.last_log_id, Some(log_id::<TypeConfig>(1, 0, 1)));
+    assert!(
+        files_under(&dir_a.path().join("snapshots")).is_empty(),
+        "a snapshot writes no file: {:?}",
+        files_under(&dir_a.path().join("snapshots"))
+    );
+    let mut sm_a = ShardStateMachine::new(shard_a.clone());
+    apply(
+        &mut sm_a,
+        2,
+        (20..25).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    let current = sm_a.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, built.meta,
+        "the last built snapshot stays current"
+    );
+    let (meta, file) = live(current.snapshot).write_file().unwrap();
+    assert_eq!(meta.last_log_id, Some(log_id::<TypeConfig>(1, 0, 2)));
+
+    let dir_b = tempfile::tempdir().unwrap();
+    let shard_b = open(dir_b.path(), open_db(dir_b.path()));
+    let mut sm_b = ShardStateMachine::new(shard_b.clone());
+    apply(&mut sm_b, 1, vec![entry_for(ShardId(1), 99)]).await;
+    let refused = sm_b
+        .install_snapshot(&built.meta, SnapshotData::File(file.clone()))
+        .await
+        .expect_err("a file holding index 2 installed as index 1");
+    assert!(
+        refused.to_string().contains("snapshot file holds"),
+        "{refused}"
+    );
+    let live_refused = sm_b
+        .install_snapshot(&built.meta, built.snapshot)
+        .await
+        .expect_err("a live state past index 1 installed as index 1");
+    assert!(
+        live_refused.to_string().contains("snapshot file holds"),
+        "{live_refused}"
+    );
+    assert_eq!(
+        shard_b.entry_count().unwrap(),
+        1,
+        "a refused install changes nothing"
+    );
+
+    sm_b.install_snapshot(&meta, SnapshotData::File(file.clone()))
+        .await
+        .unwrap();
+    assert_eq!(shard_b.entry_count().unwrap(), 25);
+    assert_eq!(counts(&shard_b), counts(&shard_a));
+    let installed = sm_b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(installed.meta, meta);
+    live(installed.snapshot);
+    assert!(
+        file.try_exists().unwrap(),
+        "the file belongs to whoever asked for it"
+    );
+    assert!(
+        files_under(&dir_b.path().join("snapshots")).is_empty(),
+        "an install keeps no copy: {:?}",
+        files_under(&dir_b.path().join("snapshots"))
+    );
+}
+
+/// A directory whose current snapshot is a file (written before snapshots were live) hands
+/// that file out until the next snapshot replaces the record, which deletes the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_left_by_an_earlier_version_is_used_then_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let shard = open(dir.path(), db.clone());
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        1,
+        (0..10).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    let built = build_snapshot(&mut sm).await;
+    apply(&mut sm, 2, vec![entry_for(ShardId(1), 10)]).await;
+    let (meta, file) = live(built.snapshot).write_file().unwrap();
+    // The record an earlier version wrote: `{ meta, file }` under shard_meta tag 2.
+    let cf = db.cf_handle(veil_shard::CF_SHARD_META).unwrap();
+    let record = bincode::serialize(&(&meta, &file)).unwrap();
+    db.put_cf(cf, veil_shard::keys::meta_key(ShardId(1), 2), record)
+        .unwrap();
+
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, meta, "the newer of the two records");
+    match current.snapshot {
+        SnapshotData::File(path) => assert_eq!(path, file),
+        SnapshotData::Live(_) => panic!("expected the earlier version's file"),
+    }
+    apply(&mut sm, 3, vec![entry_for(ShardId(1), 11)]).await;
+    let rebuilt = build_snapshot(&mut sm).await;
+    assert_eq!(
+        rebuilt.meta.last_log_id,
+        Some(log_id::<TypeConfig>(1, 0, 3))
+    );
+    assert!(
+        !file.try_exists().unwrap(),
+        "the replaced snapshot file is deleted"
+    );
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, rebuilt.meta);
+    live(current.snapshot);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_installs_entries_and_index_on_another_shard() {
     let dir_a = tempfile::tempdir().unwrap();
@@ -553,7 +700,9 @@ async fn hourly_rollups_rank_exactly_like_the_minute_rows() {
 async fn snapshots_are_compressed_and_plain_ones_still_install() {
     let dir_a = tempfile::tempdir().unwrap();
     let (shard_a, snapshot) = snapshot_of(dir_a.path(), 500).await;
-    let bytes = std::fs::read(&snapshot.snapshot).unwrap();
+    let (meta, file) = live(snapshot.snapshot).write_file().unwrap();
+    assert_eq!(meta, snapshot.meta);
+    let bytes = std::fs::read(&file).unwrap();
     let header_len = bincode::serialized_size(&(2u32, &snapshot.meta)).unwrap() as usize;
     let (header, body) = bytes.split_at(header_len);
     assert_eq!(header, bincode::serialize(&(2u32, &snapshot.meta)).unwrap());
@@ -574,11 +723,11 @@ async fn snapshots_are_compressed_and_plain_ones_still_install() {
     let mut v1 = bincode::serialize(&(1u32, &snapshot.meta)).unwrap();
     v1.extend_from_slice(&plain);
     std::fs::write(&old, v1).unwrap();
-    for source in [snapshot.snapshot.clone(), old] {
+    for source in [file, old] {
         let dir_b = tempfile::tempdir().unwrap();
         let shard_b = open(dir_b.path(), open_db(dir_b.path()));
         let mut sm_b = ShardStateMachine::new(shard_b.clone());
-        sm_b.install_snapshot(&snapshot.meta, source.clone())
+        sm_b.install_snapshot(&snapshot.meta, SnapshotData::File(source.clone()))
             .await
             .unwrap();
         assert_eq!(shard_b.entry_count().unwrap(), 500, "{source:?}");
