@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 /// 5: counter rows may hold RocksDB merge operands, Raft logs `AppendMinted` commands, and
 ///    entries with minted log_ids have no `entry_ids` row — none of which builds for format 4
 ///    can read; nothing to convert.
-pub const FORMAT_VERSION: u32 = 5;
+/// 6: snapshots are records without files, and `entries` values leave out the log_id and
+///    timestamp their key holds (variable-width encoding behind a version byte); values and
+///    snapshot files written before still read, so format 5 opens as it is.
+pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
 pub const ROLLUPS_SINCE: u32 = 4;
@@ -29,8 +32,8 @@ const FILE_NAME: &str = "veil.toml";
 pub const DEFAULT_SHARDS: u32 = 4;
 
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
-/// rollups; 4 as it is).
-pub const UPGRADABLE: [u32; 3] = [2, 3, 4];
+/// rollups; 4 and 5 as they are).
+pub const UPGRADABLE: [u32; 4] = [2, 3, 4, 5];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +66,7 @@ pub fn open_or_create(
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
             // Formats 2 and 3 differ only by lacking hourly rollups, which the node rebuilds from
-            // the minute rows at start; 4 reads as is (then the current format is recorded).
+            // the minute rows at start; 4 and 5 read as they are (then the current format is recorded).
             if info.format_version != FORMAT_VERSION && !UPGRADABLE.contains(&info.format_version) {
                 bail!(
                     "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",

@@ -4,6 +4,7 @@
 //! builds a [`StoredEntry`], so no type in this crate ever holds unmasked text.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use uuid::Uuid;
 
 use crate::{Error, Result, ShardId};
@@ -147,13 +148,186 @@ pub fn decode_outcomes(shard_id: ShardId, bytes: &[u8]) -> Result<Vec<EntryOutco
     })
 }
 
-pub(crate) fn encode_entry(entry: &StoredEntry) -> Vec<u8> {
-    bincode::serialize(entry).expect("serializing a StoredEntry into memory cannot fail")
+/// First byte of an `entries` value written since data format 6: the value after it is
+/// [`Value`] in bincode's variable-width encoding. Values written before are a whole
+/// [`StoredEntry`] in bincode's fixed-width encoding, whose first byte is the log_id's length
+/// (16), so the two never mix up.
+const VALUE_V2: u8 = 2;
+
+/// An entry as its `entries` value holds it: without the log_id and timestamp, which the key
+/// already holds (the log_id's random bits are the part of a value that does not compress),
+/// and with the receive time as an offset from the timestamp (a few bytes instead of eight).
+#[derive(Serialize, Deserialize)]
+struct Value<'a> {
+    received_after_us: i64,
+    service: Cow<'a, str>,
+    level: Level,
+    message: Cow<'a, str>,
+    fields_json: Cow<'a, str>,
+    exception_type: Option<Cow<'a, str>>,
+    exception_message: Option<Cow<'a, str>>,
+    stack_trace: Option<Cow<'a, str>>,
+    fingerprint: Option<Cow<'a, str>>,
+    host: Option<Cow<'a, str>>,
+    environment: Option<Cow<'a, str>>,
+    region: Option<Cow<'a, str>>,
+    sealed_original: Option<Cow<'a, [u8]>>,
 }
 
-pub(crate) fn decode_entry(shard_id: ShardId, bytes: &[u8]) -> Result<StoredEntry> {
-    bincode::deserialize(bytes).map_err(|e| Error::Corrupt {
-        shard_id,
-        reason: format!("entry: {e}"),
+fn value_encoding() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+}
+
+fn borrowed(s: &Option<String>) -> Option<Cow<'_, str>> {
+    s.as_deref().map(Cow::Borrowed)
+}
+
+/// Encodes an entry as its `entries` value (the key holds its log_id and timestamp).
+pub(crate) fn encode_entry(entry: &StoredEntry) -> Vec<u8> {
+    let value = Value {
+        received_after_us: entry.received_at_us.wrapping_sub(entry.timestamp_us),
+        service: Cow::Borrowed(&entry.service),
+        level: entry.level,
+        message: Cow::Borrowed(&entry.message),
+        fields_json: Cow::Borrowed(&entry.fields_json),
+        exception_type: borrowed(&entry.exception_type),
+        exception_message: borrowed(&entry.exception_message),
+        stack_trace: borrowed(&entry.stack_trace),
+        fingerprint: borrowed(&entry.fingerprint),
+        host: borrowed(&entry.host),
+        environment: borrowed(&entry.environment),
+        region: borrowed(&entry.region),
+        sealed_original: entry.sealed_original.as_deref().map(Cow::Borrowed),
+    };
+    let mut out = Vec::with_capacity(
+        32 + entry.message.len() + entry.fields_json.len() + entry.service.len(),
+    );
+    out.push(VALUE_V2);
+    bincode::Options::serialize_into(value_encoding(), &mut out, &value)
+        .expect("serializing an entry into memory cannot fail");
+    out
+}
+
+/// Decodes the `entries` value stored under `key`: either format (see [`VALUE_V2`]).
+pub(crate) fn decode_entry(shard_id: ShardId, key: &[u8], bytes: &[u8]) -> Result<StoredEntry> {
+    let corrupt = |reason: String| Error::Corrupt { shard_id, reason };
+    let Some(rest) = bytes.strip_prefix(&[VALUE_V2]) else {
+        return bincode::deserialize(bytes).map_err(|e| corrupt(format!("entry: {e}")));
+    };
+    let (_, timestamp_us, log_id) = crate::keys::decode_entry_key(key)
+        .ok_or_else(|| corrupt(format!("entries key of {} bytes", key.len())))?;
+    let v: Value<'_> = bincode::Options::deserialize(value_encoding(), rest)
+        .map_err(|e| corrupt(format!("entry: {e}")))?;
+    let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
+    Ok(StoredEntry {
+        log_id,
+        timestamp_us,
+        received_at_us: timestamp_us.wrapping_add(v.received_after_us),
+        service: v.service.into_owned(),
+        level: v.level,
+        message: v.message.into_owned(),
+        fields_json: v.fields_json.into_owned(),
+        exception_type: owned(v.exception_type),
+        exception_message: owned(v.exception_message),
+        stack_trace: owned(v.stack_trace),
+        fingerprint: owned(v.fingerprint),
+        host: owned(v.host),
+        environment: owned(v.environment),
+        region: owned(v.region),
+        sealed_original: v.sealed_original.map(Cow::into_owned),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::keys;
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "\\PC{0,40}", "[a-z0-9 ]{0,20}"]
+    }
+
+    fn maybe() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(text())
+    }
+
+    prop_compose! {
+        fn entries()(
+            log_id in any::<u128>(),
+            timestamp_us in prop_oneof![any::<i64>(), -10i64.pow(15)..10i64.pow(16)],
+            received_at_us in any::<i64>(),
+            service in text(),
+            level in 0usize..Level::ALL.len(),
+            message in text(),
+            fields_json in text(),
+            texts in proptest::collection::vec(maybe(), 7),
+            sealed_original in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+        ) -> StoredEntry {
+            StoredEntry {
+                log_id: Uuid::from_u128(log_id),
+                timestamp_us,
+                received_at_us,
+                service,
+                level: Level::ALL[level],
+                message,
+                fields_json,
+                exception_type: texts[0].clone(),
+                exception_message: texts[1].clone(),
+                stack_trace: texts[2].clone(),
+                fingerprint: texts[3].clone(),
+                host: texts[4].clone(),
+                environment: texts[5].clone(),
+                region: texts[6].clone(),
+                sealed_original,
+            }
+        }
+    }
+
+    proptest! {
+        /// Whatever an entry holds (extreme times included: the receive offset wraps both ways),
+        /// its value and key give it back; and a value written before format 6 (the whole
+        /// entry, fixed-width bincode) still reads, whatever the key.
+        #[test]
+        fn values_give_back_the_entry_with_its_key(entry in entries()) {
+            let key = keys::entry_key(ShardId(3), entry.timestamp_us, entry.log_id);
+            let value = encode_entry(&entry);
+            prop_assert_eq!(value[0], VALUE_V2);
+            let back = decode_entry(ShardId(3), &key, &value).unwrap();
+            prop_assert_eq!(&back, &entry);
+            let legacy = bincode::serialize(&entry).unwrap();
+            prop_assert_eq!(legacy[0], 16);
+            let back = decode_entry(ShardId(3), &key, &legacy).unwrap();
+            prop_assert_eq!(&back, &entry);
+        }
+    }
+
+    /// The log_id and timestamp come from the key, so a value under a key of the wrong length
+    /// is an error, not an entry with made-up identity.
+    #[test]
+    fn a_value_needs_its_whole_key() {
+        let entry = StoredEntry {
+            log_id: Uuid::from_u128(7),
+            timestamp_us: 1_700_000_000_000_000,
+            received_at_us: 1_700_000_000_250_000,
+            service: "api".into(),
+            level: Level::Error,
+            message: "boom".into(),
+            fields_json: "{}".into(),
+            exception_type: None,
+            exception_message: None,
+            stack_trace: None,
+            fingerprint: None,
+            host: None,
+            environment: None,
+            region: None,
+            sealed_original: None,
+        };
+        let value = encode_entry(&entry);
+        let key = keys::entry_key(ShardId(0), entry.timestamp_us, entry.log_id);
+        assert!(decode_entry(ShardId(0), &key[..20], &value).is_err());
+        // Shorter by the log_id and timestamp, the receive time's width and the fixed-width lengths.
+        assert!(value.len() + 50 < bincode::serialize(&entry).unwrap().len());
+    }
 }

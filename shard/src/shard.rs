@@ -833,7 +833,7 @@ impl Shard {
     /// Reads an entry by its `entries` key.
     pub fn get_by_key(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
         match self.db.get_pinned_cf(self.cf(CF_ENTRIES)?, key)? {
-            Some(bytes) => Ok(Some(decode_entry(self.id, &bytes)?)),
+            Some(bytes) => Ok(Some(decode_entry(self.id, key, &bytes)?)),
             None => Ok(None),
         }
     }
@@ -884,7 +884,7 @@ impl Shard {
                     key.len()
                 ),
             })?;
-            entries.push((*sort_key, decode_entry(self.id, &bytes)?));
+            entries.push((*sort_key, decode_entry(self.id, key, &bytes)?));
         }
         Ok(ShardHits {
             total,
@@ -1044,8 +1044,8 @@ impl Shard {
         self.put_meta(batch, META_APPLIED, state)
     }
 
-    pub(crate) fn decode_entry(&self, bytes: &[u8]) -> Result<StoredEntry> {
-        decode_entry(self.id, bytes)
+    pub(crate) fn decode_entry(&self, key: &[u8], bytes: &[u8]) -> Result<StoredEntry> {
+        decode_entry(self.id, key, bytes)
     }
 }
 

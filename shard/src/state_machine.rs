@@ -322,7 +322,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
                 done = true;
                 break;
             };
-            let entry = shard.decode_entry(&value)?;
+            let entry = shard.decode_entry(&key, &value)?;
             if !keys::findable_by_time(entry.log_id, entry.timestamp_us) {
                 let mut id_value = raft_index.to_be_bytes().to_vec();
                 id_value.extend_from_slice(&key);
