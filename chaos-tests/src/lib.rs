@@ -72,6 +72,11 @@ pub struct VeilProcess {
 }
 
 impl VeilProcess {
+    /// The process id, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Runs `bin serve --data-dir <data_dir> --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0
     /// <extra…>` and waits for its ready line.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<VeilProcess, StartError> {

@@ -369,6 +369,8 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let bytes = Arc::new(AtomicU64::new(0));
     let counter = Arc::new(AtomicU64::new(0));
     let histogram = Arc::new(Mutex::new(new_histogram()?));
+    // The acknowledgements of the current second (the progress line reads and resets it).
+    let window = Arc::new(Mutex::new(new_histogram()?));
     let started = Instant::now();
     let deadline = started + duration;
     // Per worker: batches per second for a fixed rate.
@@ -383,12 +385,13 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             services.clone(),
             cumulative.clone(),
         );
-        let (acked, failed, bytes, counter, histogram, run) = (
+        let (acked, failed, bytes, counter, histogram, window, run) = (
             acked.clone(),
             failed.clone(),
             bytes.clone(),
             counter.clone(),
             histogram.clone(),
+            window.clone(),
             run.clone(),
         );
         let batch = a.batch;
@@ -448,8 +451,14 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                 let elapsed = sent.elapsed().as_micros() as u64;
                 match ok {
                     Some(n) => {
-                        acked.fetch_add(n, Ordering::Relaxed);
                         bytes.fetch_add(len, Ordering::Relaxed);
+                        {
+                            // Counted under the window's lock, so that each second's entries
+                            // and requests are the same acknowledgements.
+                            let mut w = window.lock().unwrap_or_else(|p| p.into_inner());
+                            acked.fetch_add(n, Ordering::Relaxed);
+                            let _ = w.record(elapsed.max(1));
+                        }
                         let mut h = histogram.lock().unwrap_or_else(|p| p.into_inner());
                         let _ = h.record(elapsed.max(1));
                     }
@@ -460,19 +469,35 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
             }
         }));
     }
+    // Once a second: the progress line, and that second's figures for `per_second`.
+    let per_second = Arc::new(Mutex::new(Vec::new()));
     let progress = {
-        let acked = acked.clone();
+        let (acked, window, per_second) = (acked.clone(), window.clone(), per_second.clone());
         tokio::spawn(async move {
             let mut last = 0;
+            let mut tick = tokio::time::interval_at(
+                (started + Duration::from_secs(1)).into(),
+                Duration::from_secs(1),
+            );
             loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = acked.load(Ordering::Relaxed);
+                tick.tick().await;
+                let (now, second) = {
+                    let mut h = window.lock().unwrap_or_else(|p| p.into_inner());
+                    let second = latency_json(&h);
+                    h.reset();
+                    (acked.load(Ordering::Relaxed), second)
+                };
                 eprintln!(
-                    "veil bench: {:>4.0}s  {} entries acknowledged  {}/s",
+                    "veil bench: {:>4.0}s  {} entries acknowledged  {}/s  ack p50 {} / p99 {} / max {} ms",
                     started.elapsed().as_secs_f64(),
                     now,
-                    now - last
+                    now - last,
+                    second["p50_ms"],
+                    second["p99_ms"],
+                    second["max_ms"],
                 );
+                let mut all = per_second.lock().unwrap_or_else(|p| p.into_inner());
+                all.push(json!({"entries": now - last, "ack_latency": second}));
                 last = now;
             }
         })
@@ -510,6 +535,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         "megabytes_per_second": bytes as f64 / elapsed / 1e6,
         "bytes_per_entry": if acked > 0 { bytes as f64 / acked as f64 } else { 0.0 },
         "ack_latency": latency_json(&h),
+        "per_second": *per_second.lock().unwrap_or_else(|p| p.into_inner()),
         "entries_held": held,
         "verified": held == acked,
         "visible_after_ms": visible_after_ms,

@@ -81,6 +81,11 @@ pub struct ServeArgs {
     /// reindexes what was applied since (from RocksDB) [default: 10000].
     #[arg(long, env = "VEIL_INDEX_PERSIST_INTERVAL_MS")]
     pub index_persist_interval_ms: Option<u64>,
+    /// CPU priority (nice, 0–19) of background work — index merges and RocksDB compactions —
+    /// so that it yields the cores to ingest and queries; 0 leaves it at the node's priority
+    /// [default: 10].
+    #[arg(long, env = "VEIL_BACKGROUND_NICE")]
+    pub background_nice: Option<i32>,
     /// Index bytes held in memory per node before they are written to disk early, shared out
     /// among the shards [default: 256 MiB].
     #[arg(long, env = "VEIL_INDEX_RAM_BYTES_MAX")]
@@ -184,6 +189,8 @@ pub struct NodeConfig {
     pub index_persist_interval_ms: u64,
     /// Index bytes held in memory per node.
     pub index_ram_bytes_max: usize,
+    /// Nice value of the background threads (0: unchanged).
+    pub background_nice: i32,
     /// Default query deadline, in ms.
     pub query_timeout_ms: u64,
     /// Largest offset + limit.
@@ -256,6 +263,7 @@ impl ServeArgs {
             index_heap_bytes: pick!(index_heap_bytes, 32 << 20),
             index_persist_interval_ms: pick!(index_persist_interval_ms, 10_000),
             index_ram_bytes_max: pick!(index_ram_bytes_max, 256 << 20),
+            background_nice: pick!(background_nice, 10),
             query_timeout_ms: pick!(query_timeout_ms, 10_000),
             query_window_max: pick!(query_window_max, 10_000),
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
@@ -343,6 +351,12 @@ impl NodeConfig {
         }
         if self.index_commit_interval_ms == 0 {
             bail!("--index-commit-interval-ms must be positive");
+        }
+        if !(0..=19).contains(&self.background_nice) {
+            bail!(
+                "--background-nice must be between 0 and 19 (lower priority only), got {}",
+                self.background_nice
+            );
         }
         // The key must not travel with the data: a leaked data directory alone must not let
         // anyone recompute hash tokens or open originals.

@@ -12,6 +12,7 @@ mod ingest;
 mod metrics;
 mod node;
 mod pii_cmd;
+mod priority;
 mod proposer;
 mod query;
 

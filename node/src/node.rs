@@ -205,6 +205,17 @@ impl Node {
                 return Err(e);
             }
         };
+        if config.background_nice > 0 {
+            // Every shard's index writer (and with it its merge threads) exists now, and so
+            // does RocksDB's compaction pool.
+            let nice = config.background_nice;
+            match crate::priority::renice_background(nice) {
+                Ok(threads) => tracing::info!(threads, nice, "background threads lowered"),
+                Err(e) => {
+                    tracing::warn!(error = %e, nice, "could not lower the background threads' priority")
+                }
+            }
+        }
         if info.format_version != crate::datadir::FORMAT_VERSION {
             let mut upgraded = info.clone();
             upgraded.format_version = crate::datadir::FORMAT_VERSION;

@@ -59,6 +59,17 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         r["ack_latency"]["p50_ms"].as_f64().unwrap()
             <= r["ack_latency"]["max_ms"].as_f64().unwrap()
     );
+    // Each whole second of the run has its own figures; the seconds' entries and requests are
+    // part of the run's (the last fraction of a second has no line of its own).
+    let seconds = r["per_second"].as_array().unwrap();
+    assert!(!seconds.is_empty(), "{r}");
+    let in_seconds: u64 = seconds.iter().map(|s| s["entries"].as_u64().unwrap()).sum();
+    let requests: u64 = seconds
+        .iter()
+        .map(|s| s["ack_latency"]["count"].as_u64().unwrap())
+        .sum();
+    assert!(in_seconds <= acked && requests <= acked / 200, "{r}");
+    assert_eq!(in_seconds, requests * 200, "whole batches each second: {r}");
     // The freshness probe ran (once a second) and top-K counted every probe's exception.
     assert!(
         r["exception_counted_after"]["count"].as_u64().unwrap() >= 1,

@@ -187,3 +187,59 @@ fn a_shard_that_cannot_open_ends_the_start_cleanly() {
     assert_eq!(out.status.code(), Some(1), "{:?}\n{stderr}", out.status);
     assert!(stderr.contains("failed to open shard 2"), "{stderr}");
 }
+
+/// The nice value of each thread of process `pid`, by thread name.
+fn thread_nice(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        // `tid (comm) state …`: nice is field 19, the 17th after the closing parenthesis.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = after.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim_end().to_string(), nice));
+    }
+    out
+}
+
+/// `--background-nice` lowers tantivy's merge threads and RocksDB's compaction thread, and no
+/// other (flushes, indexing and request threads keep the node's priority); out of range is
+/// refused at start.
+#[test]
+fn background_threads_run_at_the_background_nice_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &["--background-nice", "17"]);
+    let threads = thread_nice(veil.pid().unwrap());
+    let lowered: Vec<_> = threads.iter().filter(|(_, nice)| *nice == 17).collect();
+    let merges = lowered
+        .iter()
+        .filter(|(name, _)| name.starts_with("merge_thread_"))
+        .count();
+    assert_eq!(merges, 4 * 4, "4 shards × 4 merge threads: {threads:?}");
+    assert!(
+        lowered.iter().any(|(name, _)| name == "rocksdb:low"),
+        "{threads:?}"
+    );
+    assert_eq!(
+        lowered.len(),
+        merges + 1,
+        "only merges and compactions: {threads:?}"
+    );
+    for name in ["rocksdb:high", "thrd-tantivy-in", "tokio-rt-worker"] {
+        assert!(
+            threads.iter().any(|(n, nice)| n == name && *nice == 0),
+            "{name} keeps the node's priority: {threads:?}"
+        );
+    }
+
+    let other = tempfile::tempdir().unwrap();
+    let err = Veil::try_start(other.path(), &["--background-nice", "20"])
+        .err()
+        .expect("nice 20 does not exist");
+    assert!(err.stderr.contains("between 0 and 19"), "{}", err.stderr);
+}
