@@ -109,9 +109,19 @@ pub struct ServeArgs {
     /// Most buckets a query's aggregations may build [default: 65000].
     #[arg(long, env = "VEIL_QUERY_AGG_BUCKETS_MAX")]
     pub query_agg_buckets_max: Option<u32>,
-    /// Raft log entries between snapshots of a shard [default: 20000].
+    /// Raft log entries between snapshots of a shard (a snapshot syncs the WAL and records the
+    /// applied state; it copies nothing) [default: 1000].
     #[arg(long, env = "VEIL_SNAPSHOT_LOGS_SINCE_LAST")]
     pub snapshot_logs_since_last: Option<u64>,
+    /// Bytes of RocksDB write-ahead log kept before the column families holding the oldest of
+    /// it are flushed (RocksDB's `max_total_wal_size`; its default grew past 2 GB within a
+    /// minute of full-speed ingest) [default: 512 MiB].
+    #[arg(long, env = "VEIL_WAL_BYTES_MAX")]
+    pub wal_bytes_max: Option<u64>,
+    /// Raft log entries a shard keeps behind its snapshot, for followers that fall behind
+    /// (one further back is sent a snapshot) [default: 1000].
+    #[arg(long, env = "VEIL_RAFT_LOGS_KEPT")]
+    pub raft_logs_kept: Option<u64>,
     /// How long start-up waits for every shard to elect a leader, in ms [default: 60000].
     #[arg(long, env = "VEIL_STARTUP_TIMEOUT_MS")]
     pub startup_timeout_ms: Option<u64>,
@@ -205,6 +215,10 @@ pub struct NodeConfig {
     pub exception_cache_entries: usize,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
+    /// Raft log entries kept behind a snapshot.
+    pub raft_logs_kept: u64,
+    /// RocksDB write-ahead log bytes before old memtables are flushed.
+    pub wal_bytes_max: u64,
     /// Start-up leader election deadline, in ms.
     pub startup_timeout_ms: u64,
     /// Most keys at the top of `fields`.
@@ -273,7 +287,9 @@ impl ServeArgs {
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())
             ),
-            snapshot_logs_since_last: pick!(snapshot_logs_since_last, 20_000),
+            snapshot_logs_since_last: pick!(snapshot_logs_since_last, 1_000),
+            raft_logs_kept: pick!(raft_logs_kept, 1_000),
+            wal_bytes_max: pick!(wal_bytes_max, 512 << 20),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),
             field_depth_max: pick!(field_depth_max, 8),
@@ -329,6 +345,11 @@ impl NodeConfig {
             ("ingest-inflight-max", self.ingest_inflight_max),
             ("index-ram-bytes-max", self.index_ram_bytes_max),
             ("query-window-max", self.query_window_max),
+            (
+                "snapshot-logs-since-last",
+                self.snapshot_logs_since_last as usize,
+            ),
+            ("wal-bytes-max", self.wal_bytes_max as usize),
             (
                 "query-agg-memory-bytes",
                 self.query_agg_memory_bytes as usize,

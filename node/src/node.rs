@@ -139,6 +139,7 @@ fn open_db(config: &NodeConfig) -> anyhow::Result<Arc<rocksdb::DB>> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
+    opts.set_max_total_wal_size(config.wal_bytes_max);
     let mut cfs = veil_raft::column_families();
     cfs.extend(veil_shard::column_families());
     let path = config.data_dir.join("db");
@@ -174,7 +175,7 @@ impl Node {
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                     config.snapshot_logs_since_last,
                 ),
-                max_in_snapshot_log_to_keep: 20_000,
+                max_in_snapshot_log_to_keep: config.raft_logs_kept,
                 ..Default::default()
             }
             .validate()

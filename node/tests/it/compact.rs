@@ -66,3 +66,35 @@ fn compaction_purges_the_raft_log_and_keeps_every_entry() {
         veil.query(json!({"query": "entry", "filters": {"services": ["svc-1"]}, "limit": 0}));
     assert_eq!(page["total"], 602);
 }
+
+/// A snapshot copies nothing, so the node takes them often and purges its Raft log behind them
+/// as it runs: with a snapshot every 5 Raft entries and 5 kept, 40 requests leave at most
+/// `5 + 5` entries (and a snapshot or purge still finishing) for a compaction to purge.
+#[test]
+fn the_raft_log_is_purged_behind_snapshots_as_the_node_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(
+        dir.path(),
+        &[
+            "--shards",
+            "1",
+            "--snapshot-logs-since-last",
+            "5",
+            "--raft-logs-kept",
+            "5",
+        ],
+    );
+    // One request at a time: each is one Raft entry.
+    for b in 0..40 {
+        let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", batch(b * 10, 10));
+        assert_eq!(status, 200, "{answer}");
+    }
+    veil.wait_for_query(json!({"limit": 0}), "400 entries", |a| a["total"] == 400);
+    let (status, report) = veil.post("/api/v1/admin/compact", "application/json", "");
+    assert_eq!(status, 200, "{report}");
+    let left = report["raft_entries_purged"].as_u64().unwrap();
+    assert!(
+        left <= 12,
+        "{left} of 40+ Raft entries were still unpurged: {report}"
+    );
+}
