@@ -420,16 +420,20 @@ impl Node {
         self.ready.load(Ordering::SeqCst)
     }
 
+    /// Commits each shard's index once per `--index-commit-interval-ms`, the shards spread
+    /// evenly over the interval: committing all at the same instant made every commit's segment
+    /// finalization (and the merges the new segments trigger) land on the cores together.
     fn spawn_index_committer(self: Arc<Self>) {
-        let interval = Duration::from_millis(self.config.index_commit_interval_ms);
+        let shards = self.groups.len().max(1) as u32;
+        let interval = Duration::from_millis(self.config.index_commit_interval_ms) / shards;
         let slot = self.clone();
         let handle = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for next in (0..self.groups.len()).cycle() {
                 ticker.tick().await;
                 let node = self.clone();
-                let result = tokio::task::spawn_blocking(move || node.commit_indexes()).await;
+                let result = tokio::task::spawn_blocking(move || node.commit_index_of(next)).await;
                 if let Err(e) = result {
                     tracing::error!(error = %e, "index commit task failed");
                 }
@@ -438,12 +442,11 @@ impl Node {
         *slot.committer.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
     }
 
-    /// Commits every shard's index, persisting those whose policy says so (on an interval).
-    pub fn commit_indexes(&self) {
-        for group in &self.groups {
-            if let Err(e) = group.shard.commit_index() {
-                tracing::error!(shard_id = %group.shard.id(), error = %e, "index commit failed");
-            }
+    /// Commits one shard's index (the `i`-th group's), persisting it if its policy says so.
+    fn commit_index_of(&self, i: usize) {
+        let shard = &self.groups[i].shard;
+        if let Err(e) = shard.commit_index() {
+            tracing::error!(shard_id = %shard.id(), error = %e, "index commit failed");
         }
     }
 
