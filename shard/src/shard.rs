@@ -211,6 +211,7 @@ impl Shard {
             .read_meta::<AppliedState>(META_APPLIED)?
             .unwrap_or_default();
         *shard.applied_lock() = applied;
+        shard.remove_stray_snapshot_files()?;
         shard.catch_up_index()?;
         Ok(Arc::new(shard))
     }
@@ -1018,6 +1019,43 @@ impl Shard {
             (Some(l), _) => Some(l),
             (None, f) => f,
         })
+    }
+
+    /// Deletes what the shard's snapshot directory holds besides the file an earlier version's
+    /// record still names: copies written for a transfer that a crash cut short, and the
+    /// half-written or superseded files of earlier versions. Runs at open, before any copy can
+    /// be in use; the directory goes too once empty. Best effort: what cannot be removed only
+    /// wastes disk, so it is logged and the shard opens.
+    fn remove_stray_snapshot_files(&self) -> Result<()> {
+        let dir = self.snapshot_dir();
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            return Ok(()); // none yet (or unreadable: the files, if any, stay)
+        };
+        // By name: the record holds the path as the data directory was spelled back then.
+        let keep = self
+            .snapshot_record()?
+            .and_then(|r| r.legacy_file)
+            .and_then(|f| f.file_name().map(|n| n.to_owned()));
+        let mut removed = 0;
+        for path in read.filter_map(|item| item.ok().map(|i| i.path())) {
+            if path.file_name() == keep.as_deref() {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(shard_id = %self.id, path = %path.display(), error = %e, "stray snapshot file not removed")
+                }
+            }
+        }
+        if keep.is_none() {
+            // Fails, harmlessly, if something could not be removed.
+            let _ = std::fs::remove_dir(&dir);
+        }
+        if removed > 0 {
+            tracing::info!(shard_id = %self.id, files = removed, "stray snapshot files removed");
+        }
+        Ok(())
     }
 
     /// Records `meta` as the current snapshot and makes it durable: the WAL, which holds every

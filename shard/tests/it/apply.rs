@@ -498,7 +498,8 @@ async fn a_snapshot_file_left_by_an_earlier_version_is_used_then_removed() {
     .await;
     let built = build_snapshot(&mut sm).await;
     apply(&mut sm, 2, vec![entry_for(ShardId(1), 10)]).await;
-    let (meta, file) = live(built.snapshot).write_file().unwrap();
+    let state = live(built.snapshot);
+    let (meta, file) = state.write_file().unwrap();
     // The record an earlier version wrote: `{ meta, file }` under shard_meta tag 2.
     let cf = db.cf_handle(veil_shard::CF_SHARD_META).unwrap();
     let record = bincode::serialize(&(&meta, &file)).unwrap();
@@ -511,6 +512,19 @@ async fn a_snapshot_file_left_by_an_earlier_version_is_used_then_removed() {
         SnapshotData::File(path) => assert_eq!(path, file),
         SnapshotData::Live(_) => panic!("expected the earlier version's file"),
     }
+    // A reopened shard keeps the file its record names and deletes any other (a copy made for
+    // a transfer that never finished, a half-written file of an earlier version).
+    let (_, stray) = state.write_file().unwrap();
+    std::fs::write(stray.with_extension("tmp"), b"cut short").unwrap();
+    drop((sm, shard, state));
+    let shard = open(dir.path(), db.clone());
+    let mut sm = ShardStateMachine::new(shard.clone());
+    assert_eq!(
+        files_under(&dir.path().join("snapshots")),
+        vec![file.clone()],
+        "only the recorded file stays"
+    );
+
     apply(&mut sm, 3, vec![entry_for(ShardId(1), 11)]).await;
     let rebuilt = build_snapshot(&mut sm).await;
     assert_eq!(
@@ -521,6 +535,13 @@ async fn a_snapshot_file_left_by_an_earlier_version_is_used_then_removed() {
         !file.try_exists().unwrap(),
         "the replaced snapshot file is deleted"
     );
+    drop((sm, shard));
+    let shard = open(dir.path(), db);
+    assert!(
+        files_under(&dir.path().join("snapshots")).is_empty(),
+        "nothing left once no record names a file"
+    );
+    let mut sm = ShardStateMachine::new(shard);
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, rebuilt.meta);
     live(current.snapshot);
