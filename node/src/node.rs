@@ -210,8 +210,18 @@ impl Node {
             // Every shard's index writer (and with it its merge threads) exists now, and so
             // does RocksDB's compaction pool.
             let nice = config.background_nice;
-            match crate::priority::renice_background(nice) {
-                Ok(threads) => tracing::info!(threads, nice, "background threads lowered"),
+            let expected = groups.len() * veil_shard::MERGE_THREADS;
+            match crate::priority::lower_background(nice, expected).await {
+                Ok((merges, compactions)) if merges >= expected && compactions >= 1 => {
+                    tracing::info!(merges, compactions, nice, "background threads lowered")
+                }
+                Ok((merges, compactions)) => tracing::warn!(
+                    merges,
+                    expected,
+                    compactions,
+                    nice,
+                    "not every background thread was found to lower"
+                ),
                 Err(e) => {
                     tracing::warn!(error = %e, nice, "could not lower the background threads' priority")
                 }

@@ -12,17 +12,32 @@
 //! one thread's nice value.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use rustix::process::{setpriority_process, Pid};
 
-/// The name prefixes of the background threads: tantivy's merges, RocksDB's compactions.
-pub const BACKGROUND_THREAD_PREFIXES: [&str; 2] = ["merge_thread_", "rocksdb:low"];
+/// The name prefix of tantivy's merge threads.
+pub const MERGE_THREAD_PREFIX: &str = "merge_thread_";
+/// The name of RocksDB's compaction (low-priority pool) threads.
+pub const COMPACTION_THREAD_PREFIX: &str = "rocksdb:low";
 
-/// Lowers every background thread to `nice`; returns how many.
-pub fn renice_background(nice: i32) -> io::Result<usize> {
-    BACKGROUND_THREAD_PREFIXES
-        .iter()
-        .try_fold(0, |n, prefix| Ok(n + renice_threads(prefix, nice)?))
+/// How long [`lower_background`] waits for the threads to carry their names.
+const NAMED_WAIT: Duration = Duration::from_secs(2);
+
+/// Lowers the background threads to `nice`: at least `merge_threads` merge threads and one
+/// compaction thread. A new thread names itself once it runs, so until then it still carries
+/// its creator's name; this retries (every 5 ms, up to 2 s) until the expected threads are
+/// found. Returns how many of each it lowered.
+pub async fn lower_background(nice: i32, merge_threads: usize) -> io::Result<(usize, usize)> {
+    let deadline = Instant::now() + NAMED_WAIT;
+    loop {
+        let merges = renice_threads(MERGE_THREAD_PREFIX, nice)?;
+        let compactions = renice_threads(COMPACTION_THREAD_PREFIX, nice)?;
+        if (merges >= merge_threads && compactions >= 1) || Instant::now() >= deadline {
+            return Ok((merges, compactions));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Sets the nice value of every thread of this process whose name starts with `prefix`;

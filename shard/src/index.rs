@@ -61,6 +61,10 @@ struct Fields {
     fields: Field,
 }
 
+/// Merge threads of each shard's index writer (tantivy's default, stated: the node lowers
+/// their CPU priority and waits for this many to exist).
+pub const MERGE_THREADS: usize = 4;
+
 /// The schema new indexes get: no field norms, since no query ranks by score (they were 0.04
 /// bytes on disk per raw byte, and indexing work).
 fn schema() -> (Schema, Fields) {
@@ -239,8 +243,13 @@ impl ShardIndex {
             .and_then(|p| p.parse::<u64>().ok())
             .unwrap_or(0);
         let threads = threads.max(1);
-        let writer =
-            index.writer_with_num_threads(threads, heap_bytes.max(15_000_000 * threads))?;
+        let writer = index.writer_with_options(
+            tantivy::indexer::IndexWriterOptions::builder()
+                .num_worker_threads(threads)
+                .memory_budget_per_thread(heap_bytes.max(15_000_000 * threads) / threads)
+                .num_merge_threads(MERGE_THREADS)
+                .build(),
+        )?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
