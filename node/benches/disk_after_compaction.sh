@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bytes on disk per raw NDJSON byte after 30 s of template ingest and an admin compaction, by
-# part (snapshots, RocksDB, tantivy). Usage: disk_after_compaction.sh <release veil binary> <scratch dir>
+# part (RocksDB, tantivy; snapshot files too in builds before format 6). Usage: disk_after_compaction.sh <release veil binary> <scratch dir>
 # (the scratch dir is deleted first). Uses 127.0.0.1:7720/7721. See BENCHMARKS.md.
 set -u
 B=$1; R=$2; rm -rf $R; mkdir -p $R

@@ -95,6 +95,24 @@ async fn build_snapshot(
         .unwrap()
 }
 
+/// A shard in `dir` (on `db`) that applied `count` entries as Raft entry 1, and its state
+/// machine.
+async fn holding(
+    dir: &std::path::Path,
+    db: Arc<rocksdb::DB>,
+    count: u64,
+) -> (Arc<Shard>, ShardStateMachine) {
+    let shard = open(dir, db);
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        1,
+        (0..count).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    (shard, sm)
+}
+
 /// A shard in `dir` holding `count` entries (one Raft entry), and a snapshot of it.
 async fn snapshot_of(
     dir: &std::path::Path,
@@ -103,14 +121,7 @@ async fn snapshot_of(
     Arc<Shard>,
     openraft::alias::SnapshotOf<TypeConfig, SnapshotData>,
 ) {
-    let shard = open(dir, open_db(dir));
-    let mut sm = ShardStateMachine::new(shard.clone());
-    apply(
-        &mut sm,
-        1,
-        (0..count).map(|n| entry_for(ShardId(1), n)).collect(),
-    )
-    .await;
+    let (shard, mut sm) = holding(dir, open_db(dir), count).await;
     let snapshot = build_snapshot(&mut sm).await;
     (shard, snapshot)
 }
@@ -245,14 +256,7 @@ async fn restart_indexes_what_the_last_commit_lacks() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(dir.path());
     {
-        let shard = open(dir.path(), db.clone());
-        let mut sm = ShardStateMachine::new(shard.clone());
-        apply(
-            &mut sm,
-            1,
-            (0..5).map(|n| entry_for(ShardId(1), n)).collect(),
-        )
-        .await;
+        let (shard, mut sm) = holding(dir.path(), db.clone(), 5).await;
         shard.commit_index().unwrap();
         apply(
             &mut sm,
@@ -488,14 +492,7 @@ async fn snapshots_are_the_live_shard_and_copies_carry_their_own_state() {
 async fn a_snapshot_file_left_by_an_earlier_version_is_used_then_removed() {
     let dir = tempfile::tempdir().unwrap();
     let db = open_db(dir.path());
-    let shard = open(dir.path(), db.clone());
-    let mut sm = ShardStateMachine::new(shard.clone());
-    apply(
-        &mut sm,
-        1,
-        (0..10).map(|n| entry_for(ShardId(1), n)).collect(),
-    )
-    .await;
+    let (shard, mut sm) = holding(dir.path(), db.clone(), 10).await;
     let built = build_snapshot(&mut sm).await;
     apply(&mut sm, 2, vec![entry_for(ShardId(1), 10)]).await;
     let state = live(built.snapshot);
