@@ -501,8 +501,8 @@ pub fn prepare(
     let (exception_message, fingerprint) = {
         use veil_node::parse::exception;
         let trace_text = match &stack_trace {
-            Some(st) => format!("{message}\n{st}"),
-            None => message.clone(),
+            Some(st) => std::borrow::Cow::Owned(format!("{message}\n{st}")),
+            None => std::borrow::Cow::Borrowed(message.as_str()),
         };
         let detected = exception::detect(&trace_text);
         let mut exception_message = exception_message_masked;

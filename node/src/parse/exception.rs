@@ -159,6 +159,27 @@ pub fn is_header(line: &str) -> bool {
 
 /// Finds an exception in `text` (a message, a stack trace, or both joined by a newline).
 pub fn detect(text: &str) -> Option<ExceptionInfo> {
+    if !MARKERS.iter().any(|m| text.contains(m)) {
+        return None;
+    }
+    detect_unfiltered(text)
+}
+
+/// Every exception [`detect`] finds contains one of these: each reader's header needs one
+/// (Python's `Traceback (most recent call last):`, Go's `panic: `, Rust's `panicked at`, a
+/// JavaScript or JVM/.NET type ending in `Error`, `Exception` or `Throwable`). Testing for them
+/// first spares the line splitting and the regexes for the many messages that hold none
+/// (`detect` was ~3 % of ingest CPU, nearly all of it on such messages).
+const MARKERS: [&str; 5] = [
+    "Traceback (most recent call last):",
+    "panic",
+    "Error",
+    "Exception",
+    "Throwable",
+];
+
+/// [`detect`] without the marker test: the oracle its tests compare against.
+pub(crate) fn detect_unfiltered(text: &str) -> Option<ExceptionInfo> {
     let lines: Vec<&str> = text.lines().collect();
     python(&lines)
         .or_else(|| go(&lines))

@@ -296,6 +296,41 @@ fn exceptions_of_every_language_are_read() {
     assert_eq!(detect("GET /health 200 ok"), None);
 }
 
+/// The marker test in front of `detect` never hides an exception: on every LogHub line, every
+/// sample trace (and each of its lines alone), `detect` answers what the readers alone answer.
+#[test]
+fn the_marker_test_changes_no_answer() {
+    let mut texts: Vec<String> = [JAVA, PYTHON, GO, NODE, DOTNET, RUST]
+        .iter()
+        .flat_map(|t| std::iter::once(t.to_string()).chain(t.lines().map(str::to_string)))
+        .collect();
+    for system in std::fs::read_dir(loghub_dir()).unwrap() {
+        let dir = system.unwrap().path();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}_2k.log"))) else {
+            continue;
+        };
+        texts.extend(text.lines().map(str::to_string));
+        // Whole runs of lines too, so that multi-line readers see neighbours.
+        let lines: Vec<&str> = text.lines().collect();
+        texts.extend(lines.chunks(7).map(|c| c.join("\n")));
+    }
+    assert!(
+        texts.len() > 16 * 2000,
+        "the LogHub corpus was read: {}",
+        texts.len()
+    );
+    let mut found = 0;
+    for t in &texts {
+        let full = super::exception::detect_unfiltered(t);
+        found += usize::from(full.is_some());
+        assert_eq!(detect(t), full, "{t}");
+    }
+    assert!(found >= 6, "the readers found the sample traces: {found}");
+}
+
 #[test]
 fn one_fault_one_fingerprint_across_hosts_and_releases() {
     let fp = |t: &str| fingerprint(&detect(t).unwrap());
@@ -395,7 +430,7 @@ mod properties {
             for f in [Format::Auto, Format::Logfmt, Format::Syslog, Format::Clf, Format::Plain] {
                 let _ = parse_text(&text, f, RECEIVE);
             }
-            let _ = detect(&text);
+            prop_assert_eq!(detect(&text), super::super::exception::detect_unfiltered(&text));
             let _ = time::at_start(&text, RECEIVE);
         }
 
