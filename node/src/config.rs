@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// minute of full-speed ingest) [default: 512 MiB].
     #[arg(long, env = "VEIL_WAL_BYTES_MAX")]
     pub wal_bytes_max: Option<u64>,
+    /// Free bytes the data directory's filesystem must keep: below it, ingest answers 507
+    /// (queries go on) until space is freed, instead of RocksDB failing mid-write; 0 turns the
+    /// check off [default: 1 GiB].
+    #[arg(long, env = "VEIL_DISK_FREE_BYTES_MIN")]
+    pub disk_free_bytes_min: Option<u64>,
     /// Raft log entries a shard keeps behind its snapshot, for followers that fall behind
     /// (one further back is sent a snapshot) [default: 1000].
     #[arg(long, env = "VEIL_RAFT_LOGS_KEPT")]
@@ -219,6 +224,8 @@ pub struct NodeConfig {
     pub raft_logs_kept: u64,
     /// RocksDB write-ahead log bytes before old memtables are flushed.
     pub wal_bytes_max: u64,
+    /// Free bytes below which ingest is refused (0: no check).
+    pub disk_free_bytes_min: u64,
     /// Start-up leader election deadline, in ms.
     pub startup_timeout_ms: u64,
     /// Most keys at the top of `fields`.
@@ -290,6 +297,7 @@ impl ServeArgs {
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 1_000),
             raft_logs_kept: pick!(raft_logs_kept, 1_000),
             wal_bytes_max: pick!(wal_bytes_max, 512 << 20),
+            disk_free_bytes_min: pick!(disk_free_bytes_min, 1 << 30),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),
             field_depth_max: pick!(field_depth_max, 8),

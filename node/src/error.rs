@@ -93,9 +93,9 @@ impl From<ApiError> for tonic::Status {
         use tonic::Code;
         let code = match e.status {
             StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::InvalidArgument,
-            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::TOO_MANY_REQUESTS => {
-                Code::ResourceExhausted
-            }
+            StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::INSUFFICIENT_STORAGE => Code::ResourceExhausted,
             StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
             StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
             StatusCode::NOT_FOUND => Code::NotFound,

@@ -75,6 +75,8 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    // Recorded into the metrics; a failure leaves the last value.
+    let _ = node.disk_free_bytes();
     let shards: Vec<crate::metrics::ShardLine> = node
         .groups
         .iter()

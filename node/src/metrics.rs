@@ -61,6 +61,10 @@ pub struct Metrics {
     pub entries_rejected: AtomicU64,
     /// Ingest requests answered 429 for back-pressure.
     pub ingest_throttled: AtomicU64,
+    /// Ingest requests answered 507: the disk had less free space than the bound.
+    pub ingest_disk_full: AtomicU64,
+    /// Free bytes on the data directory's filesystem, as last checked.
+    pub disk_free_bytes: AtomicU64,
     /// Time spent masking, in nanoseconds.
     pub mask_nanos: AtomicU64,
     /// Request to acknowledgement, per ingest request.
@@ -116,6 +120,17 @@ impl Metrics {
             "veil_ingest_throttled_total",
             "Ingest requests answered 429.",
             self.ingest_throttled.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_ingest_disk_full_total",
+            "Ingest requests answered 507: the data directory's disk had less free space than --disk-free-bytes-min.",
+            self.ingest_disk_full.load(Ordering::Relaxed) as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP veil_disk_free_bytes Free bytes on the data directory's filesystem.\n# TYPE veil_disk_free_bytes gauge\nveil_disk_free_bytes {}",
+            self.disk_free_bytes.load(Ordering::Relaxed)
         );
         counter(
             &mut out,

@@ -60,6 +60,9 @@ pub struct Node {
     /// Sums of every shard's whole-hour span of recent top-K windows.
     pub(crate) exception_spans: crate::exceptions::SpanSums,
     ready: AtomicBool,
+    /// Whether the last disk check found less free space than `--disk-free-bytes-min` (only
+    /// its changes are logged).
+    disk_low: AtomicBool,
     db: Arc<rocksdb::DB>,
     /// The Raft log's fsync thread, stopped at close.
     syncer: LogSyncer,
@@ -265,6 +268,7 @@ impl Node {
             proposers,
             proposer_tasks: std::sync::Mutex::new(proposer_tasks),
             ready: AtomicBool::new(false),
+            disk_low: AtomicBool::new(false),
             config,
             shard_map,
             groups,
@@ -460,6 +464,62 @@ impl Node {
         }
     }
 
+    /// Free bytes on the data directory's filesystem (what an unprivileged writer may use);
+    /// also recorded for `/metrics`.
+    pub fn disk_free_bytes(&self) -> std::io::Result<u64> {
+        let s = rustix::fs::statvfs(&self.config.data_dir)?;
+        let free = s.f_bavail.saturating_mul(s.f_frsize);
+        self.metrics.disk_free_bytes.store(free, Ordering::Relaxed);
+        Ok(free)
+    }
+
+    /// Refuses ingest with 507 while the data directory's disk has less free space than
+    /// `--disk-free-bytes-min`: RocksDB that runs out of space mid-write stops every Raft
+    /// group, so the node stops taking writes first and keeps answering queries. One
+    /// `statvfs` per request (a few µs against a request's milliseconds).
+    fn check_disk(&self) -> Result<(), ApiError> {
+        let min = self.config.disk_free_bytes_min;
+        if min == 0 {
+            return Ok(());
+        }
+        let free = match self.disk_free_bytes() {
+            Ok(free) => free,
+            Err(e) => {
+                // Cannot tell: let the write try; RocksDB reports a real failure.
+                tracing::warn!(error = %e, "could not read the data directory's free space");
+                return Ok(());
+            }
+        };
+        let low = free < min;
+        if self.disk_low.swap(low, Ordering::Relaxed) != low {
+            if low {
+                tracing::warn!(
+                    free,
+                    min,
+                    "disk nearly full: refusing ingest until space is freed"
+                );
+            } else {
+                tracing::info!(
+                    free,
+                    min,
+                    "disk space back above the bound: taking ingest again"
+                );
+            }
+        }
+        if !low {
+            return Ok(());
+        }
+        crate::metrics::Metrics::add(&self.metrics.ingest_disk_full, 1);
+        Err(ApiError::new(
+            axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            format!(
+                "the data directory's disk has {free} bytes free, less than --disk-free-bytes-min ({min}); \
+                 ingest resumes once space is freed (retention, a larger disk) or the bound is lowered"
+            ),
+        ))
+    }
+
     /// Returns the entry limits of the ingest path.
     pub fn entry_limits(&self) -> EntryLimits {
         self.config.entry_limits()
@@ -474,6 +534,7 @@ impl Node {
         if !self.is_ready() {
             return Err(ApiError::unavailable("not_ready", "the node is starting"));
         }
+        self.check_disk()?;
         let _permit = self.ingest_permits.try_acquire().map_err(|_| {
             crate::metrics::Metrics::add(&self.metrics.ingest_throttled, 1);
             let mut e = ApiError::new(

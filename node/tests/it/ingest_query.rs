@@ -398,3 +398,44 @@ fn a_stopped_node_closes_its_storage_before_it_exits() {
         a["total"] == 1
     });
 }
+
+/// With less free disk than `--disk-free-bytes-min`, ingest answers 507 and stores nothing,
+/// while queries and `/metrics` go on; the same directory with the default bound takes writes.
+#[test]
+fn a_nearly_full_disk_refuses_ingest_with_507_and_keeps_answering_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = json!({"service": "disk", "message": "one entry"}).to_string() + "\n";
+    // No disk this test runs on has an exabyte free.
+    let mut veil = Veil::start(
+        dir.path(),
+        &["--disk-free-bytes-min", "1000000000000000000"],
+    );
+    let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", line.clone());
+    assert_eq!(status, 507, "{answer}");
+    assert_eq!(answer["error"]["code"], "insufficient_storage", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--disk-free-bytes-min")),
+        "{answer}"
+    );
+    assert_eq!(veil.query(json!({"limit": 0}))["total"], 0);
+    let text = reqwest::blocking::get(veil.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(value("veil_ingest_disk_full_total"), 1.0);
+    assert!(value("veil_disk_free_bytes") > 0.0);
+    veil.stop();
+
+    let veil = Veil::start(dir.path(), &[]);
+    let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", line);
+    assert_eq!(status, 200, "{answer}");
+    veil.wait_for_query(json!({"limit": 0}), "the entry", |a| a["total"] == 1);
+}
