@@ -331,6 +331,21 @@ fn restart_keeps_entries_and_rejects_a_different_shard_count() {
     );
 }
 
+fn metrics_text(veil: &Veil) -> String {
+    reqwest::blocking::get(veil.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
+/// The value on the first `/metrics` line starting with `line_start`.
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+}
+
 #[test]
 fn metrics_report_ingest_masking_queries_and_shards() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,17 +359,8 @@ fn metrics_report_ingest_masking_queries_and_shards() {
     let (status, _) = veil.post("/api/v1/logs", "application/x-ndjson", body);
     assert_eq!(status, 200);
     veil.query(json!({"filters": {"services": ["m"]}}));
-    let text = reqwest::blocking::get(veil.url("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    let value = |line_start: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
-    };
+    let text = metrics_text(&veil);
+    let value = |line_start: &str| metric(&text, line_start);
     assert_eq!(
         value("veil_ingest_entries_total{outcome=\"accepted\"}"),
         10.0
@@ -420,16 +426,8 @@ fn a_nearly_full_disk_refuses_ingest_with_507_and_keeps_answering_queries() {
         "{answer}"
     );
     assert_eq!(veil.query(json!({"limit": 0}))["total"], 0);
-    let text = reqwest::blocking::get(veil.url("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(&format!("{name} ")))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-    };
+    let text = metrics_text(&veil);
+    let value = |name: &str| metric(&text, &format!("{name} "));
     assert_eq!(value("veil_ingest_disk_full_total"), 1.0);
     assert!(value("veil_disk_free_bytes") > 0.0);
     veil.stop();
