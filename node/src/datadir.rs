@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 /// 5: counter rows may hold RocksDB merge operands, Raft logs `AppendMinted` commands, and
 ///    entries with minted log_ids have no `entry_ids` row — none of which builds for format 4
 ///    can read; nothing to convert.
-/// 6: snapshots are records without files, and `entries` values leave out the log_id and
-///    timestamp their key holds (variable-width encoding behind a version byte); values and
-///    snapshot files written before still read, so format 5 opens as it is.
+/// 6: snapshots are records without files, `entries` values leave out the log_id and
+///    timestamp their key holds, and values and Raft commands are variable-width bincode
+///    behind a version byte; values, commands and snapshot files written before still read,
+///    so format 5 opens as it is.
 pub const FORMAT_VERSION: u32 = 6;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).

@@ -111,18 +111,39 @@ pub enum ShardCommand {
     AppendMinted(Vec<StoredEntry>),
 }
 
+/// First byte of a command encoded since data format 6: bincode's variable-width encoding
+/// follows (string lengths in one byte instead of eight: 7 bytes less per text field of each
+/// entry in the Raft log and the WAL). Commands encoded before begin with their variant's index as a fixed-width
+/// u32, so with 0 or 1, and still decode.
+const COMMAND_V2: u8 = 0xC6;
+
 impl ShardCommand {
     /// Encodes the command for a Raft entry.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serialize(self).expect("serializing a ShardCommand into memory cannot fail")
+        let mut out = Vec::with_capacity(1 + 320 * self.entries().len());
+        out.push(COMMAND_V2);
+        bincode::Options::serialize_into(value_encoding(), &mut out, self)
+            .expect("serializing a ShardCommand into memory cannot fail");
+        out
     }
 
-    /// Decodes a command read from a Raft entry.
+    /// Decodes a command read from a Raft entry (either encoding, see [`COMMAND_V2`]).
     pub fn decode(shard_id: ShardId, bytes: &[u8]) -> Result<Self> {
-        bincode::deserialize(bytes).map_err(|e| Error::Corrupt {
+        let decoded = match bytes.split_first() {
+            Some((&COMMAND_V2, rest)) => bincode::Options::deserialize(value_encoding(), rest),
+            _ => bincode::deserialize(bytes),
+        };
+        decoded.map_err(|e| Error::Corrupt {
             shard_id,
             reason: format!("shard command: {e}"),
         })
+    }
+
+    /// The entries the command carries.
+    pub fn entries(&self) -> &[StoredEntry] {
+        match self {
+            ShardCommand::Append(entries) | ShardCommand::AppendMinted(entries) => entries,
+        }
     }
 }
 
@@ -303,6 +324,31 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Commands give back their entries in either variant, and a command encoded before
+        /// format 6 (fixed-width, starting with the variant index) still decodes.
+        #[test]
+        fn commands_round_trip_and_old_ones_decode(batch in proptest::collection::vec(entries(), 0..4), minted in any::<bool>()) {
+            let command = if minted {
+                ShardCommand::AppendMinted(batch)
+            } else {
+                ShardCommand::Append(batch)
+            };
+            let new = command.encode();
+            prop_assert_eq!(new[0], COMMAND_V2);
+            let old = bincode::serialize(&command).unwrap();
+            prop_assert!(old[0] <= 1);
+            for bytes in [new, old] {
+                let back = ShardCommand::decode(ShardId(1), &bytes).unwrap();
+                prop_assert_eq!(
+                    std::mem::discriminant(&back),
+                    std::mem::discriminant(&command)
+                );
+                prop_assert_eq!(back.entries(), command.entries());
+            }
+        }
+    }
+
     /// The log_id and timestamp come from the key, so a value under a key of the wrong length
     /// is an error, not an entry with made-up identity.
     #[test]
@@ -329,5 +375,11 @@ mod tests {
         assert!(decode_entry(ShardId(0), &key[..20], &value).is_err());
         // Shorter by the log_id and timestamp, the receive time's width and the fixed-width lengths.
         assert!(value.len() + 50 < bincode::serialize(&entry).unwrap().len());
+        // A Raft command of ten such entries (four texts each) is 29 bytes per entry shorter
+        // (85 → 56: seven bytes per length prefix, three for the level, less two for the
+        // times), and 9 bytes shorter around them (variant and vector length, plus the marker).
+        let command = ShardCommand::AppendMinted(vec![entry; 10]);
+        let (old, new) = (bincode::serialize(&command).unwrap(), command.encode());
+        assert_eq!((old.len(), new.len()), (12 + 10 * 85, 3 + 10 * 56));
     }
 }
