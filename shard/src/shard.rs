@@ -318,17 +318,20 @@ impl Shard {
                     reason: format!("entry of raft index {raft_index} routes to shard {expected}"),
                 });
             }
-            let id_key = keys::id_key(self.id, entry.log_id);
             // A minted log_id is new by construction; only keyed ones can repeat.
             if !minted
-                && (!seen.insert(entry.log_id) || self.db.get_pinned_cf(cf_ids, id_key)?.is_some())
+                && (!seen.insert(entry.log_id)
+                    || self
+                        .db
+                        .get_pinned_cf(cf_ids, keys::id_key(self.id, entry.log_id))?
+                        .is_some())
             {
                 outcomes.push(EntryOutcome::Duplicate);
                 continue;
             }
             let key = keys::entry_key(self.id, entry.timestamp_us, entry.log_id);
             queued.extend_from_slice(&key);
-            writes.push((key, id_key, entry));
+            writes.push((key, entry));
             outcomes.push(EntryOutcome::Accepted);
             new_entries.push(entry);
         }
@@ -337,14 +340,17 @@ impl Shard {
         // unordered keys each pay a full descent (measured: memtable inserts were ~12 % of
         // ingest CPU).
         writes.sort_unstable_by_key(|w| w.0);
-        for (key, _, entry) in &writes {
+        for (key, entry) in &writes {
             batch.put_cf(cf_entries, key, encode_entry(entry));
         }
-        writes.sort_unstable_by_key(|w| w.1);
-        for (key, id_key, entry) in &writes {
-            if keys::findable_by_time(entry.log_id, entry.timestamp_us) {
-                continue;
-            }
+        // Idempotency rows only for log_ids a look-up cannot find by their time (keyed ones).
+        let mut id_rows: Vec<_> = writes
+            .iter()
+            .filter(|(_, e)| !keys::findable_by_time(e.log_id, e.timestamp_us))
+            .map(|(key, e)| (keys::id_key(self.id, e.log_id), key))
+            .collect();
+        id_rows.sort_unstable_by_key(|r| r.0);
+        for (id_key, key) in id_rows {
             id_value[8..].copy_from_slice(key);
             batch.put_cf(cf_ids, id_key, id_value);
         }
