@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Bytes on disk per raw NDJSON byte after 30 s of template ingest and an admin compaction, by
-# part (RocksDB, tantivy; snapshot files too in builds before format 6). Usage: disk_after_compaction.sh <release veil binary> <scratch dir>
+# part (RocksDB, tantivy; snapshot files too in builds before format 6). Usage: disk_after_compaction.sh <release veil binary> <scratch dir> [more veil bench ingest flags, e.g. --replay FILE]
 # (the scratch dir is deleted first). Uses 127.0.0.1:7720/7721. See BENCHMARKS.md.
 set -u
-B=$1; R=$2; rm -rf $R; mkdir -p $R
+B=$1; R=$2; shift 2; rm -rf $R; mkdir -p $R
 $B serve --data-dir $R/data --http-addr 127.0.0.1:7720 --grpc-addr 127.0.0.1:7721 > $R/node.out 2> $R/node.err &
 pid=$!
 for i in $(seq 1 300); do grep -q "veil ready" $R/node.out && break; sleep 0.2; done
-$B bench ingest --target 127.0.0.1:7720 --duration 30s --concurrency 4 --batch 1000 --json > $R/ingest.json 2>/dev/null
+$B bench ingest --target 127.0.0.1:7720 --duration 30s --concurrency 4 --batch 1000 --json "$@" > $R/ingest.json 2>/dev/null
 curl -s -X POST 127.0.0.1:7720/api/v1/admin/compact > $R/compact.json
 kill $pid; wait $pid
 python3 - "$R" <<'PY'

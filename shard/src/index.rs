@@ -65,15 +65,43 @@ struct Fields {
 /// their CPU priority and waits for this many to exist).
 pub const MERGE_THREADS: usize = 4;
 
-/// The schema new indexes get: no field norms, since no query ranks by score (they were 0.04
-/// bytes on disk per raw byte, and indexing work).
-fn schema() -> (Schema, Fields) {
-    schema_with_fieldnorms(false)
+/// The index schemas Veil has created, oldest first. Tantivy opens an index only with the
+/// schema it was created with, so every one of them still opens; new indexes get the last.
+/// The fields, and so their ids, are the same in all of them: only their options differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaVersion {
+    /// Field norms on every text field; the timestamp indexed (by second) as well as fast.
+    Norms,
+    /// No field norms: no query ranks by score (they were 0.04 bytes on disk per raw byte).
+    NoNorms,
+    /// And the timestamp only a fast field: range queries read the fast field (tantivy picks
+    /// it whenever the field is fast), so its postings and per-document norm byte were
+    /// written and merged for nothing.
+    FastTimestamp,
 }
 
-/// Indexes created before field norms were dropped have them; they open as they are (the
-/// fields, and so their ids, are the same either way).
-fn schema_with_fieldnorms(fieldnorms: bool) -> (Schema, Fields) {
+impl SchemaVersion {
+    const ALL: [SchemaVersion; 3] = [Self::Norms, Self::NoNorms, Self::FastTimestamp];
+    const NEW: SchemaVersion = Self::FastTimestamp;
+}
+
+/// The schema new indexes get.
+fn schema() -> (Schema, Fields) {
+    schema_of(SchemaVersion::NEW)
+}
+
+/// The settings new indexes get: the document store compressed with zstd. Documents store
+/// nothing now, but the store still keeps a 4-byte offset per document that lz4 (tantivy's
+/// default) leaves as it is. Settings are kept in the index's meta, so older indexes keep lz4.
+fn index_settings() -> tantivy::IndexSettings {
+    tantivy::IndexSettings {
+        docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
+        ..Default::default()
+    }
+}
+
+fn schema_of(version: SchemaVersion) -> (Schema, Fields) {
+    let fieldnorms = version == SchemaVersion::Norms;
     let norms = |opts: TextOptions| match opts.get_indexing_options() {
         Some(indexing) => {
             let indexing = indexing.clone().set_fieldnorms(fieldnorms);
@@ -85,9 +113,13 @@ fn schema_with_fieldnorms(fieldnorms: bool) -> (Schema, Fields) {
     // Stored by earlier versions, never read now: kept so their indexes' schema still matches
     // (tantivy opens an index only with the schema it was created with).
     b.add_bytes_field("key", STORED);
+    let timestamp_options = match version {
+        SchemaVersion::Norms | SchemaVersion::NoNorms => DateOptions::from(INDEXED),
+        SchemaVersion::FastTimestamp => DateOptions::default(),
+    };
     let timestamp = b.add_date_field(
         "timestamp",
-        DateOptions::from(INDEXED)
+        timestamp_options
             .set_fast()
             .set_precision(DateTimePrecision::Microseconds),
     );
@@ -224,7 +256,7 @@ impl ShardIndex {
         let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
             let index = Index::open(directory.clone())?;
             let found = index.schema();
-            if found != schema && found != schema_with_fieldnorms(true).0 {
+            if !SchemaVersion::ALL.iter().any(|v| schema_of(*v).0 == found) {
                 return Err(Error::Corrupt {
                     shard_id,
                     reason: format!("index in {} has another schema", dir.display()),
@@ -232,7 +264,7 @@ impl ShardIndex {
             }
             index
         } else {
-            Index::create(directory.clone(), schema, Default::default())?
+            Index::create(directory.clone(), schema, index_settings())?
         };
         // A new index exists only in memory until persisted.
         directory.persist(&index)?;
@@ -1086,8 +1118,19 @@ mod tests {
         index.search(&query).unwrap().0
     }
 
+    /// Entries of `index` in the microseconds `[start, end]` (both inclusive).
+    fn in_range(index: &ShardIndex, start: i64, end: i64) -> u64 {
+        let query = ShardQuery {
+            start_us: Some(start),
+            end_us: Some(end),
+            top_n: 10,
+            ..Default::default()
+        };
+        index.search(&query).unwrap().0
+    }
+
     #[test]
-    fn new_indexes_have_no_field_norms_and_older_ones_open_with_theirs() {
+    fn new_indexes_are_lean_and_every_older_schema_opens() {
         let policy = PersistPolicy::default();
         let fresh = tempfile::tempdir().unwrap();
         let index = ShardIndex::open(ShardId(0), fresh.path(), 15_000_000, policy).unwrap();
@@ -1099,35 +1142,49 @@ mod tests {
                 }
             }
         }
-        index.add(1, &[&entry(1)]).unwrap();
+        let ts = schema.get_field_entry(index.fields.timestamp);
+        assert!(ts.is_fast() && !ts.is_indexed());
+        assert!(matches!(
+            index.index.settings().docstore_compression,
+            tantivy::store::Compressor::Zstd(_)
+        ));
+        for n in 1..=3 {
+            index.add(n, &[&entry(n)]).unwrap();
+        }
         index.commit().unwrap();
         assert_eq!(total(&index, "\"payment 1 failed\""), 1);
+        // Time ranges read the fast field, to the microsecond, bounds included.
+        let t0 = entry(0).timestamp_us;
+        assert_eq!(in_range(&index, t0 + 1, t0 + 3), 3);
+        assert_eq!(in_range(&index, t0 + 2, t0 + 2), 1);
+        assert_eq!(in_range(&index, t0 + 2, t0 + 3), 2);
+        assert_eq!(in_range(&index, t0 + 4, t0 + 1_000_000), 0);
 
-        // An index as builds before this one created it: field norms on every text field.
-        let old = tempfile::tempdir().unwrap();
-        {
-            let (legacy, _) = schema_with_fieldnorms(true);
-            assert_ne!(legacy, schema);
-            let index = Index::create_in_dir(old.path(), legacy).unwrap();
-            let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-            let f = schema_with_fieldnorms(true).1;
-            let mut doc = TantivyDocument::new();
-            doc.add_date(
-                f.timestamp,
-                DateTime::from_timestamp_micros(1_700_000_000_000_007),
-            );
-            doc.add_u64(f.log_id_hi, 0);
-            doc.add_u64(f.log_id_lo, 7);
-            doc.add_text(f.service, "svc");
-            doc.add_text(f.message, "payment 7 failed");
-            writer.add_document(doc).unwrap();
-            writer.commit().unwrap();
+        // Indexes as earlier builds created them (field norms; the timestamp indexed too; lz4).
+        for version in [SchemaVersion::Norms, SchemaVersion::NoNorms] {
+            let old = tempfile::tempdir().unwrap();
+            {
+                let (legacy, f) = schema_of(version);
+                assert_ne!(legacy, schema);
+                let index = Index::create_in_dir(old.path(), legacy).unwrap();
+                let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+                let mut doc = TantivyDocument::new();
+                doc.add_date(f.timestamp, DateTime::from_timestamp_micros(t0 + 7));
+                doc.add_u64(f.log_id_hi, 0);
+                doc.add_u64(f.log_id_lo, 7);
+                doc.add_text(f.service, "svc");
+                doc.add_text(f.message, "payment 7 failed");
+                writer.add_document(doc).unwrap();
+                writer.commit().unwrap();
+            }
+            let index = ShardIndex::open(ShardId(0), old.path(), 15_000_000, policy).unwrap();
+            assert_eq!(total(&index, "payment"), 1, "{version:?}");
+            index.add(2, &[&entry(2)]).unwrap();
+            index.commit().unwrap();
+            assert_eq!(total(&index, "payment"), 2, "{version:?}");
+            assert_eq!(total(&index, "\"payment 2 failed\""), 1, "{version:?}");
+            assert_eq!(in_range(&index, t0 + 2, t0 + 7), 2, "{version:?}");
+            assert_eq!(in_range(&index, t0 + 3, t0 + 7), 1, "{version:?}");
         }
-        let index = ShardIndex::open(ShardId(0), old.path(), 15_000_000, policy).unwrap();
-        assert_eq!(total(&index, "payment"), 1);
-        index.add(2, &[&entry(2)]).unwrap();
-        index.commit().unwrap();
-        assert_eq!(total(&index, "payment"), 2);
-        assert_eq!(total(&index, "\"payment 2 failed\""), 1);
     }
 }

@@ -551,7 +551,7 @@ pub fn prepare(
             name.extend_from_slice(key.as_bytes());
             Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, &name)
         }
-        None => uuid_v7_at(ts),
+        None => veil_shard::keys::mint_log_id(ts),
     };
     let sealed_original = match original {
         Some(o) if masking.keeps(&service) => Some(
@@ -614,12 +614,6 @@ impl MaskClock {
 fn thread_cpu_nanos() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
-}
-
-fn uuid_v7_at(ts_us: i64) -> Uuid {
-    let secs = ts_us.div_euclid(1_000_000).max(0) as u64;
-    let nanos = (ts_us.rem_euclid(1_000_000) * 1000) as u32;
-    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos))
 }
 
 fn take_any(obj: &mut Map<String, Value>, keys: &[&str]) -> Option<Value> {
