@@ -755,38 +755,42 @@ impl Masker {
     /// Masks every string in a JSON value; values under sensitive keys are replaced whole.
     pub fn mask_json(
         &self,
-        value: serde_json::Value,
+        mut value: serde_json::Value,
         findings: &mut Findings,
     ) -> serde_json::Value {
+        self.mask_json_in_place(&mut value, findings);
+        value
+    }
+
+    /// [`Masker::mask_json`] without rebuilding the objects and arrays around the strings.
+    fn mask_json_in_place(&self, value: &mut serde_json::Value, findings: &mut Findings) {
         use serde_json::Value;
         match value {
-            Value::String(s) => Value::String(self.mask(Unmasked(s), findings)),
-            Value::Array(items) => Value::Array(
-                items
-                    .into_iter()
-                    .map(|v| self.mask_json(v, findings))
-                    .collect(),
-            ),
-            Value::Object(map) => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| match key_type(&k) {
+            Value::String(s) => {
+                let text = std::mem::take(s);
+                *s = self.mask(Unmasked(text), findings);
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.mask_json_in_place(item, findings);
+                }
+            }
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match key_type(k) {
                         Some(t) if !v.is_null() && !v.is_object() => {
-                            let text = match v {
+                            let text = match std::mem::take(v) {
                                 Value::String(s) => s,
                                 other => other.to_string(),
                             };
                             findings.add(Cow::Borrowed(t.as_str()));
-                            let masked = self.render(Label::Builtin(t), &text);
-                            (k, Value::String(masked))
+                            *v = Value::String(self.render(Label::Builtin(t), &text));
                         }
-                        _ => {
-                            let v = self.mask_json(v, findings);
-                            (k, v)
-                        }
-                    })
-                    .collect(),
-            ),
-            other => other,
+                        _ => self.mask_json_in_place(v, findings),
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -794,14 +798,22 @@ impl Masker {
 /// The type a field's key says its value holds, if it says so. Keys are compared without case,
 /// `-`, `_` or `.`; a key ending in a sensitive name (`user_email`, `db_password`) counts.
 fn key_type(key: &str) -> Option<PiiType> {
-    if key.len() > 64 {
+    const KEY_LEN_MAX: usize = 64;
+    if key.len() > KEY_LEN_MAX {
         return None;
     }
-    let k: String = key
-        .chars()
-        .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    // Byte by byte, on the stack (this runs for every key of every entry): the separators and
+    // the names are ASCII, and a UTF-8 byte of any other character is ≥ 0x80, so it matches
+    // none of them, as the character would not.
+    let mut buf = [0u8; KEY_LEN_MAX];
+    let mut len = 0;
+    for b in key.bytes() {
+        if !matches!(b, b'-' | b'_' | b'.' | b' ') {
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
+        }
+    }
+    let k = &buf[..len];
     const EXACT: &[(&str, PiiType)] = &[
         ("mail", PiiType::Email),
         ("mobile", PiiType::Phone),
@@ -845,8 +857,8 @@ fn key_type(key: &str) -> Option<PiiType> {
     ];
     EXACT
         .iter()
-        .find(|(n, _)| k == *n)
-        .or_else(|| SUFFIX.iter().find(|(n, _)| k.ends_with(n)))
+        .find(|(n, _)| k == n.as_bytes())
+        .or_else(|| SUFFIX.iter().find(|(n, _)| k.ends_with(n.as_bytes())))
         .map(|(_, t)| *t)
 }
 

@@ -315,8 +315,115 @@ mod properties {
         })
     }
 
+    /// `key_type` as it was written first, a character at a time into a new string: the
+    /// oracle for the byte-wise version.
+    fn key_type_by_chars(key: &str) -> Option<PiiType> {
+        if key.len() > 64 {
+            return None;
+        }
+        let k: String = key
+            .chars()
+            .filter(|c| !matches!(c, '-' | '_' | '.' | ' '))
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        // Every name the byte-wise version knows, through its own answers on the bare names.
+        let names = [
+            "mail",
+            "mobile",
+            "tel",
+            "telephone",
+            "msisdn",
+            "socialsecuritynumber",
+            "pan",
+            "cvv",
+            "cvc",
+            "creditcard",
+            "auth",
+            "cookie",
+            "setcookie",
+            "credentials",
+            "pwd",
+            "ip",
+            "clientip",
+            "remoteaddr",
+            "ipaddress",
+        ];
+        let suffixes = [
+            "email",
+            "emailaddress",
+            "phone",
+            "phonenumber",
+            "mobilenumber",
+            "ssn",
+            "cardnumber",
+            "ccnumber",
+            "iban",
+            "password",
+            "passwd",
+            "passphrase",
+            "secret",
+            "token",
+            "apikey",
+            "privatekey",
+            "secretkey",
+            "authorization",
+        ];
+        names
+            .iter()
+            .find(|n| k == **n)
+            .or_else(|| suffixes.iter().find(|n| k.ends_with(**n)))
+            .map(|n| key_type(n).expect("every name is known"))
+    }
+
+    fn key_like() -> impl proptest::strategy::Strategy<Value = String> {
+        // Sensitive names with separators, case and other characters (ASCII and not) around.
+        (
+            proptest::sample::select(vec![
+                "",
+                "user",
+                "db",
+                "x-",
+                "Ünïcode",
+                "e\u{301}",
+                "日本",
+                "to ken",
+                "my.",
+            ]),
+            proptest::sample::select(vec![
+                "email",
+                "E-Mail",
+                "pass_word",
+                "Api-Key",
+                "ip",
+                "IP.address",
+                "tel",
+                "ssn",
+                "card number",
+                "iban",
+                "tokens",
+                "emails",
+                "mailé",
+                "pwd",
+                "",
+                "Set-Cookie",
+            ]),
+            "[a-zA-Z_ .\\-é日]{0,6}",
+        )
+            .prop_map(|(a, b, c)| format!("{a}{b}{c}"))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn key_types_are_those_of_the_char_wise_oracle(key in key_like()) {
+            prop_assert_eq!(key_type(&key), key_type_by_chars(&key), "{:?}", key);
+        }
+
+        #[test]
+        fn key_types_of_any_string_are_those_of_the_oracle(key in any::<String>()) {
+            prop_assert_eq!(key_type(&key), key_type_by_chars(&key));
+        }
 
         #[test]
         fn never_panics_and_is_idempotent(text in any::<String>()) {
@@ -365,4 +472,19 @@ mod properties {
             prop_assert!(!out.contains(&value), "{} survived in {}", value, out);
         }
     }
+}
+
+#[test]
+fn key_types_at_the_length_bound() {
+    // 64 bytes are read (separators included), 65 are not.
+    let at = format!("{}email", "x".repeat(59));
+    assert_eq!(at.len(), 64);
+    assert_eq!(key_type(&at), Some(PiiType::Email));
+    assert_eq!(key_type(&format!("x{at}")), None);
+    assert_eq!(
+        key_type(&format!("{}_email", "é".repeat(29))),
+        Some(PiiType::Email)
+    );
+    assert_eq!(key_type("E-MAIL"), Some(PiiType::Email));
+    assert_eq!(key_type("emails"), None);
 }
