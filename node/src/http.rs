@@ -75,6 +75,7 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    use openraft::async_runtime::watch::WatchReceiver as _;
     // Recorded into the metrics; a failure leaves the last value.
     let _ = node.disk_free_bytes();
     let shards: Vec<crate::metrics::ShardLine> = node
@@ -83,11 +84,20 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .map(|g| crate::metrics::ShardLine {
             shard: g.shard.id().0,
             stats: g.shard.stats(),
+            committed_index: g
+                .raft
+                .metrics()
+                .borrow_watched()
+                .local_committed
+                .as_ref()
+                .map(|l| l.index())
+                .unwrap_or(0),
         })
         .collect();
+    let stores = node.store_sizes();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(&shards),
+        node.metrics.render(&shards, &stores),
     )
         .into_response()
 }

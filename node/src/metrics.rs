@@ -83,6 +83,18 @@ pub struct ShardLine {
     pub shard: u32,
     /// Its stats.
     pub stats: veil_shard::ShardStats,
+    /// The last Raft index this node knows committed (openraft's local commit; 0 before the first).
+    pub committed_index: u64,
+}
+
+/// One RocksDB column family's sizes at scrape time (all shards share each family).
+pub struct StoreLine {
+    /// The column family.
+    pub cf: String,
+    /// Bytes of its SST files.
+    pub sst_bytes: u64,
+    /// Bytes of its memtables.
+    pub memtable_bytes: u64,
 }
 
 impl Metrics {
@@ -91,8 +103,8 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders everything, with the shards' numbers.
-    pub fn render(&self, shards: &[ShardLine]) -> String {
+    /// Renders everything, with the shards' numbers and the column families' sizes.
+    pub fn render(&self, shards: &[ShardLine], stores: &[StoreLine]) -> String {
         let mut out = String::with_capacity(8192);
         let counter = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -171,6 +183,18 @@ impl Metrics {
         );
         gauge(
             &mut out,
+            "veil_shard_committed_index",
+            "Last Raft index committed.",
+            &|s| s.committed_index,
+        );
+        gauge(
+            &mut out,
+            "veil_shard_apply_lag",
+            "Raft entries committed but not yet applied.",
+            &|s| s.committed_index.saturating_sub(s.stats.applied_index),
+        );
+        gauge(
+            &mut out,
             "veil_shard_index_lag",
             "Raft entries applied but not yet searchable.",
             &|s| {
@@ -207,6 +231,24 @@ impl Metrics {
                     .saturating_sub(s.stats.persisted_index)
             },
         );
+        for (name, help, value) in [
+            (
+                "veil_rocksdb_sst_bytes",
+                "Bytes of a RocksDB column family's SST files (all shards).",
+                (|l: &StoreLine| l.sst_bytes) as fn(&StoreLine) -> u64,
+            ),
+            (
+                "veil_rocksdb_memtable_bytes",
+                "Bytes of a RocksDB column family's memtables (all shards).",
+                |l: &StoreLine| l.memtable_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for l in stores {
+                let _ = writeln!(out, "{name}{{cf=\"{}\"}} {}", l.cf, value(l));
+            }
+        }
         out
     }
 }
@@ -221,7 +263,7 @@ mod tests {
         m.ack_latency.observe(Duration::from_millis(3));
         m.ack_latency.observe(Duration::from_millis(30));
         Metrics::add(&m.entries_accepted, 5);
-        let text = m.render(&[]);
+        let text = m.render(&[], &[]);
         assert!(
             text.contains("veil_ingest_ack_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"
@@ -235,5 +277,33 @@ mod tests {
             text.contains("veil_ingest_entries_total{outcome=\"accepted\"} 5"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn shards_and_column_families_render_their_gauges() {
+        let m = Metrics::default();
+        let shard = |shard, applied_index, committed_index| ShardLine {
+            shard,
+            stats: veil_shard::ShardStats {
+                applied_index,
+                ..Default::default()
+            },
+            committed_index,
+        };
+        let store = StoreLine {
+            cf: "entries".into(),
+            sst_bytes: 1234,
+            memtable_bytes: 56,
+        };
+        let text = m.render(&[shard(0, 7, 10), shard(1, 9, 9)], &[store]);
+        for line in [
+            "veil_shard_committed_index{shard=\"0\"} 10",
+            "veil_shard_apply_lag{shard=\"0\"} 3",
+            "veil_shard_apply_lag{shard=\"1\"} 0",
+            "veil_rocksdb_sst_bytes{cf=\"entries\"} 1234",
+            "veil_rocksdb_memtable_bytes{cf=\"entries\"} 56",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -70,6 +70,34 @@ pub struct Node {
     committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+impl Node {
+    /// Each RocksDB column family's SST and memtable bytes, for `GET /metrics` (RocksDB's
+    /// `total-sst-files-size` and `cur-size-all-mem-tables`; a family whose numbers cannot be
+    /// read is left out).
+    pub fn store_sizes(&self) -> Vec<crate::metrics::StoreLine> {
+        let mut names = veil_raft::column_families();
+        names.extend(veil_shard::column_families());
+        names
+            .iter()
+            .filter_map(|cf| {
+                let name = cf.name();
+                let handle = self.db.cf_handle(name)?;
+                let int = |property: &str| {
+                    self.db
+                        .property_int_value_cf(&handle, property)
+                        .ok()
+                        .flatten()
+                };
+                Some(crate::metrics::StoreLine {
+                    cf: name.to_string(),
+                    sst_bytes: int("rocksdb.total-sst-files-size")?,
+                    memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
+                })
+            })
+            .collect()
+    }
+}
+
 /// What `Node::compact` did.
 #[derive(Debug, serde::Serialize)]
 pub struct CompactReport {

@@ -170,7 +170,7 @@ pub(crate) struct LegacySnapshotRecord {
 }
 
 /// Monitoring numbers of a shard (see [`Shard::stats`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardStats {
     /// Last Raft index applied (stored in RocksDB).
     pub applied_index: u64,

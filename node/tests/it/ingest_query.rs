@@ -375,6 +375,25 @@ fn metrics_report_ingest_masking_queries_and_shards() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(applied >= 1.0, "{text}");
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // The entries were acknowledged, so committed and applied: nothing lags.
+    assert!(sum("veil_shard_committed_index{") >= applied, "{text}");
+    assert_eq!(sum("veil_shard_apply_lag{"), 0.0, "{text}");
+    // Not flushed yet: the entries are in the memtables.
+    assert!(
+        value("veil_rocksdb_memtable_bytes{cf=\"entries\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("veil_rocksdb_sst_bytes{cf=\"raft_log\"}")),
+        "{text}"
+    );
     veil.stop();
 }
 
