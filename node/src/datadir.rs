@@ -19,7 +19,10 @@ use serde::{Deserialize, Serialize};
 ///    timestamp their key holds, and values and Raft commands are variable-width bincode
 ///    behind a version byte; values, commands and snapshot files written before still read,
 ///    so format 5 opens as it is.
-pub const FORMAT_VERSION: u32 = 6;
+/// 7: new shard indexes keep the timestamp only as a fast field and their document store in
+///    zstd, which a format-6 build cannot open (it would call the index corrupt); indexes
+///    created before keep their schema and settings, so format 6 opens as it is.
+pub const FORMAT_VERSION: u32 = 7;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
 pub const ROLLUPS_SINCE: u32 = 4;
@@ -33,8 +36,8 @@ const FILE_NAME: &str = "veil.toml";
 pub const DEFAULT_SHARDS: u32 = 4;
 
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
-/// rollups; 4 and 5 as they are).
-pub const UPGRADABLE: [u32; 4] = [2, 3, 4, 5];
+/// rollups; 4, 5 and 6 as they are).
+pub const UPGRADABLE: [u32; 5] = [2, 3, 4, 5, 6];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

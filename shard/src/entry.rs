@@ -106,8 +106,9 @@ pub enum ShardCommand {
     /// Stores a batch of entries; entries whose log_id the shard already holds are skipped.
     Append(Vec<StoredEntry>),
     /// Stores a batch of entries whose log_ids the proposing node minted (UUIDv7: the time and
-    /// 74 random bits), so none can already be stored: apply skips the idempotency look-up
-    /// that `Append` does for every entry. Entries with idempotency keys never travel here.
+    /// a per-process counter from a random start, `keys::mint_log_id`), so none can already be
+    /// stored: apply skips the idempotency look-up that `Append` does for every entry. Entries
+    /// with idempotency keys never travel here.
     AppendMinted(Vec<StoredEntry>),
 }
 
@@ -176,7 +177,7 @@ pub fn decode_outcomes(shard_id: ShardId, bytes: &[u8]) -> Result<Vec<EntryOutco
 const VALUE_V2: u8 = 2;
 
 /// An entry as its `entries` value holds it: without the log_id and timestamp, which the key
-/// already holds (the log_id's random bits are the part of a value that does not compress),
+/// already holds (a keyed log_id's bits are random, the part of a value that does not compress),
 /// and with the receive time as an offset from the timestamp (a few bytes instead of eight).
 #[derive(Serialize, Deserialize)]
 struct Value<'a> {

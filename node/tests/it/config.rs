@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 6"), "{recorded}");
+    assert!(recorded.contains("format_version = 7"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 6", "format_version = 99");
+        .replace("format_version = 7", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -136,23 +136,27 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 6", "format_version = 2");
+        .replace("format_version = 7", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     let mut veil = Veil::start(dir.path(), &[]);
     // Counts, first and last seen, samples and metadata: all as before.
     assert_eq!(top(&veil), before, "rollups rebuilt from the minute rows");
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 6"), "{recorded}");
+    assert!(recorded.contains("format_version = 7"), "{recorded}");
 
-    // Formats 4 and 5 differ only in what newer builds may write: they open as they are.
-    for old in ["format_version = 4", "format_version = 5"] {
-        std::fs::write(&path, recorded.replace("format_version = 6", old)).unwrap();
+    // Formats 4, 5 and 6 differ only in what newer builds may write: they open as they are.
+    for old in [
+        "format_version = 4",
+        "format_version = 5",
+        "format_version = 6",
+    ] {
+        std::fs::write(&path, recorded.replace("format_version = 7", old)).unwrap();
         let mut veil = Veil::start(dir.path(), &[]);
         assert_eq!(top(&veil), before, "{old}");
         veil.stop();
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 6"), "{recorded}");
+        assert!(recorded.contains("format_version = 7"), "{recorded}");
     }
 }
 
