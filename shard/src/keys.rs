@@ -75,8 +75,10 @@ pub fn findable_by_time(log_id: Uuid, timestamp_us: i64) -> bool {
 /// (62 bits, `rand_b`) started at a random value — RFC 9562 §6.2's "monotonic random" method.
 ///
 /// Unique within the process (the counter never repeats in 2^61 ids), and across processes
-/// as long as two random starts do not land within each other's ids and constants agree
-/// (chance per pair of processes ≈ ids minted / 2^73). Ids minted one after another differ in
+/// unless two random starts land within each other's ids *and* their constants agree (chance
+/// per pair of processes at most about ids minted / 2^73; a collision also needs the same
+/// millisecond). Ids are predictable now; they were never secrets (every query answer lists
+/// them), so nothing may rest on their being unguessable. Ids minted one after another differ in
 /// their last bits only, so the index's log_id fast fields and RocksDB's keys compress: 74
 /// random bits per entry were ~9 bytes of each that no compression could take away.
 /// Entries before 1970 get millisecond 0 (and so an idempotency row, as before).
