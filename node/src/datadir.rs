@@ -22,7 +22,13 @@ use serde::{Deserialize, Serialize};
 /// 7: new shard indexes keep the timestamp only as a fast field and their document store in
 ///    zstd, which a format-6 build cannot open (it would call the index corrupt); indexes
 ///    created before keep their schema and settings, so format 6 opens as it is.
-pub const FORMAT_VERSION: u32 = 7;
+/// 8: indexes keep their terms in tantivy's sstable dictionary instead of an FST (the build
+///    reads only one of the two): opening an older directory rebuilds every shard's index from
+///    its entries, before the shard's Raft group starts ([`INDEX_SSTABLE_SINCE`]).
+pub const FORMAT_VERSION: u32 = 8;
+
+/// The first format whose indexes this build can read; older ones are rebuilt at open.
+pub const INDEX_SSTABLE_SINCE: u32 = 8;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
 pub const ROLLUPS_SINCE: u32 = 4;
@@ -36,8 +42,8 @@ const FILE_NAME: &str = "veil.toml";
 pub const DEFAULT_SHARDS: u32 = 4;
 
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
-/// rollups; 4, 5 and 6 as they are).
-pub const UPGRADABLE: [u32; 5] = [2, 3, 4, 5, 6];
+/// rollups; all of them by rebuilding the shards' indexes).
+pub const UPGRADABLE: [u32; 6] = [2, 3, 4, 5, 6, 7];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

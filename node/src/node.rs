@@ -331,11 +331,40 @@ impl Node {
                 shard_map,
                 rollup_cache_entries: config.exception_cache_entries / info.shards.max(1) as usize,
             };
+            // An index in an older file format cannot even be opened: it goes, and is rebuilt
+            // from the shard's entries below. The directory records the new format only once
+            // every shard is open, so a crash meanwhile starts the rebuild again.
+            let rebuild = info.format_version < crate::datadir::INDEX_SSTABLE_SINCE;
+            if rebuild {
+                let dir = veil_shard::index_dir(&config.data_dir, shard_id);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("failed to remove the old index {}", dir.display())
+                        })
+                    }
+                }
+            }
             let db2 = db.clone();
             let shard =
                 tokio::task::spawn_blocking(move || Shard::open(shard_id, db2, shard_config))
                     .await?
                     .with_context(|| format!("failed to open shard {shard_id}"))?;
+            if rebuild {
+                let started = std::time::Instant::now();
+                let shard = shard.clone();
+                let entries = tokio::task::spawn_blocking(move || shard.rebuild_index())
+                    .await?
+                    .with_context(|| format!("failed to rebuild the index of shard {shard_id}"))?;
+                tracing::info!(
+                    shard = shard_id.0,
+                    entries,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "index rebuilt in the new format"
+                );
+            }
             if info.format_version < crate::datadir::ROLLUPS_SINCE {
                 // Before its Raft group starts, so no apply races the rebuild.
                 let shard = shard.clone();

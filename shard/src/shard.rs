@@ -2,7 +2,7 @@
 //! applied Raft state. The Raft state machine ([`crate::ShardStateMachine`]) drives it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{
@@ -45,6 +45,11 @@ pub(crate) const DATA_COLUMN_FAMILIES: [&str; 7] = [
     crate::exceptions::CF_EXCEPTION_HOURLY,
     crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
 ];
+
+/// The directory of shard `id`'s index under the node's data directory.
+pub fn index_dir(data_dir: &Path, id: ShardId) -> PathBuf {
+    data_dir.join("index").join(format!("shard-{:04}", id.0))
+}
 
 /// Uncompressed size of the `entries` column family's data blocks.
 pub const ENTRIES_BLOCK_BYTES: usize = 16 << 10;
@@ -203,10 +208,7 @@ impl Shard {
     pub fn open(id: ShardId, db: Arc<DB>, config: ShardConfig) -> Result<Arc<Self>> {
         let index = ShardIndex::open(
             id,
-            &config
-                .data_dir
-                .join("index")
-                .join(format!("shard-{:04}", id.0)),
+            &index_dir(&config.data_dir, id),
             config.index_heap_bytes,
             config.index_persist,
         )?;
@@ -747,11 +749,7 @@ impl Shard {
             .as_ref()
             .map(|l| l.index())
             .unwrap_or(0);
-        let dir = self
-            .config
-            .data_dir
-            .join("index")
-            .join(format!("shard-{:04}", self.id.0));
+        let dir = index_dir(&self.config.data_dir, self.id);
         let index_bytes = std::fs::read_dir(&dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.metadata().ok())
@@ -779,6 +777,48 @@ impl Shard {
             self.persist_index()?;
         }
         Ok(committed)
+    }
+
+    /// Rebuilds the shard's index from its entries in RocksDB — the entries are the truth, the
+    /// index is derived from them — for an upgrade that changes the index's file format.
+    /// Returns the entries indexed. Call it before the shard's Raft group starts, so no apply
+    /// runs meanwhile.
+    pub fn rebuild_index(&self) -> Result<usize> {
+        const CHUNK: usize = 1024;
+        self.index.clear()?;
+        let applied = self
+            .applied_lock()
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
+        let cf = self.cf(CF_ENTRIES)?;
+        let from = keys::shard_prefix(self.id);
+        let end = keys::shard_end(self.id);
+        let mut chunk: Vec<StoredEntry> = Vec::with_capacity(CHUNK);
+        let mut count = 0;
+        let mut add = |chunk: &mut Vec<StoredEntry>| -> Result<()> {
+            self.index.add(applied, &chunk.iter().collect::<Vec<_>>())?;
+            count += chunk.len();
+            chunk.clear();
+            Ok(())
+        };
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+        {
+            let (key, value) = item?;
+            if key.as_ref() >= end.as_slice() {
+                break;
+            }
+            chunk.push(self.decode_entry(&key, &value)?);
+            if chunk.len() == CHUNK {
+                add(&mut chunk)?;
+            }
+        }
+        add(&mut chunk)?;
+        self.flush_index()?;
+        Ok(count)
     }
 
     /// Commits the index and writes the commit to disk now (shutdown, snapshot install,

@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 7"), "{recorded}");
+    assert!(recorded.contains("format_version = 8"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 7", "format_version = 99");
+        .replace("format_version = 8", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -131,32 +131,48 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     ];
     let before = top(&veil);
     assert_eq!(counts(&before), want, "{before}");
+    // And what only the index answers: full text with a field filter (i % 50 == 7: 6 entries).
+    let search = serde_json::json!({"query": "failed",
+        "filters": {"fields": {"user_id": "u7"}}, "limit": 0});
+    let searched = |veil: &Veil| veil.query(search.clone())["total"].clone();
+    veil.wait_for_query(search.clone(), "the entries searchable", |a| {
+        a["total"] == 6
+    });
     veil.stop();
 
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 7", "format_version = 2");
+        .replace("format_version = 8", "format_version = 2");
     std::fs::write(&path, text).unwrap();
+    // The index goes with the old format: only a rebuild from the entries can answer.
+    let index = dir.path().join("index");
+    assert!(std::fs::metadata(index.join("shard-0000"))
+        .unwrap()
+        .is_dir());
     let mut veil = Veil::start(dir.path(), &[]);
     // Counts, first and last seen, samples and metadata: all as before.
     assert_eq!(top(&veil), before, "rollups rebuilt from the minute rows");
+    assert_eq!(searched(&veil), 6, "index rebuilt from the entries");
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 7"), "{recorded}");
+    assert!(recorded.contains("format_version = 8"), "{recorded}");
 
-    // Formats 4, 5 and 6 differ only in what newer builds may write: they open as they are.
+    // Formats 4 to 7 differ in what newer builds may write and in the index's format: they
+    // open with their indexes rebuilt.
     for old in [
         "format_version = 4",
         "format_version = 5",
         "format_version = 6",
+        "format_version = 7",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 7", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 8", old)).unwrap();
         let mut veil = Veil::start(dir.path(), &[]);
         assert_eq!(top(&veil), before, "{old}");
+        assert_eq!(searched(&veil), 6, "{old}");
         veil.stop();
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 7"), "{recorded}");
+        assert!(recorded.contains("format_version = 8"), "{recorded}");
     }
 }
 
