@@ -75,8 +75,9 @@ pub fn open_or_create(
             let info: DataDirInfo = toml::from_str(&text).with_context(|| {
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
-            // Formats 2 and 3 differ only by lacking hourly rollups, which the node rebuilds from
-            // the minute rows at start; 4 and 5 read as they are (then the current format is recorded).
+            // Older formats are upgraded at start: 2 and 3 get their hourly rollups rebuilt
+            // from the minute rows, and every one before 8 its indexes rebuilt from the entries
+            // (then the current format is recorded).
             if info.format_version != FORMAT_VERSION && !UPGRADABLE.contains(&info.format_version) {
                 bail!(
                     "data directory {} has on-disk format {}, this build reads only format {FORMAT_VERSION}",

@@ -64,38 +64,12 @@ pub struct Node {
     /// its changes are logged).
     disk_low: AtomicBool,
     db: Arc<rocksdb::DB>,
+    /// The names of `db`'s column families.
+    column_families: Vec<String>,
     /// The Raft log's fsync thread, stopped at close.
     syncer: LogSyncer,
     /// The index-commit loop, stopped at shutdown.
     committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-impl Node {
-    /// Each RocksDB column family's SST and memtable bytes, for `GET /metrics` (RocksDB's
-    /// `total-sst-files-size` and `cur-size-all-mem-tables`; a family whose numbers cannot be
-    /// read is left out).
-    pub fn store_sizes(&self) -> Vec<crate::metrics::StoreLine> {
-        let mut names = veil_raft::column_families();
-        names.extend(veil_shard::column_families());
-        names
-            .iter()
-            .filter_map(|cf| {
-                let name = cf.name();
-                let handle = self.db.cf_handle(name)?;
-                let int = |property: &str| {
-                    self.db
-                        .property_int_value_cf(&handle, property)
-                        .ok()
-                        .flatten()
-                };
-                Some(crate::metrics::StoreLine {
-                    cf: name.to_string(),
-                    sst_bytes: int("rocksdb.total-sst-files-size")?,
-                    memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
-                })
-            })
-            .collect()
-    }
 }
 
 /// What `Node::compact` did.
@@ -165,7 +139,9 @@ pub enum EntryResult {
     Rejected(ApiError),
 }
 
-fn open_db(config: &NodeConfig) -> anyhow::Result<Arc<rocksdb::DB>> {
+/// Opens the node's RocksDB with every column family the Raft logs and the shards need;
+/// returns it with the families' names.
+fn open_db(config: &NodeConfig) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>)> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -173,10 +149,11 @@ fn open_db(config: &NodeConfig) -> anyhow::Result<Arc<rocksdb::DB>> {
     opts.set_max_total_wal_size(config.wal_bytes_max);
     let mut cfs = veil_raft::column_families();
     cfs.extend(veil_shard::column_families());
+    let names = cfs.iter().map(|cf| cf.name().to_string()).collect();
     let path = config.data_dir.join("db");
     let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
         .with_context(|| format!("failed to open rocksdb at {}", path.display()))?;
-    Ok(Arc::new(db))
+    Ok((Arc::new(db), names))
 }
 
 impl Node {
@@ -194,7 +171,7 @@ impl Node {
             PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
         let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
             .context("PII patterns")?;
-        let db = open_db(&config)?;
+        let (db, column_families) = open_db(&config)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
         let raft_config = Arc::new(
@@ -301,6 +278,7 @@ impl Node {
             shard_map,
             groups,
             db,
+            column_families,
             syncer,
             committer: std::sync::Mutex::new(None),
         });
@@ -519,6 +497,29 @@ impl Node {
         if let Err(e) = shard.commit_index() {
             tracing::error!(shard_id = %shard.id(), error = %e, "index commit failed");
         }
+    }
+
+    /// Each RocksDB column family's SST and memtable bytes, for `GET /metrics` (RocksDB's
+    /// `total-sst-files-size` and `cur-size-all-mem-tables`; a family whose numbers cannot be
+    /// read is left out).
+    pub fn store_sizes(&self) -> Vec<crate::metrics::StoreLine> {
+        self.column_families
+            .iter()
+            .filter_map(|name| {
+                let handle = self.db.cf_handle(name)?;
+                let int = |property: &str| {
+                    self.db
+                        .property_int_value_cf(&handle, property)
+                        .ok()
+                        .flatten()
+                };
+                Some(crate::metrics::StoreLine {
+                    cf: name.clone(),
+                    sst_bytes: int("rocksdb.total-sst-files-size")?,
+                    memtable_bytes: int("rocksdb.cur-size-all-mem-tables")?,
+                })
+            })
+            .collect()
     }
 
     /// Free bytes on the data directory's filesystem (what an unprivileged writer may use);
@@ -756,12 +757,10 @@ impl Node {
             purged_entries += applied - purged.unwrap_or(0);
         }
         let db = self.db.clone();
+        let names = self.column_families.clone();
         let shards: Vec<Arc<Shard>> = self.groups.iter().map(|g| g.shard.clone()).collect();
         let segments_merged = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-            let mut names = veil_raft::column_families();
-            names.extend(veil_shard::column_families());
-            for cf in names {
-                let name = cf.name().to_string();
+            for name in names {
                 let handle = db
                     .cf_handle(&name)
                     .with_context(|| format!("column family {name} is missing"))?;

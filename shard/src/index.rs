@@ -28,7 +28,7 @@ use tantivy::query::{
 };
 use tantivy::schema::{
     DateOptions, DateTimePrecision, Field, IndexRecordOption, JsonObjectOptions, Schema,
-    TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING, TEXT,
+    TextFieldIndexing, TextOptions, FAST, STORED, STRING, TEXT,
 };
 use tantivy::{
     DateTime, DocAddress, DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy,
@@ -65,82 +65,47 @@ struct Fields {
 /// their CPU priority and waits for this many to exist).
 pub const MERGE_THREADS: usize = 4;
 
-/// The index schemas Veil has created, oldest first. Tantivy opens an index only with the
-/// schema it was created with, so every one of them still opens; new indexes get the last.
-/// The fields, and so their ids, are the same in all of them: only their options differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SchemaVersion {
-    /// Field norms on every text field; the timestamp indexed (by second) as well as fast.
-    Norms,
-    /// No field norms: no query ranks by score (they were 0.04 bytes on disk per raw byte).
-    NoNorms,
-    /// And the timestamp only a fast field: range queries read the fast field (tantivy picks
-    /// it whenever the field is fast), so its postings and per-document norm byte were
-    /// written and merged for nothing.
-    FastTimestamp,
-}
-
-impl SchemaVersion {
-    const ALL: [SchemaVersion; 3] = [Self::Norms, Self::NoNorms, Self::FastTimestamp];
-    const NEW: SchemaVersion = Self::FastTimestamp;
-}
-
-/// The schema new indexes get.
+/// The schema of every index: no field norms (no query ranks by score; they were 0.04 bytes
+/// on disk per raw byte), and the timestamp only a fast field (range queries read the fast
+/// field — tantivy picks it whenever the field is fast — so postings and a per-document norm
+/// byte for it were written and merged for nothing). Indexes created with older schemas live
+/// only in directories before format 8, whose indexes are rebuilt at open (`datadir.rs`).
 fn schema() -> (Schema, Fields) {
-    schema_of(SchemaVersion::NEW)
-}
-
-/// The settings new indexes get: the document store compressed with zstd. Documents store
-/// nothing now, but the store still keeps a 4-byte offset per document that lz4 (tantivy's
-/// default) leaves as it is. Settings are kept in the index's meta, so older indexes keep lz4.
-fn index_settings() -> tantivy::IndexSettings {
-    tantivy::IndexSettings {
-        docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
-        ..Default::default()
-    }
-}
-
-fn schema_of(version: SchemaVersion) -> (Schema, Fields) {
-    let fieldnorms = version == SchemaVersion::Norms;
-    let norms = |opts: TextOptions| match opts.get_indexing_options() {
+    let no_norms = |opts: TextOptions| match opts.get_indexing_options() {
         Some(indexing) => {
-            let indexing = indexing.clone().set_fieldnorms(fieldnorms);
+            let indexing = indexing.clone().set_fieldnorms(false);
             opts.set_indexing_options(indexing)
         }
         None => opts,
     };
     let mut b = Schema::builder();
-    // Stored by earlier versions, never read now: kept so their indexes' schema still matches
-    // (tantivy opens an index only with the schema it was created with).
+    // Stored by versions before data format 6, never read or written now. It stays so that
+    // the field ids, and so the schema of the indexes format 8 created, do not change.
     b.add_bytes_field("key", STORED);
-    let timestamp_options = match version {
-        SchemaVersion::Norms | SchemaVersion::NoNorms => DateOptions::from(INDEXED),
-        SchemaVersion::FastTimestamp => DateOptions::default(),
-    };
     let timestamp = b.add_date_field(
         "timestamp",
-        timestamp_options
+        DateOptions::default()
             .set_fast()
             .set_precision(DateTimePrecision::Microseconds),
     );
     let log_id_hi = b.add_u64_field("log_id_hi", FAST);
     let log_id_lo = b.add_u64_field("log_id_lo", FAST);
-    let keyword = norms(STRING | FAST);
+    let keyword = no_norms(STRING | FAST);
     let service = b.add_text_field("service", keyword.clone());
     let level = b.add_text_field("level", keyword.clone());
     let environment = b.add_text_field("environment", keyword.clone());
     let region = b.add_text_field("region", keyword.clone());
     let host = b.add_text_field("host", keyword.clone());
     let exception_type = b.add_text_field("exception_type", keyword);
-    let message = b.add_text_field("message", norms(TEXT));
-    let exception_message = b.add_text_field("exception_message", norms(TEXT));
-    let stack_trace = b.add_text_field("stack_trace", norms(TEXT));
+    let message = b.add_text_field("message", no_norms(TEXT));
+    let exception_message = b.add_text_field("exception_message", no_norms(TEXT));
+    let stack_trace = b.add_text_field("stack_trace", no_norms(TEXT));
     let json = JsonObjectOptions::default()
         .set_indexing_options(
             TextFieldIndexing::default()
                 .set_tokenizer("raw")
                 .set_index_option(IndexRecordOption::Basic)
-                .set_fieldnorms(fieldnorms),
+                .set_fieldnorms(false),
         )
         .set_fast("raw");
     let fields = b.add_json_field("fields", json);
@@ -160,6 +125,16 @@ fn schema_of(version: SchemaVersion) -> (Schema, Fields) {
         fields,
     };
     (b.build(), f)
+}
+
+/// The settings indexes are created with: the document store compressed with zstd. Documents
+/// store nothing, but the store still keeps a 4-byte offset per document that lz4 (tantivy's
+/// default) leaves as it is.
+fn index_settings() -> tantivy::IndexSettings {
+    tantivy::IndexSettings {
+        docstore_compression: tantivy::store::Compressor::Zstd(Default::default()),
+        ..Default::default()
+    }
 }
 
 /// Documents applied while the writer was busy committing, and the Raft index they reach.
@@ -256,7 +231,7 @@ impl ShardIndex {
         let index = if Index::exists(&directory).map_err(tantivy::TantivyError::from)? {
             let index = Index::open(directory.clone())?;
             let found = index.schema();
-            if !SchemaVersion::ALL.iter().any(|v| schema_of(*v).0 == found) {
+            if found != schema {
                 return Err(Error::Corrupt {
                     shard_id,
                     reason: format!("index in {} has another schema", dir.display()),
@@ -1130,7 +1105,7 @@ mod tests {
     }
 
     #[test]
-    fn new_indexes_are_lean_and_every_older_schema_opens() {
+    fn indexes_are_lean_and_another_schema_is_refused() {
         let policy = PersistPolicy::default();
         let fresh = tempfile::tempdir().unwrap();
         let index = ShardIndex::open(ShardId(0), fresh.path(), 15_000_000, policy).unwrap();
@@ -1160,31 +1135,29 @@ mod tests {
         assert_eq!(in_range(&index, t0 + 2, t0 + 3), 2);
         assert_eq!(in_range(&index, t0 + 4, t0 + 1_000_000), 0);
 
-        // Indexes as earlier builds created them (field norms; the timestamp indexed too; lz4).
-        for version in [SchemaVersion::Norms, SchemaVersion::NoNorms] {
-            let old = tempfile::tempdir().unwrap();
-            {
-                let (legacy, f) = schema_of(version);
-                assert_ne!(legacy, schema);
-                let index = Index::create_in_dir(old.path(), legacy).unwrap();
-                let mut writer: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-                let mut doc = TantivyDocument::new();
-                doc.add_date(f.timestamp, DateTime::from_timestamp_micros(t0 + 7));
-                doc.add_u64(f.log_id_hi, 0);
-                doc.add_u64(f.log_id_lo, 7);
-                doc.add_text(f.service, "svc");
-                doc.add_text(f.message, "payment 7 failed");
-                writer.add_document(doc).unwrap();
-                writer.commit().unwrap();
+        // An index created with another schema (here: the timestamp indexed as well, as
+        // before format 7) is not opened as if it were this one.
+        let other = tempfile::tempdir().unwrap();
+        {
+            let mut b = Schema::builder();
+            for (_, entry) in schema.fields() {
+                let entry = if entry.name() == "timestamp" {
+                    tantivy::schema::FieldEntry::new_date(
+                        "timestamp".into(),
+                        DateOptions::from(tantivy::schema::INDEXED)
+                            .set_fast()
+                            .set_precision(DateTimePrecision::Microseconds),
+                    )
+                } else {
+                    entry.clone()
+                };
+                b.add_field(entry);
             }
-            let index = ShardIndex::open(ShardId(0), old.path(), 15_000_000, policy).unwrap();
-            assert_eq!(total(&index, "payment"), 1, "{version:?}");
-            index.add(2, &[&entry(2)]).unwrap();
-            index.commit().unwrap();
-            assert_eq!(total(&index, "payment"), 2, "{version:?}");
-            assert_eq!(total(&index, "\"payment 2 failed\""), 1, "{version:?}");
-            assert_eq!(in_range(&index, t0 + 2, t0 + 7), 2, "{version:?}");
-            assert_eq!(in_range(&index, t0 + 3, t0 + 7), 1, "{version:?}");
+            Index::create_in_dir(other.path(), b.build()).unwrap();
         }
+        assert!(matches!(
+            ShardIndex::open(ShardId(0), other.path(), 15_000_000, policy),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

@@ -28,7 +28,7 @@ pub const CF_INDEX_QUEUE: &str = "index_queue";
 /// Column family of each shard's applied state and snapshot record.
 pub const CF_SHARD_META: &str = "shard_meta";
 
-const META_APPLIED: u8 = 1;
+pub(crate) const META_APPLIED: u8 = 1;
 /// A snapshot record with a file (`LegacySnapshotRecord`), written before snapshots were live.
 const META_SNAPSHOT_FILE: u8 = 2;
 /// The current snapshot's metadata: the durable state machine is the snapshot.
@@ -740,15 +740,19 @@ impl Shard {
         Ok(out)
     }
 
-    /// Cheap numbers for monitoring: the applied and the searchable Raft index, the searchable
-    /// documents, and the bytes of the shard's index directory.
-    pub fn stats(&self) -> ShardStats {
-        let applied_index = self
-            .applied_lock()
+    /// The last Raft index applied (0 before the first).
+    fn applied_index(&self) -> u64 {
+        self.applied_lock()
             .last_applied
             .as_ref()
             .map(|l| l.index())
-            .unwrap_or(0);
+            .unwrap_or(0)
+    }
+
+    /// Cheap numbers for monitoring: the applied and the searchable Raft index, the searchable
+    /// documents, and the bytes of the shard's index directory.
+    pub fn stats(&self) -> ShardStats {
+        let applied_index = self.applied_index();
         let dir = index_dir(&self.config.data_dir, self.id);
         let index_bytes = std::fs::read_dir(&dir)
             .map(|rd| {
@@ -786,12 +790,7 @@ impl Shard {
     pub fn rebuild_index(&self) -> Result<usize> {
         const CHUNK: usize = 1024;
         self.index.clear()?;
-        let applied = self
-            .applied_lock()
-            .last_applied
-            .as_ref()
-            .map(|l| l.index())
-            .unwrap_or(0);
+        let applied = self.applied_index();
         let cf = self.cf(CF_ENTRIES)?;
         let from = keys::shard_prefix(self.id);
         let end = keys::shard_end(self.id);

@@ -204,7 +204,7 @@ fn write_file(shard: &Shard) -> Result<(SnapshotMeta, PathBuf)> {
     let snap = db.snapshot();
     let applied: AppliedState = match snap.get_cf(
         shard.cf(crate::shard::CF_SHARD_META)?,
-        keys::meta_key(shard.id(), 1),
+        keys::meta_key(shard.id(), crate::shard::META_APPLIED),
     )? {
         Some(bytes) => bincode::deserialize(&bytes).map_err(bincode_err(shard))?,
         None => AppliedState::default(),
