@@ -251,7 +251,7 @@ impl Node {
             .iter()
             .map(|g| {
                 crate::proposer::Proposer::start(
-                    g.shard.id(),
+                    g.shard.clone(),
                     g.raft.clone(),
                     metrics.clone(),
                     config.ingest_inflight_max,
@@ -308,6 +308,7 @@ impl Node {
                 },
                 shard_map,
                 rollup_cache_entries: config.exception_cache_entries / info.shards.max(1) as usize,
+                proposals_kept: config.raft_proposals_inflight_max,
             };
             // An index in an older file format cannot even be opened: it goes, and is rebuilt
             // from the shard's entries below. The directory records the new format only once

@@ -15,7 +15,7 @@ use std::time::Instant;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use veil_raft::Command;
-use veil_shard::{EntryOutcome, ShardCommand, ShardId, StoredEntry};
+use veil_shard::{EntryOutcome, Shard, ShardCommand, ShardId, StoredEntry};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -43,7 +43,7 @@ impl Proposer {
     /// it waits to enqueue); `entries_max` bounds a Raft entry; `inflight_max` bounds the Raft
     /// entries proposed and not yet applied.
     pub fn start(
-        shard: ShardId,
+        shard: Arc<Shard>,
         raft: ShardRaft,
         metrics: Arc<Metrics>,
         queue_max: usize,
@@ -51,6 +51,7 @@ impl Proposer {
         inflight_max: usize,
     ) -> (Proposer, tokio::task::JoinHandle<()>) {
         let (queue, parts) = mpsc::channel(queue_max.max(1));
+        let id = shard.id();
         let task = tokio::spawn(run(
             shard,
             raft,
@@ -59,7 +60,7 @@ impl Proposer {
             entries_max.max(1),
             Arc::new(Semaphore::new(inflight_max.max(1))),
         ));
-        (Proposer { shard, queue }, task)
+        (Proposer { shard: id, queue }, task)
     }
 
     /// Proposes `entries` (at most `entries_max` of them) and returns their outcomes once the
@@ -86,7 +87,7 @@ impl Proposer {
 }
 
 async fn run(
-    shard: ShardId,
+    shard: Arc<Shard>,
     raft: ShardRaft,
     metrics: Arc<Metrics>,
     mut parts: mpsc::Receiver<Part>,
@@ -126,10 +127,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (raft, metrics) = (raft.clone(), metrics.clone());
+        let (raft, metrics, shard) = (raft.clone(), metrics.clone(), shard.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = propose(shard, &raft, minted, entries).await;
+            let result = propose(&shard, &raft, minted, entries).await;
             metrics.raft_commit_latency.observe(started.elapsed());
             drop(permit);
             answer(replies, result);
@@ -147,22 +148,28 @@ fn take(
     entries.append(&mut part.entries);
 }
 
-/// Proposes `entries` as one Raft entry; returns their outcomes once it is applied.
+/// Proposes `entries` as one Raft entry; returns their outcomes once it is applied. The
+/// command stays with the shard's [`veil_shard::Proposals`] meanwhile, so that applying it here
+/// does not decode what was just encoded.
 async fn propose(
-    shard: ShardId,
+    proposing: &Shard,
     raft: &ShardRaft,
     minted: bool,
     entries: Vec<StoredEntry>,
 ) -> Reply {
+    let shard = proposing.id();
     let count = entries.len();
     let command = if minted {
         ShardCommand::AppendMinted(entries)
     } else {
         ShardCommand::Append(entries)
     };
+    let bytes = command.encode();
+    let ticket = proposing.proposals().put(bytes.clone(), command);
     let response = raft
-        .client_write(Command(command.encode()))
+        .client_write(Command(bytes))
         .await
+        .inspect_err(|_| proposing.proposals().withdraw(ticket))
         .map_err(|e| match e {
             RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::unavailable(
                 "no_leader",

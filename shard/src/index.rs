@@ -443,15 +443,14 @@ impl ShardIndex {
             }
         }
         doc.add_text(f.message, &e.message);
-        if let Ok(serde_json::Value::Object(map)) =
+        // tantivy reads a `serde_json::Value` as a document value directly, with the leaf
+        // types of its `OwnedValue::from` (numbers as i64 first, RFC 3339 strings as dates);
+        // the object's keys come sorted from serde_json's map, as `add_object`'s did.
+        if let Ok(fields @ serde_json::Value::Object(_)) =
             serde_json::from_str::<serde_json::Value>(&e.fields_json)
         {
-            if !map.is_empty() {
-                if let tantivy::schema::OwnedValue::Object(obj) =
-                    tantivy::schema::OwnedValue::from(map)
-                {
-                    doc.add_object(f.fields, obj.into_iter().collect());
-                }
+            if fields.as_object().is_some_and(|m| !m.is_empty()) {
+                doc.add_field_value(f.fields, &fields);
             }
         }
         doc
@@ -1102,6 +1101,59 @@ mod tests {
             ..Default::default()
         };
         index.search(&query).unwrap().0
+    }
+
+    /// The free fields go into the document as `add_object` of tantivy's `OwnedValue` put them
+    /// (the conversion this replaced, kept here as the oracle): same leaf types, same order.
+    #[test]
+    fn free_fields_are_added_as_owned_values_were() {
+        use tantivy::Document as _;
+        let dir = tempfile::tempdir().unwrap();
+        let index =
+            ShardIndex::open(ShardId(0), dir.path(), 15_000_000, PersistPolicy::default()).unwrap();
+        let cases = [
+            r#"{}"#,
+            r#"{"user_id":"u1"}"#,
+            r#"{"a":-3,"b":3,"c":18446744073709551615,"d":9223372036854775807,"e":1.5,"f":-0.0}"#,
+            r#"{"at":"2024-05-01T10:00:00Z","bad_date":"2024-13-01T10:00:00Z","n":"12 apples","s":"x"}"#,
+            r#"{"z":{"y":[1,"two",{"three":3.0}],"x":null},"b":true,"a":false,"list":[]}"#,
+            r#"{"nested":{"deeper":{"deepest":"2023-01-01T00:00:00+02:00"}}}"#,
+            r#"not json"#,
+            r#"["an","array"]"#,
+        ];
+        for fields_json in cases {
+            let mut e = entry(1);
+            e.fields_json = fields_json.into();
+            let mut expected = TantivyDocument::new();
+            let f = &index.fields;
+            expected.add_date(f.timestamp, DateTime::from_timestamp_micros(e.timestamp_us));
+            let id = e.log_id.as_u128();
+            expected.add_u64(f.log_id_hi, (id >> 64) as u64);
+            expected.add_u64(f.log_id_lo, id as u64);
+            expected.add_text(f.service, &e.service);
+            expected.add_text(f.level, e.level.as_str());
+            expected.add_text(f.host, e.host.as_deref().unwrap());
+            expected.add_text(f.message, &e.message);
+            if let Ok(serde_json::Value::Object(map)) =
+                serde_json::from_str::<serde_json::Value>(&e.fields_json)
+            {
+                if !map.is_empty() {
+                    if let tantivy::schema::OwnedValue::Object(obj) =
+                        tantivy::schema::OwnedValue::from(map)
+                    {
+                        expected.add_object(f.fields, obj.into_iter().collect());
+                    }
+                }
+            }
+            let schema = index.index.schema();
+            let got = index.document(&e);
+            assert_eq!(
+                got.to_json(&schema),
+                expected.to_json(&schema),
+                "{fields_json}"
+            );
+            assert!(got == expected, "{fields_json}");
+        }
     }
 
     #[test]

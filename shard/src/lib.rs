@@ -14,6 +14,7 @@
 //!     shard_map: ShardMap::new(16),
 //!     rollup_cache_entries: 1 << 20,
 //!     index_persist: Default::default(), // in memory until every 10 s or 16 MiB
+//!     proposals_kept: 2,
 //! };
 //! let shard = Shard::open(ShardId(0), db, config)?;
 //! let state_machine = ShardStateMachine::new(shard.clone()); // hand to openraft
@@ -28,6 +29,7 @@ pub mod exceptions;
 mod index;
 mod index_dir;
 pub mod keys;
+mod proposals;
 mod query;
 pub mod query_lang;
 pub mod rollups;
@@ -40,6 +42,7 @@ pub use entry::{
 };
 pub use error::{Error, Result};
 pub use index::{PersistPolicy, ShardIndex, MERGE_THREADS};
+pub use proposals::{Proposals, Ticket};
 pub use query::{
     order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField, SortKey,
     SortOrder,

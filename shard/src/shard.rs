@@ -15,6 +15,7 @@ use crate::entry::{decode_entry, encode_entry, EntryOutcome, ShardCommand, Store
 use crate::exceptions::{self, CounterFilter, ExceptionCounts, CF_EXCEPTIONS};
 use crate::index::ShardIndex;
 use crate::keys;
+use crate::proposals::Proposals;
 use crate::query::{ShardHits, ShardQuery};
 use crate::rollups::{self, Block, BlockNumbers, HoursNumbers, RollupCache, WindowNumbers};
 use crate::{Error, Result, ShardId, ShardMap};
@@ -150,6 +151,10 @@ pub struct ShardConfig {
     pub rollup_cache_entries: usize,
     /// When the shard's index commits are written to disk.
     pub index_persist: crate::index::PersistPolicy,
+    /// Most commands this node proposed that the shard keeps decoded until it applies them
+    /// (see [`crate::Proposals`]); the node's Raft entries in flight per shard. 0: apply
+    /// decodes every entry.
+    pub proposals_kept: usize,
 }
 
 /// The state the shard has applied, persisted with every applied Raft entry.
@@ -200,6 +205,8 @@ pub struct Shard {
     pub(crate) applied: Mutex<AppliedState>,
     /// Per-block exception numbers for unfiltered rankings (see `rollups`).
     pub(crate) rollups: RollupCache,
+    /// Commands proposed on this node, for apply to take back instead of decoding.
+    proposals: Proposals,
 }
 
 impl Shard {
@@ -217,6 +224,7 @@ impl Shard {
             db,
             index,
             rollups: RollupCache::new(config.rollup_cache_entries),
+            proposals: Proposals::new(config.proposals_kept),
             config,
             applied: Mutex::new(AppliedState::default()),
         };
@@ -232,6 +240,12 @@ impl Shard {
     /// Returns the shard's id.
     pub fn id(&self) -> ShardId {
         self.id
+    }
+
+    /// Commands proposed on this node and not applied yet: a proposer leaves each command it
+    /// encodes here, and apply takes it back instead of decoding the Raft entry's bytes.
+    pub fn proposals(&self) -> &Proposals {
+        &self.proposals
     }
 
     pub(crate) fn applied_lock(&self) -> std::sync::MutexGuard<'_, AppliedState> {

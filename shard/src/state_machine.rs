@@ -93,7 +93,10 @@ impl RaftStateMachine<TypeConfig> for ShardStateMachine {
                 EntryPayload::Normal(command) => {
                     let shard = self.shard.clone();
                     let outcomes = blocking(move || {
-                        let command = ShardCommand::decode(shard.id(), &command.0)?;
+                        let command = match shard.proposals().take(&command.0) {
+                            Some(proposed) => proposed,
+                            None => ShardCommand::decode(shard.id(), &command.0)?,
+                        };
                         shard.apply_command(log_id, command)
                     })
                     .await?;

@@ -58,6 +58,7 @@ fn open_with(
         shard_map: ShardMap::new(SHARDS),
         rollup_cache_entries: 100_000,
         index_persist,
+        proposals_kept: 4,
     };
     Shard::open(ShardId(1), db, config).expect("open shard")
 }
@@ -124,6 +125,38 @@ async fn snapshot_of(
     let (shard, mut sm) = holding(dir, open_db(dir), count).await;
     let snapshot = build_snapshot(&mut sm).await;
     (shard, snapshot)
+}
+
+/// A command this node proposed is applied from the shard's proposals (not decoded), and only
+/// when the Raft entry's bytes are exactly its encoding: a different entry's bytes are decoded
+/// and what they hold is stored, not a proposed command's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposed_commands_are_applied_without_decoding_only_for_their_own_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let shard = open(dir.path(), db);
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let held = |n: u64| {
+        let e = entry_for(ShardId(1), n);
+        shard.lookup_log_id(e.log_id).unwrap().is_some()
+    };
+    let proposed = ShardCommand::Append((0..3).map(|n| entry_for(ShardId(1), n)).collect());
+    shard.proposals().put(proposed.encode(), proposed.clone());
+    apply_command(&mut sm, 1, proposed).await;
+    assert_eq!(shard.proposals().taken(), 1);
+    assert!(shard.proposals().is_empty());
+    assert!((0..3).all(held));
+
+    // Proposed here but never committed (say, leadership moved): another entry is applied.
+    let stale = ShardCommand::Append(vec![entry_for(ShardId(1), 10)]);
+    shard.proposals().put(stale.encode(), stale);
+    apply(&mut sm, 2, vec![entry_for(ShardId(1), 11)]).await;
+    assert_eq!(shard.proposals().taken(), 1, "decoded, not taken");
+    assert!(held(11));
+    assert!(!held(10), "a proposal is applied only from its own bytes");
+    assert_eq!(shard.entry_count().unwrap(), 4);
+    shard.commit_index().unwrap();
+    assert_eq!(searchable(&shard), 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

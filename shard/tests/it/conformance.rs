@@ -33,6 +33,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
             shard_map: ShardMap::new(16),
             rollup_cache_entries: 0,
             index_persist: Default::default(),
+            proposals_kept: 0,
         };
         let shard = Shard::open(ShardId(7), db, config).expect("open shard");
         Ok((dir, store, ShardStateMachine::new(shard)))
