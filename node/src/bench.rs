@@ -78,6 +78,10 @@ pub struct IngestArgs {
     /// Give every entry an idempotency key.
     #[arg(long)]
     idempotency_keys: bool,
+    /// The batch answer asked for (`?answer=`): `full` lists every entry's result, `summary`
+    /// only the rejected ones, as a log shipper that needs no log_ids would ask.
+    #[arg(long, default_value = "full", value_parser = ["full", "summary"])]
+    answer: String,
     /// Give every entry an exception of one of this many types (Zipf-skewed; with S services
     /// that makes up to S × N distinct exceptions), with levels ERROR/WARN/FATAL, two
     /// environments and two regions; 0 keeps the templates' own ERROR exceptions.
@@ -363,7 +367,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(a.concurrency)
         .build()?;
     let held_before = count_once(&client, &a.target, &services).await?;
-    let url = format!("http://{}/api/v1/logs", a.target);
+    let url = format!("http://{}/api/v1/logs?answer={}", a.target, a.answer);
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -529,6 +533,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let h = histogram.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let result = json!({
         "entries_acknowledged": acked,
+        "answer": a.answer,
         "requests_failed": failed,
         "seconds": elapsed,
         "entries_per_second": acked as f64 / elapsed,

@@ -115,7 +115,8 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
 /// One entry's answer, in the seed's shape.
 #[derive(Debug, Serialize)]
 pub struct EntryAnswer {
-    pub log_id: String,
+    /// Written as the hyphenated lowercase text (uuid's serde form), with no `String` between.
+    pub log_id: uuid::Uuid,
     pub status: &'static str,
     pub pii_detected: Vec<String>,
     pub pii_masked: bool,
@@ -124,7 +125,7 @@ pub struct EntryAnswer {
 impl From<Stored> for EntryAnswer {
     fn from(s: Stored) -> Self {
         EntryAnswer {
-            log_id: s.log_id.to_string(),
+            log_id: s.log_id,
             status: s.status(),
             pii_detected: s.pii_detected,
             pii_masked: s.pii_masked,
@@ -193,6 +194,9 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 struct IngestParams {
     /// Forces the text format: auto, logfmt, syslog, clf, plain (text/plain bodies).
     format: Option<String>,
+    /// What a batch's answer lists: `full` (default) every entry's result, `summary` only the
+    /// rejected ones (the counts are the same).
+    answer: Option<String>,
 }
 
 async fn ingest_logs(
@@ -214,6 +218,17 @@ async fn ingest_logs_timed(
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = body_kind(&headers)?;
+    let summary = match params.answer.as_deref() {
+        None | Some("full") => false,
+        Some("summary") => true,
+        Some(a) => {
+            return Err(ApiError::bad_request(
+                "invalid_answer",
+                format!("answer {a:?} is not full or summary"),
+            )
+            .with_field("answer"))
+        }
+    };
     let format = match params.format.as_deref() {
         None | Some("json") => Format::Auto,
         Some(f) => Format::parse(f).ok_or_else(|| {
@@ -269,13 +284,15 @@ async fn ingest_logs_timed(
     let mut answer = BatchAnswer {
         accepted: 0,
         rejected: 0,
-        results: Vec::with_capacity(results.len()),
+        results: Vec::with_capacity(if summary { 0 } else { results.len() }),
     };
     for (result, line) in results.into_iter().zip(lines) {
         match result {
             EntryResult::Stored(stored) => {
                 answer.accepted += 1;
-                answer.results.push(BatchItem::Stored(stored.into()));
+                if !summary {
+                    answer.results.push(BatchItem::Stored(stored.into()));
+                }
             }
             EntryResult::Rejected(error) => {
                 answer.rejected += 1;

@@ -77,7 +77,8 @@ fn bench_ingest_and_query_report_consistent_numbers() {
     );
     assert_eq!(r["exception_probes_missed"], 0, "{r}");
 
-    // A second run into the same services is checked on what it added.
+    // A second run into the same services is checked on what it added; it asks for summary
+    // answers, which carry the counts it relies on.
     let again = bench(&[
         "ingest",
         "--target",
@@ -90,8 +91,15 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         "5",
         "--run-name",
         "smoke",
+        "--answer",
+        "summary",
         "--json",
     ]);
+    assert_eq!(again["answer"], "summary", "{again}");
+    assert!(
+        again["entries_acknowledged"].as_u64().unwrap() >= 100,
+        "{again}"
+    );
     assert_eq!(again["verified"], true, "{again}");
     assert_eq!(
         again["entries_held"], again["entries_acknowledged"],

@@ -118,6 +118,59 @@ fn http_ingest_then_query_finds_the_entries() {
     assert_eq!(answer["error"]["code"], "invalid_query");
 }
 
+/// `?answer=summary` lists only the rejected entries (with their lines) and the same counts as
+/// the full answer; the entries are stored all the same. An unknown answer form is a 400.
+#[test]
+fn a_summary_answer_lists_only_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &[]);
+    let batch = |tag: &str| {
+        [
+            json!({"service": "sum", "message": format!("{tag} one")}),
+            json!({"message": format!("{tag} no service")}),
+            json!({"service": "sum", "message": format!("{tag} two")}),
+            json!({"service": "sum", "message": format!("{tag} three")}),
+        ]
+        .iter()
+        .map(|e| e.to_string() + "\n")
+        .collect::<String>()
+    };
+    let (status, full) = veil.post("/api/v1/logs", "application/x-ndjson", batch("full"));
+    assert_eq!(status, 200, "{full}");
+    assert_eq!(
+        (full["accepted"].clone(), full["rejected"].clone()),
+        (json!(3), json!(1))
+    );
+    assert_eq!(full["results"].as_array().unwrap().len(), 4);
+
+    let (status, summary) = veil.post(
+        "/api/v1/logs?answer=summary",
+        "application/x-ndjson",
+        batch("summary"),
+    );
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["accepted"], 3);
+    assert_eq!(summary["rejected"], 1);
+    let results = summary["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{summary}");
+    assert_eq!(results[0]["status"], "rejected");
+    assert_eq!(results[0]["line"], 2);
+    assert_eq!(results[0]["error"]["code"], "missing_service");
+    veil.wait_for_query(
+        json!({"query": "summary", "filters": {"services": ["sum"]}}),
+        "the summary batch's entries",
+        |a| a["total"] == 3,
+    );
+
+    let (status, bad) = veil.post(
+        "/api/v1/logs?answer=brief",
+        "application/x-ndjson",
+        batch("bad"),
+    );
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(bad["error"]["code"], "invalid_answer");
+}
+
 #[test]
 fn grpc_ingest_then_query_finds_the_entries() {
     let dir = tempfile::tempdir().unwrap();
