@@ -588,13 +588,14 @@ pub fn prepare(
 
 /// Measures masking in CPU time of the calling thread (a wall clock would count the time the
 /// thread waits for a core as masking), on one entry in `MaskClock::EVERY` per thread: reading
-/// the thread CPU clock is a system call, too dear for every entry (at one in 8, the two calls
-/// were 0.8 % of the node's CPU at full speed; at one in 64 a node taking 60,000 entries a
-/// second still times ~900 of them a second).
+/// the thread CPU clock is a system call (~0.77 µs on the development VM, part of every
+/// sample), too dear for every entry. One in 64 was tried: the two calls' 0.8 % of node CPU
+/// went, but the estimate rose from ~2.3 to 3.8–4.8 µs per entry against ~1.3 µs in a perf
+/// profile, for reasons not found (BENCHMARKS.md, session 8); one in 8 stays.
 struct MaskClock(u64);
 
 impl MaskClock {
-    const EVERY: u64 = 64;
+    const EVERY: u64 = 8;
 
     fn start() -> Option<MaskClock> {
         thread_local!(static SEEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) });
