@@ -200,9 +200,21 @@ async fn on_every_shard<T: Send + 'static>(
     what: &'static str,
     f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
 ) -> Result<Vec<T>, ApiError> {
+    on_shards(node, None, what, f).await
+}
+
+/// Runs `f` on the shards named in `only` (all when None) on the blocking pool, in parallel,
+/// and returns their answers.
+async fn on_shards<T: Send + 'static>(
+    node: &Arc<Node>,
+    only: Option<&[veil_shard::ShardId]>,
+    what: &'static str,
+    f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
+) -> Result<Vec<T>, ApiError> {
     let tasks: Vec<_> = node
         .groups
         .iter()
+        .filter(|g| only.is_none_or(|ids| ids.contains(&g.shard.id())))
         .map(|g| {
             let (shard, f) = (g.shard.clone(), f.clone());
             tokio::task::spawn_blocking(move || f(&shard))
@@ -219,14 +231,22 @@ async fn on_every_shard<T: Send + 'static>(
     Ok(answers)
 }
 
-/// Asks every shard for its counts of the window and adds them up.
+/// Asks the shards that can hold the filter's counters in the window for their counts and adds
+/// them up: with a service filter over a bounded window, only each (service, hour)'s shard
+/// (counters are written by the shard that applied the entry), as queries are planned.
 async fn gather(
     node: &Arc<Node>,
     window: Window,
     filter: CounterFilter,
     bucket_minutes: Option<i64>,
 ) -> Result<ExceptionCounts, ApiError> {
-    let parts = on_every_shard(node, "counting exceptions", move |shard| {
+    let shards = crate::query::shards_of_services(
+        &node.shard_map,
+        &filter.services,
+        window.start.div_euclid(60),
+        window.end.saturating_sub(1).div_euclid(60),
+    );
+    let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
         shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
     })
     .await?;

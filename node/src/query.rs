@@ -643,27 +643,66 @@ fn scalar(masker: &Masker, key: &str, value: &Value) -> Option<Scalar> {
 /// Picks the shards a query needs: with a service filter and a bounded time range, exactly the
 /// shards of each (service, hour); otherwise every shard.
 fn plan(node: &Node, q: &ShardQuery) -> Vec<ShardId> {
-    if let (false, Some(start), Some(end)) = (q.services.is_empty(), q.start_us, q.end_us) {
-        let (first, last) = (hour_of(start), hour_of(end));
-        if last >= first && last - first < PLANNED_HOURS_MAX {
-            let mut shards = BTreeSet::new();
-            for service in &q.services {
-                for hour in first..=last {
-                    shards.insert(node.shard_map.shard_for(service, hour));
-                }
-            }
-            return shards.into_iter().collect();
+    match (q.start_us, q.end_us) {
+        (Some(start), Some(end)) => {
+            shards_of_services(&node.shard_map, &q.services, hour_of(start), hour_of(end))
         }
-        if last < first {
-            return Vec::new();
+        _ => node.shard_map.shards().collect(),
+    }
+}
+
+/// The shards that hold what `services` logged in hours `first..=last` (entries, and the
+/// exception counters their apply wrote, route by service and hour): each (service, hour)'s
+/// shard; every shard when no service is named or the span is longer than
+/// `PLANNED_HOURS_MAX` hours; none when services are named and the span is empty.
+pub(crate) fn shards_of_services(
+    map: &veil_shard::ShardMap,
+    services: &[String],
+    first: i64,
+    last: i64,
+) -> Vec<ShardId> {
+    if services.is_empty() {
+        return map.shards().collect();
+    }
+    if last < first {
+        return Vec::new();
+    }
+    if last - first >= PLANNED_HOURS_MAX {
+        return map.shards().collect();
+    }
+    let mut shards = BTreeSet::new();
+    for service in services {
+        for hour in first..=last {
+            shards.insert(map.shard_for(service, hour));
         }
     }
-    node.shard_map.shards().collect()
+    shards.into_iter().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn named_services_over_a_bounded_span_ask_only_their_shards() {
+        let map = veil_shard::ShardMap::new(16);
+        let all: Vec<ShardId> = map.shards().collect();
+        let services = vec!["payments".to_string(), "search".to_string()];
+        let expected: BTreeSet<ShardId> = services
+            .iter()
+            .flat_map(|s| (480_000..=480_002).map(|h| map.shard_for(s, h)))
+            .collect();
+        let picked = shards_of_services(&map, &services, 480_000, 480_002);
+        assert_eq!(picked, expected.into_iter().collect::<Vec<_>>());
+        assert!(picked.len() < all.len());
+        assert_eq!(shards_of_services(&map, &[], 480_000, 480_002), all);
+        assert!(shards_of_services(&map, &services, 480_002, 480_000).is_empty());
+        assert_eq!(
+            shards_of_services(&map, &services, 0, PLANNED_HOURS_MAX),
+            all,
+            "a span too long to list is asked of every shard"
+        );
+    }
 
     #[test]
     fn query_text_and_field_filters_are_masked_before_they_reach_a_shard() {
