@@ -569,7 +569,9 @@ pub fn prepare(
         service,
         level,
         message,
-        fields_json: Value::Object(fields).to_string(),
+        // `to_string` would go through `Display` (a `fmt::Write` adapter per fragment);
+        // serde_json's own writer renders the same compact text into a buffer directly.
+        fields_json: serde_json::to_string(&fields).expect("a JSON map always serialises"),
         exception_type,
         exception_message,
         stack_trace,
