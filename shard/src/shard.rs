@@ -805,9 +805,6 @@ impl Shard {
         const CHUNK: usize = 1024;
         self.index.clear()?;
         let applied = self.applied_index();
-        let cf = self.cf(CF_ENTRIES)?;
-        let from = keys::shard_prefix(self.id);
-        let end = keys::shard_end(self.id);
         let mut chunk: Vec<StoredEntry> = Vec::with_capacity(CHUNK);
         let mut count = 0;
         let mut add = |chunk: &mut Vec<StoredEntry>| -> Result<()> {
@@ -816,19 +813,14 @@ impl Shard {
             chunk.clear();
             Ok(())
         };
-        for item in self
-            .db
-            .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (key, value) = item?;
-            if key.as_ref() >= end.as_slice() {
-                break;
-            }
-            chunk.push(self.decode_entry(&key, &value)?);
+        let (from, end) = (keys::shard_prefix(self.id), keys::shard_end(self.id));
+        self.scan(CF_ENTRIES, &from, &end, |key, value| {
+            chunk.push(self.decode_entry(key, value)?);
             if chunk.len() == CHUNK {
                 add(&mut chunk)?;
             }
-        }
+            Ok(())
+        })?;
         add(&mut chunk)?;
         self.flush_index()?;
         Ok(count)
