@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// about 130 MB; 0 disables it].
     #[arg(long, env = "VEIL_EXCEPTION_CACHE_ENTRIES")]
     pub exception_cache_entries: Option<usize>,
+    /// Exception counter rows a shard sums in memory before writing them [default: 65536]; they
+    /// are written sooner on every index commit tick and before any exception query reads them,
+    /// so queries see every applied entry. 0 writes each Raft entry's rows with it.
+    #[arg(long, env = "VEIL_EXCEPTION_COUNTER_ROWS_PENDING_MAX")]
+    pub exception_counter_rows_pending_max: Option<usize>,
     /// Shard searches run at once across all queries [default: the number of CPUs].
     #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
     pub query_parallelism: Option<usize>,
@@ -218,6 +223,8 @@ pub struct NodeConfig {
     pub query_parallelism: usize,
     /// Per-exception numbers the top-K block cache holds, all shards together.
     pub exception_cache_entries: usize,
+    /// Exception counter rows summed in memory per shard before they are written.
+    pub exception_counter_rows_pending_max: usize,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
     /// Raft log entries kept behind a snapshot.
@@ -290,6 +297,7 @@ impl ServeArgs {
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
             query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
             exception_cache_entries: pick!(exception_cache_entries, 4_000_000),
+            exception_counter_rows_pending_max: pick!(exception_counter_rows_pending_max, 65_536),
             query_parallelism: pick!(
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())

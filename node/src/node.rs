@@ -309,6 +309,7 @@ impl Node {
                 shard_map,
                 rollup_cache_entries: config.exception_cache_entries / info.shards.max(1) as usize,
                 proposals_kept: config.raft_proposals_inflight_max,
+                counter_rows_pending_max: config.exception_counter_rows_pending_max,
             };
             // An index in an older file format cannot even be opened: it goes, and is rebuilt
             // from the shard's entries below. The directory records the new format only once

@@ -382,6 +382,24 @@ pub fn rows_of<'a>(
     rows
 }
 
+/// The (minute, exception id, numbers) of counter rows: what the block cache takes when they
+/// are written.
+pub fn numbers_of(rows: &HashMap<[u8; 28], Counter>) -> Vec<(i64, u64, Numbers)> {
+    rows.iter()
+        .filter_map(|(k, c)| {
+            Some((
+                key_minute(k)?,
+                key_exception_id(k)?,
+                Numbers {
+                    count: c.count,
+                    first_seen_us: c.first_seen_us,
+                    last_seen_us: c.last_seen_us,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Encodes a counter row: its count, first and last seen first (24 bytes, little-endian), so a
 /// ranking pass reads them without decoding the rest; then the whole counter (bincode).
 pub fn encode_counter(c: &Counter) -> Vec<u8> {

@@ -15,6 +15,7 @@
 //!     rollup_cache_entries: 1 << 20,
 //!     index_persist: Default::default(), // in memory until every 10 s or 16 MiB
 //!     proposals_kept: 2,
+//!     counter_rows_pending_max: 65_536,
 //! };
 //! let shard = Shard::open(ShardId(0), db, config)?;
 //! let state_machine = ShardStateMachine::new(shard.clone()); // hand to openraft

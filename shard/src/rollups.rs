@@ -10,9 +10,10 @@
 //! [`Block::Hours`] span: a sliding window keeps the same whole hours for up to an hour, so a
 //! repeated question adds up its edges only.
 //!
-//! Exactness: every apply that writes counters, *after* its write batch is in RocksDB, adds its
-//! new rows' numbers into the cached blocks they fall in (so blocks stay cached, and exact,
-//! under live ingest), and marks the blocks some reader is reading. A reader registers a block
+//! Exactness: every write of counter rows (an apply's, or the shard's pending sums: see
+//! `Shard::flush_counters`), *after* its write batch is in RocksDB, adds the rows' numbers into
+//! the cached blocks they fall in (so blocks stay cached, and exact, under live ingest), and
+//! marks the blocks some reader is reading. A reader registers a block
 //! before reading it and caches what it read only when no apply touched that block in between;
 //! otherwise it uses what it read for its own answer (a consistent view as of its read) and
 //! leaves the block uncached. So a cached block always equals what RocksDB holds for it.

@@ -34,6 +34,9 @@ pub(crate) const META_APPLIED: u8 = 1;
 const META_SNAPSHOT_FILE: u8 = 2;
 /// The current snapshot's metadata: the durable state machine is the snapshot.
 const META_SNAPSHOT: u8 = 3;
+/// The Raft index up to which the stored exception counters include every applied entry
+/// (see [`Shard::flush_counters`]).
+pub(crate) const META_COUNTED: u8 = 4;
 
 /// The column families holding a shard's data (all keyed `shard | …`): what a snapshot install
 /// replaces.
@@ -155,6 +158,20 @@ pub struct ShardConfig {
     /// (see [`crate::Proposals`]); the node's Raft entries in flight per shard. 0: apply
     /// decodes every entry.
     pub proposals_kept: usize,
+    /// Most exception counter rows the shard sums in memory before it writes them (see
+    /// [`Shard::flush_counters`]); 0 or 1 writes every apply's rows with the apply.
+    pub counter_rows_pending_max: usize,
+}
+
+/// Exception counter rows applied but not yet written, summed across Raft entries: most rows
+/// repeat (the same exception of the same service in the same minute), and each written row is
+/// a merge operand in four column families.
+#[derive(Default)]
+pub(crate) struct PendingCounters {
+    rows: HashMap<[u8; 28], exceptions::Counter>,
+    /// The Raft index up to which the stored counters include every applied entry; the index
+    /// queue keeps its records above it, to recount them after a crash.
+    counted_up_to: u64,
 }
 
 /// The state the shard has applied, persisted with every applied Raft entry.
@@ -207,6 +224,8 @@ pub struct Shard {
     pub(crate) rollups: RollupCache,
     /// Commands proposed on this node, for apply to take back instead of decoding.
     proposals: Proposals,
+    /// Counter rows applied and not yet written. Taken after `applied` when both are held.
+    counters: Mutex<PendingCounters>,
 }
 
 impl Shard {
@@ -227,12 +246,14 @@ impl Shard {
             proposals: Proposals::new(config.proposals_kept),
             config,
             applied: Mutex::new(AppliedState::default()),
+            counters: Mutex::new(PendingCounters::default()),
         };
         let applied = shard
             .read_meta::<AppliedState>(META_APPLIED)?
             .unwrap_or_default();
         *shard.applied_lock() = applied;
         shard.remove_stray_snapshot_files()?;
+        shard.recount_counters()?;
         shard.catch_up_index()?;
         Ok(Arc::new(shard))
     }
@@ -385,32 +406,109 @@ impl Shard {
             batch.put_cf(cf_queue, keys::queue_key(self.id, raft_index, 0), queued);
         }
         let rows = exceptions::rows_of(self.id, new_entries.iter().copied());
-        let added: Vec<(i64, u64, exceptions::Numbers)> = rows
-            .iter()
-            .filter_map(|(k, c)| {
-                Some((
-                    exceptions::key_minute(k)?,
-                    exceptions::key_exception_id(k)?,
-                    exceptions::Numbers {
-                        count: c.count,
-                        first_seen_us: c.first_seen_us,
-                        last_seen_us: c.last_seen_us,
-                    },
-                ))
-            })
-            .collect();
-        self.add_counters(&mut batch, rows)?;
         let mut next = state.clone();
         next.last_applied = Some(log_id);
         self.put_meta(&mut batch, META_APPLIED, &next)?;
+        let mut pending = self.counters_lock();
+        // Past the bound, this apply writes what is pending with its own rows.
+        let flush = !rows.is_empty()
+            && pending.rows.len() + rows.len() >= self.config.counter_rows_pending_max;
+        if flush {
+            self.add_counters(&mut batch, &pending.rows)?;
+            self.add_counters(&mut batch, &rows)?;
+            self.put_meta(&mut batch, META_COUNTED, &raft_index)?;
+        }
         self.db.write(batch)?;
-        // Only now, with the counters written: cached blocks take the new numbers, and a
-        // reader that began before caches nothing.
-        self.rollups.applied(&added);
+        if flush {
+            // Only now, with the counters written: cached blocks take the new numbers, and a
+            // reader that began before caches nothing.
+            self.rollups.applied(&exceptions::numbers_of(&pending.rows));
+            self.rollups.applied(&exceptions::numbers_of(&rows));
+            pending.rows.clear();
+            pending.counted_up_to = raft_index;
+        } else {
+            for (key, counter) in rows {
+                exceptions::merge_into(&mut pending.rows, key, counter);
+            }
+        }
+        drop(pending);
         *state = next;
         drop(state);
         self.index.add(raft_index, &new_entries)?;
         Ok(outcomes)
+    }
+
+    fn counters_lock(&self) -> std::sync::MutexGuard<'_, PendingCounters> {
+        // Poisoned only by a panic mid-update, which aborts the node in release builds.
+        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the exception counter rows applied so far and not yet written, with the Raft
+    /// index they count up to. Readers of counters call it first, so they see every entry
+    /// applied before they began; the node calls it on the index commit ticker and at shutdown.
+    /// Writes nothing when the stored counters are already up to date.
+    pub fn flush_counters(&self) -> Result<()> {
+        let state = self.applied_lock();
+        let applied = state.last_applied.as_ref().map(|l| l.index()).unwrap_or(0);
+        let mut pending = self.counters_lock();
+        if pending.rows.is_empty() && pending.counted_up_to >= applied {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        self.add_counters(&mut batch, &pending.rows)?;
+        self.put_meta(&mut batch, META_COUNTED, &applied)?;
+        self.db.write(batch)?;
+        self.rollups.applied(&exceptions::numbers_of(&pending.rows));
+        pending.rows.clear();
+        pending.counted_up_to = applied;
+        Ok(())
+    }
+
+    /// Forgets the counter rows not yet written (a snapshot install replaces what they count).
+    pub(crate) fn drop_pending_counters(&self) {
+        self.counters_lock().rows.clear();
+    }
+
+    /// Puts the counter mark `up_to` in `batch`; call [`Self::counted`] once it is written.
+    pub(crate) fn put_counted(&self, batch: &mut WriteBatch, up_to: u64) -> Result<()> {
+        self.put_meta(batch, META_COUNTED, &up_to)
+    }
+
+    /// Records that the stored counters count every entry applied up to `up_to`.
+    pub(crate) fn counted(&self, up_to: u64) {
+        self.counters_lock().counted_up_to = up_to;
+    }
+
+    /// After a crash, counts the entries applied above the last counter write from their index
+    /// queue records (kept until both the index persist and the counters pass them) and writes
+    /// the counts. A shard without the mark (new, or written when every apply wrote its own
+    /// counters) has every applied entry counted.
+    fn recount_counters(&self) -> Result<()> {
+        let applied = self.applied_index();
+        let Some(counted) = self.read_meta::<u64>(META_COUNTED)? else {
+            let mut batch = WriteBatch::default();
+            self.put_meta(&mut batch, META_COUNTED, &applied)?;
+            self.db.write(batch)?;
+            self.counters_lock().counted_up_to = applied;
+            return Ok(());
+        };
+        self.counters_lock().counted_up_to = counted;
+        if counted >= applied {
+            return Ok(());
+        }
+        let mut rows = HashMap::new();
+        let mut count = 0usize;
+        self.for_each_queued(counted.saturating_add(1), |_, entries| {
+            count += entries.len();
+            for (key, c) in exceptions::rows_of(self.id, entries.iter()) {
+                exceptions::merge_into(&mut rows, key, c);
+            }
+            Ok(())
+        })?;
+        self.counters_lock().rows = rows;
+        self.flush_counters()?;
+        tracing::info!(shard_id = %self.id, entry_count = count, raft_index = applied, "exception counters recounted above the last counter write");
+        Ok(())
     }
 
     /// Adds counter rows to what is stored: one merge operand per row in `batch` (see
@@ -418,17 +516,20 @@ impl Shard {
     pub(crate) fn add_counters(
         &self,
         batch: &mut WriteBatch,
-        rows: HashMap<[u8; 28], exceptions::Counter>,
+        rows: &HashMap<[u8; 28], exceptions::Counter>,
     ) -> Result<()> {
-        let history = exceptions::history_of(self.id, &rows);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let history = exceptions::history_of(self.id, rows);
         let history_hourly = exceptions::history_hourly_of(self.id, &history);
-        let hourly = exceptions::hourly_of(self.id, &rows);
+        let hourly = exceptions::hourly_of(self.id, rows);
         self.merge_rows(batch, CF_EXCEPTIONS, rows)?;
-        self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, history)?;
+        self.merge_rows(batch, exceptions::CF_EXCEPTION_HISTORY, &history)?;
         self.merge_rows(
             batch,
             exceptions::CF_EXCEPTION_HISTORY_HOURLY,
-            history_hourly,
+            &history_hourly,
         )?;
         let cf = self.cf(exceptions::CF_EXCEPTION_HOURLY)?;
         for (key, numbers) in hourly {
@@ -441,11 +542,11 @@ impl Shard {
         &self,
         batch: &mut WriteBatch,
         cf_name: &'static str,
-        rows: HashMap<[u8; N], exceptions::Counter>,
+        rows: &HashMap<[u8; N], exceptions::Counter>,
     ) -> Result<()> {
         let cf = self.cf(cf_name)?;
         for (key, counter) in rows {
-            batch.merge_cf(cf, key, exceptions::encode_counter(&counter));
+            batch.merge_cf(cf, key, exceptions::encode_counter(counter));
         }
         Ok(())
     }
@@ -504,6 +605,7 @@ impl Shard {
         start_minute: i64,
         end_minute: i64,
     ) -> Result<WindowNumbers> {
+        self.flush_counters()?;
         let mut edges = exceptions::IdMap::with_capacity_and_hasher(1024, Default::default());
         let (minutes, blocks) = rollups::plan(start_minute, end_minute);
         for range in minutes {
@@ -619,6 +721,7 @@ impl Shard {
         end_minute: i64,
         bucket_minutes: Option<i64>,
     ) -> Result<(ExceptionCounts, Option<i64>)> {
+        self.flush_counters()?;
         let cf = self.cf(exceptions::CF_EXCEPTION_HISTORY)?;
         let first_key = exceptions::history_key(self.id, exception_id, i64::MIN);
         let first_ever = match self
@@ -683,6 +786,7 @@ impl Shard {
         start_minute: i64,
         end_minute: i64,
     ) -> Result<ExceptionCounts> {
+        self.flush_counters()?;
         let mut out = ExceptionCounts::default();
         if start_minute >= end_minute {
             return Ok(out);
@@ -732,6 +836,7 @@ impl Shard {
         filter: &CounterFilter,
         bucket_minutes: Option<i64>,
     ) -> Result<ExceptionCounts> {
+        self.flush_counters()?;
         let mut out = ExceptionCounts::default();
         if start_minute >= end_minute {
             return Ok(out);
@@ -786,10 +891,12 @@ impl Shard {
         }
     }
 
-    /// Commits the index if anything changed (what was applied becomes searchable), and when
-    /// the persist policy says so writes the commit to disk and drops the queue records it
-    /// covers. Returns the Raft index committed, or None when there was nothing to commit.
+    /// Writes the pending exception counters ([`Self::flush_counters`]) and commits the index if
+    /// anything changed (what was applied becomes searchable), and when the persist policy says
+    /// so writes the commit to disk and drops the queue records it and the counters cover.
+    /// Returns the Raft index committed, or None when there was nothing to commit.
     pub fn commit_index(&self) -> Result<Option<u64>> {
+        self.flush_counters()?;
         let committed = self.index.commit()?;
         if self.index.persist_due() {
             self.persist_index()?;
@@ -826,9 +933,10 @@ impl Shard {
         Ok(count)
     }
 
-    /// Commits the index and writes the commit to disk now (shutdown, snapshot install,
-    /// compaction), dropping the queue records it covers.
+    /// Writes the pending exception counters, commits the index and writes the commit to disk
+    /// now (shutdown, snapshot install, compaction), dropping the queue records they cover.
     pub fn flush_index(&self) -> Result<()> {
+        self.flush_counters()?;
         self.index.commit()?;
         self.persist_index()
     }
@@ -837,6 +945,8 @@ impl Shard {
         let Some(up_to) = self.index.persist()? else {
             return Ok(());
         };
+        // Records above the counter mark are kept too: a crash recounts them.
+        let up_to = up_to.min(self.counters_lock().counted_up_to);
         let cf = self.cf(CF_INDEX_QUEUE)?;
         let from = keys::queue_key(self.id, 0, 0);
         let to = keys::queue_key(self.id, up_to.saturating_add(1), 0);
@@ -844,48 +954,54 @@ impl Shard {
         Ok(())
     }
 
-    /// Indexes the applied entries recorded in the queue above the last tantivy commit.
-    fn catch_up_index(&self) -> Result<()> {
-        let committed = self.index.committed_up_to();
-        let cf_queue = self.cf(CF_INDEX_QUEUE)?;
-        let from = keys::queue_key(self.id, committed.saturating_add(1), 0);
+    /// Calls `f` with the Raft index and the entries of every index queue record from Raft
+    /// index `from` on, in Raft order.
+    fn for_each_queued(
+        &self,
+        from: u64,
+        mut f: impl FnMut(u64, Vec<StoredEntry>) -> Result<()>,
+    ) -> Result<()> {
+        let start = keys::queue_key(self.id, from, 0);
         let end = keys::shard_end(self.id);
-        let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(cf_queue, IteratorMode::From(&from, Direction::Forward))
-        {
-            let (key, value) = item?;
-            if key.as_ref() >= end.as_slice() {
-                break;
-            }
-            let raft_index = keys::queue_key_raft_index(&key).ok_or_else(|| Error::Corrupt {
+        let mut queued: Vec<(u64, Vec<u8>)> = Vec::new();
+        self.scan(CF_INDEX_QUEUE, &start, &end, |key, value| {
+            let raft_index = keys::queue_key_raft_index(key).ok_or_else(|| Error::Corrupt {
                 shard_id: self.id,
                 reason: "short index queue key".into(),
             })?;
-            pending.push((raft_index, value.to_vec()));
-        }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let mut count = 0usize;
-        for (raft_index, queued) in pending {
-            if queued.len() % keys::ENTRY_KEY_LEN != 0 {
+            queued.push((raft_index, value.to_vec()));
+            Ok(())
+        })?;
+        for (raft_index, record) in queued {
+            if record.len() % keys::ENTRY_KEY_LEN != 0 {
                 return Err(Error::Corrupt {
                     shard_id: self.id,
                     reason: format!("index queue record of raft index {raft_index} is cut short"),
                 });
             }
-            let mut entries = Vec::with_capacity(queued.len() / keys::ENTRY_KEY_LEN);
-            for key in queued.chunks_exact(keys::ENTRY_KEY_LEN) {
+            let mut entries = Vec::with_capacity(record.len() / keys::ENTRY_KEY_LEN);
+            for key in record.chunks_exact(keys::ENTRY_KEY_LEN) {
                 entries.push(self.get_by_key(key)?.ok_or_else(|| Error::Corrupt {
                     shard_id: self.id,
                     reason: format!("index queue names a missing entry (raft index {raft_index})"),
                 })?);
             }
+            f(raft_index, entries)?;
+        }
+        Ok(())
+    }
+
+    /// Indexes the applied entries recorded in the queue above the last tantivy commit.
+    fn catch_up_index(&self) -> Result<()> {
+        let committed = self.index.committed_up_to();
+        let mut count = 0usize;
+        self.for_each_queued(committed.saturating_add(1), |raft_index, entries| {
             count += entries.len();
             self.index
-                .add(raft_index, &entries.iter().collect::<Vec<_>>())?;
+                .add(raft_index, &entries.iter().collect::<Vec<_>>())
+        })?;
+        if count == 0 {
+            return Ok(());
         }
         self.flush_index()?;
         let up_to = self.index.persisted_up_to();
@@ -959,6 +1075,7 @@ impl Shard {
     /// Rebuilds the hourly exception rollups (numbers and history) from the minute rows (a data
     /// directory written before they existed). Returns the rollup rows written.
     pub fn rebuild_hourly_rollups(&self) -> Result<usize> {
+        self.flush_counters()?;
         let from = keys::shard_prefix(self.id);
         let to = keys::shard_end(self.id);
         // History: merge each exception's minute rows per hour, one exception at a time.

@@ -305,6 +305,8 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
     };
     let from = keys::shard_prefix(shard.id());
     let end = keys::shard_end(shard.id());
+    // Counter rows not yet written count entries the snapshot replaces; it is recounted below.
+    shard.drop_pending_counters();
     for cf in crate::shard::DATA_COLUMN_FAMILIES {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
@@ -349,11 +351,16 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
         membership: meta.last_membership.clone(),
     };
     let mut batch = WriteBatch::default();
-    shard.add_counters(&mut batch, counters)?;
+    shard.add_counters(&mut batch, &counters)?;
     shard.put_applied(&mut batch, &state)?;
+    // Under the applied lock: a reader's counter flush cannot write an older mark after this.
+    let mut applied = shard.applied_lock();
+    shard.put_counted(&mut batch, raft_index)?;
     db.write(batch)?;
+    shard.counted(raft_index);
     shard.rollups.clear();
-    *shard.applied_lock() = state;
+    *applied = state;
+    drop(applied);
     shard.flush_index()?;
     // The installed state is in RocksDB now, and it is the current snapshot.
     shard.put_snapshot_record(&meta)

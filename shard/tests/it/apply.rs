@@ -52,6 +52,24 @@ fn open_with(
     db: Arc<rocksdb::DB>,
     index_persist: veil_shard::PersistPolicy,
 ) -> Arc<Shard> {
+    open_configured(dir, db, index_persist, 65_536)
+}
+
+/// A shard that writes its exception counters once `pending_max` rows are pending.
+fn open_with_counters(
+    dir: &std::path::Path,
+    db: Arc<rocksdb::DB>,
+    pending_max: usize,
+) -> Arc<Shard> {
+    open_configured(dir, db, Default::default(), pending_max)
+}
+
+fn open_configured(
+    dir: &std::path::Path,
+    db: Arc<rocksdb::DB>,
+    index_persist: veil_shard::PersistPolicy,
+    pending_max: usize,
+) -> Arc<Shard> {
     let config = ShardConfig {
         data_dir: dir.to_path_buf(),
         index_heap_bytes: 15_000_000,
@@ -59,6 +77,7 @@ fn open_with(
         rollup_cache_entries: 100_000,
         index_persist,
         proposals_kept: 4,
+        counter_rows_pending_max: pending_max,
     };
     Shard::open(ShardId(1), db, config).expect("open shard")
 }
@@ -386,6 +405,95 @@ async fn searchable_but_unpersisted_entries_are_reindexed_after_a_crash() {
     shard.commit_index().unwrap();
     assert_eq!(shard.stats().persisted_index, 2);
     assert_eq!(queued(&db), 0);
+}
+
+/// Counter rows of shard 1 stored in the minute-row column family.
+fn counter_rows(db: &rocksdb::DB) -> usize {
+    let cf = db.cf_handle(veil_shard::exceptions::CF_EXCEPTIONS).unwrap();
+    db.iterator_cf(cf, rocksdb::IteratorMode::Start).count()
+}
+
+/// Exception counters are summed in memory across Raft entries and written later; what a
+/// crash loses before that write is recounted from the index queue at the next open, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_counters_not_yet_written_are_recounted_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = open_db(dir.path());
+    let expected = |n: u64| -> std::collections::BTreeMap<String, u64> {
+        let mut m = std::collections::BTreeMap::new();
+        for i in 0..n {
+            *m.entry(format!("Fault{}Exception", i % 3)).or_insert(0) += 1;
+        }
+        m
+    };
+    {
+        let shard = open(dir.path(), db.clone());
+        let mut sm = ShardStateMachine::new(shard.clone());
+        apply(
+            &mut sm,
+            1,
+            (0..6).map(|n| entry_for(ShardId(1), n)).collect(),
+        )
+        .await;
+        apply(
+            &mut sm,
+            2,
+            (6..11).map(|n| entry_for(ShardId(1), n)).collect(),
+        )
+        .await;
+        assert_eq!(counter_rows(&db), 0, "summed in memory, not yet written");
+        // Dropped without a flush: a crash.
+    }
+    let shard = open(dir.path(), db.clone());
+    assert!(counter_rows(&db) > 0, "the open wrote the recount");
+    assert_eq!(counts(&shard), expected(11), "recounted from the queue");
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        3,
+        (11..15).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    // A reader writes what is pending first: it sees every applied entry.
+    assert_eq!(counts(&shard), expected(15));
+    apply(
+        &mut sm,
+        4,
+        (15..17).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    shard.flush_index().unwrap();
+    assert_eq!(queued(&db), 0, "counted and persisted: the queue is empty");
+    drop((sm, shard));
+    let shard = open(dir.path(), db.clone());
+    assert_eq!(counts(&shard), expected(17), "nothing counted twice");
+
+    // A directory written when every apply wrote its own counters has no counter mark: its
+    // counters are complete, and the queue records still there must not be counted again.
+    drop(shard);
+    let shard = open_with_counters(dir.path(), db.clone(), 0);
+    let mut sm = ShardStateMachine::new(shard.clone());
+    apply(
+        &mut sm,
+        5,
+        (17..20).map(|n| entry_for(ShardId(1), n)).collect(),
+    )
+    .await;
+    assert!(queued(&db) > 0);
+    let meta = db.cf_handle(veil_shard::CF_SHARD_META).unwrap();
+    let mark = db
+        .get_cf(meta, veil_shard::keys::meta_key(ShardId(1), 4))
+        .unwrap();
+    assert_eq!(
+        mark.as_deref(),
+        Some(&5u64.to_le_bytes()[..]),
+        "with no rows allowed pending, the apply wrote its counters and the mark"
+    );
+    db.delete_cf(meta, veil_shard::keys::meta_key(ShardId(1), 4))
+        .unwrap();
+    drop((sm, shard));
+    let shard = open(dir.path(), db.clone());
+    assert_eq!(counts(&shard), expected(20));
 }
 
 /// Directories written before the queue kept one record per Raft entry held one record per

@@ -34,6 +34,7 @@ impl StoreBuilder<TypeConfig, LogStore, ShardStateMachine, tempfile::TempDir> fo
             rollup_cache_entries: 0,
             index_persist: Default::default(),
             proposals_kept: 0,
+            counter_rows_pending_max: 65_536,
         };
         let shard = Shard::open(ShardId(7), db, config).expect("open shard");
         Ok((dir, store, ShardStateMachine::new(shard)))
