@@ -29,6 +29,7 @@ use veil_shard::exceptions::{
     merge_into, merge_samples, Counter, CounterFilter, ExceptionCounts, IdMap, Numbers,
 };
 use veil_shard::rollups::{HoursNumbers, WindowNumbers};
+use veil_shard::ShardId;
 
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, now_us, parse_level};
@@ -323,22 +324,25 @@ struct Ranking {
     span: Option<Arc<IdMap<Numbers>>>,
     /// The sum of the shards' edges.
     edges: IdMap<Numbers>,
-    /// Each shard's own parts, by shard id.
-    parts: Vec<WindowNumbers>,
+    /// Each shard's own parts, with its id.
+    parts: Vec<(ShardId, WindowNumbers)>,
 }
 
 async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, ApiError> {
     let parts = on_every_shard(node, "counting exceptions", move |shard| {
-        shard.exception_window_numbers(window.start, window.end)
+        Ok((
+            shard.id(),
+            shard.exception_window_numbers(window.start, window.end)?,
+        ))
     })
     .await?;
     let mut edges = IdMap::default();
-    for part in &parts {
+    for (_, part) in &parts {
         for (id, n) in &part.edges {
             merge_into(&mut edges, *id, *n);
         }
     }
-    let spans: Vec<&HoursNumbers> = parts.iter().filter_map(|p| p.hours.as_ref()).collect();
+    let spans: Vec<&HoursNumbers> = parts.iter().filter_map(|p| p.1.hours.as_ref()).collect();
     let Some(first) = spans.first() else {
         return Ok(Ranking {
             span: None,
@@ -370,6 +374,46 @@ async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, Api
     };
     Ok(Ranking {
         span: Some(span),
+        edges,
+        parts,
+    })
+}
+
+/// The ranking numbers of a top-K filtered by service alone: only the shards that can hold the
+/// services' counters in the window are asked, and each keeps its ranking numbers (cached blocks
+/// and hourly rollups, as unfiltered) of the services' exceptions only. No coordinator sums are
+/// kept for it.
+async fn gather_service_numbers(
+    node: &Arc<Node>,
+    window: Window,
+    services: Vec<String>,
+) -> Result<Ranking, ApiError> {
+    let shards = crate::query::shards_of_services(
+        &node.shard_map,
+        &services,
+        window.start.div_euclid(60),
+        window.end.saturating_sub(1).div_euclid(60),
+    );
+    let services = Arc::new(services);
+    let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
+        Ok((
+            shard.id(),
+            shard.exception_window_numbers_of(window.start, window.end, &services)?,
+        ))
+    })
+    .await?;
+    let mut edges = IdMap::default();
+    let mut span = IdMap::default();
+    for (_, part) in &parts {
+        for (id, n) in &part.edges {
+            merge_into(&mut edges, *id, *n);
+        }
+        for (id, n) in part.hours.iter().flat_map(|h| h.numbers.iter()) {
+            merge_into(&mut span, *id, *n);
+        }
+    }
+    Ok(Ranking {
+        span: Some(Arc::new(span)),
         edges,
         parts,
     })
@@ -423,11 +467,11 @@ async fn gather_details(
     node: &Arc<Node>,
     window: Window,
     ids: &[u64],
-    parts: &[WindowNumbers],
+    parts: &[(ShardId, WindowNumbers)],
 ) -> Result<ExceptionCounts, ApiError> {
-    let wanted: Vec<(Vec<u64>, Vec<u64>)> = parts
+    let wanted: HashMap<ShardId, (Vec<u64>, Vec<u64>)> = parts
         .iter()
-        .map(|p| {
+        .map(|(shard, p)| {
             let in_hours = ids
                 .iter()
                 .filter(|id| p.hours.as_ref().is_some_and(|h| h.numbers.contains_key(id)))
@@ -438,14 +482,21 @@ async fn gather_details(
                 .filter(|id| p.edges.contains_key(id))
                 .copied()
                 .collect();
-            (in_hours, in_edges)
+            (*shard, (in_hours, in_edges))
         })
+        .filter(|(_, (h, e)): &(ShardId, (Vec<u64>, Vec<u64>))| !h.is_empty() || !e.is_empty())
         .collect();
+    let shards: Vec<ShardId> = wanted.keys().copied().collect();
     let wanted = Arc::new(wanted);
-    let parts = on_every_shard(node, "reading exception details", move |shard| {
-        let (in_hours, in_edges) = &wanted[shard.id().0 as usize];
-        shard.exception_parts_summary(in_hours, in_edges, window.start, window.end)
-    })
+    let parts = on_shards(
+        node,
+        Some(&shards),
+        "reading exception details",
+        move |shard| {
+            let (in_hours, in_edges) = &wanted[&shard.id()];
+            shard.exception_parts_summary(in_hours, in_edges, window.start, window.end)
+        },
+    )
     .await?;
     Ok(sum(parts))
 }
@@ -560,10 +611,19 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
         && filter.environments.is_empty()
         && filter.regions.is_empty()
         && filter.levels.is_empty();
-    let exceptions: Vec<TopItem> = if unfiltered {
+    let by_service_only = !filter.services.is_empty()
+        && filter.environments.is_empty()
+        && filter.regions.is_empty()
+        && filter.levels.is_empty();
+    let exceptions: Vec<TopItem> = if unfiltered || by_service_only {
         // Rank on the rows' numbers only (no decoding of names and lists), then read the whole
-        // counters of just the top k.
-        let ranking = gather_numbers(node, window).await?;
+        // counters of just the top k. An exception belongs to one service, so a filter by
+        // service alone keeps or drops whole exceptions: their numbers and details are whole.
+        let ranking = if unfiltered {
+            gather_numbers(node, window).await?
+        } else {
+            gather_service_numbers(node, window, filter.services).await?
+        };
         let ranked = top_numbers(ranking.span.as_deref(), &ranking.edges, k);
         let ids: Vec<u64> = ranked.iter().map(|(id, _)| *id).collect();
         let details = gather_details(node, window, &ids, &ranking.parts).await?;

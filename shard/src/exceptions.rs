@@ -412,6 +412,13 @@ pub fn encode_counter(c: &Counter) -> Vec<u8> {
     v
 }
 
+/// The service of what [`encode_counter`] wrote, read in place: the two names lead the
+/// counter's encoding, and nothing after them is decoded.
+pub fn counter_service(bytes: &[u8]) -> Option<&str> {
+    let (_exception_type, service): (&str, &str) = bincode::deserialize(bytes.get(24..)?).ok()?;
+    Some(service)
+}
+
 /// Decodes what [`encode_counter`] wrote.
 pub fn decode_counter(bytes: &[u8]) -> Option<Counter> {
     bincode::deserialize(bytes.get(24..)?).ok()
@@ -531,6 +538,34 @@ mod tests {
         let capped = all.len() > max;
         all.truncate(max);
         (all, capped)
+    }
+
+    #[test]
+    fn a_counters_service_reads_in_place() {
+        let mut c = Counter {
+            exception_type: "java.lang.IllegalStateException".into(),
+            service: "payments".into(),
+            environment: Some("prod".into()),
+            region: None,
+            level: "ERROR".into(),
+            count: 7,
+            first_seen_us: 1,
+            last_seen_us: 2,
+            samples: vec![Uuid::from_u128(9)],
+            hosts: vec!["h1".into()],
+            regions: vec![],
+            users: vec!["u1".into(), "u2".into()],
+            metadata_capped: false,
+        };
+        assert_eq!(counter_service(&encode_counter(&c)), Some("payments"));
+        c.service = "search".into();
+        c.exception_type = String::new();
+        assert_eq!(counter_service(&encode_counter(&c)), Some("search"));
+        assert_eq!(
+            counter_service(&encode_counter(&c)[..30]),
+            None,
+            "cut short"
+        );
     }
 
     #[test]

@@ -226,6 +226,41 @@ pub struct Shard {
     proposals: Proposals,
     /// Counter rows applied and not yet written. Taken after `applied` when both are held.
     counters: Mutex<PendingCounters>,
+    /// Which service each exception belongs to. Taken after `counters` when both are held.
+    catalog: Mutex<Catalog>,
+}
+
+/// The service of every exception a shard counted: an exception id is a hash of service and
+/// type, so a ranking filtered by service alone keeps the ids whose service is asked for.
+/// Learned on first use from the exception-first hourly history (one seek per exception), then
+/// kept current by every counter write.
+#[derive(Default)]
+struct Catalog {
+    built: bool,
+    services: exceptions::IdMap<Arc<str>>,
+    /// One copy of each service name.
+    names: HashSet<Arc<str>>,
+}
+
+impl Catalog {
+    fn learn(&mut self, id: u64, service: &str) {
+        if self.services.contains_key(&id) {
+            return;
+        }
+        let name = match self.names.get(service) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(service);
+                self.names.insert(n.clone());
+                n
+            }
+        };
+        self.services.insert(id, name);
+    }
+
+    fn clear(&mut self) {
+        *self = Catalog::default();
+    }
 }
 
 impl Shard {
@@ -247,6 +282,7 @@ impl Shard {
             config,
             applied: Mutex::new(AppliedState::default()),
             counters: Mutex::new(PendingCounters::default()),
+            catalog: Mutex::new(Catalog::default()),
         };
         let applied = shard
             .read_meta::<AppliedState>(META_APPLIED)?
@@ -424,6 +460,8 @@ impl Shard {
             // reader that began before caches nothing.
             self.rollups.applied(&exceptions::numbers_of(&pending.rows));
             self.rollups.applied(&exceptions::numbers_of(&rows));
+            self.learn_services(&pending.rows);
+            self.learn_services(&rows);
             pending.rows.clear();
             pending.counted_up_to = raft_index;
         } else {
@@ -459,14 +497,95 @@ impl Shard {
         self.put_meta(&mut batch, META_COUNTED, &applied)?;
         self.db.write(batch)?;
         self.rollups.applied(&exceptions::numbers_of(&pending.rows));
+        self.learn_services(&pending.rows);
         pending.rows.clear();
         pending.counted_up_to = applied;
         Ok(())
     }
 
-    /// Forgets the counter rows not yet written (a snapshot install replaces what they count).
+    /// Forgets the counter rows not yet written and the exceptions' services (a snapshot
+    /// install replaces what they count).
     pub(crate) fn drop_pending_counters(&self) {
         self.counters_lock().rows.clear();
+        self.catalog_lock().clear();
+    }
+
+    fn catalog_lock(&self) -> std::sync::MutexGuard<'_, Catalog> {
+        // Poisoned only by a panic mid-insert; the map stays a valid (partial) catalog, and a
+        // missing id is looked up again.
+        self.catalog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the services of written counter rows' exceptions (once the catalog is built;
+    /// until then the build reads them from RocksDB).
+    fn learn_services(&self, rows: &HashMap<[u8; 28], exceptions::Counter>) {
+        let mut catalog = self.catalog_lock();
+        if !catalog.built {
+            return;
+        }
+        for (key, c) in rows {
+            if let Some(id) = exceptions::key_exception_id(key) {
+                catalog.learn(id, &c.service);
+            }
+        }
+    }
+
+    /// The catalog, built from the exception-first hourly history if it is not yet: one seek
+    /// per exception the shard counted.
+    fn built_catalog(&self) -> Result<std::sync::MutexGuard<'_, Catalog>> {
+        let mut catalog = self.catalog_lock();
+        if catalog.built {
+            return Ok(catalog);
+        }
+        let end = keys::shard_end(self.id);
+        let mut it = self
+            .db
+            .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY_HOURLY)?);
+        it.seek(exceptions::history_key(self.id, 0, i64::MIN));
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if key >= end.as_slice() {
+                break;
+            }
+            let id = exceptions::history_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            let service =
+                exceptions::counter_service(value).ok_or_else(|| self.corrupt_counter())?;
+            catalog.learn(id, service);
+            let Some(next) = id.checked_add(1) else {
+                break;
+            };
+            it.seek(exceptions::history_key(self.id, next, i64::MIN));
+        }
+        it.status()?;
+        catalog.built = true;
+        Ok(catalog)
+    }
+
+    /// Looks up the service of an exception the catalog lacks (its rows were written after the
+    /// catalog was read and before the write told it).
+    fn service_of(&self, catalog: &mut Catalog, id: u64) -> Result<Arc<str>> {
+        if let Some(s) = catalog.services.get(&id) {
+            return Ok(s.clone());
+        }
+        let from = exceptions::history_key(self.id, id, i64::MIN);
+        let mut it = self
+            .db
+            .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY_HOURLY)?);
+        it.seek(from);
+        match (it.key(), it.value()) {
+            (Some(key), Some(value))
+                if exceptions::history_exception_id(key) == Some(id) && key[..4] == from[..4] =>
+            {
+                catalog.learn(id, &self.decode_counter(value)?.service);
+                Ok(catalog.services[&id].clone())
+            }
+            _ => {
+                it.status()?;
+                Err(Error::Corrupt {
+                    shard_id: self.id,
+                    reason: format!("exception {id:016x} is counted but has no history"),
+                })
+            }
+        }
     }
 
     /// Puts the counter mark `up_to` in `batch`; call [`Self::counted`] once it is written.
@@ -644,6 +763,40 @@ impl Shard {
                 })
             }
             _ => None,
+        };
+        Ok(WindowNumbers { hours, edges })
+    }
+
+    /// [`Self::exception_window_numbers`] of the exceptions of `services` only: the ranking pass
+    /// of a top-K filtered by service alone, from the same cached blocks and rollups (an
+    /// exception id names its service, see `Catalog`). The whole hours come back uncached
+    /// (version None).
+    pub fn exception_window_numbers_of(
+        &self,
+        start_minute: i64,
+        end_minute: i64,
+        services: &[String],
+    ) -> Result<WindowNumbers> {
+        let all = self.exception_window_numbers(start_minute, end_minute)?;
+        let mut catalog = self.built_catalog()?;
+        let mut keep = |numbers: &exceptions::IdMap<exceptions::Numbers>| {
+            let mut out = exceptions::IdMap::default();
+            for (id, n) in numbers {
+                let service = self.service_of(&mut catalog, *id)?;
+                if services.iter().any(|s| **s == *service) {
+                    out.insert(*id, *n);
+                }
+            }
+            Ok::<_, Error>(out)
+        };
+        let edges = keep(&all.edges)?;
+        let hours = match all.hours {
+            Some(h) => Some(HoursNumbers {
+                hours: h.hours,
+                numbers: Arc::new(keep(&h.numbers)?),
+                version: None,
+            }),
+            None => None,
         };
         Ok(WindowNumbers { hours, edges })
     }
@@ -1133,6 +1286,7 @@ impl Shard {
         }
         self.db.write(batch)?;
         self.rollups.clear();
+        self.catalog_lock().clear();
         Ok(hourly.len() + history_rows)
     }
 

@@ -144,7 +144,12 @@ fn top_k_and_details_match_a_brute_force_count() {
             let has_exception = rng.below(10) < 7;
             let host = format!("h{}", rng.below(12));
             let user = format!("u{}", rng.below(40));
-            let ty = types[pick_type(rng)].clone();
+            // Later batches bring exceptions no earlier question saw.
+            let ty = if batch >= 3 && rng.below(10) == 0 {
+                format!("com.acme.Late{batch}Exception")
+            } else {
+                types[pick_type(rng)].clone()
+            };
             let mut entry = json!({
                 "timestamp": rfc3339(ts_us), "service": service, "environment": environment,
                 "metadata": {"region": region, "host": host}, "level": level,
@@ -262,8 +267,9 @@ fn top_k_and_details_match_a_brute_force_count() {
     }
 
     // Answers kept between questions (each shard's whole-hour spans and the coordinator's sum
-    // of them) must take later writes into the hours they cover: ask unfiltered windows of
-    // several whole hours, write into those hours, ask again.
+    // of them, the shards' services of exceptions) must take later writes into the hours they
+    // cover: ask unfiltered and service-filtered windows of several whole hours, write into
+    // those hours (new exceptions too), ask again.
     let windows: Vec<(i64, i64)> = (0..4)
         .map(|_| {
             let end = now_us - rng.below(1800) as i64 * 1_000_000;
@@ -282,6 +288,18 @@ fn top_k_and_details_match_a_brute_force_count() {
                 .filter(|s| minute(s.ts_us) >= minute(start) && minute(s.ts_us) <= minute(end))
                 .collect();
             check(&path, brute_force(&matching, 20));
+            for service in ["payments", "geo,mail"] {
+                let wanted: Vec<&str> = service.split(',').collect();
+                let of_service: Vec<&Sent> = matching
+                    .iter()
+                    .filter(|s| wanted.contains(&s.service.as_str()))
+                    .copied()
+                    .collect();
+                check(
+                    &format!("{path}&service={service}"),
+                    brute_force(&of_service, 20),
+                );
+            }
         }
         send(&mut rng, batch, 300, &mut sent);
     }
