@@ -283,7 +283,34 @@ impl Node {
             committer: std::sync::Mutex::new(None),
         });
         node.clone().spawn_index_committer();
+        node.spawn_catalog_reader();
         Ok(node)
+    }
+
+    /// Reads each shard's exception catalog (exception id → service, one seek per exception)
+    /// in the background, one shard after another, so the first top-K filtered by service
+    /// after a start does not pay for it (0.8 s over 16 shards on issue 7's 10 M entries).
+    fn spawn_catalog_reader(&self) {
+        let shards: Vec<_> = self.groups.iter().map(|g| g.shard.clone()).collect();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut exceptions = 0;
+            for shard in shards {
+                let id = shard.id();
+                match tokio::task::spawn_blocking(move || shard.read_catalog()).await {
+                    Ok(Ok(n)) => exceptions += n,
+                    Ok(Err(e)) => {
+                        tracing::warn!(shard_id = %id, error = %e, "exception catalog not read")
+                    }
+                    Err(e) => tracing::warn!(shard_id = %id, error = %e, "catalog task failed"),
+                }
+            }
+            tracing::info!(
+                exceptions,
+                seconds = started.elapsed().as_secs_f64(),
+                "exception catalogs read"
+            );
+        });
     }
 
     /// Opens every shard and starts its Raft group, pushing each onto `groups` as it comes up

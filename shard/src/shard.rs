@@ -530,6 +530,12 @@ impl Shard {
         }
     }
 
+    /// Reads the exception catalog (exception id → service) if it is not read yet, so that the
+    /// first ranking filtered by service does not wait for it. Returns the exceptions it knows.
+    pub fn read_catalog(&self) -> Result<usize> {
+        Ok(self.built_catalog()?.services.len())
+    }
+
     /// The catalog, built from the exception-first hourly history if it is not yet: one seek
     /// per exception the shard counted.
     fn built_catalog(&self) -> Result<std::sync::MutexGuard<'_, Catalog>> {
