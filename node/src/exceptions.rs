@@ -232,6 +232,18 @@ async fn on_shards<T: Send + 'static>(
     Ok(answers)
 }
 
+/// The shards that can hold counters of `services` (all: any service) in `window`: counters
+/// are written by the shard that applied the entry, so over a bounded window only each
+/// (service, hour)'s shard, as queries are planned.
+fn shards_of(node: &Node, services: &[String], window: Window) -> Vec<ShardId> {
+    crate::query::shards_of_services(
+        &node.shard_map,
+        services,
+        window.start.div_euclid(60),
+        window.end.saturating_sub(1).div_euclid(60),
+    )
+}
+
 /// Asks the shards that can hold the filter's counters in the window for their counts and adds
 /// them up: with a service filter over a bounded window, only each (service, hour)'s shard
 /// (counters are written by the shard that applied the entry), as queries are planned.
@@ -241,15 +253,42 @@ async fn gather(
     filter: CounterFilter,
     bucket_minutes: Option<i64>,
 ) -> Result<ExceptionCounts, ApiError> {
-    let shards = crate::query::shards_of_services(
-        &node.shard_map,
-        &filter.services,
-        window.start.div_euclid(60),
-        window.end.saturating_sub(1).div_euclid(60),
-    );
+    let shards = shards_of(node, &filter.services, window);
     let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
         shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
     })
+    .await?;
+    Ok(sum(parts))
+}
+
+/// One exception's filtered counts from the shards that can hold them (see [`gather`]), each
+/// read through the exception's own history ([`veil_shard::Shard::exception_filtered_history`]);
+/// with `first_only`, each shard's first sighting under the filter only.
+async fn gather_one(
+    node: &Arc<Node>,
+    exception_id: u64,
+    window: Window,
+    filter: &CounterFilter,
+    bucket_minutes: Option<i64>,
+    first_only: bool,
+) -> Result<ExceptionCounts, ApiError> {
+    let shards = shards_of(node, &filter.services, window);
+    let filter = filter.clone();
+    let parts = on_shards(
+        node,
+        Some(&shards),
+        "reading an exception's history",
+        move |shard| {
+            shard.exception_filtered_history(
+                exception_id,
+                window.start,
+                window.end,
+                &filter,
+                bucket_minutes,
+                first_only,
+            )
+        },
+    )
     .await?;
     Ok(sum(parts))
 }
@@ -388,12 +427,7 @@ async fn gather_service_numbers(
     window: Window,
     services: Vec<String>,
 ) -> Result<Ranking, ApiError> {
-    let shards = crate::query::shards_of_services(
-        &node.shard_map,
-        &services,
-        window.start.div_euclid(60),
-        window.end.saturating_sub(1).div_euclid(60),
-    );
+    let shards = shards_of(node, &services, window);
     let services = Arc::new(services);
     let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
         Ok((
@@ -703,15 +737,17 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
     let (counts, first_ever) = if unfiltered {
         history(node, exception_id, window, bucket).await?
     } else {
-        let counts = gather(node, window, filter.clone(), Some(bucket)).await?;
-        let earlier = gather(
+        let counts = gather_one(node, exception_id, window, &filter, Some(bucket), false).await?;
+        let earlier = gather_one(
             node,
+            exception_id,
             Window {
                 start: i64::MIN / 2,
                 end: window.start,
             },
-            filter,
+            &filter,
             None,
+            true,
         )
         .await?;
         let first_ever = earlier

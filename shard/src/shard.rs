@@ -986,6 +986,61 @@ impl Shard {
         Ok(out)
     }
 
+    /// One exception's counter rows that pass `filter` over minutes `start_minute..end_minute`,
+    /// merged (and per bucket of `bucket_minutes` when given): the minutes it occurred in come
+    /// from its exception-first history, and only those minutes' rows of it are read from the
+    /// minute rows — a few seeks per minute it occurred in, however many other exceptions the
+    /// window holds. With `first_only`, stops after the first minute holding a row that passes
+    /// (the first sighting under the filter).
+    pub fn exception_filtered_history(
+        &self,
+        exception_id: u64,
+        start_minute: i64,
+        end_minute: i64,
+        filter: &CounterFilter,
+        bucket_minutes: Option<i64>,
+        first_only: bool,
+    ) -> Result<ExceptionCounts> {
+        self.flush_counters()?;
+        let mut out = ExceptionCounts::default();
+        if start_minute >= end_minute || !filter.admits_id(exception_id) {
+            return Ok(out);
+        }
+        let to = exceptions::history_key(self.id, exception_id, end_minute);
+        let mut history = self
+            .db
+            .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY)?);
+        let mut rows = self.db.raw_iterator_cf(self.cf(CF_EXCEPTIONS)?);
+        history.seek(exceptions::history_key(self.id, exception_id, start_minute));
+        while let Some(key) = history.key() {
+            if key >= to.as_slice() {
+                break;
+            }
+            let minute = exceptions::history_minute(key).ok_or_else(|| self.corrupt_counter())?;
+            let first = exceptions::counter_key(self.id, minute, exception_id, 0);
+            let mut passed = false;
+            rows.seek(first);
+            while let (Some(k), Some(v)) = (rows.key(), rows.value()) {
+                if k.get(..20) != Some(&first[..20]) {
+                    break;
+                }
+                let c = self.decode_counter(v)?;
+                if filter.admits(exception_id, &c) {
+                    out.add_row(exception_id, minute, bucket_minutes, c);
+                    passed = true;
+                }
+                rows.next();
+            }
+            rows.status()?;
+            if first_only && passed {
+                return Ok(out);
+            }
+            history.next();
+        }
+        history.status()?;
+        Ok(out)
+    }
+
     /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per
     /// exception, and per bucket of `bucket_minutes` (aligned to the epoch) when given.
     pub fn exception_counts(

@@ -87,6 +87,16 @@ fn brute_force(sent: &[&Sent], k: usize) -> Vec<Expected> {
     v
 }
 
+/// The counts of a details answer's trend, added up.
+fn trend_sum(d: &Value) -> u64 {
+    d["trend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_u64().unwrap())
+        .sum()
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -330,13 +340,7 @@ fn top_k_and_details_match_a_brute_force_count() {
     let (status, d) = get(&veil, &format!("/api/v1/exceptions/{}?window=24h", top.0));
     assert_eq!(status, 200, "{d}");
     assert_eq!(d["count"].as_u64().unwrap(), top.1);
-    let trend_sum: u64 = d["trend"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["count"].as_u64().unwrap())
-        .sum();
-    assert_eq!(trend_sum, top.1, "the trend adds up to the count");
+    assert_eq!(trend_sum(&d), top.1, "the trend adds up to the count");
     assert_eq!(d["is_new"], true);
     assert_eq!(d["sample_logs"].as_array().unwrap().len(), 3);
     assert_eq!(d["sample_logs"][0]["log_id"].as_str().unwrap(), top.4[0]);
@@ -361,6 +365,118 @@ fn top_k_and_details_match_a_brute_force_count() {
         assert_eq!(d["count"].as_u64().unwrap_or(0), want, "{path}");
         assert_eq!(d["is_new"], false, "{path}");
     }
+
+    // Details under each kind of filter against the oracle: count, first and last seen, the
+    // trend, the samples, `is_new` (the first sighting under the filter), and 404 when nothing
+    // ever matched the filter.
+    let ranked = brute_force(&all, 6);
+    for round in 0..30 {
+        let id = ranked[round % ranked.len()].0.clone();
+        let of_id: Vec<&Sent> = sent
+            .iter()
+            .filter(|s| exception_id_string(&s.exception, &s.service) == id)
+            .collect();
+        let service = of_id[0].service.clone();
+        let a = now_us - rng.below(5 * 3600 + 600) as i64 * 1_000_000;
+        let b = now_us - rng.below(5 * 3600 + 600) as i64 * 1_000_000;
+        let (start, end) = (a.min(b), a.max(b));
+        type Keep = Box<dyn Fn(&Sent) -> bool>;
+        let (filter, keep): (String, Keep) = match round % 6 {
+            0 => (format!("&service={service}"), Box::new(|_| true)),
+            1 => ("&service=nosuchservice".into(), Box::new(|_| false)),
+            2 => ("&level=FATAL".into(), Box::new(|s| s.level == "FATAL")),
+            3 => (
+                "&environment=staging&region=eu".into(),
+                Box::new(|s| s.environment == "staging" && s.region == "eu"),
+            ),
+            4 => (
+                format!("&service={service},geo&level=WARN"),
+                Box::new(|s| s.level == "WARN"),
+            ),
+            _ => ("&region=us".into(), Box::new(|s| s.region == "us")),
+        };
+        let path = format!(
+            "/api/v1/exceptions/{id}?start={}&end={}{filter}",
+            rfc3339(start).replace('+', "%2B"),
+            rfc3339(end).replace('+', "%2B")
+        );
+        let ever: Vec<&Sent> = of_id.iter().copied().filter(|s| keep(s)).collect();
+        let (status, d) = get(&veil, &path);
+        if ever.is_empty() {
+            assert_eq!(status, 404, "{path}: {d}");
+            continue;
+        }
+        assert_eq!(status, 200, "{path}: {d}");
+        let mut inside: Vec<&Sent> = ever
+            .iter()
+            .copied()
+            .filter(|s| minute(s.ts_us) >= minute(start) && minute(s.ts_us) <= minute(end))
+            .collect();
+        assert_eq!(d["count"].as_u64().unwrap(), inside.len() as u64, "{path}");
+        let first_ever = ever.iter().map(|s| s.ts_us).min().unwrap();
+        assert_eq!(
+            d["is_new"],
+            !inside.is_empty() && first_ever >= minute(start) * 60_000_000,
+            "{path}"
+        );
+        if inside.is_empty() {
+            continue;
+        }
+        let first = inside.iter().map(|s| s.ts_us).min().unwrap();
+        let last = inside.iter().map(|s| s.ts_us).max().unwrap();
+        assert_eq!(us_of(d["first_seen"].as_str().unwrap()), first, "{path}");
+        assert_eq!(us_of(d["last_seen"].as_str().unwrap()), last, "{path}");
+        assert_eq!(trend_sum(&d), inside.len() as u64, "{path}");
+        inside.sort_by(|a, b| b.log_id.cmp(&a.log_id));
+        let samples: Vec<&str> = d["sample_logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["log_id"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = inside.iter().take(3).map(|s| s.log_id.as_str()).collect();
+        assert_eq!(samples, want, "{path}");
+    }
+
+    // The first sighting under a filter is not the exception's first sighting: an exception
+    // first seen in eu, then in us, then in us again inside the window is not new in us.
+    let t0 = now_us - 4 * 3600 * 1_000_000;
+    let body: String = [(0, "eu"), (10, "us"), (180, "us")]
+        .iter()
+        .map(|(minutes, region)| {
+            json!({
+                "timestamp": rfc3339(t0 + minutes * 60_000_000), "service": "auth",
+                "level": "ERROR", "message": "sighting", "metadata": {"region": region},
+                "exception": {"type": "com.acme.FirstSightingException", "message": "x"},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let (status, answer) = veil.post("/api/v1/logs", "application/x-ndjson", body);
+    assert_eq!(status, 200, "{answer}");
+    let id = exception_id_string("com.acme.FirstSightingException", "auth");
+    let window = |from_minute: i64, filter: &str| {
+        format!(
+            "/api/v1/exceptions/{id}?start={}&end={}{filter}",
+            rfc3339(t0 + from_minute * 60_000_000).replace('+', "%2B"),
+            rfc3339(now_us).replace('+', "%2B")
+        )
+    };
+    let (status, d) = get(&veil, &window(120, "&region=us"));
+    assert_eq!(
+        (status, d["count"].as_u64(), &d["is_new"]),
+        (200, Some(1), &json!(false)),
+        "{d}"
+    );
+    let (status, d) = get(&veil, &window(5, "&region=us"));
+    assert_eq!(
+        (status, d["count"].as_u64(), &d["is_new"]),
+        (200, Some(2), &json!(true)),
+        "{d}"
+    );
+    let (status, d) = get(&veil, &window(120, "&level=FATAL"));
+    assert_eq!(status, 404, "{d}");
 
     // The same over gRPC.
     let runtime = tokio::runtime::Runtime::new().unwrap();
