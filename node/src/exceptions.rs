@@ -9,9 +9,10 @@
 //! - explicit `start`/`end` (RFC 3339): the minutes from the one containing `start` to the one
 //!   containing `end`, both included.
 //!
-//! Merging is exact: each shard returns its full per-exception totals for the window (as many
+//! Merging is exact: each shard returns its full per-exception numbers for the window (as many
 //! as there are distinct exceptions in it), the coordinator adds them up, sorts by count
-//! (ties: latest `last_seen` first, then `exception_id`) and keeps `k`.
+//! (ties: latest `last_seen` first, then `exception_id`) and keeps `k`; only then are the
+//! winners' whole counters (samples, hosts, regions, users) read.
 //!
 //! An unfiltered ranking gets each shard's numbers in two parts: the window's whole hours (one
 //! cached span per shard, with a version that changes whenever an apply changes it) and the
@@ -614,18 +615,6 @@ fn item(id: u64, c: &Counter) -> TopItem {
     }
 }
 
-/// Sorts by the ranking order ([`rank_order`]).
-pub fn rank(totals: &HashMap<u64, Counter>) -> Vec<(u64, &Counter)> {
-    let mut v: Vec<(u64, &Counter)> = totals.iter().map(|(id, c)| (*id, c)).collect();
-    v.sort_by(|a, b| {
-        rank_order(
-            (a.0, a.1.count, a.1.last_seen_us),
-            (b.0, b.1.count, b.1.last_seen_us),
-        )
-    });
-    v
-}
-
 /// The ranking order of `(exception id, count, last seen)`: count (desc), then last seen
 /// (latest first), then exception id.
 fn rank_order(a: (u64, u64, i64), b: (u64, u64, i64)) -> std::cmp::Ordering {
@@ -672,11 +661,27 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
             })
             .collect()
     } else {
-        let counts = gather(node, window, filter, None).await?;
-        rank(&counts.totals)
-            .into_iter()
-            .take(k)
-            .map(|(id, c)| item(id, c))
+        // Rank on the passing rows' numbers (read with their names only), then read the whole
+        // counters of just the top k, under the same filter.
+        let shards = shards_of(node, &filter.services, window);
+        let ranking_filter = filter.clone();
+        let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
+            shard.exception_filtered_numbers(window.start, window.end, &ranking_filter)
+        })
+        .await?;
+        let mut numbers = IdMap::default();
+        for part in parts {
+            for (id, n) in part {
+                merge_into(&mut numbers, id, n);
+            }
+        }
+        let ranked = top_numbers(None, &numbers, k);
+        let mut winners = filter;
+        winners.exception_ids = ranked.iter().map(|(id, _)| *id).collect();
+        let counts = gather(node, window, winners, None).await?;
+        ranked
+            .iter()
+            .filter_map(|(id, _)| Some(item(*id, counts.totals.get(id)?)))
             .collect()
     };
     Ok(serde_json::json!({

@@ -412,11 +412,38 @@ pub fn encode_counter(c: &Counter) -> Vec<u8> {
     v
 }
 
-/// The service of what [`encode_counter`] wrote, read in place: the two names lead the
-/// counter's encoding, and nothing after them is decoded.
+/// The service of what [`encode_counter`] wrote, read in place (see [`counter_names`]).
 pub fn counter_service(bytes: &[u8]) -> Option<&str> {
     let (_exception_type, service): (&str, &str) = bincode::deserialize(bytes.get(24..)?).ok()?;
     Some(service)
+}
+
+/// The names of a counter row: what a [`CounterFilter`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterNames<'a> {
+    /// The service.
+    pub service: &'a str,
+    /// The environment of the counted entries.
+    pub environment: Option<&'a str>,
+    /// The region of the counted entries.
+    pub region: Option<&'a str>,
+    /// The level of the counted entries.
+    pub level: &'a str,
+}
+
+/// The names of what [`encode_counter`] wrote, read in place: they lead the counter's
+/// encoding (after its numbers), so the lists after them (samples, hosts, up to 256 users) are
+/// not decoded — a filtered ranking that decoded whole counters spent most of its time there.
+pub fn counter_names(bytes: &[u8]) -> Option<CounterNames<'_>> {
+    type Names<'a> = (&'a str, &'a str, Option<&'a str>, Option<&'a str>, &'a str);
+    let (_exception_type, service, environment, region, level): Names<'_> =
+        bincode::deserialize(bytes.get(24..)?).ok()?;
+    Some(CounterNames {
+        service,
+        environment,
+        region,
+        level,
+    })
 }
 
 /// Decodes what [`encode_counter`] wrote.
@@ -480,14 +507,27 @@ impl CounterFilter {
 
     /// True when a row passes.
     pub fn admits(&self, id: u64, c: &Counter) -> bool {
+        self.admits_names(
+            id,
+            CounterNames {
+                service: &c.service,
+                environment: c.environment.as_deref(),
+                region: c.region.as_deref(),
+                level: &c.level,
+            },
+        )
+    }
+
+    /// True when a row with these names passes.
+    pub fn admits_names(&self, id: u64, n: CounterNames<'_>) -> bool {
         let any = |list: &[String], v: Option<&str>| {
             list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x == v))
         };
         self.admits_id(id)
-            && any(&self.services, Some(&c.service))
-            && any(&self.environments, c.environment.as_deref())
-            && any(&self.regions, c.region.as_deref())
-            && any(&self.levels, Some(&c.level))
+            && any(&self.services, Some(n.service))
+            && any(&self.environments, n.environment)
+            && any(&self.regions, n.region)
+            && any(&self.levels, Some(n.level))
     }
 }
 
@@ -558,6 +598,13 @@ mod tests {
             metadata_capped: false,
         };
         assert_eq!(counter_service(&encode_counter(&c)), Some("payments"));
+        let names = CounterNames {
+            service: "payments",
+            environment: Some("prod"),
+            region: None,
+            level: "ERROR",
+        };
+        assert_eq!(counter_names(&encode_counter(&c)), Some(names));
         c.service = "search".into();
         c.exception_type = String::new();
         assert_eq!(counter_service(&encode_counter(&c)), Some("search"));

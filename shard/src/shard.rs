@@ -986,6 +986,39 @@ impl Shard {
         Ok(out)
     }
 
+    /// Count, first and last seen per exception over minutes `start_minute..end_minute`, of the
+    /// counter rows that pass `filter`: the ranking pass of a top-K filtered by environment,
+    /// region or level, from the minute rows, reading only each row's numbers and names (see
+    /// [`exceptions::counter_names`]).
+    pub fn exception_filtered_numbers(
+        &self,
+        start_minute: i64,
+        end_minute: i64,
+        filter: &CounterFilter,
+    ) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        self.flush_counters()?;
+        let mut out = exceptions::IdMap::default();
+        if start_minute >= end_minute {
+            return Ok(out);
+        }
+        let add = |key: &[u8], value: &[u8]| {
+            let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
+            if !filter.admits_id(id) {
+                return Ok(());
+            }
+            let names = exceptions::counter_names(value).ok_or_else(|| self.corrupt_counter())?;
+            if filter.admits_names(id, names) {
+                let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
+                exceptions::merge_into(&mut out, id, n);
+            }
+            Ok(())
+        };
+        let from = exceptions::minute_key(self.id, start_minute);
+        let to = exceptions::minute_key(self.id, end_minute);
+        self.scan(CF_EXCEPTIONS, &from, &to, add)?;
+        Ok(out)
+    }
+
     /// One exception's counter rows that pass `filter` over minutes `start_minute..end_minute`,
     /// merged (and per bucket of `bucket_minutes` when given): the minutes it occurred in come
     /// from its exception-first history, and only those minutes' rows of it are read from the
