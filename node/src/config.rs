@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// minute of full-speed ingest) [default: 512 MiB].
     #[arg(long, env = "VEIL_WAL_BYTES_MAX")]
     pub wal_bytes_max: Option<u64>,
+    /// Bytes of RocksDB's block cache (uncompressed blocks of entries and exception counters,
+    /// one LRU cache shared by the shards' column families); 0 leaves each column family
+    /// RocksDB's own small cache [default: 1 GiB].
+    #[arg(long, env = "VEIL_BLOCK_CACHE_BYTES")]
+    pub block_cache_bytes: Option<u64>,
     /// Free bytes the data directory's filesystem must keep: below it, ingest answers 507
     /// (queries go on) until space is freed, instead of RocksDB failing mid-write; 0 turns the
     /// check off [default: 1 GiB].
@@ -231,6 +236,8 @@ pub struct NodeConfig {
     pub raft_logs_kept: u64,
     /// RocksDB write-ahead log bytes before old memtables are flushed.
     pub wal_bytes_max: u64,
+    /// RocksDB block cache bytes (0: RocksDB's per-family default).
+    pub block_cache_bytes: u64,
     /// Free bytes below which ingest is refused (0: no check).
     pub disk_free_bytes_min: u64,
     /// Start-up leader election deadline, in ms.
@@ -305,6 +312,7 @@ impl ServeArgs {
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 1_000),
             raft_logs_kept: pick!(raft_logs_kept, 1_000),
             wal_bytes_max: pick!(wal_bytes_max, 512 << 20),
+            block_cache_bytes: pick!(block_cache_bytes, 1 << 30),
             disk_free_bytes_min: pick!(disk_free_bytes_min, 1 << 30),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),

@@ -147,8 +147,15 @@ fn open_db(config: &NodeConfig) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
     opts.set_max_total_wal_size(config.wal_bytes_max);
+    let cache = match config.block_cache_bytes {
+        0 => None,
+        bytes => Some(
+            rocksdb::Cache::new_lru_cache(bytes as usize)
+                .context("failed to create the RocksDB block cache")?,
+        ),
+    };
     let mut cfs = veil_raft::column_families();
-    cfs.extend(veil_shard::column_families());
+    cfs.extend(veil_shard::column_families_with(cache.as_ref()));
     let names = cfs.iter().map(|cf| cf.name().to_string()).collect();
     let path = config.data_dir.join("db");
     let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
