@@ -255,9 +255,10 @@ struct Catalog {
 }
 
 impl Catalog {
-    fn learn(&mut self, id: u64, service: &str) {
-        if self.services.contains_key(&id) {
-            return;
+    /// Records that exception `id` is of `service`; returns the catalog's copy of the name.
+    fn learn(&mut self, id: u64, service: &str) -> Arc<str> {
+        if let Some(known) = self.services.get(&id) {
+            return known.clone();
         }
         let name = match self.names.get(service) {
             Some(n) => n.clone(),
@@ -267,7 +268,8 @@ impl Catalog {
                 n
             }
         };
-        self.services.insert(id, name);
+        self.services.insert(id, name.clone());
+        name
     }
 
     fn clear(&mut self) {
@@ -590,11 +592,10 @@ impl Shard {
             .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY_HOURLY)?);
         it.seek(from);
         match (it.key(), it.value()) {
-            (Some(key), Some(value))
-                if exceptions::history_exception_id(key) == Some(id) && key[..4] == from[..4] =>
-            {
-                catalog.learn(id, &self.decode_counter(value)?.service);
-                Ok(catalog.services[&id].clone())
+            (Some(key), Some(value)) if key.get(..12) == Some(&from[..12]) => {
+                let service =
+                    exceptions::counter_service(value).ok_or_else(|| self.corrupt_counter())?;
+                Ok(catalog.learn(id, service))
             }
             _ => {
                 it.status()?;
