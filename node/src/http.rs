@@ -97,7 +97,8 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let stores = node.store_sizes();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(&shards, &stores),
+        node.metrics
+            .render(&shards, &stores, node.block_cache_bytes()),
     )
         .into_response()
 }

@@ -103,8 +103,14 @@ impl Metrics {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Renders everything, with the shards' numbers and the column families' sizes.
-    pub fn render(&self, shards: &[ShardLine], stores: &[StoreLine]) -> String {
+    /// Renders everything, with the shards' numbers, the column families' sizes and the block
+    /// cache's bytes in use and capacity.
+    pub fn render(
+        &self,
+        shards: &[ShardLine],
+        stores: &[StoreLine],
+        block_cache: Option<(u64, u64)>,
+    ) -> String {
         let mut out = String::with_capacity(8192);
         let counter = |out: &mut String, name: &str, help: &str, v: f64| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -231,6 +237,28 @@ impl Metrics {
                     .saturating_sub(s.stats.persisted_index)
             },
         );
+        gauge(
+            &mut out,
+            "veil_shard_exception_counter_rows_pending",
+            "Exception counter rows summed in memory and not yet written (written every index commit tick and before counters are read).",
+            &|s| s.stats.counter_rows_pending,
+        );
+        if let Some((usage, capacity)) = block_cache {
+            for (name, help, v) in [
+                (
+                    "veil_rocksdb_block_cache_bytes",
+                    "Bytes in the RocksDB block cache the shards share.",
+                    usage,
+                ),
+                (
+                    "veil_rocksdb_block_cache_capacity_bytes",
+                    "Capacity of the RocksDB block cache the shards share (--block-cache-bytes).",
+                    capacity,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+        }
         for (name, help, value) in [
             (
                 "veil_rocksdb_sst_bytes",
@@ -263,7 +291,7 @@ mod tests {
         m.ack_latency.observe(Duration::from_millis(3));
         m.ack_latency.observe(Duration::from_millis(30));
         Metrics::add(&m.entries_accepted, 5);
-        let text = m.render(&[], &[]);
+        let text = m.render(&[], &[], None);
         assert!(
             text.contains("veil_ingest_ack_seconds_bucket{le=\"0.005\"} 1"),
             "{text}"
@@ -295,8 +323,15 @@ mod tests {
             sst_bytes: 1234,
             memtable_bytes: 56,
         };
-        let text = m.render(&[shard(0, 7, 10), shard(1, 9, 9)], &[store]);
+        let text = m.render(
+            &[shard(0, 7, 10), shard(1, 9, 9)],
+            &[store],
+            Some((4096, 1 << 30)),
+        );
         for line in [
+            "veil_rocksdb_block_cache_bytes 4096",
+            "veil_rocksdb_block_cache_capacity_bytes 1073741824",
+            "veil_shard_exception_counter_rows_pending{shard=\"1\"} 0",
             "veil_shard_committed_index{shard=\"0\"} 10",
             "veil_shard_apply_lag{shard=\"0\"} 3",
             "veil_shard_apply_lag{shard=\"1\"} 0",

@@ -66,6 +66,8 @@ pub struct Node {
     db: Arc<rocksdb::DB>,
     /// The names of `db`'s column families.
     column_families: Vec<String>,
+    /// The block cache the shards' column families share (None: `--block-cache-bytes 0`).
+    block_cache: Option<rocksdb::Cache>,
     /// The Raft log's fsync thread, stopped at close.
     syncer: LogSyncer,
     /// The index-commit loop, stopped at shutdown.
@@ -141,7 +143,9 @@ pub enum EntryResult {
 
 /// Opens the node's RocksDB with every column family the Raft logs and the shards need;
 /// returns it with the families' names.
-fn open_db(config: &NodeConfig) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>)> {
+fn open_db(
+    config: &NodeConfig,
+) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>, Option<rocksdb::Cache>)> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -160,7 +164,7 @@ fn open_db(config: &NodeConfig) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>
     let path = config.data_dir.join("db");
     let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
         .with_context(|| format!("failed to open rocksdb at {}", path.display()))?;
-    Ok((Arc::new(db), names))
+    Ok((Arc::new(db), names, cache))
 }
 
 impl Node {
@@ -178,7 +182,7 @@ impl Node {
             PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
         let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
             .context("PII patterns")?;
-        let (db, column_families) = open_db(&config)?;
+        let (db, column_families, block_cache) = open_db(&config)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
         let raft_config = Arc::new(
@@ -286,6 +290,7 @@ impl Node {
             groups,
             db,
             column_families,
+            block_cache,
             syncer,
             committer: std::sync::Mutex::new(None),
         });
@@ -533,6 +538,12 @@ impl Node {
         if let Err(e) = shard.commit_index() {
             tracing::error!(shard_id = %shard.id(), error = %e, "index commit failed");
         }
+    }
+
+    /// The shared block cache's bytes in use and capacity, for `GET /metrics`.
+    pub fn block_cache_bytes(&self) -> Option<(u64, u64)> {
+        let cache = self.block_cache.as_ref()?;
+        Some((cache.get_usage() as u64, self.config.block_cache_bytes))
     }
 
     /// Each RocksDB column family's SST and memtable bytes, for `GET /metrics` (RocksDB's

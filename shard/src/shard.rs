@@ -223,6 +223,8 @@ pub struct ShardStats {
     pub index_ram_bytes: u64,
     /// Last Raft index whose documents are in the index on disk (a restart reindexes above).
     pub persisted_index: u64,
+    /// Exception counter rows summed in memory, not yet written (see [`Shard::flush_counters`]).
+    pub counter_rows_pending: u64,
 }
 
 /// One shard of the node.
@@ -1148,6 +1150,7 @@ impl Shard {
             index_bytes,
             index_ram_bytes: self.index.ram_bytes() as u64,
             persisted_index: self.index.persisted_up_to(),
+            counter_rows_pending: self.counters_lock().rows.len() as u64,
         }
     }
 

@@ -447,6 +447,13 @@ fn metrics_report_ingest_masking_queries_and_shards() {
             .any(|l| l.starts_with("veil_rocksdb_sst_bytes{cf=\"raft_log\"}")),
         "{text}"
     );
+    // The shared block cache at its default size; reads fill it later (these entries are still
+    // in memtables).
+    assert_eq!(
+        value("veil_rocksdb_block_cache_capacity_bytes"),
+        f64::from(1u32 << 30)
+    );
+    assert!(value("veil_rocksdb_block_cache_bytes") >= 0.0, "{text}");
     veil.stop();
 }
 
