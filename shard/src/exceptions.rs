@@ -97,15 +97,26 @@ fn merge_distinct(into: &mut Vec<String>, from: &[String], max: usize) -> bool {
     capped
 }
 
+/// The `user_id` of an entry's free fields (a string, or a number as its text): the fields are
+/// parsed into just that one value, the others skipped without building them.
+fn user_of(fields_json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct UserField {
+        user_id: Option<serde_json::Value>,
+    }
+    match serde_json::from_str::<UserField>(fields_json)
+        .ok()?
+        .user_id?
+    {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 impl Counter {
     fn of(e: &StoredEntry, exception_type: &str) -> Counter {
-        let user = serde_json::from_str::<serde_json::Value>(&e.fields_json)
-            .ok()
-            .and_then(|f| match f.get("user_id") {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            });
+        let user = user_of(&e.fields_json);
         Counter {
             hosts: e.host.iter().cloned().collect(),
             regions: e.region.iter().cloned().collect(),
@@ -578,6 +589,39 @@ mod tests {
         let capped = all.len() > max;
         all.truncate(max);
         (all, capped)
+    }
+
+    #[test]
+    fn the_user_id_is_read_as_a_whole_parse_reads_it() {
+        let whole = |json: &str| {
+            serde_json::from_str::<serde_json::Value>(json)
+                .ok()
+                .and_then(|f| match f.get("user_id") {
+                    Some(serde_json::Value::String(s)) => Some(s.clone()),
+                    Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                })
+        };
+        for json in [
+            r#"{"user_id":"u1"}"#,
+            r#"{"a":{"user_id":"inner"},"user_id":42,"b":[1,{"c":null}]}"#,
+            r#"{"user_id":-1.5e3}"#,
+            r#"{"user_id":18446744073709551615}"#,
+            r#"{"user_id":null}"#,
+            r#"{"user_id":{"id":"u"}}"#,
+            r#"{"user_id":["u"]}"#,
+            r#"{"user_id":true}"#,
+            r#"{"other":"x"}"#,
+            r#"{}"#,
+            r#"[]"#,
+            r#"null"#,
+            r#""user_id""#,
+            r#"{"user_id":"caf\u00e9 \"q\""}"#,
+            "not json",
+            "",
+        ] {
+            assert_eq!(user_of(json), whole(json), "{json}");
+        }
     }
 
     #[test]
