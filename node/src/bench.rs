@@ -115,7 +115,7 @@ pub struct QueryArgs {
     concurrency: usize,
     /// The kinds to run, comma-separated (default: all of service_level_1h, text_24h,
     /// user_id_24h, terms_service_24h, percentiles_24h, top_k_1h, top_k_24h, top_k_7d,
-    /// details_24h).
+    /// details_24h, top_k_service_24h, top_k_level_24h, top_k_level_7d, details_level_24h).
     #[arg(long, value_delimiter = ',')]
     kinds: Vec<String>,
     /// Print the result as one JSON object.
@@ -717,8 +717,11 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let kinds = Arc::new(kinds);
+    let service_query = Arc::new(query_value(&service));
     let mut workers = Vec::new();
-    for w in 0..a.concurrency.max(1) {
+    let concurrency = a.concurrency.max(1);
+    for w in 0..concurrency {
+        let service_query = service_query.clone();
         let service = service.clone();
         let top_id = top_id.clone();
         let (client, base, kinds, histograms, failed) = (
@@ -729,12 +732,15 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
             failed.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut i = w;
+            // Workers start spread over the kinds, so a short run asks every kind.
+            let mut i = w * kinds.len() / concurrency;
             while Instant::now() < deadline {
                 let k = i % kinds.len();
                 i += 1;
                 let (name, path) = kinds[k];
-                let path = path.replace("{top}", &top_id);
+                let path = path
+                    .replace("{top}", &top_id)
+                    .replace("{service}", &service_query);
                 let request = match query_body(name, &service, i as u64) {
                     Some(b) => client.post(format!("{base}{path}")).json(&b),
                     None => client.get(format!("{base}{path}")),
@@ -879,8 +885,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
 }
 
 /// What `veil bench query` asks, by kind: (name, path).
-/// (`details_24h` asks about the most frequent exception of the last 24 h.)
-const QUERY_KINDS: [(&str, &str); 9] = [
+/// (`details_*` ask about the most frequent exception of the last 24 h; `{service}` is the
+/// busiest service.)
+const QUERY_KINDS: [(&str, &str); 13] = [
     ("service_level_1h", "/api/v1/logs/query"),
     ("text_24h", "/api/v1/logs/query"),
     ("user_id_24h", "/api/v1/logs/query"),
@@ -890,7 +897,35 @@ const QUERY_KINDS: [(&str, &str); 9] = [
     ("top_k_24h", "/api/v1/exceptions/top-k?k=10&window=24h"),
     ("top_k_7d", "/api/v1/exceptions/top-k?k=10&window=7d"),
     ("details_24h", "/api/v1/exceptions/{top}?window=24h"),
+    (
+        "top_k_service_24h",
+        "/api/v1/exceptions/top-k?k=10&window=24h&service={service}",
+    ),
+    (
+        "top_k_level_24h",
+        "/api/v1/exceptions/top-k?k=10&window=24h&level=ERROR",
+    ),
+    (
+        "top_k_level_7d",
+        "/api/v1/exceptions/top-k?k=10&window=7d&level=ERROR",
+    ),
+    (
+        "details_level_24h",
+        "/api/v1/exceptions/{top}?window=24h&level=ERROR",
+    ),
 ];
+
+/// `s` as a URL query value: unreserved characters as they are, every other byte escaped.
+fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
 
 /// The body of one query of `kind`, over windows ending now.
 fn query_body(kind: &str, service: &str, i: u64) -> Option<Value> {
@@ -936,6 +971,13 @@ mod tests {
         let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v.is_object(), "{line}");
         v
+    }
+
+    #[test]
+    fn query_values_escape_all_but_unreserved_characters() {
+        assert_eq!(query_value("bench-q7-svc-3"), "bench-q7-svc-3");
+        assert_eq!(query_value("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+        assert_eq!(query_value("x.y_z~"), "x.y_z~");
     }
 
     #[test]

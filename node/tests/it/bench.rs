@@ -138,6 +138,10 @@ fn bench_ingest_and_query_report_consistent_numbers() {
         "top_k_24h",
         "top_k_7d",
         "details_24h",
+        "top_k_service_24h",
+        "top_k_level_24h",
+        "top_k_level_7d",
+        "details_level_24h",
     ] {
         assert!(q["latency"][kind]["count"].as_u64().unwrap() >= 1, "{q}");
     }
