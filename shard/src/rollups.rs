@@ -14,12 +14,12 @@
 //! `Shard::flush_counters`), *after* its write batch is in RocksDB, adds the rows' numbers into
 //! the cached blocks they fall in (so blocks stay cached, and exact, under live ingest), and
 //! marks the blocks some reader is reading. A reader registers a block
-//! before reading it and caches what it read only when no apply touched that block in between;
+//! before reading it and caches what it read only when no counter write touched that block in between;
 //! otherwise it uses what it read for its own answer (a consistent view as of its read) and
 //! leaves the block uncached. So a cached block always equals what RocksDB holds for it.
 //!
 //! Versions: a cached block carries a version, drawn from a counter of the cache that only
-//! grows, and renewed whenever an apply changes the block. Equal versions of one block mean
+//! grows, and renewed whenever a counter write changes the block. Equal versions of one block mean
 //! equal numbers, so a coordinator can keep a sum of several shards' spans and reuse it while
 //! every shard reports the versions it was summed from.
 
@@ -66,7 +66,7 @@ pub type BlockNumbers = Arc<IdMap<Numbers>>;
 pub struct Cached {
     /// Per-exception numbers.
     pub numbers: BlockNumbers,
-    /// Renewed by every apply that changes them (see the module's doc).
+    /// Renewed by every counter write that changes them (see the module's doc).
     pub version: u64,
 }
 
@@ -92,7 +92,7 @@ pub struct WindowNumbers {
 
 #[derive(Default)]
 struct Slot {
-    /// Bumped by every apply that touches the block.
+    /// Bumped by every counter write that touches the block.
     generation: u64,
     /// Readers between registering and finishing.
     readers: usize,
@@ -182,7 +182,7 @@ impl RollupCache {
         })
     }
 
-    /// Ends a read: caches `numbers` when no apply touched the block since [`Self::begin`], and
+    /// Ends a read: caches `numbers` when no counter write touched the block since [`Self::begin`], and
     /// returns the version they are cached under (None: not cached).
     pub fn finish(&self, reading: Reading, numbers: BlockNumbers) -> Option<u64> {
         let mut inner = self.lock();
@@ -237,7 +237,7 @@ impl RollupCache {
         }
     }
 
-    /// Called after an apply's write batch is in RocksDB with the numbers it added, per
+    /// Called after a counter write's batch is in RocksDB with the numbers it added, per
     /// (minute, exception): adds them into the cached blocks holding those minutes, and keeps
     /// readers in flight on those blocks from caching what they read.
     pub fn applied(&self, rows: &[(i64, u64, Numbers)]) {
