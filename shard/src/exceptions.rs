@@ -516,6 +516,30 @@ impl CounterFilter {
             && (self.exception_ids.is_empty() || self.exception_ids.contains(&id))
     }
 
+    /// A 128-bit hash naming what the filter admits (the lists in any order, repeats
+    /// ignored): the block cache's key for its rankings.
+    pub fn key(&self) -> u128 {
+        let mut ids: Vec<u64> = self.exception_ids.iter().copied().collect();
+        ids.sort_unstable();
+        fn list(l: &[String]) -> Vec<&str> {
+            let mut l: Vec<&str> = l.iter().map(String::as_str).collect();
+            l.sort_unstable();
+            l.dedup();
+            l
+        }
+        // Serialising strings and numbers cannot fail.
+        let bytes = bincode::serialize(&(
+            self.exception_id,
+            ids,
+            list(&self.services),
+            list(&self.environments),
+            list(&self.regions),
+            list(&self.levels),
+        ))
+        .unwrap_or_default();
+        xxhash_rust::xxh3::xxh3_128(&bytes)
+    }
+
     /// True when a row passes.
     pub fn admits(&self, id: u64, c: &Counter) -> bool {
         self.admits_names(
@@ -589,6 +613,23 @@ mod tests {
         let capped = all.len() > max;
         all.truncate(max);
         (all, capped)
+    }
+
+    #[test]
+    fn a_filters_key_names_what_it_admits_in_any_order() {
+        let f = |levels: &[&str], envs: &[&str]| CounterFilter {
+            levels: levels.iter().map(|s| s.to_string()).collect(),
+            environments: envs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            f(&["ERROR", "WARN"], &[]).key(),
+            f(&["WARN", "ERROR", "WARN"], &[]).key()
+        );
+        // The same values under another dimension, or one value fewer, are other filters.
+        assert_ne!(f(&["prod"], &[]).key(), f(&[], &["prod"]).key());
+        assert_ne!(f(&["ERROR", "WARN"], &[]).key(), f(&["ERROR"], &[]).key());
+        assert_ne!(f(&[], &[]).key(), f(&["ERROR"], &[]).key());
     }
 
     #[test]

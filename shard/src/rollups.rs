@@ -40,6 +40,10 @@ pub enum Block {
     Six(i64),
     /// Whole hours `start..end`: the sum of the hour and six-hour blocks that cover them.
     Hours(i64, i64),
+    /// An hour of the minute rows that pass a filter (environment, region, level…), named by a
+    /// 128-bit hash of the filter: the ranking pass of a filtered top-K. A counter write into
+    /// the hour drops it (which of the written rows pass is not known here).
+    Filtered(u128, i64),
 }
 
 impl Block {
@@ -50,6 +54,7 @@ impl Block {
             Block::Hour(h) => h * 60..h * 60 + 60,
             Block::Six(x) => x * 360..x * 360 + 360,
             Block::Hours(a, b) => a * 60..b * 60,
+            Block::Filtered(_, h) => h * 60..h * 60 + 60,
         }
     }
 }
@@ -108,6 +113,8 @@ struct Inner {
     entries: usize,
     /// The last version handed out.
     version: u64,
+    /// The [`Block::Filtered`] slots present.
+    filtered: usize,
 }
 
 impl Inner {
@@ -120,6 +127,9 @@ impl Inner {
         if let Some(slot) = self.slots.remove(&block) {
             if let Some(c) = slot.cached {
                 self.entries -= c.numbers.len();
+            }
+            if matches!(block, Block::Filtered(..)) {
+                self.filtered -= 1;
             }
         }
         self.spans.retain(|b| *b != block);
@@ -134,6 +144,10 @@ impl Inner {
         }
         let slots = &self.slots;
         self.spans.retain(|b| slots.contains_key(b));
+        self.filtered = slots
+            .keys()
+            .filter(|b| matches!(b, Block::Filtered(..)))
+            .count();
         self.entries = 0;
     }
 }
@@ -168,8 +182,12 @@ impl RollupCache {
     /// The cached numbers of `block`, or a registration to read them and hand them back.
     pub fn begin(&self, block: Block) -> Result<Cached, Reading> {
         let mut inner = self.lock();
-        if matches!(block, Block::Hours(..)) && !inner.slots.contains_key(&block) {
-            inner.spans.push(block);
+        if !inner.slots.contains_key(&block) {
+            match block {
+                Block::Hours(..) => inner.spans.push(block),
+                Block::Filtered(..) => inner.filtered += 1,
+                _ => {}
+            }
         }
         let slot = inner.slots.entry(block).or_default();
         if let Some(cached) = &slot.cached {
@@ -220,6 +238,10 @@ impl RollupCache {
             }
         }
         let version = inner.next_version();
+        if !inner.slots.contains_key(&reading.block) && matches!(reading.block, Block::Filtered(..))
+        {
+            inner.filtered += 1;
+        }
         let slot = inner.slots.entry(reading.block).or_default();
         slot.cached = Some(Cached { numbers, version });
         inner.entries += len;
@@ -271,6 +293,31 @@ impl RollupCache {
             }
         }
         inner.entries += added;
+        if inner.filtered > 0 {
+            // Filtered hours the rows fall in: dropped (or, while read, kept from being cached).
+            let mut hours: Vec<i64> = rows.iter().map(|r| r.0.div_euclid(60)).collect();
+            hours.sort_unstable();
+            hours.dedup();
+            let touched: Vec<Block> = inner
+                .slots
+                .keys()
+                .filter(|b| matches!(b, Block::Filtered(_, h) if hours.binary_search(h).is_ok()))
+                .copied()
+                .collect();
+            for block in touched {
+                let Some(slot) = inner.slots.get_mut(&block) else {
+                    continue;
+                };
+                if slot.readers > 0 {
+                    slot.generation += 1;
+                    if let Some(c) = slot.cached.take() {
+                        inner.entries -= c.numbers.len();
+                    }
+                } else {
+                    inner.remove(block);
+                }
+            }
+        }
     }
 
     /// Forgets everything (after a snapshot is installed).

@@ -883,6 +883,10 @@ impl Shard {
             Block::Hour(h) => self.read_hours(h, h + 1),
             Block::Six(x) => self.read_hours(x * 6, x * 6 + 6),
             Block::Hours(a, b) => self.read_hours(a, b),
+            // Read with their filter, by `exception_filtered_numbers`.
+            Block::Filtered(..) => Err(Error::InvalidQuery(
+                "a filtered block is read with its filter".into(),
+            )),
         }
     }
 
@@ -1004,7 +1008,9 @@ impl Shard {
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, of the
     /// counter rows that pass `filter`: the ranking pass of a top-K filtered by environment,
     /// region or level, from the minute rows, reading only each row's numbers and names (see
-    /// [`exceptions::counter_names`]).
+    /// [`exceptions::counter_names`]). Whole hours go through the block cache
+    /// ([`Block::Filtered`], under a hash of the filter), so a sliding window asked again reads
+    /// only its edges and the hours written since.
     pub fn exception_filtered_numbers(
         &self,
         start_minute: i64,
@@ -1016,7 +1022,38 @@ impl Shard {
         if start_minute >= end_minute {
             return Ok(out);
         }
-        let add = |key: &[u8], value: &[u8]| {
+        let (edges, hours) = match rollups::split(start_minute, end_minute, 60) {
+            Some((head, hours, tail)) => ([head, tail], hours),
+            None => ([start_minute..end_minute, 0..0], 0..0),
+        };
+        for minutes in edges.into_iter().filter(|r| !r.is_empty()) {
+            self.read_filtered(minutes.start, minutes.end, filter, &mut out)?;
+        }
+        let key = filter.key();
+        for hour in hours {
+            let (numbers, _) = self.cached_block(Block::Filtered(key, hour), || {
+                let mut part = exceptions::IdMap::default();
+                self.read_filtered(hour * 60, hour * 60 + 60, filter, &mut part)?;
+                Ok(part)
+            })?;
+            for (id, n) in numbers.iter() {
+                exceptions::merge_into(&mut out, *id, *n);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds the numbers of the minute rows of `start..end` that pass `filter` into `out`.
+    fn read_filtered(
+        &self,
+        start: i64,
+        end: i64,
+        filter: &CounterFilter,
+        out: &mut exceptions::IdMap<exceptions::Numbers>,
+    ) -> Result<()> {
+        let from = exceptions::minute_key(self.id, start);
+        let to = exceptions::minute_key(self.id, end);
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
             let id = exceptions::key_exception_id(key).ok_or_else(|| self.corrupt_counter())?;
             if !filter.admits_id(id) {
                 return Ok(());
@@ -1024,14 +1061,10 @@ impl Shard {
             let names = exceptions::counter_names(value).ok_or_else(|| self.corrupt_counter())?;
             if filter.admits_names(id, names) {
                 let n = exceptions::decode_numbers(value).ok_or_else(|| self.corrupt_counter())?;
-                exceptions::merge_into(&mut out, id, n);
+                exceptions::merge_into(out, id, n);
             }
             Ok(())
-        };
-        let from = exceptions::minute_key(self.id, start_minute);
-        let to = exceptions::minute_key(self.id, end_minute);
-        self.scan(CF_EXCEPTIONS, &from, &to, add)?;
-        Ok(out)
+        })
     }
 
     /// One exception's counter rows that pass `filter` over minutes `start_minute..end_minute`,

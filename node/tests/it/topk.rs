@@ -310,6 +310,24 @@ fn top_k_and_details_match_a_brute_force_count() {
                     brute_force(&of_service, 20),
                 );
             }
+            for (filter, level, env) in [
+                ("&level=ERROR", "ERROR", None),
+                ("&environment=prod&level=WARN,FATAL", "", Some("prod")),
+            ] {
+                let passing: Vec<&Sent> = matching
+                    .iter()
+                    .filter(|s| {
+                        if level.is_empty() {
+                            s.level != "ERROR"
+                        } else {
+                            s.level == level
+                        }
+                    })
+                    .filter(|s| env.is_none_or(|e| s.environment == e))
+                    .copied()
+                    .collect();
+                check(&format!("{path}{filter}"), brute_force(&passing, 20));
+            }
         }
         send(&mut rng, batch, 300, &mut sent);
     }
