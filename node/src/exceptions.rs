@@ -245,24 +245,7 @@ fn shards_of(node: &Node, services: &[String], window: Window) -> Vec<ShardId> {
     )
 }
 
-/// Asks the shards that can hold the filter's counters in the window for their counts and adds
-/// them up: with a service filter over a bounded window, only each (service, hour)'s shard
-/// (counters are written by the shard that applied the entry), as queries are planned.
-async fn gather(
-    node: &Arc<Node>,
-    window: Window,
-    filter: CounterFilter,
-    bucket_minutes: Option<i64>,
-) -> Result<ExceptionCounts, ApiError> {
-    let shards = shards_of(node, &filter.services, window);
-    let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
-        shard.exception_counts(window.start, window.end, &filter, bucket_minutes)
-    })
-    .await?;
-    Ok(sum(parts))
-}
-
-/// One exception's filtered counts from the shards that can hold them (see [`gather`]), each
+/// One exception's filtered counts from the shards that can hold them ([`shards_of`]), each
 /// read through the exception's own history ([`veil_shard::Shard::exception_filtered_history`]);
 /// with `first_only`, each shard's first sighting under the filter only.
 async fn gather_one(
@@ -676,9 +659,29 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
             }
         }
         let ranked = top_numbers(None, &numbers, k);
-        let mut winners = filter;
-        winners.exception_ids = ranked.iter().map(|(id, _)| *id).collect();
-        let counts = gather(node, window, winners, None).await?;
+        let ids: Arc<Vec<u64>> = Arc::new(ranked.iter().map(|(id, _)| *id).collect());
+        let shards = shards_of(node, &filter.services, window);
+        let parts = on_shards(
+            node,
+            Some(&shards),
+            "reading exception details",
+            move |shard| {
+                let mut all = ExceptionCounts::default();
+                for &id in ids.iter() {
+                    all.absorb(shard.exception_filtered_history(
+                        id,
+                        window.start,
+                        window.end,
+                        &filter,
+                        None,
+                        false,
+                    )?);
+                }
+                Ok(all)
+            },
+        )
+        .await?;
+        let counts = sum(parts);
         ranked
             .iter()
             .filter_map(|(id, _)| Some(item(*id, counts.totals.get(id)?)))
