@@ -245,12 +245,12 @@ fn shards_of(node: &Node, services: &[String], window: Window) -> Vec<ShardId> {
     )
 }
 
-/// One exception's filtered counts from the shards that can hold them ([`shards_of`]), each
+/// Some exceptions' filtered counts from the shards that can hold them ([`shards_of`]), each
 /// read through the exception's own history ([`veil_shard::Shard::exception_filtered_history`]);
 /// with `first_only`, each shard's first sighting under the filter only.
-async fn gather_one(
+async fn gather_histories(
     node: &Arc<Node>,
-    exception_id: u64,
+    exception_ids: Vec<u64>,
     window: Window,
     filter: &CounterFilter,
     bucket_minutes: Option<i64>,
@@ -258,19 +258,24 @@ async fn gather_one(
 ) -> Result<ExceptionCounts, ApiError> {
     let shards = shards_of(node, &filter.services, window);
     let filter = filter.clone();
+    let ids = Arc::new(exception_ids);
     let parts = on_shards(
         node,
         Some(&shards),
-        "reading an exception's history",
+        "reading exception histories",
         move |shard| {
-            shard.exception_filtered_history(
-                exception_id,
-                window.start,
-                window.end,
-                &filter,
-                bucket_minutes,
-                first_only,
-            )
+            let mut all = ExceptionCounts::default();
+            for &id in ids.iter() {
+                all.absorb(shard.exception_filtered_history(
+                    id,
+                    window.start,
+                    window.end,
+                    &filter,
+                    bucket_minutes,
+                    first_only,
+                )?);
+            }
+            Ok(all)
         },
     )
     .await?;
@@ -613,14 +618,8 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
     }
     let window = resolve_window(&p, "1h", now_us())?;
     let filter = filter_of(&p, None)?;
-    let unfiltered = filter.services.is_empty()
-        && filter.environments.is_empty()
-        && filter.regions.is_empty()
-        && filter.levels.is_empty();
-    let by_service_only = !filter.services.is_empty()
-        && filter.environments.is_empty()
-        && filter.regions.is_empty()
-        && filter.levels.is_empty();
+    let unfiltered = filter.services.is_empty() && !filter.has_dimensions();
+    let by_service_only = !filter.services.is_empty() && !filter.has_dimensions();
     let exceptions: Vec<TopItem> = if unfiltered || by_service_only {
         // Rank on the rows' numbers only (no decoding of names and lists), then read the whole
         // counters of just the top k. An exception belongs to one service, so a filter by
@@ -659,29 +658,8 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
             }
         }
         let ranked = top_numbers(None, &numbers, k);
-        let ids: Arc<Vec<u64>> = Arc::new(ranked.iter().map(|(id, _)| *id).collect());
-        let shards = shards_of(node, &filter.services, window);
-        let parts = on_shards(
-            node,
-            Some(&shards),
-            "reading exception details",
-            move |shard| {
-                let mut all = ExceptionCounts::default();
-                for &id in ids.iter() {
-                    all.absorb(shard.exception_filtered_history(
-                        id,
-                        window.start,
-                        window.end,
-                        &filter,
-                        None,
-                        false,
-                    )?);
-                }
-                Ok(all)
-            },
-        )
-        .await?;
-        let counts = sum(parts);
+        let ids = ranked.iter().map(|(id, _)| *id).collect();
+        let counts = gather_histories(node, ids, window, &filter, None, false).await?;
         ranked
             .iter()
             .filter_map(|(id, _)| Some(item(*id, counts.totals.get(id)?)))
@@ -736,19 +714,24 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         ));
     }
     let filter = filter_of(&p, Some(exception_id))?;
-    let unfiltered = filter.services.is_empty()
-        && filter.environments.is_empty()
-        && filter.regions.is_empty()
-        && filter.levels.is_empty();
+    let unfiltered = filter.services.is_empty() && !filter.has_dimensions();
     // Without dimension filters one exception's history is one short range per shard; with
     // them, the window's counter rows are scanned and the time before it tells `is_new`.
     let (counts, first_ever) = if unfiltered {
         history(node, exception_id, window, bucket).await?
     } else {
-        let counts = gather_one(node, exception_id, window, &filter, Some(bucket), false).await?;
-        let earlier = gather_one(
+        let counts = gather_histories(
             node,
-            exception_id,
+            vec![exception_id],
+            window,
+            &filter,
+            Some(bucket),
+            false,
+        )
+        .await?;
+        let earlier = gather_histories(
+            node,
+            vec![exception_id],
             Window {
                 start: i64::MIN / 2,
                 end: window.start,

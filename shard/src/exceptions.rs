@@ -425,8 +425,7 @@ pub fn encode_counter(c: &Counter) -> Vec<u8> {
 
 /// The service of what [`encode_counter`] wrote, read in place (see [`counter_names`]).
 pub fn counter_service(bytes: &[u8]) -> Option<&str> {
-    let (_exception_type, service): (&str, &str) = bincode::deserialize(bytes.get(24..)?).ok()?;
-    Some(service)
+    counter_names(bytes).map(|n| n.service)
 }
 
 /// The names of a counter row: what a [`CounterFilter`] looks at.
@@ -510,6 +509,12 @@ pub struct CounterFilter {
 }
 
 impl CounterFilter {
+    /// True when the filter names environments, regions or levels (what only the rows' names,
+    /// not the exception id, tell).
+    pub fn has_dimensions(&self) -> bool {
+        !(self.environments.is_empty() && self.regions.is_empty() && self.levels.is_empty())
+    }
+
     /// True when rows of this exception can pass (checked before a row is decoded).
     pub fn admits_id(&self, id: u64) -> bool {
         self.exception_id.is_none_or(|x| x == id)

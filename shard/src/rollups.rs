@@ -113,8 +113,6 @@ struct Inner {
     entries: usize,
     /// The last version handed out.
     version: u64,
-    /// The [`Block::Filtered`] slots present.
-    filtered: usize,
 }
 
 impl Inner {
@@ -127,9 +125,6 @@ impl Inner {
         if let Some(slot) = self.slots.remove(&block) {
             if let Some(c) = slot.cached {
                 self.entries -= c.numbers.len();
-            }
-            if matches!(block, Block::Filtered(..)) {
-                self.filtered -= 1;
             }
         }
         self.spans.retain(|b| *b != block);
@@ -144,10 +139,6 @@ impl Inner {
         }
         let slots = &self.slots;
         self.spans.retain(|b| slots.contains_key(b));
-        self.filtered = slots
-            .keys()
-            .filter(|b| matches!(b, Block::Filtered(..)))
-            .count();
         self.entries = 0;
     }
 }
@@ -182,12 +173,8 @@ impl RollupCache {
     /// The cached numbers of `block`, or a registration to read them and hand them back.
     pub fn begin(&self, block: Block) -> Result<Cached, Reading> {
         let mut inner = self.lock();
-        if !inner.slots.contains_key(&block) {
-            match block {
-                Block::Hours(..) => inner.spans.push(block),
-                Block::Filtered(..) => inner.filtered += 1,
-                _ => {}
-            }
+        if matches!(block, Block::Hours(..)) && !inner.slots.contains_key(&block) {
+            inner.spans.push(block);
         }
         let slot = inner.slots.entry(block).or_default();
         if let Some(cached) = &slot.cached {
@@ -238,10 +225,6 @@ impl RollupCache {
             }
         }
         let version = inner.next_version();
-        if !inner.slots.contains_key(&reading.block) && matches!(reading.block, Block::Filtered(..))
-        {
-            inner.filtered += 1;
-        }
         let slot = inner.slots.entry(reading.block).or_default();
         slot.cached = Some(Cached { numbers, version });
         inner.entries += len;
@@ -293,29 +276,28 @@ impl RollupCache {
             }
         }
         inner.entries += added;
-        if inner.filtered > 0 {
-            // Filtered hours the rows fall in: dropped (or, while read, kept from being cached).
-            let mut hours: Vec<i64> = rows.iter().map(|r| r.0.div_euclid(60)).collect();
-            hours.sort_unstable();
-            hours.dedup();
-            let touched: Vec<Block> = inner
-                .slots
-                .keys()
-                .filter(|b| matches!(b, Block::Filtered(_, h) if hours.binary_search(h).is_ok()))
-                .copied()
-                .collect();
-            for block in touched {
-                let Some(slot) = inner.slots.get_mut(&block) else {
-                    continue;
-                };
-                if slot.readers > 0 {
-                    slot.generation += 1;
-                    if let Some(c) = slot.cached.take() {
-                        inner.entries -= c.numbers.len();
-                    }
-                } else {
-                    inner.remove(block);
+        // Filtered hours the rows fall in: dropped (or, while read, kept from being cached). A
+        // look over the slots' keys, a few thousand at most, once per counter write.
+        let mut hours: Vec<i64> = rows.iter().map(|r| r.0.div_euclid(60)).collect();
+        hours.sort_unstable();
+        hours.dedup();
+        let touched: Vec<Block> = inner
+            .slots
+            .keys()
+            .filter(|b| matches!(b, Block::Filtered(_, h) if hours.binary_search(h).is_ok()))
+            .copied()
+            .collect();
+        for block in touched {
+            let Some(slot) = inner.slots.get_mut(&block) else {
+                continue;
+            };
+            if slot.readers > 0 {
+                slot.generation += 1;
+                if let Some(c) = slot.cached.take() {
+                    inner.entries -= c.numbers.len();
                 }
+            } else {
+                inner.remove(block);
             }
         }
     }

@@ -1123,7 +1123,9 @@ impl Shard {
     }
 
     /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per
-    /// exception, and per bucket of `bucket_minutes` (aligned to the epoch) when given.
+    /// exception, and per bucket of `bucket_minutes` (aligned to the epoch) when given: a full
+    /// scan of the minute rows, decoding every admitted row. The node's questions use the
+    /// rollups, caches and exception-first reads above; this is what tests check them against.
     pub fn exception_counts(
         &self,
         start_minute: i64,
