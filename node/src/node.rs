@@ -254,7 +254,7 @@ impl Node {
                 rollup_rows,
                 from = info.format_version,
                 to = crate::datadir::FORMAT_VERSION,
-                "data directory upgraded (hourly exception rollups rebuilt when older than format 4)"
+                "data directory upgraded (hourly exception rollups rebuilt or built where missing)"
             );
         }
         let metrics: Arc<crate::metrics::Metrics> = Default::default();
@@ -390,6 +390,19 @@ impl Node {
                 rollup_rows += tokio::task::spawn_blocking(move || shard.rebuild_hourly_rollups())
                     .await?
                     .context("failed to build the hourly exception rollups")?;
+            } else if info.format_version < crate::datadir::DIMS_HOURLY_SINCE {
+                let started = std::time::Instant::now();
+                let shard = shard.clone();
+                let rows = tokio::task::spawn_blocking(move || shard.rebuild_dims_rollups())
+                    .await?
+                    .context("failed to build the hourly exception rollups per dimensions")?;
+                tracing::info!(
+                    shard = shard_id.0,
+                    rows,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "hourly exception rollups per dimensions built"
+                );
+                rollup_rows += rows;
             }
             let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
             let raft = ShardRaft::new(

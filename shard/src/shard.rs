@@ -40,7 +40,7 @@ pub(crate) const META_COUNTED: u8 = 4;
 
 /// The column families holding a shard's data (all keyed `shard | …`): what a snapshot install
 /// replaces.
-pub(crate) const DATA_COLUMN_FAMILIES: [&str; 7] = [
+pub(crate) const DATA_COLUMN_FAMILIES: [&str; 9] = [
     CF_ENTRIES,
     CF_ENTRY_IDS,
     CF_INDEX_QUEUE,
@@ -48,6 +48,8 @@ pub(crate) const DATA_COLUMN_FAMILIES: [&str; 7] = [
     crate::exceptions::CF_EXCEPTION_HISTORY,
     crate::exceptions::CF_EXCEPTION_HOURLY,
     crate::exceptions::CF_EXCEPTION_HISTORY_HOURLY,
+    crate::exceptions::CF_EXCEPTION_DIMS_HOURLY,
+    crate::exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY,
 ];
 
 /// The directory of shard `id`'s index under the node's data directory.
@@ -88,11 +90,15 @@ pub fn column_families_with(cache: Option<&rocksdb::Cache>) -> Vec<ColumnFamilyD
             match name {
                 exceptions::CF_EXCEPTIONS
                 | exceptions::CF_EXCEPTION_HISTORY
-                | exceptions::CF_EXCEPTION_HISTORY_HOURLY => {
+                | exceptions::CF_EXCEPTION_HISTORY_HOURLY
+                | exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY => {
                     opts.set_merge_operator_associative("veil.counter", merge_counters)
                 }
                 exceptions::CF_EXCEPTION_HOURLY => {
                     opts.set_merge_operator_associative("veil.numbers", merge_numbers)
+                }
+                exceptions::CF_EXCEPTION_DIMS_HOURLY => {
+                    opts.set_merge_operator_associative("veil.dims_numbers", merge_dims_rows)
                 }
                 _ => {}
             }
@@ -125,6 +131,25 @@ fn merge_numbers(
         .map(|n| exceptions::encode_numbers(&n).to_vec())
 }
 
+/// [`merge_counters`] for the packed rows of `exception_dims_hourly`: every row's items
+/// gathered, then sorted and merged once (an hour still in a memtable can hold an operand per
+/// counter write).
+fn merge_dims_rows(
+    _key: &[u8],
+    existing: Option<&[u8]>,
+    operands: &rocksdb::MergeOperands,
+) -> Option<Vec<u8>> {
+    let mut parts = existing.into_iter().chain(operands.iter());
+    let mut row = exceptions::DimsRow::decode(parts.next()?)?;
+    let mut more = Vec::new();
+    for part in parts {
+        let (_, items) = exceptions::dims_row_parts(part)?;
+        more.extend(exceptions::dims_items(items)?);
+    }
+    row.add_items(more);
+    Some(row.encode())
+}
+
 /// The existing value (if any) and then every operand, decoded and added up in order; None
 /// when one does not decode.
 fn fold<V: exceptions::Mergeable>(
@@ -153,6 +178,14 @@ fn data_options() -> Options {
     opts
 }
 
+/// What [`Shard::exception_filtered_history`] asks, handed to its parts.
+struct HistoryQuestion<'a> {
+    exception_id: u64,
+    filter: &'a CounterFilter,
+    bucket_minutes: Option<i64>,
+    first_only: bool,
+}
+
 /// The configuration of a shard, given by the node.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
@@ -177,7 +210,7 @@ pub struct ShardConfig {
 
 /// Exception counter rows applied but not yet written, summed across Raft entries: most rows
 /// repeat (the same exception of the same service in the same minute), and each written row is
-/// a merge operand in four column families.
+/// a merge operand in six column families.
 #[derive(Default)]
 pub(crate) struct PendingCounters {
     rows: HashMap<[u8; 28], exceptions::Counter>,
@@ -675,6 +708,15 @@ impl Shard {
         for (key, numbers) in hourly {
             batch.merge_cf(cf, key, exceptions::encode_numbers(&numbers));
         }
+        let cf = self.cf(exceptions::CF_EXCEPTION_DIMS_HOURLY)?;
+        for (key, row) in exceptions::dims_hourly_of(self.id, rows) {
+            batch.merge_cf(cf, key, row.encode());
+        }
+        self.merge_rows(
+            batch,
+            exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY,
+            &exceptions::dims_history_hourly_of(self.id, rows),
+        )?;
         Ok(())
     }
 
@@ -1007,10 +1049,11 @@ impl Shard {
 
     /// Count, first and last seen per exception over minutes `start_minute..end_minute`, of the
     /// counter rows that pass `filter`: the ranking pass of a top-K filtered by environment,
-    /// region or level, from the minute rows, reading only each row's numbers and names (see
-    /// [`exceptions::counter_names`]). Whole hours go through the block cache
-    /// ([`Block::Filtered`], under a hash of the filter), so a sliding window asked again reads
-    /// only its edges and the hours written since.
+    /// region or level. Whole hours come from the hourly rows per dimensions
+    /// ([`exceptions::CF_EXCEPTION_DIMS_HOURLY`]) through the block cache ([`Block::Filtered`],
+    /// under a hash of the filter), so a sliding window asked again reads only its edges and
+    /// the hours written since; the minutes at the edges from the minute rows, reading only
+    /// each row's numbers and names (see [`exceptions::counter_names`]).
     pub fn exception_filtered_numbers(
         &self,
         start_minute: i64,
@@ -1032,14 +1075,57 @@ impl Shard {
         let key = filter.key();
         for hour in hours {
             let (numbers, _) = self.cached_block(Block::Filtered(key, hour), || {
-                let mut part = exceptions::IdMap::default();
-                self.read_filtered(hour * 60, hour * 60 + 60, filter, &mut part)?;
-                Ok(part)
+                self.read_filtered_hour(hour, filter)
             })?;
             for (id, n) in numbers.iter() {
                 exceptions::merge_into(&mut out, *id, *n);
             }
         }
+        Ok(out)
+    }
+
+    /// The numbers of hour `hour` that pass `filter`, from its rows per dimensions: rows whose
+    /// environment, region and level do not pass are skipped undecoded; a service filter is
+    /// answered by the catalog (a row holds every service's exceptions).
+    fn read_filtered_hour(
+        &self,
+        hour: i64,
+        filter: &CounterFilter,
+    ) -> Result<exceptions::IdMap<exceptions::Numbers>> {
+        let mut out = exceptions::IdMap::default();
+        let mut catalog = if filter.services.is_empty() {
+            None
+        } else {
+            Some(self.built_catalog()?)
+        };
+        let from = exceptions::dims_hourly_key(self.id, hour, 0);
+        let to = exceptions::dims_hourly_key(self.id, hour + 1, 0);
+        self.scan(
+            exceptions::CF_EXCEPTION_DIMS_HOURLY,
+            &from,
+            &to,
+            |_, value| {
+                let (names, items) =
+                    exceptions::dims_row_parts(value).ok_or_else(|| self.corrupt_counter())?;
+                if !filter.admits_dimensions(names) {
+                    return Ok(());
+                }
+                for (id, n) in
+                    exceptions::dims_items(items).ok_or_else(|| self.corrupt_counter())?
+                {
+                    if !filter.admits_id(id) {
+                        continue;
+                    }
+                    if let Some(catalog) = catalog.as_mut() {
+                        if !filter.admits_service(&self.service_of(catalog, id)?) {
+                            continue;
+                        }
+                    }
+                    exceptions::merge_into(&mut out, id, n);
+                }
+                Ok(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -1068,11 +1154,11 @@ impl Shard {
     }
 
     /// One exception's counter rows that pass `filter` over minutes `start_minute..end_minute`,
-    /// merged (and per bucket of `bucket_minutes` when given): the minutes it occurred in come
-    /// from its exception-first history, and only those minutes' rows of it are read from the
-    /// minute rows — a few seeks per minute it occurred in, however many other exceptions the
-    /// window holds. With `first_only`, stops after the first minute holding a row that passes
-    /// (the first sighting under the filter).
+    /// merged (and per bucket of `bucket_minutes` when given): whole hours from its hourly
+    /// counters per dimensions (when buckets do not cut hours), the minutes before and after
+    /// them from its minute rows — however many other exceptions the window holds. With
+    /// `first_only`, stops after the first minute or hour holding a row that passes (the first
+    /// sighting under the filter: the earliest first seen of what it returns).
     pub fn exception_filtered_history(
         &self,
         exception_id: u64,
@@ -1087,39 +1173,111 @@ impl Shard {
         if start_minute >= end_minute || !filter.admits_id(exception_id) {
             return Ok(out);
         }
-        let to = exceptions::history_key(self.id, exception_id, end_minute);
+        // Whole hours from the hourly counters per dimensions, unless buckets cut hours.
+        let hourly = bucket_minutes.is_none_or(|b| b % 60 == 0);
+        let (head, hours, tail) = match rollups::split(start_minute, end_minute, 60) {
+            Some(parts) if hourly => parts,
+            _ => (start_minute..end_minute, 0..0, 0..0),
+        };
+        let q = HistoryQuestion {
+            exception_id,
+            filter,
+            bucket_minutes,
+            first_only,
+        };
+        if self.filtered_minutes(&q, head, &mut out)? || self.filtered_hours(&q, hours, &mut out)? {
+            return Ok(out);
+        }
+        self.filtered_minutes(&q, tail, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::exception_filtered_history`] of minutes `minutes`: the minutes the exception
+    /// occurred in come from its exception-first history, and only those minutes' rows of it
+    /// are read from the minute rows. True when `first_only` and a row passed.
+    fn filtered_minutes(
+        &self,
+        q: &HistoryQuestion<'_>,
+        minutes: std::ops::Range<i64>,
+        out: &mut ExceptionCounts,
+    ) -> Result<bool> {
+        if minutes.is_empty() {
+            return Ok(false);
+        }
+        let id = q.exception_id;
+        let to = exceptions::history_key(self.id, id, minutes.end);
         let mut history = self
             .db
             .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_HISTORY)?);
         let mut rows = self.db.raw_iterator_cf(self.cf(CF_EXCEPTIONS)?);
-        history.seek(exceptions::history_key(self.id, exception_id, start_minute));
+        history.seek(exceptions::history_key(self.id, id, minutes.start));
         while let Some(key) = history.key() {
             if key >= to.as_slice() {
                 break;
             }
             let minute = exceptions::history_minute(key).ok_or_else(|| self.corrupt_counter())?;
-            let first = exceptions::counter_key(self.id, minute, exception_id, 0);
+            let first = exceptions::counter_key(self.id, minute, id, 0);
             let mut passed = false;
             rows.seek(first);
             while let (Some(k), Some(v)) = (rows.key(), rows.value()) {
                 if k.get(..20) != Some(&first[..20]) {
                     break;
                 }
-                let c = self.decode_counter(v)?;
-                if filter.admits(exception_id, &c) {
-                    out.add_row(exception_id, minute, bucket_minutes, c);
+                // The names first: rows of other dimensions are not decoded.
+                let names = exceptions::counter_names(v).ok_or_else(|| self.corrupt_counter())?;
+                if q.filter.admits_names(id, names) {
+                    out.add_row(id, minute, q.bucket_minutes, self.decode_counter(v)?);
                     passed = true;
                 }
                 rows.next();
             }
             rows.status()?;
-            if first_only && passed {
-                return Ok(out);
+            if q.first_only && passed {
+                return Ok(true);
             }
             history.next();
         }
         history.status()?;
-        Ok(out)
+        Ok(false)
+    }
+
+    /// [`Self::exception_filtered_history`] of whole hours `hours`, from the exception's hourly
+    /// counters per dimensions (one range). True when `first_only` and a row passed (the whole
+    /// hour is read: its rows of other dimensions may hold an earlier sighting).
+    fn filtered_hours(
+        &self,
+        q: &HistoryQuestion<'_>,
+        hours: std::ops::Range<i64>,
+        out: &mut ExceptionCounts,
+    ) -> Result<bool> {
+        if hours.is_empty() {
+            return Ok(false);
+        }
+        let id = q.exception_id;
+        let from = exceptions::dims_history_key(self.id, id, hours.start, 0);
+        let to = exceptions::dims_history_key(self.id, id, hours.end, 0);
+        let mut passed_in: Option<i64> = None;
+        let mut cf = self
+            .db
+            .raw_iterator_cf(self.cf(exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY)?);
+        cf.seek(from);
+        while let (Some(key), Some(value)) = (cf.key(), cf.value()) {
+            if key >= to.as_slice() {
+                break;
+            }
+            let hour = exceptions::dims_history_hour(key).ok_or_else(|| self.corrupt_counter())?;
+            if q.first_only && passed_in.is_some_and(|h| h != hour) {
+                return Ok(true);
+            }
+            let names = exceptions::counter_names(value).ok_or_else(|| self.corrupt_counter())?;
+            if q.filter.admits_names(id, names) {
+                out.add_row(id, hour * 60, q.bucket_minutes, self.decode_counter(value)?);
+                passed_in = Some(hour);
+            }
+            cf.next();
+        }
+        cf.status()?;
+        Ok(q.first_only && passed_in.is_some())
     }
 
     /// The exception counts of minutes `start_minute..end_minute` that pass `filter`, merged per
@@ -1430,9 +1588,57 @@ impl Shard {
             batch.put_cf(cf, key, exceptions::encode_numbers(n));
         }
         self.db.write(batch)?;
+        let dims_rows = self.rebuild_dims_rollups()?;
         self.rollups.clear();
         self.catalog_lock().clear();
-        Ok(hourly.len() + history_rows)
+        Ok(hourly.len() + history_rows + dims_rows)
+    }
+
+    /// Rebuilds the hourly rollups per dimensions ([`exceptions::CF_EXCEPTION_DIMS_HOURLY`] and
+    /// [`exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY`]) from the minute rows (a data directory
+    /// written before they existed); call it before the shard's Raft group starts. Minute rows
+    /// are in time order, so each hour's rows are built and written before the next hour's.
+    /// Returns the rows written.
+    pub fn rebuild_dims_rollups(&self) -> Result<usize> {
+        self.flush_counters()?;
+        let from = keys::shard_prefix(self.id);
+        let to = keys::shard_end(self.id);
+        let cf_numbers = self.cf(exceptions::CF_EXCEPTION_DIMS_HOURLY)?;
+        let cf_history = self.cf(exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY)?;
+        for cf in [cf_numbers, cf_history] {
+            self.db.delete_range_cf(cf, &from[..], &to[..])?;
+        }
+        let mut written = 0;
+        // The current hour's minute rows, turned into both families' rows as a counter write
+        // would when the hour is over.
+        let mut hour_rows: HashMap<[u8; 28], exceptions::Counter> = HashMap::new();
+        let mut current_hour = None;
+        let mut write = |rows: &mut HashMap<[u8; 28], exceptions::Counter>| -> Result<()> {
+            let mut batch = WriteBatch::default();
+            for (key, row) in exceptions::dims_hourly_of(self.id, rows) {
+                batch.put_cf(cf_numbers, key, row.encode());
+                written += 1;
+            }
+            for (key, c) in exceptions::dims_history_hourly_of(self.id, rows) {
+                batch.put_cf(cf_history, key, exceptions::encode_counter(&c));
+                written += 1;
+            }
+            rows.clear();
+            Ok(self.db.write(batch)?)
+        };
+        self.scan(CF_EXCEPTIONS, &from, &to, |key, value| {
+            let minute = exceptions::key_minute(key).ok_or_else(|| self.corrupt_counter())?;
+            if current_hour != Some(minute.div_euclid(60)) {
+                write(&mut hour_rows)?;
+                current_hour = Some(minute.div_euclid(60));
+            }
+            let key: [u8; 28] = key.try_into().map_err(|_| self.corrupt_counter())?;
+            hour_rows.insert(key, self.decode_counter(value)?);
+            Ok(())
+        })?;
+        write(&mut hour_rows)?;
+        self.rollups.clear();
+        Ok(written)
     }
 
     /// Merges the shard's index into one segment and writes it to disk; returns the segment

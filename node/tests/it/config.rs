@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 8"), "{recorded}");
+    assert!(recorded.contains("format_version = 9"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 8", "format_version = 99");
+        .replace("format_version = 9", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -101,14 +101,16 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         fmt(now - time::Duration::hours(23) - time::Duration::minutes(7)),
         fmt(now + time::Duration::minutes(13))
     );
-    let top = |veil: &Veil| {
-        let mut resp = reqwest::blocking::get(veil.url(&path))
+    // An answer without its timing.
+    let answer = |veil: &Veil, path: &str| {
+        let mut resp = reqwest::blocking::get(veil.url(path))
             .unwrap()
             .json::<serde_json::Value>()
             .unwrap();
         resp["execution_time_ms"] = serde_json::Value::Null;
         resp
     };
+    let top = |veil: &Veil| answer(veil, &path);
     let counts = |v: &serde_json::Value| {
         let mut c: Vec<(String, u64)> = v["exceptions"]
             .as_array()
@@ -131,6 +133,25 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     ];
     let before = top(&veil);
     assert_eq!(counts(&before), want, "{before}");
+    // Filtered by region: whole hours from the hourly numbers per dimensions (format 9).
+    let filtered_path = format!("{path}&region=r1");
+    let filtered = |veil: &Veil| answer(veil, &filtered_path);
+    let before_filtered = filtered(&veil);
+    // i odd: region r1; E0, E1, E2 each get 50 of the 150.
+    let half: Vec<(String, u64)> = want.iter().map(|(t, _)| (t.clone(), 50)).collect();
+    assert_eq!(counts(&before_filtered), half, "{before_filtered}");
+    // And one exception's details under the filter, hour by hour.
+    let details_path = format!(
+        "/api/v1/exceptions/{}?start={}&end={}&bucket=1h&region=r1",
+        before_filtered["exceptions"][0]["exception_id"]
+            .as_str()
+            .unwrap(),
+        fmt(now - time::Duration::hours(23) - time::Duration::minutes(7)),
+        fmt(now + time::Duration::minutes(13))
+    );
+    let details = |veil: &Veil| answer(veil, &details_path);
+    let before_details = details(&veil);
+    assert_eq!(before_details["count"], 50, "{before_details}");
     // And what only the index answers: full text with a field filter (i % 50 == 7: 6 entries).
     let search = serde_json::json!({"query": "failed",
         "filters": {"fields": {"user_id": "u7"}}, "limit": 0});
@@ -143,7 +164,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 8", "format_version = 2");
+        .replace("format_version = 9", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     // The index goes with the old format: only a rebuild from the entries can answer.
     let index = dir.path().join("index");
@@ -153,26 +174,63 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let mut veil = Veil::start(dir.path(), &[]);
     // Counts, first and last seen, samples and metadata: all as before.
     assert_eq!(top(&veil), before, "rollups rebuilt from the minute rows");
+    assert_eq!(
+        filtered(&veil),
+        before_filtered,
+        "rollups per dimensions rebuilt"
+    );
+    assert_eq!(
+        details(&veil),
+        before_details,
+        "rollups per dimensions rebuilt"
+    );
     assert_eq!(searched(&veil), 6, "index rebuilt from the entries");
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 8"), "{recorded}");
+    assert!(recorded.contains("format_version = 9"), "{recorded}");
 
-    // Formats 4 to 7 differ in what newer builds may write and in the index's format: they
-    // open with their indexes rebuilt.
+    // Formats 4 to 8 differ in what newer builds may write, in the index's format (up to 7:
+    // they open with their indexes rebuilt) and in the hourly numbers per dimensions (built
+    // at open).
     for old in [
         "format_version = 4",
         "format_version = 5",
         "format_version = 6",
         "format_version = 7",
+        "format_version = 8",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 8", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 9", old)).unwrap();
+        // As a directory of those formats: no hourly numbers per dimensions.
+        drop_dims_rollups(dir.path());
         let mut veil = Veil::start(dir.path(), &[]);
         assert_eq!(top(&veil), before, "{old}");
+        assert_eq!(filtered(&veil), before_filtered, "{old}");
+        assert_eq!(details(&veil), before_details, "{old}");
         assert_eq!(searched(&veil), 6, "{old}");
         veil.stop();
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 8"), "{recorded}");
+        assert!(recorded.contains("format_version = 9"), "{recorded}");
+    }
+}
+
+/// Deletes every row of the hourly rollups per dimensions in a stopped node's data directory
+/// (what a directory written before format 9 lacks).
+fn drop_dims_rollups(data_dir: &std::path::Path) {
+    let mut opts = rocksdb::Options::default();
+    opts.create_missing_column_families(true);
+    let mut cfs = veil_raft::column_families();
+    cfs.extend(veil_shard::column_families());
+    let db = rocksdb::DB::open_cf_descriptors(&opts, data_dir.join("db"), cfs).unwrap();
+    for name in [
+        veil_shard::exceptions::CF_EXCEPTION_DIMS_HOURLY,
+        veil_shard::exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY,
+    ] {
+        let cf = db.cf_handle(name).unwrap();
+        db.delete_range_cf(cf, &[0u8; 4][..], &[0xffu8; 5][..])
+            .unwrap();
+        let mut it = db.raw_iterator_cf(cf);
+        it.seek_to_first();
+        assert!(!it.valid(), "{name}: rows left");
     }
 }
 

@@ -907,6 +907,7 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
         .cf_handle(exceptions::CF_EXCEPTION_HISTORY_HOURLY)
         .unwrap();
     let cf_hourly = db.cf_handle(exceptions::CF_EXCEPTION_HOURLY).unwrap();
+    let cf_dims = db.cf_handle(exceptions::CF_EXCEPTION_DIMS_HOURLY).unwrap();
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move |n: u64| {
         x ^= x << 13;
@@ -916,6 +917,9 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
     };
     let mut want: std::collections::HashMap<u8, Counter> = Default::default();
     let mut want_numbers: std::collections::HashMap<u8, Numbers> = Default::default();
+    // Per dims row: exception id → numbers.
+    let mut want_dims: std::collections::HashMap<u8, std::collections::BTreeMap<u64, Numbers>> =
+        Default::default();
     for round in 0..400u64 {
         let row = next(5) as u8;
         let ts = next(1_000_000) as i64;
@@ -956,12 +960,43 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
             .entry(row)
             .and_modify(|n| n.merge(&numbers))
             .or_insert(numbers);
+        // A packed row of a few exceptions (ids repeat across operands, in any order).
+        let mut items: Vec<(u64, Numbers)> = (0..1 + next(4))
+            .map(|_| {
+                let ts = next(1_000_000) as i64;
+                let n = Numbers {
+                    count: 1 + next(3),
+                    first_seen_us: ts,
+                    last_seen_us: ts + next(1000) as i64,
+                };
+                (next(12) << 60 | next(7), n)
+            })
+            .collect();
+        for (id, n) in &items {
+            want_dims
+                .entry(row)
+                .or_default()
+                .entry(*id)
+                .and_modify(|w| w.merge(n))
+                .or_insert(*n);
+        }
+        let mut operand = exceptions::DimsRow {
+            environment: Some("prod".into()),
+            region: None,
+            level: "ERROR".into(),
+            items: Vec::new(),
+        };
+        items.sort_unstable_by_key(|(id, _)| *id);
+        operand.add_items(items);
+        db.merge_cf(cf_dims, [row], operand.encode()).unwrap();
         if round % 37 == 0 {
             db.flush_cf(cf).unwrap();
             db.flush_cf(cf_hourly).unwrap();
+            db.flush_cf(cf_dims).unwrap();
         }
         if round % 150 == 149 {
             db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+            db.compact_range_cf(cf_dims, None::<&[u8]>, None::<&[u8]>);
         }
     }
     let check = |stage: &str| {
@@ -987,6 +1022,16 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
                 want_numbers.get(row),
                 "{stage}"
             );
+            let got = db.get_cf(cf_dims, [*row]).unwrap().unwrap();
+            let got = exceptions::DimsRow::decode(&got).unwrap();
+            assert_eq!(
+                (got.environment.as_deref(), got.level.as_str()),
+                (Some("prod"), "ERROR"),
+                "{stage}"
+            );
+            let want: Vec<(u64, Numbers)> =
+                want_dims[row].iter().map(|(id, n)| (*id, *n)).collect();
+            assert_eq!(got.items, want, "{stage}: items sorted, each id once");
         }
     };
     assert!(
@@ -996,5 +1041,6 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
     check("before compaction");
     db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
     db.compact_range_cf(cf_hourly, None::<&[u8]>, None::<&[u8]>);
+    db.compact_range_cf(cf_dims, None::<&[u8]>, None::<&[u8]>);
     check("after compaction");
 }
