@@ -799,6 +799,7 @@ fn index(a: IndexArgs) -> anyhow::Result<()> {
         keep_originals_for: &[],
         field_keys: None,
         mask_nanos: None,
+        traces: None,
     };
     let messages = Messages::load(None)?;
     let services: Vec<String> = (0..a.services.max(1))

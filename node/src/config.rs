@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// so queries see every applied entry. 0 writes each Raft entry's rows with it.
     #[arg(long, env = "VEIL_EXCEPTION_COUNTER_ROWS_PENDING_MAX")]
     pub exception_counter_rows_pending_max: Option<usize>,
+    /// Stack traces whose reading (exception type, frames, fingerprint) the node keeps, so a
+    /// trace sent again is not parsed again [default: 1024; 0 parses every one].
+    #[arg(long, env = "VEIL_EXCEPTION_TRACE_CACHE_ENTRIES")]
+    pub exception_trace_cache_entries: Option<usize>,
     /// Shard searches run at once across all queries [default: the number of CPUs].
     #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
     pub query_parallelism: Option<usize>,
@@ -230,6 +234,8 @@ pub struct NodeConfig {
     pub exception_cache_entries: usize,
     /// Exception counter rows summed in memory per shard before they are written.
     pub exception_counter_rows_pending_max: usize,
+    /// Stack traces whose reading the node keeps.
+    pub exception_trace_cache_entries: usize,
     /// Raft log entries between snapshots.
     pub snapshot_logs_since_last: u64,
     /// Raft log entries kept behind a snapshot.
@@ -305,6 +311,7 @@ impl ServeArgs {
             query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
             exception_cache_entries: pick!(exception_cache_entries, 4_000_000),
             exception_counter_rows_pending_max: pick!(exception_counter_rows_pending_max, 65_536),
+            exception_trace_cache_entries: pick!(exception_trace_cache_entries, 1024),
             query_parallelism: pick!(
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())

@@ -44,6 +44,8 @@ pub struct Node {
     patterns: tokio::sync::Mutex<PatternStore>,
     /// Distinct field keys per service, bounded.
     field_keys: crate::ingest::FieldKeys,
+    /// Exceptions recently read from stack traces.
+    traces: veil_node::parse::exception::TraceCache,
     /// Counters and histograms for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Each shard's proposal queue, by shard id (see `proposer`).
@@ -280,6 +282,9 @@ impl Node {
             keys,
             patterns: tokio::sync::Mutex::new(patterns),
             field_keys: crate::ingest::FieldKeys::new(config.field_keys_per_service_max),
+            traces: veil_node::parse::exception::TraceCache::new(
+                config.exception_trace_cache_entries,
+            ),
             metrics,
             proposers,
             proposer_tasks: std::sync::Mutex::new(proposer_tasks),
@@ -500,6 +505,7 @@ impl Node {
             keep_originals_for: &self.config.keep_originals_for,
             field_keys: Some(&self.field_keys),
             mask_nanos: Some(&self.metrics.mask_nanos),
+            traces: Some(&self.traces),
         }
     }
 

@@ -230,6 +230,8 @@ pub struct MaskingContext<'a> {
     pub field_keys: Option<&'a FieldKeys>,
     /// Where time spent masking is added up, in nanoseconds (none: not measured).
     pub mask_nanos: Option<&'a std::sync::atomic::AtomicU64>,
+    /// Exceptions recently read from stack traces (none: every trace is read).
+    pub traces: Option<&'a veil_node::parse::exception::TraceCache>,
 }
 
 impl MaskingContext<'_> {
@@ -500,11 +502,16 @@ pub fn prepare(
     // Exceptions are read from masked text only, so no fingerprint is taken of personal data.
     let (exception_message, fingerprint) = {
         use veil_node::parse::exception;
-        let trace_text = match &stack_trace {
-            Some(st) => std::borrow::Cow::Owned(format!("{message}\n{st}")),
-            None => std::borrow::Cow::Borrowed(message.as_str()),
+        let detected = match &stack_trace {
+            // A message without a marker adds nothing to what its trace holds (see
+            // `has_marker`), and a trace is often one seen before.
+            Some(st) if !exception::has_marker(&message) => match masking.traces {
+                Some(cache) => cache.detect(st),
+                None => exception::detect(st),
+            },
+            Some(st) => exception::detect(&format!("{message}\n{st}")),
+            None => exception::detect(&message),
         };
-        let detected = exception::detect(&trace_text);
         let mut exception_message = exception_message_masked;
         let info = match (exception_type.clone(), detected) {
             (Some(t), Some(mut d)) => {
@@ -723,6 +730,7 @@ mod tests {
             keep_originals_for: &[],
             field_keys: None,
             mask_nanos: None,
+            traces: None,
         }
     }
 
@@ -770,6 +778,53 @@ mod tests {
         assert_eq!(e.exception_type.as_deref(), Some("KeyError"));
         let fields: Value = serde_json::from_str(&e.fields_json).unwrap();
         assert_eq!(fields["timestamp_source"], "receive_time");
+    }
+
+    /// An entry's exception reads the same through the trace cache as without it, whether the
+    /// header is in the trace (read alone, cached) or in the message (read with the trace).
+    #[test]
+    fn exceptions_read_the_same_through_the_trace_cache() {
+        let cache = veil_node::parse::exception::TraceCache::new(4);
+        let cached = MaskingContext {
+            traces: Some(&cache),
+            ..masking()
+        };
+        let frames =
+            "\tat com.acme.Billing.charge(Billing.java:42)\n\tat com.acme.Api.handle(Api.java:7)";
+        let bodies = [
+            // The header in the trace: the trace alone is read.
+            serde_json::json!({"service": "s", "message": "charge failed",
+                "error": {"stack": format!("java.lang.IllegalStateException: no card\n{frames}")}}),
+            // The header in the message, frames in the trace: read together.
+            serde_json::json!({"service": "s", "message": "java.lang.IllegalStateException: no card",
+                "error": {"stack": frames}}),
+        ];
+        for body in bodies {
+            let Value::Object(m) = body.clone() else {
+                unreachable!()
+            };
+            let read = |ctx: &MaskingContext<'_>| {
+                let e = prepare(
+                    m.clone(),
+                    &RequestDefaults::default(),
+                    limits(),
+                    ctx,
+                    1_700_000_000_000_000,
+                )
+                .unwrap()
+                .entry;
+                (e.exception_type, e.exception_message, e.fingerprint)
+            };
+            let plain = read(&masking());
+            assert_eq!(
+                plain.0.as_deref(),
+                Some("java.lang.IllegalStateException"),
+                "{body}"
+            );
+            assert!(plain.2.is_some(), "{body}");
+            assert_eq!(read(&cached), plain, "first read: {body}");
+            assert_eq!(read(&cached), plain, "from the cache: {body}");
+        }
     }
 
     #[test]

@@ -296,6 +296,21 @@ fn exceptions_of_every_language_are_read() {
     assert_eq!(detect("GET /health 200 ok"), None);
 }
 
+/// Each LogHub system's `<System>_2k.log`.
+fn loghub_logs() -> Vec<String> {
+    let mut logs = Vec::new();
+    for system in std::fs::read_dir(loghub_dir()).unwrap() {
+        let dir = system.unwrap().path();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}_2k.log"))) {
+            logs.push(text);
+        }
+    }
+    logs
+}
+
 /// The marker test in front of `detect` never hides an exception: on every LogHub line, every
 /// sample trace (and each of its lines alone), `detect` answers what the readers alone answer.
 #[test]
@@ -304,14 +319,7 @@ fn the_marker_test_changes_no_answer() {
         .iter()
         .flat_map(|t| std::iter::once(t.to_string()).chain(t.lines().map(str::to_string)))
         .collect();
-    for system in std::fs::read_dir(loghub_dir()).unwrap() {
-        let dir = system.unwrap().path();
-        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
-            continue;
-        };
-        let Ok(text) = std::fs::read_to_string(dir.join(format!("{name}_2k.log"))) else {
-            continue;
-        };
+    for text in loghub_logs() {
         texts.extend(text.lines().map(str::to_string));
         // Whole runs of lines too, so that multi-line readers see neighbours.
         let lines: Vec<&str> = text.lines().collect();
@@ -329,6 +337,59 @@ fn the_marker_test_changes_no_answer() {
         assert_eq!(detect(t), full, "{t}");
     }
     assert!(found >= 6, "the readers found the sample traces: {found}");
+}
+
+/// Ingest reads an entry's explicit stack trace alone when its message holds no marker (and
+/// through the trace cache): what `detect` finds in message and trace together. Checked with
+/// LogHub lines without a marker (30 of each system) in front of every sample trace, each of
+/// its lines, and LogHub runs; and the cache answers as `detect` does, first
+/// time and again.
+#[test]
+fn a_message_without_a_marker_adds_nothing_to_its_trace() {
+    use super::exception::{has_marker, TraceCache};
+    let mut traces: Vec<String> = [JAVA, PYTHON, GO, NODE, DOTNET, RUST]
+        .iter()
+        .flat_map(|t| std::iter::once(t.to_string()).chain(t.lines().map(str::to_string)))
+        .collect();
+    let mut messages = vec![String::new(), "payment 7 failed".to_string()];
+    for text in loghub_logs() {
+        let lines: Vec<&str> = text.lines().collect();
+        traces.extend(lines.chunks(50).take(2).map(|c| c.join("\n")));
+        messages.extend(
+            lines
+                .iter()
+                .filter(|l| !has_marker(l))
+                .step_by(37)
+                .take(30)
+                .map(|l| l.to_string()),
+        );
+    }
+    assert!(
+        messages.len() > 16 * 25,
+        "LogHub was read: {}",
+        messages.len()
+    );
+    let cache = TraceCache::new(16);
+    let mut found = 0;
+    for trace in &traces {
+        let alone = detect(trace);
+        found += usize::from(alone.is_some());
+        for message in &messages {
+            assert_eq!(
+                detect(&format!("{message}\n{trace}")),
+                alone,
+                "{message:?} before {trace:?}"
+            );
+        }
+        assert_eq!(cache.detect(trace), alone, "first read");
+        assert_eq!(cache.detect(trace), alone, "from the cache");
+    }
+    assert!(found >= 6, "the sample traces were read: {found}");
+    // With a marker in the message, the message can be the header: the two differ.
+    let header = "java.lang.IllegalStateException: boom";
+    let frames = "\tat com.acme.A.b(A.java:1)";
+    assert!(detect(frames).is_none());
+    assert!(detect(&format!("{header}\n{frames}")).is_some());
 }
 
 #[test]
