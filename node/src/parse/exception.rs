@@ -187,10 +187,15 @@ pub fn has_marker(text: &str) -> bool {
     MARKERS.iter().any(|m| text.contains(m))
 }
 
+/// The longest trace text [`TraceCache`] keeps the reading of.
+pub const TRACE_CACHE_TEXT_MAX: usize = 16 << 10;
+
 /// What [`detect`] found in recent stack traces, by a 128-bit hash of the text: services send
 /// the same trace (same type, same frames, same lines) again and again, and reading one is
 /// several regex passes over its lines (~3 % of ingest CPU on `veil bench`'s mix, where one
-/// entry in five carries a trace). At most `entries` traces; when full it starts over.
+/// entry in five carries a trace). At most `entries` traces of at most
+/// [`TRACE_CACHE_TEXT_MAX`] bytes each (longer ones are read every time), so what it holds
+/// stays under about `entries` × 16 KiB (16 MB by default); when full it starts over.
 pub struct TraceCache {
     entries: usize,
     found: std::sync::Mutex<HashMap<u128, Option<ExceptionInfo>>>,
@@ -207,7 +212,7 @@ impl TraceCache {
 
     /// [`detect`], answered from the cache when `text` was read recently.
     pub fn detect(&self, text: &str) -> Option<ExceptionInfo> {
-        if self.entries == 0 || !has_marker(text) {
+        if self.entries == 0 || text.len() > TRACE_CACHE_TEXT_MAX || !has_marker(text) {
             return detect(text);
         }
         let key = xxhash_rust::xxh3::xxh3_128(text.as_bytes());

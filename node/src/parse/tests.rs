@@ -385,6 +385,15 @@ fn a_message_without_a_marker_adds_nothing_to_its_trace() {
         assert_eq!(cache.detect(trace), alone, "from the cache");
     }
     assert!(found >= 6, "the sample traces were read: {found}");
+    // A trace longer than the cache keeps is read as well, every time.
+    let long = format!(
+        "{JAVA}\n{}",
+        "\tat com.acme.Deep.call(Deep.java:1)\n".repeat(600)
+    );
+    assert!(long.len() > super::exception::TRACE_CACHE_TEXT_MAX);
+    assert!(detect(&long).is_some());
+    assert_eq!(cache.detect(&long), detect(&long));
+    assert_eq!(cache.detect(&long), detect(&long));
     // With a marker in the message, the message can be the header: the two differ.
     let header = "java.lang.IllegalStateException: boom";
     let frames = "\tat com.acme.A.b(A.java:1)";
