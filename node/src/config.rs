@@ -115,6 +115,11 @@ pub struct ServeArgs {
     /// Shard searches run at once across all queries [default: the number of CPUs].
     #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
     pub query_parallelism: Option<usize>,
+    /// How much a query's age counts against the search time it has used when a freed search
+    /// slot is handed out (least time used goes first) [default: 0.1: a query that used 50 ms
+    /// goes ahead of new ones once it is 500 ms old; 0: time used alone; large: oldest first].
+    #[arg(long, env = "VEIL_QUERY_AGE_WEIGHT")]
+    pub query_age_weight: Option<f64>,
     /// Most buckets a query's aggregations may build [default: 65000].
     #[arg(long, env = "VEIL_QUERY_AGG_BUCKETS_MAX")]
     pub query_agg_buckets_max: Option<u32>,
@@ -230,6 +235,8 @@ pub struct NodeConfig {
     pub query_agg_buckets_max: u32,
     /// Shard searches at once, across all queries.
     pub query_parallelism: usize,
+    /// How much a query's age counts against its search time used, for the search slots.
+    pub query_age_weight: f64,
     /// Per-exception numbers the top-K block cache holds, all shards together.
     pub exception_cache_entries: usize,
     /// Exception counter rows summed in memory per shard before they are written.
@@ -316,6 +323,7 @@ impl ServeArgs {
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())
             ),
+            query_age_weight: pick!(query_age_weight, 0.1),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 1_000),
             raft_logs_kept: pick!(raft_logs_kept, 1_000),
             wal_bytes_max: pick!(wal_bytes_max, 512 << 20),
@@ -400,6 +408,12 @@ impl NodeConfig {
             if value == 0 {
                 bail!("--{name} must be positive");
             }
+        }
+        if !(self.query_age_weight.is_finite() && self.query_age_weight >= 0.0) {
+            bail!(
+                "--query-age-weight must be a number 0 or more, got {}",
+                self.query_age_weight
+            );
         }
         if self.index_commit_interval_ms == 0 {
             bail!("--index-commit-interval-ms must be positive");

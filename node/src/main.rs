@@ -15,6 +15,7 @@ mod pii_cmd;
 mod priority;
 mod proposer;
 mod query;
+mod slots;
 
 use std::io::Write;
 use std::process::ExitCode;

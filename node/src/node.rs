@@ -54,8 +54,9 @@ pub struct Node {
     proposer_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     ingest_permits: Semaphore,
     /// Bounds the shard searches running at once (`--query-parallelism`): more threads than
-    /// cores only share them, with worse caches.
-    pub query_slots: Arc<Semaphore>,
+    /// cores only share them, with worse caches. A freed slot goes to the query that has used
+    /// the least search time (see `slots.rs`).
+    pub query_slots: Arc<crate::slots::QuerySlots>,
     /// Serialises the look-up-then-propose of keyed entries so two retries of one key cannot
     /// both miss the look-up and be stored twice.
     idempotency_gate: tokio::sync::Mutex<()>,
@@ -275,7 +276,10 @@ impl Node {
             .unzip();
         let node = Arc::new(Node {
             ingest_permits: Semaphore::new(config.ingest_inflight_max),
-            query_slots: Arc::new(Semaphore::new(config.query_parallelism)),
+            query_slots: crate::slots::QuerySlots::new(
+                config.query_parallelism,
+                config.query_age_weight,
+            ),
             idempotency_gate: tokio::sync::Mutex::new(()),
             exception_spans: Default::default(),
             masker: std::sync::RwLock::new(Arc::new(masker)),

@@ -233,15 +233,15 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
     } = planned;
     let shards = plan(node, &shard_query);
     let shard_query = Arc::new(shard_query);
+    // The search time this query has used: the slots go first to queries that used least.
+    let clock = crate::slots::QueryClock::start();
     let tasks = shards.iter().map(|shard_id| {
         let shard = node.groups[shard_id.0 as usize].shard.clone();
         let q = shard_query.clone();
         let slots = node.query_slots.clone();
+        let clock = clock.clone();
         let task = async move {
-            let slot = slots
-                .acquire_owned()
-                .await
-                .map_err(|e| ApiError::internal("query slots", e))?;
+            let slot = slots.acquire(&clock).await;
             // The slot is held until the search ends, even when the deadline drops this future.
             tokio::task::spawn_blocking(move || {
                 let _slot = slot;

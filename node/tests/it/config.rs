@@ -321,3 +321,20 @@ fn background_threads_run_at_the_background_nice_value() {
         .expect("nice 20 does not exist");
     assert!(err.stderr.contains("between 0 and 19"), "{}", err.stderr);
 }
+
+#[test]
+fn a_negative_query_age_weight_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["-1", "NaN", "inf"] {
+        let arg = format!("--query-age-weight={bad}");
+        let err = Veil::try_start(dir.path(), &[arg.as_str()])
+            .err()
+            .unwrap_or_else(|| panic!("--query-age-weight {bad} started"));
+        assert!(
+            err.stderr
+                .contains("--query-age-weight must be a number 0 or more"),
+            "{bad}: {}",
+            err.stderr
+        );
+    }
+}
