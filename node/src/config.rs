@@ -116,8 +116,8 @@ pub struct ServeArgs {
     #[arg(long, env = "VEIL_QUERY_PARALLELISM")]
     pub query_parallelism: Option<usize>,
     /// How much a query's age counts against the search time it has used when a freed search
-    /// slot is handed out (least time used goes first) [default: 0.1: a query that used 50 ms
-    /// goes ahead of new ones once it is 500 ms old; 0: time used alone; large: oldest first].
+    /// slot is handed out (least time used goes first) [default: 0.25: a query that used 50 ms
+    /// goes ahead of new ones once it is 200 ms old; 0: time used alone; large: oldest first].
     #[arg(long, env = "VEIL_QUERY_AGE_WEIGHT")]
     pub query_age_weight: Option<f64>,
     /// Most buckets a query's aggregations may build [default: 65000].
@@ -323,7 +323,7 @@ impl ServeArgs {
                 query_parallelism,
                 std::thread::available_parallelism().map_or(2, |n| n.get())
             ),
-            query_age_weight: pick!(query_age_weight, 0.1),
+            query_age_weight: pick!(query_age_weight, 0.25),
             snapshot_logs_since_last: pick!(snapshot_logs_since_last, 1_000),
             raft_logs_kept: pick!(raft_logs_kept, 1_000),
             wal_bytes_max: pick!(wal_bytes_max, 512 << 20),

@@ -8,10 +8,12 @@
 //! shard search of the expensive ones already queued (a day's full-text search or aggregation:
 //! tens of milliseconds each). Ordering by time used lets new and cheap questions through; no
 //! cost estimate is needed, and the slots never idle while a search waits. The age term bounds
-//! how long a long query can be passed over: with weight 0.1, a query that has used 50 ms of
-//! search goes ahead of new ones once it is 500 ms old (without it, a day's full-text search
-//! under 8 clients of cheap questions waited up to 6.3 s, BENCHMARKS.md). A large weight
-//! approaches "oldest query first".
+//! how long a long query can be passed over: with weight 0.25, a query that has used 50 ms of
+//! search goes ahead of new ones once it is 200 ms old (without it, a day's full-text search
+//! under 8 clients of cheap questions waited up to 6.3 s, BENCHMARKS.md). With `n` queries
+//! sharing `s` slots, a weight near `s / n` is their fair share of slot time (0.25: two cores,
+//! eight clients), so a query behind its share goes first; a large weight approaches "oldest
+//! query first".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
