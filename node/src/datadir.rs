@@ -24,20 +24,24 @@ use serde::{Deserialize, Serialize};
 ///    created before keep their schema and settings, so format 6 opens as it is.
 /// 8: indexes keep their terms in tantivy's sstable dictionary instead of an FST (the build
 ///    reads only one of the two): opening an older directory rebuilds every shard's index from
-///    its entries, before the shard's Raft group starts ([`INDEX_SSTABLE_SINCE`]).
+///    its entries, before the shard's Raft group starts ([`INDEX_SINCE`]).
 /// 9: hourly exception rollups per dimensions (`exception_dims_hourly`: every exception's
 ///    numbers per hour and (environment, region, level); `exception_dims_history_hourly`: each
 ///    exception's counters the same way), column families a format-8 build cannot open
 ///    (RocksDB refuses a directory with a column family it is not told of); an older directory
 ///    gets them built from its minute rows at open ([`DIMS_HOURLY_SINCE`]).
-pub const FORMAT_VERSION: u32 = 9;
+/// 10: indexes keep each entry's hour as an indexed term (`hour`), which time windows use for
+///    their whole hours; an index without the field is not opened, so an older directory's
+///    indexes are rebuilt at open ([`INDEX_SINCE`]).
+pub const FORMAT_VERSION: u32 = 10;
 
 /// The first format whose hourly exception rollups per dimensions exist (older ones get them
 /// built at open).
 pub const DIMS_HOURLY_SINCE: u32 = 9;
 
-/// The first format whose indexes this build can read; older ones are rebuilt at open.
-pub const INDEX_SSTABLE_SINCE: u32 = 8;
+/// The first format whose indexes this build can read (the sstable dictionary since 8, the
+/// `hour` field since 10); older ones are rebuilt at open.
+pub const INDEX_SINCE: u32 = 10;
 
 /// The oldest format whose hourly exception rollups exist (older ones get them rebuilt).
 pub const ROLLUPS_SINCE: u32 = 4;
@@ -51,9 +55,9 @@ const FILE_NAME: &str = "veil.toml";
 pub const DEFAULT_SHARDS: u32 = 4;
 
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
-/// rollups; up to 7 by rebuilding the shards' indexes; all of them by building the hourly
-/// rollups per dimensions).
-pub const UPGRADABLE: [u32; 7] = [2, 3, 4, 5, 6, 7, 8];
+/// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
+/// the shards' indexes).
+pub const UPGRADABLE: [u32; 8] = [2, 3, 4, 5, 6, 7, 8, 9];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,8 +90,8 @@ pub fn open_or_create(
                 format!("unreadable {} (not a Veil data directory?)", path.display())
             })?;
             // Older formats are upgraded at start: 2 and 3 get their hourly rollups rebuilt
-            // from the minute rows, every one before 8 its indexes rebuilt from the entries,
-            // every one before 9 its hourly rollups per dimensions built from the minute rows
+            // from the minute rows, every one before 9 its hourly rollups per dimensions built
+            // from the minute rows, every one before 10 its indexes rebuilt from the entries
             // (then the current format is recorded).
             if info.format_version != FORMAT_VERSION && !UPGRADABLE.contains(&info.format_version) {
                 bail!(

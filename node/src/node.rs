@@ -362,7 +362,7 @@ impl Node {
             // An index in an older file format cannot even be opened: it goes, and is rebuilt
             // from the shard's entries below. The directory records the new format only once
             // every shard is open, so a crash meanwhile starts the rebuild again.
-            let rebuild = info.format_version < crate::datadir::INDEX_SSTABLE_SINCE;
+            let rebuild = info.format_version < crate::datadir::INDEX_SINCE;
             if rebuild {
                 let dir = veil_shard::index_dir(&config.data_dir, shard_id);
                 match std::fs::remove_dir_all(&dir) {

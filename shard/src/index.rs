@@ -57,6 +57,7 @@ struct Fields {
     exception_message: Field,
     stack_trace: Field,
     fields: Field,
+    hour: Field,
 }
 
 /// Merge threads of each shard's index writer (tantivy's default, stated: the node lowers
@@ -107,6 +108,10 @@ fn schema() -> (Schema, Fields) {
         )
         .set_fast("raw");
     let fields = b.add_json_field("fields", json);
+    // The entry's hour (since the epoch), indexed only: a time window's whole hours are a range
+    // of these terms, so only the hours at its ends read the timestamp column (which tantivy
+    // decodes over the whole segment for a range: ~30 % of a day's full-text search).
+    let hour = b.add_i64_field("hour", tantivy::schema::INDEXED);
     let f = Fields {
         timestamp,
         log_id_hi,
@@ -121,6 +126,7 @@ fn schema() -> (Schema, Fields) {
         exception_message,
         stack_trace,
         fields,
+        hour,
     };
     (b.build(), f)
 }
@@ -442,6 +448,7 @@ impl ShardIndex {
         let f = &self.fields;
         let mut doc = TantivyDocument::new();
         doc.add_date(f.timestamp, DateTime::from_timestamp_micros(e.timestamp_us));
+        doc.add_i64(f.hour, crate::entry::hour_of(e.timestamp_us));
         let id = e.log_id.as_u128();
         doc.add_u64(f.log_id_hi, (id >> 64) as u64);
         doc.add_u64(f.log_id_lo, id as u64);
@@ -561,6 +568,65 @@ impl ShardIndex {
         Ok(crate::keys::entry_key(self.shard_id, time.into_timestamp_micros(), log_id).to_vec())
     }
 
+    /// Entries with `start_us <= timestamp <= end_us` (either bound may be open): the window's
+    /// whole hours by their `hour` terms, the partial hours at its ends by their `hour` terms
+    /// with each document's timestamp checked (to the microsecond, [`TimeCheck`]).
+    fn time_query(&self, start_us: Option<i64>, end_us: Option<i64>) -> Box<dyn Query> {
+        use std::ops::Bound;
+        const HOUR_US: i64 = 3_600_000_000;
+        let f = &self.fields;
+        let hours = |first: Bound<i64>, last: Bound<i64>| -> Box<dyn Query> {
+            let term = |b: Bound<i64>| match b {
+                Bound::Included(h) => Bound::Included(Term::from_field_i64(f.hour, h)),
+                Bound::Excluded(h) => Bound::Excluded(Term::from_field_i64(f.hour, h)),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            Box::new(RangeQuery::new(term(first), term(last)))
+        };
+        // The first hour wholly inside, and the first hour past the end not wholly inside.
+        let whole_from =
+            start_us.map(|s| s.div_euclid(HOUR_US) + i64::from(s.rem_euclid(HOUR_US) != 0));
+        let whole_to = end_us.map(|e| (e.saturating_add(1)).div_euclid(HOUR_US));
+        // Documents of the hours at the window's ends, each checked against the window by its
+        // own timestamp: a range query on the column would decode the column of the whole
+        // segment, whatever the hour terms leave.
+        let checked = |first: i64, last: i64| -> Box<dyn Query> {
+            Box::new(TimeCheck {
+                inner: hours(Bound::Included(first), Bound::Included(last)),
+                timestamp: f.timestamp,
+                start_us: start_us.unwrap_or(i64::MIN),
+                end_us: end_us.unwrap_or(i64::MAX),
+            })
+        };
+        if let (Some(a), Some(b)) = (whole_from, whole_to) {
+            if a >= b {
+                // No whole hour: the hours it touches, checked.
+                let (s, e) = (start_us.unwrap_or(i64::MIN), end_us.unwrap_or(i64::MAX));
+                return checked(s.div_euclid(HOUR_US), e.div_euclid(HOUR_US));
+            }
+        }
+        let mut parts: Vec<Box<dyn Query>> = vec![hours(
+            whole_from.map_or(Bound::Unbounded, Bound::Included),
+            whole_to.map_or(Bound::Unbounded, Bound::Excluded),
+        )];
+        if let (Some(s), Some(a)) = (start_us, whole_from) {
+            if s < a * HOUR_US {
+                let h = s.div_euclid(HOUR_US);
+                parts.push(checked(h, h));
+            }
+        }
+        if let (Some(e), Some(b)) = (end_us, whole_to) {
+            if e >= b * HOUR_US {
+                parts.push(checked(b, b));
+            }
+        }
+        if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Box::new(BooleanQuery::union(parts))
+        }
+    }
+
     fn build_query(&self, q: &ShardQuery) -> Result<Box<dyn Query>> {
         let f = &self.fields;
         let mut must: Vec<Box<dyn Query>> = Vec::new();
@@ -568,19 +634,7 @@ impl ShardIndex {
             must.push(self.expr_query(text)?);
         }
         if q.start_us.is_some() || q.end_us.is_some() {
-            // `from_field_date`, not `from_field_date_for_search`: the latter truncates to the
-            // inverted index's whole seconds, while the fast field holds microseconds.
-            let bound = |v: Option<i64>| match v {
-                Some(us) => std::ops::Bound::Included(Term::from_field_date(
-                    f.timestamp,
-                    DateTime::from_timestamp_micros(us),
-                )),
-                None => std::ops::Bound::Unbounded,
-            };
-            must.push(Box::new(RangeQuery::new(
-                bound(q.start_us),
-                bound(q.end_us),
-            )));
+            must.push(self.time_query(q.start_us, q.end_us));
         }
         let levels: Vec<String> = q.levels.iter().map(|l| l.as_str().to_string()).collect();
         for (field, values) in [
@@ -818,6 +872,127 @@ fn prefix_query(terms: Vec<Term>) -> Box<dyn Query> {
     let mut q = PhrasePrefixQuery::new(terms);
     q.set_max_expansions(u32::MAX);
     Box::new(PlainSeek(Box::new(q)))
+}
+
+/// The documents of `inner` whose timestamp is within `start_us..=end_us`, each read from the
+/// timestamp column as the scorer reaches it (a range query on the column decodes it over the
+/// whole segment, ~30 % of a day's full-text search).
+#[derive(Debug)]
+struct TimeCheck {
+    inner: Box<dyn Query>,
+    timestamp: Field,
+    start_us: i64,
+    end_us: i64,
+}
+
+impl Clone for TimeCheck {
+    fn clone(&self) -> Self {
+        TimeCheck {
+            inner: self.inner.box_clone(),
+            timestamp: self.timestamp,
+            start_us: self.start_us,
+            end_us: self.end_us,
+        }
+    }
+}
+
+impl Query for TimeCheck {
+    fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        let name = scoring.schema().get_field_name(self.timestamp).to_string();
+        Ok(Box::new(TimeCheckWeight {
+            inner: self.inner.weight(scoring)?,
+            timestamp: name,
+            start_us: self.start_us,
+            end_us: self.end_us,
+        }))
+    }
+
+    fn query_terms<'a>(&'a self, visitor: &mut dyn FnMut(&'a Term, bool)) {
+        self.inner.query_terms(visitor)
+    }
+}
+
+struct TimeCheckWeight {
+    inner: Box<dyn Weight>,
+    timestamp: String,
+    start_us: i64,
+    end_us: i64,
+}
+
+impl Weight for TimeCheckWeight {
+    fn scorer(
+        &self,
+        reader: &SegmentReader,
+        boost: tantivy::Score,
+    ) -> tantivy::Result<Box<dyn Scorer>> {
+        let mut scorer = TimeCheckScorer {
+            inner: self.inner.scorer(reader, boost)?,
+            column: reader.fast_fields().date(&self.timestamp)?,
+            start_us: self.start_us,
+            end_us: self.end_us,
+        };
+        scorer.skip_outside();
+        Ok(Box::new(scorer))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        self.inner.explain(reader, doc)
+    }
+}
+
+struct TimeCheckScorer {
+    inner: Box<dyn Scorer>,
+    column: tantivy::columnar::Column<DateTime>,
+    start_us: i64,
+    end_us: i64,
+}
+
+impl TimeCheckScorer {
+    fn inside(&self, doc: DocId) -> bool {
+        self.column.first(doc).is_some_and(|t| {
+            let us = t.into_timestamp_micros();
+            us >= self.start_us && us <= self.end_us
+        })
+    }
+
+    /// Moves on from the current document until one inside the window (or the end).
+    fn skip_outside(&mut self) -> DocId {
+        let mut doc = self.inner.doc();
+        while doc != tantivy::TERMINATED && !self.inside(doc) {
+            doc = self.inner.advance();
+        }
+        doc
+    }
+}
+
+impl DocSet for TimeCheckScorer {
+    fn advance(&mut self) -> DocId {
+        self.inner.advance();
+        self.skip_outside()
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        self.inner.seek(target);
+        self.skip_outside()
+    }
+
+    fn doc(&self) -> DocId {
+        self.inner.doc()
+    }
+
+    fn size_hint(&self) -> u32 {
+        self.inner.size_hint()
+    }
+
+    fn cost(&self) -> u64 {
+        self.inner.cost()
+    }
+}
+
+impl Scorer for TimeCheckScorer {
+    fn score(&mut self) -> tantivy::Score {
+        self.inner.score()
+    }
 }
 
 /// Runs a query with the plain `seek_danger` (seek only forward, then compare).
@@ -1142,6 +1317,61 @@ mod tests {
         index.search(&query).unwrap().0
     }
 
+    /// Time windows use the `hour` terms for their whole hours and the timestamp column at their
+    /// ends: against a brute-force count, every window whose bounds are at, just before or just
+    /// after hour boundaries (and open on either side), over entries at and around them,
+    /// before and after the epoch.
+    #[test]
+    fn time_windows_count_what_their_bounds_hold() {
+        const H: i64 = 3_600_000_000;
+        let dir = tempfile::tempdir().unwrap();
+        let index =
+            ShardIndex::open(ShardId(0), dir.path(), 15_000_000, PersistPolicy::default()).unwrap();
+        let mut times = Vec::new();
+        for base in [-2 * H, 1_700_000_000_000_000 / H * H] {
+            for h in 0..4 {
+                for d in [-1, 0, 1, H / 2] {
+                    times.push(base + h * H + d);
+                }
+            }
+        }
+        for (n, t) in times.iter().enumerate() {
+            let mut e = entry(n as u64);
+            e.timestamp_us = *t;
+            index.add(n as u64 + 1, &[&e]).unwrap();
+        }
+        index.commit().unwrap();
+        let count = |start: Option<i64>, end: Option<i64>| {
+            let query = ShardQuery {
+                start_us: start,
+                end_us: end,
+                top_n: 0,
+                ..Default::default()
+            };
+            index.search(&query).unwrap().0
+        };
+        let mut bounds = Vec::new();
+        for base in [-2 * H, 1_700_000_000_000_000 / H * H] {
+            for h in -1..5 {
+                for d in [-1, 0, 1] {
+                    bounds.push(base + h * H + d);
+                }
+            }
+        }
+        let all: Vec<Option<i64>> = std::iter::once(None)
+            .chain(bounds.iter().copied().map(Some))
+            .collect();
+        for start in &all {
+            for end in &all {
+                let want = times
+                    .iter()
+                    .filter(|t| start.is_none_or(|s| **t >= s) && end.is_none_or(|e| **t <= e))
+                    .count() as u64;
+                assert_eq!(count(*start, *end), want, "[{start:?}, {end:?}]");
+            }
+        }
+    }
+
     /// The free fields go into the document as `add_object` of tantivy's `OwnedValue` put them
     /// (the conversion this replaced, kept here as the oracle): same leaf types, same order.
     #[test]
@@ -1166,6 +1396,7 @@ mod tests {
             let mut expected = TantivyDocument::new();
             let f = &index.fields;
             expected.add_date(f.timestamp, DateTime::from_timestamp_micros(e.timestamp_us));
+            expected.add_i64(f.hour, e.timestamp_us.div_euclid(3_600_000_000));
             let id = e.log_id.as_u128();
             expected.add_u64(f.log_id_hi, (id >> 64) as u64);
             expected.add_u64(f.log_id_lo, id as u64);
