@@ -139,8 +139,9 @@ impl QuerySlots {
             wake: Some(rx),
         };
         let wake = waiting.wake.as_mut().expect("set above");
-        // The sender is dropped only when the slot went to this search and was sent: a
-        // receive error cannot happen while `self` is alive, and `self` is.
+        // `release` consumes the sender by sending it the slot; it is dropped unsent only if
+        // this receiver was closed (it is not, while awaited) or the slots themselves are gone
+        // (they are not: `self` is alive). So a receive error cannot happen here.
         let handed = wake.await.is_ok();
         waiting.wake = None;
         debug_assert!(handed, "a waiting search lost its sender");

@@ -610,13 +610,13 @@ impl ShardIndex {
             whole_to.map_or(Bound::Unbounded, Bound::Excluded),
         )];
         if let (Some(s), Some(a)) = (start_us, whole_from) {
-            if s < a * HOUR_US {
+            if s < a.saturating_mul(HOUR_US) {
                 let h = s.div_euclid(HOUR_US);
                 parts.push(checked(h, h));
             }
         }
         if let (Some(e), Some(b)) = (end_us, whole_to) {
-            if e >= b * HOUR_US {
+            if e >= b.saturating_mul(HOUR_US) {
                 parts.push(checked(b, b));
             }
         }
