@@ -424,22 +424,10 @@ impl DimsRow {
         })
     }
 
-    /// Adds another row of the same key: the union of the items, numbers of the same id
-    /// merged.
-    pub fn merge(&mut self, other: &DimsRow) {
-        self.add_items(other.items.iter().copied());
-    }
-
     /// Adds items: the union, numbers of the same id merged, sorted by id.
     pub fn add_items(&mut self, items: impl IntoIterator<Item = (u64, Numbers)>) {
         self.items.extend(items);
         coalesce(&mut self.items);
-    }
-}
-
-impl Mergeable for DimsRow {
-    fn merge_from(&mut self, other: &Self) {
-        self.merge(other);
     }
 }
 
@@ -497,6 +485,16 @@ pub fn dims_items(items: &[u8]) -> Option<impl Iterator<Item = (u64, Numbers)> +
     }))
 }
 
+/// The exception id, hour and dims hash of a counter key (what both hourly families per
+/// dimensions are keyed by).
+fn id_hour_dims(key: &[u8]) -> Option<(u64, i64, u64)> {
+    Some((
+        key_exception_id(key)?,
+        key_minute(key)?.div_euclid(60),
+        key_dims(key)?,
+    ))
+}
+
 /// The [`CF_EXCEPTION_DIMS_HOURLY`] rows that counter rows add.
 pub fn dims_hourly_of(
     shard: ShardId,
@@ -504,12 +502,10 @@ pub fn dims_hourly_of(
 ) -> HashMap<[u8; 20], DimsRow> {
     let mut out: HashMap<[u8; 20], DimsRow> = HashMap::new();
     for (key, c) in rows {
-        let (Some(id), Some(minute), Some(dims)) =
-            (key_exception_id(key), key_minute(key), key_dims(key))
-        else {
+        let Some((id, hour, dims)) = id_hour_dims(key) else {
             continue;
         };
-        out.entry(dims_hourly_key(shard, minute.div_euclid(60), dims))
+        out.entry(dims_hourly_key(shard, hour, dims))
             .or_insert_with(|| DimsRow {
                 environment: c.environment.clone(),
                 region: c.region.clone(),
@@ -555,16 +551,10 @@ pub fn dims_history_hourly_of(
 ) -> HashMap<[u8; 28], Counter> {
     let mut out: HashMap<[u8; 28], Counter> = HashMap::new();
     for (key, c) in rows {
-        let (Some(id), Some(minute), Some(dims)) =
-            (key_exception_id(key), key_minute(key), key_dims(key))
-        else {
+        let Some((id, hour, dims)) = id_hour_dims(key) else {
             continue;
         };
-        merge_into(
-            &mut out,
-            dims_history_key(shard, id, minute.div_euclid(60), dims),
-            c.clone(),
-        );
+        merge_into(&mut out, dims_history_key(shard, id, hour, dims), c.clone());
     }
     out
 }

@@ -640,9 +640,11 @@ impl ShardIndex {
         let checked = |first: i64, last: i64| -> Box<dyn Query> {
             Box::new(TimeCheck {
                 inner: hours(Bound::Included(first), Bound::Included(last)),
-                columns: self.columns.clone(),
-                start_us: start_us.unwrap_or(i64::MIN),
-                end_us: end_us.unwrap_or(i64::MAX),
+                window: TimeWindow {
+                    columns: self.columns.clone(),
+                    start_us: start_us.unwrap_or(i64::MIN),
+                    end_us: end_us.unwrap_or(i64::MAX),
+                },
             })
         };
         if let (Some(a), Some(b)) = (whole_from, whole_to) {
@@ -921,24 +923,34 @@ fn prefix_query(terms: Vec<Term>) -> Box<dyn Query> {
     Box::new(PlainSeek(Box::new(q)))
 }
 
-/// The documents of `inner` whose timestamp is within `start_us..=end_us`, each read from the
-/// timestamp column as the scorer reaches it (a range query on the column decodes it over the
-/// whole segment, ~30 % of a day's full-text search).
-#[derive(Debug)]
-struct TimeCheck {
-    inner: Box<dyn Query>,
+/// A time window, `start_us..=end_us`, and where its segments' timestamp columns are kept.
+#[derive(Debug, Clone)]
+struct TimeWindow {
     columns: std::sync::Arc<ColumnCache>,
     start_us: i64,
     end_us: i64,
+}
+
+impl TimeWindow {
+    fn holds(&self, us: i64) -> bool {
+        us >= self.start_us && us <= self.end_us
+    }
+}
+
+/// The documents of `inner` whose timestamp is within `window`, each read from the timestamp
+/// column as the scorer reaches it (a range query on the column decodes it over the whole
+/// segment, ~30 % of a day's full-text search).
+#[derive(Debug)]
+struct TimeCheck {
+    inner: Box<dyn Query>,
+    window: TimeWindow,
 }
 
 impl Clone for TimeCheck {
     fn clone(&self) -> Self {
         TimeCheck {
             inner: self.inner.box_clone(),
-            columns: self.columns.clone(),
-            start_us: self.start_us,
-            end_us: self.end_us,
+            window: self.window.clone(),
         }
     }
 }
@@ -947,9 +959,7 @@ impl Query for TimeCheck {
     fn weight(&self, scoring: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
         Ok(Box::new(TimeCheckWeight {
             inner: self.inner.weight(scoring)?,
-            columns: self.columns.clone(),
-            start_us: self.start_us,
-            end_us: self.end_us,
+            window: self.window.clone(),
         }))
     }
 
@@ -960,9 +970,7 @@ impl Query for TimeCheck {
 
 struct TimeCheckWeight {
     inner: Box<dyn Weight>,
-    columns: std::sync::Arc<ColumnCache>,
-    start_us: i64,
-    end_us: i64,
+    window: TimeWindow,
 }
 
 impl Weight for TimeCheckWeight {
@@ -973,9 +981,8 @@ impl Weight for TimeCheckWeight {
     ) -> tantivy::Result<Box<dyn Scorer>> {
         let mut scorer = TimeCheckScorer {
             inner: self.inner.scorer(reader, boost)?,
-            column: self.columns.get(reader)?.time,
-            start_us: self.start_us,
-            end_us: self.end_us,
+            column: self.window.columns.get(reader)?.time,
+            window: self.window.clone(),
         };
         scorer.skip_outside();
         Ok(Box::new(scorer))
@@ -988,17 +995,15 @@ impl Weight for TimeCheckWeight {
 
 struct TimeCheckScorer {
     inner: Box<dyn Scorer>,
-    column: tantivy::columnar::Column<DateTime>,
-    start_us: i64,
-    end_us: i64,
+    column: Column<DateTime>,
+    window: TimeWindow,
 }
 
 impl TimeCheckScorer {
     fn inside(&self, doc: DocId) -> bool {
-        self.column.first(doc).is_some_and(|t| {
-            let us = t.into_timestamp_micros();
-            us >= self.start_us && us <= self.end_us
-        })
+        self.column
+            .first(doc)
+            .is_some_and(|t| self.window.holds(t.into_timestamp_micros()))
     }
 
     /// Moves on from the current document until one inside the window (or the end).

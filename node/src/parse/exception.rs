@@ -212,8 +212,11 @@ impl TraceCache {
 
     /// [`detect`], answered from the cache when `text` was read recently.
     pub fn detect(&self, text: &str) -> Option<ExceptionInfo> {
-        if self.entries == 0 || text.len() > TRACE_CACHE_TEXT_MAX || !has_marker(text) {
-            return detect(text);
+        if !has_marker(text) {
+            return None;
+        }
+        if self.entries == 0 || text.len() > TRACE_CACHE_TEXT_MAX {
+            return detect_unfiltered(text);
         }
         let key = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
         // A panic while holding the lock leaves a map that is still a valid cache.
