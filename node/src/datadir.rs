@@ -33,7 +33,10 @@ use serde::{Deserialize, Serialize};
 /// 10: indexes keep each entry's hour as an indexed term (`hour`), which time windows use for
 ///    their whole hours; an index without the field is not opened, so an older directory's
 ///    indexes are rebuilt at open ([`INDEX_SINCE`]).
-pub const FORMAT_VERSION: u32 = 10;
+/// 11: new indexes keep the `hour` term without norms (a byte per entry that nothing read),
+///    which a format-10 build cannot open (another schema); indexes created before keep their
+///    schema, so format 10 opens as it is.
+pub const FORMAT_VERSION: u32 = 11;
 
 /// The first format whose hourly exception rollups per dimensions exist (older ones get them
 /// built at open).
@@ -57,7 +60,7 @@ pub const DEFAULT_SHARDS: u32 = 4;
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
 /// the shards' indexes).
-pub const UPGRADABLE: [u32; 8] = [2, 3, 4, 5, 6, 7, 8, 9];
+pub const UPGRADABLE: [u32; 9] = [2, 3, 4, 5, 6, 7, 8, 9, 10];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

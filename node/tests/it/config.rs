@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 10"), "{recorded}");
+    assert!(recorded.contains("format_version = 11"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 10", "format_version = 99");
+        .replace("format_version = 11", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -164,7 +164,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 10", "format_version = 2");
+        .replace("format_version = 11", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     // The index goes with the old format: only a rebuild from the entries can answer.
     let index = dir.path().join("index");
@@ -187,10 +187,11 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     assert_eq!(searched(&veil), 6, "index rebuilt from the entries");
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 10"), "{recorded}");
+    assert!(recorded.contains("format_version = 11"), "{recorded}");
 
-    // Formats 4 to 9 differ in what newer builds may write, in the hourly rollups per
-    // dimensions (built at open before 9) and in the index (rebuilt at open before 10).
+    // Formats 4 to 10 differ in what newer builds may write, in the hourly rollups per
+    // dimensions (built at open before 9) and in the index (rebuilt at open before 10; format
+    // 10's own indexes open as they are, `format_10_indexes_open_as_they_are` in the shard).
     for old in [
         "format_version = 4",
         "format_version = 5",
@@ -198,10 +199,11 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "format_version = 7",
         "format_version = 8",
         "format_version = 9",
+        "format_version = 10",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 10", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 11", old)).unwrap();
         // As a directory of those formats: before 9, no hourly rollups per dimensions.
-        if old != "format_version = 9" {
+        if !["format_version = 9", "format_version = 10"].contains(&old) {
             drop_dims_rollups(dir.path());
         }
         let mut veil = Veil::start(dir.path(), &[]);
@@ -211,7 +213,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         assert_eq!(searched(&veil), 6, "{old}");
         veil.stop();
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 10"), "{recorded}");
+        assert!(recorded.contains("format_version = 11"), "{recorded}");
     }
 }
 
