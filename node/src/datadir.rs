@@ -36,7 +36,14 @@ use serde::{Deserialize, Serialize};
 /// 11: new indexes keep the `hour` term without norms (a byte per entry that nothing read),
 ///    which a format-10 build cannot open (another schema); indexes created before keep their
 ///    schema, so format 10 opens as it is.
-pub const FORMAT_VERSION: u32 = 11;
+/// 12: each shard's entries live in their own column family (`entries-NNNN`) instead of one
+///    `entries` family for all shards; an older directory's entries are moved at open
+///    ([`ENTRIES_PER_SHARD_SINCE`]).
+pub const FORMAT_VERSION: u32 = 12;
+
+/// The first format whose entries live in one column family per shard (older ones get theirs
+/// moved there at open).
+pub const ENTRIES_PER_SHARD_SINCE: u32 = 12;
 
 /// The first format whose hourly exception rollups per dimensions exist (older ones get them
 /// built at open).
@@ -60,7 +67,7 @@ pub const DEFAULT_SHARDS: u32 = 4;
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
 /// the shards' indexes).
-pub const UPGRADABLE: [u32; 9] = [2, 3, 4, 5, 6, 7, 8, 9, 10];
+pub const UPGRADABLE: [u32; 10] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -319,7 +319,7 @@ mod tests {
             committed_index,
         };
         let store = StoreLine {
-            cf: "entries".into(),
+            cf: "entries-0003".into(),
             sst_bytes: 1234,
             memtable_bytes: 56,
         };
@@ -335,8 +335,8 @@ mod tests {
             "veil_shard_committed_index{shard=\"0\"} 10",
             "veil_shard_apply_lag{shard=\"0\"} 3",
             "veil_shard_apply_lag{shard=\"1\"} 0",
-            "veil_rocksdb_sst_bytes{cf=\"entries\"} 1234",
-            "veil_rocksdb_memtable_bytes{cf=\"entries\"} 56",
+            "veil_rocksdb_sst_bytes{cf=\"entries-0003\"} 1234",
+            "veil_rocksdb_memtable_bytes{cf=\"entries-0003\"} 56",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

@@ -148,6 +148,7 @@ pub enum EntryResult {
 /// returns it with the families' names.
 fn open_db(
     config: &NodeConfig,
+    shards: u32,
 ) -> anyhow::Result<(Arc<rocksdb::DB>, Vec<String>, Option<rocksdb::Cache>)> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
@@ -162,7 +163,7 @@ fn open_db(
         ),
     };
     let mut cfs = veil_raft::column_families();
-    cfs.extend(veil_shard::column_families_with(cache.as_ref()));
+    cfs.extend(veil_shard::column_families_with(cache.as_ref(), shards));
     let names = cfs.iter().map(|cf| cf.name().to_string()).collect();
     let path = config.data_dir.join("db");
     let db = rocksdb::DB::open_cf_descriptors(&opts, &path, cfs)
@@ -185,7 +186,7 @@ impl Node {
             PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
         let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
             .context("PII patterns")?;
-        let (db, column_families, block_cache) = open_db(&config)?;
+        let (db, column_families, block_cache) = open_db(&config, info.shards)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
         let raft_config = Arc::new(
@@ -257,7 +258,7 @@ impl Node {
                 rollup_rows,
                 from = info.format_version,
                 to = crate::datadir::FORMAT_VERSION,
-                "data directory upgraded (hourly exception rollups rebuilt or built where missing)"
+                "data directory upgraded (what the older format lacked was built or moved at shard open)"
             );
         }
         let metrics: Arc<crate::metrics::Metrics> = Default::default();
@@ -374,6 +375,22 @@ impl Node {
                         })
                     }
                 }
+            }
+            if info.format_version < crate::datadir::ENTRIES_PER_SHARD_SINCE {
+                // Before the shard opens: opening reads its entries to catch its index up.
+                let started = std::time::Instant::now();
+                let db2 = db.clone();
+                let moved = tokio::task::spawn_blocking(move || {
+                    veil_shard::move_shared_entries(&db2, shard_id)
+                })
+                .await?
+                .with_context(|| format!("failed to move the entries of shard {shard_id}"))?;
+                tracing::info!(
+                    shard = shard_id.0,
+                    entries = moved,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "entries moved to the shard's own column family"
+                );
             }
             let db2 = db.clone();
             let shard =
@@ -786,9 +803,10 @@ impl Node {
     }
 
     /// Compacts the node's storage now: each Raft group snapshots its applied state and purges
-    /// its log behind the snapshot, RocksDB compacts every column family, and every shard's index
-    /// is merged into one segment. Queries keep working; ingest into a shard waits while its
-    /// index merges.
+    /// its log behind the snapshot, RocksDB compacts every column family (the shards' entries
+    /// down to and including their bottommost level, see below), and every shard's index is
+    /// merged into one segment. Queries keep working; ingest into a shard waits while its index
+    /// merges.
     pub async fn compact(&self) -> anyhow::Result<CompactReport> {
         let started = std::time::Instant::now();
         let bytes_before = dir_bytes(&self.config.data_dir);
@@ -834,7 +852,15 @@ impl Node {
                 let handle = db
                     .cf_handle(&name)
                     .with_context(|| format!("column family {name} is missing"))?;
-                db.compact_range_cf(handle, None::<&[u8]>, None::<&[u8]>);
+                // A shard's first flushed file reaches the bottommost level by a trivial move
+                // (RocksDB counts level 0 as bottommost while the levels below are empty), so
+                // it keeps the flush's Snappy; its keys are the shard's oldest, which no later
+                // compaction overlaps. Rewriting the bottommost level gives it zstd too.
+                let mut opts = rocksdb::CompactOptions::default();
+                if name.starts_with(veil_shard::CF_ENTRIES) {
+                    opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+                }
+                db.compact_range_cf_opt(handle, None::<&[u8]>, None::<&[u8]>, &opts);
             }
             let mut merged = 0;
             for shard in shards {

@@ -52,7 +52,7 @@ pub enum Error {
     #[error(
         "column family {0} is missing; was the database opened with veil_shard::column_families()?"
     )]
-    MissingColumnFamily(&'static str),
+    MissingColumnFamily(String),
 }
 
 impl Error {

@@ -49,8 +49,8 @@ pub use query::{
     SortOrder,
 };
 pub use shard::{
-    column_families, column_families_with, index_dir, Shard, ShardConfig, ShardStats, CF_ENTRIES,
-    CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
+    column_families, column_families_with, entries_cf_name, index_dir, move_shared_entries, Shard,
+    ShardConfig, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
 };
 pub use shard_map::{ShardId, ShardMap, ROUTING_HASH};
 pub use state_machine::{ShardSnapshotBuilder, ShardStateMachine};

@@ -20,7 +20,9 @@ use crate::query::{ShardHits, ShardQuery};
 use crate::rollups::{self, Block, BlockNumbers, HoursNumbers, RollupCache, WindowNumbers};
 use crate::{Error, Result, ShardId, ShardMap};
 
-/// Column family of the entries.
+/// Column family that held every shard's entries before data format 12; each shard's entries
+/// now live in their own family ([`entries_cf_name`]), and an older directory's are moved there
+/// at open ([`move_shared_entries`]).
 pub const CF_ENTRIES: &str = "entries";
 /// Column family of the idempotency set.
 pub const CF_ENTRY_IDS: &str = "entry_ids";
@@ -38,10 +40,9 @@ const META_SNAPSHOT: u8 = 3;
 /// (see [`Shard::flush_counters`]).
 pub(crate) const META_COUNTED: u8 = 4;
 
-/// The column families holding a shard's data (all keyed `shard | …`): what a snapshot install
-/// replaces.
-pub(crate) const DATA_COLUMN_FAMILIES: [&str; 9] = [
-    CF_ENTRIES,
+/// The column families holding every shard's data besides its entries (all keyed
+/// `shard | …`): with the shard's entries family, what a snapshot install replaces.
+pub(crate) const DATA_COLUMN_FAMILIES: [&str; 8] = [
     CF_ENTRY_IDS,
     CF_INDEX_QUEUE,
     crate::exceptions::CF_EXCEPTIONS,
@@ -60,34 +61,86 @@ pub fn index_dir(data_dir: &Path, id: ShardId) -> PathBuf {
 /// Uncompressed size of the `entries` column family's data blocks.
 pub const ENTRIES_BLOCK_BYTES: usize = 16 << 10;
 
-/// Returns the column families this crate needs in the node's RocksDB, each with RocksDB's own
-/// block cache.
-pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
-    column_families_with(None)
+/// The column family of shard `id`'s entries (data format 12). One family per shard, because
+/// entry keys begin with the shard: in a family shared by all shards, every flushed memtable
+/// held each shard's newest keys, so its key range spanned all the level below it, and each
+/// compaction into that level rewrote nearly all of it — in a 5-minute full-speed run, 1.5 GB
+/// written for 0.3 GB kept, 59 s of CPU, and writes stalled at 20 level-0 files (BENCHMARKS.md,
+/// issue 8, session 11). A shard's own family receives its keys in time order, so what a
+/// compaction rewrites is mostly the new data.
+pub fn entries_cf_name(id: ShardId) -> String {
+    format!("{CF_ENTRIES}-{:04}", id.0)
+}
+
+/// Moves shard `id`'s rows from the `entries` family all shards shared before data format 12
+/// into the shard's own ([`entries_cf_name`]), then deletes them from the shared one and
+/// compacts its range away; returns the rows moved. Run before the shard opens. Idempotent: a
+/// crash part-way leaves the shared rows in place (they are deleted only once all are
+/// copied), and the next start copies them again over the same keys.
+pub fn move_shared_entries(db: &DB, id: ShardId) -> Result<u64> {
+    /// Bytes of keys and values per write batch.
+    const BATCH_BYTES: usize = 4 << 20;
+    let missing = |name: &str| Error::MissingColumnFamily(name.into());
+    let shared = db
+        .cf_handle(CF_ENTRIES)
+        .ok_or_else(|| missing(CF_ENTRIES))?;
+    let own_name = entries_cf_name(id);
+    let own = db.cf_handle(&own_name).ok_or_else(|| missing(&own_name))?;
+    let (from, end) = (keys::shard_prefix(id), keys::shard_end(id));
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(end.to_vec());
+    let mut it = db.raw_iterator_cf_opt(shared, opts);
+    let (mut batch, mut moved) = (WriteBatch::default(), 0u64);
+    scan_range(&mut it, &from, &end, |key, value| {
+        batch.put_cf(own, key, value);
+        moved += 1;
+        if batch.size_in_bytes() >= BATCH_BYTES {
+            db.write(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    db.write(batch)?;
+    if moved > 0 {
+        db.delete_range_cf(shared, &from[..], &end[..])?;
+        db.compact_range_cf(shared, Some(&from[..]), Some(&end[..]));
+    }
+    Ok(moved)
+}
+
+/// Returns the column families this crate needs in the node's RocksDB for `shards` shards (ids
+/// `0..shards`), each with RocksDB's own block cache.
+pub fn column_families(shards: u32) -> Vec<ColumnFamilyDescriptor> {
+    column_families_with(None, shards)
 }
 
 /// [`column_families`] sharing `cache` as their block cache: uncompressed blocks of entries
 /// (a query's hits) and exception counters (filtered rankings read the window's rows) stay in
 /// memory across questions (issue 7's directory, a day's ranking filtered by level: 1.4 s →
 /// 0.49 s with 1 GiB), where each family's own default cache holds a few MB.
-pub fn column_families_with(cache: Option<&rocksdb::Cache>) -> Vec<ColumnFamilyDescriptor> {
+pub fn column_families_with(
+    cache: Option<&rocksdb::Cache>,
+    shards: u32,
+) -> Vec<ColumnFamilyDescriptor> {
+    let entries = (0..shards).map(|id| entries_cf_name(ShardId(id)));
     DATA_COLUMN_FAMILIES
         .into_iter()
-        .chain([CF_SHARD_META])
+        .chain([CF_SHARD_META, CF_ENTRIES])
+        .map(String::from)
+        .chain(entries)
         .map(|name| {
             let mut opts = data_options();
             let mut table = rocksdb::BlockBasedOptions::default();
             if let Some(cache) = cache {
                 table.set_block_cache(cache);
             }
-            if name == CF_ENTRIES {
+            if name.starts_with(CF_ENTRIES) {
                 // Entries are read a key at a time (a query's hits) or by the hour; 16 KiB
                 // blocks give zstd four times RocksDB's default 4 KiB of context per block:
                 // 0.132 → 0.122 bytes per raw byte in BENCHMARKS.md's run (issue 8).
                 table.set_block_size(ENTRIES_BLOCK_BYTES);
             }
             opts.set_block_based_table_factory(&table);
-            match name {
+            match name.as_str() {
                 exceptions::CF_EXCEPTIONS
                 | exceptions::CF_EXCEPTION_HISTORY
                 | exceptions::CF_EXCEPTION_HISTORY_HOURLY
@@ -264,6 +317,8 @@ pub struct ShardStats {
 pub struct Shard {
     id: ShardId,
     db: Arc<DB>,
+    /// The name of the column family of this shard's entries.
+    entries_cf: String,
     index: ShardIndex,
     config: ShardConfig,
     pub(crate) applied: Mutex<AppliedState>,
@@ -325,6 +380,7 @@ impl Shard {
         let shard = Shard {
             id,
             db,
+            entries_cf: entries_cf_name(id),
             index,
             rollups: RollupCache::new(config.rollup_cache_entries),
             proposals: Proposals::new(config.proposals_kept),
@@ -361,7 +417,14 @@ impl Shard {
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily> {
         self.db
             .cf_handle(name)
-            .ok_or(Error::MissingColumnFamily(name))
+            .ok_or_else(|| Error::MissingColumnFamily(name.into()))
+    }
+
+    /// The column family of this shard's entries ([`entries_cf_name`]).
+    pub(crate) fn entries_cf(&self) -> Result<&ColumnFamily> {
+        self.db
+            .cf_handle(&self.entries_cf)
+            .ok_or_else(|| Error::MissingColumnFamily(self.entries_cf.clone()))
     }
 
     pub(crate) fn read_meta<T: for<'de> Deserialize<'de>>(&self, tag: u8) -> Result<Option<T>> {
@@ -418,7 +481,7 @@ impl Shard {
         };
         let raft_index = log_id.index();
         let (cf_entries, cf_ids, cf_queue) = (
-            self.cf(CF_ENTRIES)?,
+            self.entries_cf()?,
             self.cf(CF_ENTRY_IDS)?,
             self.cf(CF_INDEX_QUEUE)?,
         );
@@ -745,7 +808,17 @@ impl Shard {
         to: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> Result<()>,
     ) -> Result<()> {
-        let cf = self.cf(cf_name)?;
+        self.scan_cf(self.cf(cf_name)?, from, to, f)
+    }
+
+    /// [`Self::scan`] over a family given by its handle.
+    fn scan_cf(
+        &self,
+        cf: &ColumnFamily,
+        from: &[u8],
+        to: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<()>,
+    ) -> Result<()> {
         let mut opts = rocksdb::ReadOptions::default();
         opts.set_iterate_upper_bound(to.to_vec());
         // The raw iterator lends each key and value instead of copying them into new boxes.
@@ -1377,7 +1450,7 @@ impl Shard {
             Ok(())
         };
         let (from, end) = (keys::shard_prefix(self.id), keys::shard_end(self.id));
-        self.scan(CF_ENTRIES, &from, &end, |key, value| {
+        self.scan_cf(self.entries_cf()?, &from, &end, |key, value| {
             chunk.push(self.decode_entry(key, value)?);
             if chunk.len() == CHUNK {
                 add(&mut chunk)?;
@@ -1467,7 +1540,7 @@ impl Shard {
 
     /// Reads an entry by its `entries` key.
     pub fn get_by_key(&self, key: &[u8]) -> Result<Option<StoredEntry>> {
-        match self.db.get_pinned_cf(self.cf(CF_ENTRIES)?, key)? {
+        match self.db.get_pinned_cf(self.entries_cf()?, key)? {
             Some(bytes) => Ok(Some(decode_entry(self.id, key, &bytes)?)),
             None => Ok(None),
         }
@@ -1486,7 +1559,7 @@ impl Shard {
             let from = keys::entry_key_at(self.id, ms.saturating_mul(1000));
             let to = keys::entry_key_at(self.id, ms.saturating_mul(1000).saturating_add(1000));
             let mut found = None;
-            self.scan(CF_ENTRIES, &from, &to, |key, _| {
+            self.scan_cf(self.entries_cf()?, &from, &to, |key, _| {
                 if key.get(12..) == Some(log_id.as_bytes().as_slice()) {
                     found = keys::decode_entry_key(key).map(|(_, ts, _)| ts);
                 }
@@ -1505,7 +1578,7 @@ impl Shard {
     /// Answers a query over the searchable entries of this shard.
     pub fn search(&self, query: &ShardQuery) -> Result<ShardHits> {
         let (total, hits, aggs) = self.index.search(query)?;
-        let cf = self.cf(CF_ENTRIES)?;
+        let cf = self.entries_cf()?;
         let mut entries = Vec::with_capacity(hits.len());
         let keys: Vec<&[u8]> = hits.iter().map(|(_, k)| k.as_slice()).collect();
         for ((sort_key, key), value) in hits
@@ -1651,7 +1724,7 @@ impl Shard {
 
     /// Returns how many entries the shard stores (a full scan: for tests and tools).
     pub fn entry_count(&self) -> Result<u64> {
-        let cf = self.cf(CF_ENTRIES)?;
+        let cf = self.entries_cf()?;
         let from = keys::shard_prefix(self.id);
         let end = keys::shard_end(self.id);
         let mut n = 0;

@@ -29,7 +29,7 @@ use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
 use veil_raft::{CommandResponse, LiveState, SnapshotData, TypeConfig};
 
 use crate::entry::{encode_outcomes, ShardCommand};
-use crate::shard::{AppliedState, Shard, CF_ENTRIES, CF_ENTRY_IDS};
+use crate::shard::{AppliedState, Shard, CF_ENTRY_IDS};
 use crate::{keys, Error, Result};
 
 /// A shard snapshot: its metadata and its data (the live shard, or a file).
@@ -237,7 +237,7 @@ fn write_file(shard: &Shard) -> Result<(SnapshotMeta, PathBuf)> {
         let end = keys::shard_end(shard.id());
         let from = keys::shard_prefix(shard.id());
         for item in snap.iterator_cf(
-            shard.cf(CF_ENTRIES)?,
+            shard.entries_cf()?,
             IteratorMode::From(&from, Direction::Forward),
         ) {
             let (key, value) = item?;
@@ -307,6 +307,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
     let end = keys::shard_end(shard.id());
     // Counter rows not yet written count entries the snapshot replaces; it is recounted below.
     shard.drop_pending_counters();
+    db.delete_range_cf(shard.entries_cf()?, &from[..], &end[..])?;
     for cf in crate::shard::DATA_COLUMN_FAMILIES {
         db.delete_range_cf(shard.cf(cf)?, &from[..], &end[..])?;
     }
@@ -315,7 +316,7 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
         std::collections::HashMap::new();
     shard.index().clear()?;
     let raft_index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
-    let (cf_entries, cf_ids) = (shard.cf(CF_ENTRIES)?, shard.cf(CF_ENTRY_IDS)?);
+    let (cf_entries, cf_ids) = (shard.entries_cf()?, shard.cf(CF_ENTRY_IDS)?);
     loop {
         let mut batch = WriteBatch::default();
         let mut docs = Vec::new();

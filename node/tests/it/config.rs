@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 11"), "{recorded}");
+    assert!(recorded.contains("format_version = 12"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 11", "format_version = 99");
+        .replace("format_version = 12", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -159,12 +159,24 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     veil.wait_for_query(search.clone(), "the entries searchable", |a| {
         a["total"] == 6
     });
+    // And the entries themselves, all of them, read from RocksDB by their keys.
+    let every = serde_json::json!({"limit": 300});
+    let logs = |veil: &Veil| {
+        let mut a = veil.query(every.clone());
+        a["execution_time_ms"] = serde_json::Value::Null;
+        a["query_id"] = serde_json::Value::Null;
+        a
+    };
+    let before_logs = logs(&veil);
+    assert_eq!(before_logs["logs"].as_array().unwrap().len(), 300);
     veil.stop();
+    // Before format 12, all shards' entries were in one column family.
+    assert_eq!(share_entries(dir.path()), 300);
 
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 11", "format_version = 2");
+        .replace("format_version = 12", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     // The index goes with the old format: only a rebuild from the entries can answer.
     let index = dir.path().join("index");
@@ -185,13 +197,19 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "rollups per dimensions rebuilt"
     );
     assert_eq!(searched(&veil), 6, "index rebuilt from the entries");
+    assert_eq!(
+        logs(&veil),
+        before_logs,
+        "entries moved to their shards' families"
+    );
     veil.stop();
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 11"), "{recorded}");
+    assert!(recorded.contains("format_version = 12"), "{recorded}");
 
-    // Formats 4 to 10 differ in what newer builds may write, in the hourly rollups per
-    // dimensions (built at open before 9) and in the index (rebuilt at open before 10; format
-    // 10's own indexes open as they are, `format_10_indexes_open_as_they_are` in the shard).
+    // Formats 4 to 11 differ in what newer builds may write, in the hourly rollups per
+    // dimensions (built at open before 9), in the index (rebuilt at open before 10; format
+    // 10's own indexes open as they are, `format_10_indexes_open_as_they_are` in the shard)
+    // and in where entries live (one family for all shards before 12).
     for old in [
         "format_version = 4",
         "format_version = 5",
@@ -200,31 +218,76 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "format_version = 8",
         "format_version = 9",
         "format_version = 10",
+        "format_version = 11",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 11", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 12", old)).unwrap();
         // As a directory of those formats: before 9, no hourly rollups per dimensions.
-        if !["format_version = 9", "format_version = 10"].contains(&old) {
+        if ![
+            "format_version = 9",
+            "format_version = 10",
+            "format_version = 11",
+        ]
+        .contains(&old)
+        {
             drop_dims_rollups(dir.path());
         }
+        assert_eq!(share_entries(dir.path()), 300, "{old}");
         let mut veil = Veil::start(dir.path(), &[]);
         assert_eq!(top(&veil), before, "{old}");
         assert_eq!(filtered(&veil), before_filtered, "{old}");
         assert_eq!(details(&veil), before_details, "{old}");
         assert_eq!(searched(&veil), 6, "{old}");
+        assert_eq!(logs(&veil), before_logs, "{old}");
         veil.stop();
+        assert_eq!(shared_entries(dir.path()), 0, "{old}: moved, not copied");
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 11"), "{recorded}");
+        assert!(recorded.contains("format_version = 12"), "{recorded}");
     }
+}
+
+/// The stopped node's RocksDB (a directory of 4 shards, the default).
+fn open_node_db(data_dir: &std::path::Path) -> rocksdb::DB {
+    let mut opts = rocksdb::Options::default();
+    opts.create_missing_column_families(true);
+    let mut cfs = veil_raft::column_families();
+    cfs.extend(veil_shard::column_families(4));
+    rocksdb::DB::open_cf_descriptors(&opts, data_dir.join("db"), cfs).unwrap()
+}
+
+/// Moves every entry of a stopped node's data directory from its shard's column family into
+/// the one family all shards shared before format 12, as such a directory holds them; returns
+/// the entries moved.
+fn share_entries(data_dir: &std::path::Path) -> usize {
+    let db = open_node_db(data_dir);
+    let shared = db.cf_handle(veil_shard::CF_ENTRIES).unwrap();
+    let mut moved = 0;
+    for shard in 0..4 {
+        let name = veil_shard::entries_cf_name(veil_shard::ShardId(shard));
+        let own = db.cf_handle(&name).unwrap();
+        let rows: Vec<_> = db
+            .iterator_cf(own, rocksdb::IteratorMode::Start)
+            .map(Result::unwrap)
+            .collect();
+        for (key, value) in &rows {
+            db.put_cf(shared, key, value).unwrap();
+            db.delete_cf(own, key).unwrap();
+        }
+        moved += rows.len();
+    }
+    moved
+}
+
+/// Entries left in the family all shards shared before format 12.
+fn shared_entries(data_dir: &std::path::Path) -> usize {
+    let db = open_node_db(data_dir);
+    let shared = db.cf_handle(veil_shard::CF_ENTRIES).unwrap();
+    db.iterator_cf(shared, rocksdb::IteratorMode::Start).count()
 }
 
 /// Deletes every row of the hourly rollups per dimensions in a stopped node's data directory
 /// (what a directory written before format 9 lacks).
 fn drop_dims_rollups(data_dir: &std::path::Path) {
-    let mut opts = rocksdb::Options::default();
-    opts.create_missing_column_families(true);
-    let mut cfs = veil_raft::column_families();
-    cfs.extend(veil_shard::column_families());
-    let db = rocksdb::DB::open_cf_descriptors(&opts, data_dir.join("db"), cfs).unwrap();
+    let db = open_node_db(data_dir);
     for name in [
         veil_shard::exceptions::CF_EXCEPTION_DIMS_HOURLY,
         veil_shard::exceptions::CF_EXCEPTION_DIMS_HISTORY_HOURLY,
