@@ -39,7 +39,14 @@ use serde::{Deserialize, Serialize};
 /// 12: each shard's entries live in their own column family (`entries-NNNN`) instead of one
 ///    `entries` family for all shards; an older directory's entries are moved at open
 ///    ([`ENTRIES_PER_SHARD_SINCE`]).
-pub const FORMAT_VERSION: u32 = 12;
+/// 13: each Raft group's log lives in its own column family (`raft_log-NNNN`) instead of one
+///    `raft_log` family for all groups; an older directory's logs are moved at open
+///    ([`RAFT_LOG_PER_GROUP_SINCE`]).
+pub const FORMAT_VERSION: u32 = 13;
+
+/// The first format whose Raft logs live in one column family per group (older ones get theirs
+/// moved there at open).
+pub const RAFT_LOG_PER_GROUP_SINCE: u32 = 13;
 
 /// The first format whose entries live in one column family per shard (older ones get theirs
 /// moved there at open).
@@ -67,7 +74,7 @@ pub const DEFAULT_SHARDS: u32 = 4;
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
 /// the shards' indexes).
-pub const UPGRADABLE: [u32; 10] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+pub const UPGRADABLE: [u32; 11] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -162,7 +162,7 @@ fn open_db(
                 .context("failed to create the RocksDB block cache")?,
         ),
     };
-    let mut cfs = veil_raft::column_families();
+    let mut cfs = veil_raft::column_families(shards);
     cfs.extend(veil_shard::column_families_with(cache.as_ref(), shards));
     let names = cfs.iter().map(|cf| cf.name().to_string()).collect();
     let path = config.data_dir.join("db");
@@ -390,6 +390,20 @@ impl Node {
                     entries = moved,
                     seconds = started.elapsed().as_secs_f64(),
                     "entries moved to the shard's own column family"
+                );
+            }
+            if info.format_version < crate::datadir::RAFT_LOG_PER_GROUP_SINCE {
+                // Before the group's log store opens.
+                let db2 = db.clone();
+                let moved = tokio::task::spawn_blocking(move || {
+                    veil_raft::move_shared_log(&db2, GroupId(shard_id.0))
+                })
+                .await?
+                .with_context(|| format!("failed to move the Raft log of shard {shard_id}"))?;
+                tracing::info!(
+                    shard = shard_id.0,
+                    logs = moved,
+                    "Raft log moved to the group's own column family"
                 );
             }
             let db2 = db.clone();

@@ -10,7 +10,7 @@ pub enum Error {
     #[error(
         "column family {0} is missing; was the database opened with veil_raft::column_families()?"
     )]
-    MissingColumnFamily(&'static str),
+    MissingColumnFamily(String),
     /// The fsync thread could not be started.
     #[error("failed to start the raft log sync thread")]
     SpawnSyncer(#[source] std::io::Error),

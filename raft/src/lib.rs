@@ -22,7 +22,9 @@ mod snapshot;
 mod types;
 
 pub use error::{Error, Result};
-pub use log_store::{column_families, LogStore, LogSyncer, CF_RAFT_LOG, CF_RAFT_META};
+pub use log_store::{
+    column_families, log_cf_name, move_shared_log, LogStore, LogSyncer, CF_RAFT_LOG, CF_RAFT_META,
+};
 pub use network::NoPeersNetwork;
 pub use snapshot::{LiveState, SnapshotData};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};

@@ -1,14 +1,16 @@
 //! The RocksDB-backed Raft log store shared by all Raft groups of a node.
 //!
-//! Every group writes into the same two column families, its keys prefixed by its [`GroupId`], so
-//! all groups share one RocksDB write-ahead log. Appends are written to RocksDB inline (a memtable
+//! Each group writes its log into its own column family ([`log_cf_name`]) and its vote and purge
+//! point into one family all groups share, its keys prefixed by its [`GroupId`] in both, so all
+//! groups share one RocksDB write-ahead log. Appends are written to RocksDB inline (a memtable
 //! insert, no sync) and then handed to the [`LogSyncer`], a thread that fsyncs the WAL once for
 //! everything written since its last sync and only then tells openraft that the entries are
 //! durable (`IOFlushed`). This is group commit: with many groups and many concurrent batches, one
 //! fsync covers them all.
 //!
 //! Key layout (all integers big-endian, so RocksDB's byte order is numeric order):
-//! - `raft_log`: `group u32 | index u64` → bincode of the openraft entry;
+//! - `raft_log-NNNN` (one per group; before data format 13 one `raft_log` for all):
+//!   `group u32 | index u64` → bincode of the openraft entry;
 //! - `raft_meta`: `group u32 | tag u8` → bincode of the vote (tag 1) or the last purged log id
 //!   (tag 2).
 
@@ -31,7 +33,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::alias::{LogId, RaftEntry as Entry, Vote};
 use crate::{Error, GroupId, Result, TypeConfig};
 
-/// The column family holding the Raft log entries of every group.
+/// The column family that held the Raft log entries of every group before data format 13; each
+/// group's log now has its own ([`log_cf_name`]), and an older directory's are moved there at
+/// open ([`move_shared_log`]).
 pub const CF_RAFT_LOG: &str = "raft_log";
 /// The column family holding each group's vote and purge point.
 pub const CF_RAFT_META: &str = "raft_meta";
@@ -39,12 +43,76 @@ pub const CF_RAFT_META: &str = "raft_meta";
 const META_VOTE: u8 = 1;
 const META_LAST_PURGED: u8 = 2;
 
-/// Returns the column families this crate needs in the node's RocksDB.
-pub fn column_families() -> Vec<ColumnFamilyDescriptor> {
+/// The column family of group `group`'s log entries (data format 13). One family per group, for
+/// the reason the shards' entries have one each: keys begin with the group, so in a shared family
+/// every flushed memtable spanned every group's live log and each compaction into the level below
+/// rewrote all of it (at full speed a group keeps ~2,000 logs of ~70 KB, more than a memtable,
+/// so its log is flushed before it is purged; BENCHMARKS.md, issue 8, session 11).
+pub fn log_cf_name(group: GroupId) -> String {
+    format!("{CF_RAFT_LOG}-{:04}", group.0)
+}
+
+/// Returns the column families this crate needs in the node's RocksDB for `groups` groups (ids
+/// `0..groups`).
+pub fn column_families(groups: u32) -> Vec<ColumnFamilyDescriptor> {
     [CF_RAFT_LOG, CF_RAFT_META]
         .into_iter()
+        .map(String::from)
+        .chain((0..groups).map(|g| log_cf_name(GroupId(g))))
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()))
         .collect()
+}
+
+/// Moves group `group`'s log entries from the `raft_log` family all groups shared before data
+/// format 13 into the group's own ([`log_cf_name`]), then deletes them from the shared one;
+/// returns the entries moved. Run before the group's store opens. Idempotent: the shared rows go
+/// only once all are copied, and a crash before that copies them again over the same keys.
+pub fn move_shared_log(db: &DB, group: GroupId) -> Result<u64> {
+    let missing = |name: &str| Error::MissingColumnFamily(name.into());
+    let shared = db
+        .cf_handle(CF_RAFT_LOG)
+        .ok_or_else(|| missing(CF_RAFT_LOG))?;
+    let own_name = log_cf_name(group);
+    let own = db.cf_handle(&own_name).ok_or_else(|| missing(&own_name))?;
+    let store = LogKeys(group);
+    let (from, end) = (store.log_key(0), store.log_key_end());
+    let (mut batch, mut moved) = (WriteBatch::default(), 0u64);
+    for item in db.iterator_cf(shared, IteratorMode::From(&from, Direction::Forward)) {
+        let (key, value) = item?;
+        if key.as_ref() >= &end[..] {
+            break;
+        }
+        batch.put_cf(own, &key, &value);
+        moved += 1;
+        if batch.size_in_bytes() >= 4 << 20 {
+            db.write(std::mem::take(&mut batch))?;
+        }
+    }
+    db.write(batch)?;
+    if moved > 0 {
+        db.delete_range_cf(shared, &from[..], &end[..])?;
+        db.compact_range_cf(shared, Some(&from[..]), Some(&end[..]));
+    }
+    Ok(moved)
+}
+
+/// The key layout of one group's log.
+struct LogKeys(GroupId);
+
+impl LogKeys {
+    fn log_key(&self, index: u64) -> [u8; 12] {
+        let mut key = [0u8; 12];
+        key[..4].copy_from_slice(&self.0 .0.to_be_bytes());
+        key[4..].copy_from_slice(&index.to_be_bytes());
+        key
+    }
+
+    /// Returns a key greater than every key of this group and smaller than the next group's.
+    fn log_key_end(&self) -> [u8; 13] {
+        let mut key = [0xffu8; 13];
+        key[..4].copy_from_slice(&self.0 .0.to_be_bytes());
+        key
+    }
 }
 
 type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -138,6 +206,8 @@ impl LogSyncer {
 pub struct LogStore {
     db: Arc<DB>,
     group: GroupId,
+    /// The name of the column family of this group's log entries.
+    log_cf: Arc<str>,
     syncer: LogSyncer,
 }
 
@@ -145,7 +215,12 @@ impl LogStore {
     /// Opens the log store of `group` in `db`, which must have been opened with
     /// [`column_families`].
     pub fn open(db: Arc<DB>, group: GroupId, syncer: LogSyncer) -> Self {
-        Self { db, group, syncer }
+        Self {
+            db,
+            group,
+            log_cf: log_cf_name(group).into(),
+            syncer,
+        }
     }
 
     /// Returns the group this store belongs to.
@@ -153,24 +228,24 @@ impl LogStore {
         self.group
     }
 
-    fn cf(&self, name: &'static str) -> io::Result<&ColumnFamily> {
+    fn cf(&self, name: &str) -> io::Result<&ColumnFamily> {
         self.db
             .cf_handle(name)
-            .ok_or_else(|| io::Error::other(Error::MissingColumnFamily(name)))
+            .ok_or_else(|| io::Error::other(Error::MissingColumnFamily(name.into())))
+    }
+
+    /// The column family of this group's log entries.
+    fn log_cf(&self) -> io::Result<&ColumnFamily> {
+        self.cf(&self.log_cf)
     }
 
     fn log_key(&self, index: u64) -> [u8; 12] {
-        let mut key = [0u8; 12];
-        key[..4].copy_from_slice(&self.group.0.to_be_bytes());
-        key[4..].copy_from_slice(&index.to_be_bytes());
-        key
+        LogKeys(self.group).log_key(index)
     }
 
     /// Returns a key greater than every key of this group and smaller than the next group's.
     fn log_key_end(&self) -> [u8; 13] {
-        let mut key = [0xffu8; 13];
-        key[..4].copy_from_slice(&self.group.0.to_be_bytes());
-        key
+        LogKeys(self.group).log_key_end()
     }
 
     fn meta_key(&self, tag: u8) -> [u8; 5] {
@@ -204,7 +279,7 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> io::Result<Option<Entry>> {
-        let cf = self.cf(CF_RAFT_LOG)?;
+        let cf = self.log_cf()?;
         let end = self.log_key_end();
         let mut iter = self
             .db
@@ -240,7 +315,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let cf = self.cf(CF_RAFT_LOG)?;
+        let cf = self.log_cf()?;
         let from = self.log_key(start);
         let mut entries = Vec::new();
         for item in self
@@ -299,7 +374,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let cf = self.cf(CF_RAFT_LOG)?;
+        let cf = self.log_cf()?;
         let mut batch = WriteBatch::default();
         for entry in entries {
             batch.put_cf(cf, self.log_key(entry.index()), encode(&entry)?);
@@ -315,7 +390,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Some(log_id) => self.log_key(log_id.index().saturating_add(1)),
             None => self.log_key(0),
         };
-        let cf = self.cf(CF_RAFT_LOG)?;
+        let cf = self.log_cf()?;
         self.db
             .delete_range_cf(cf, &from[..], &self.log_key_end()[..])
             .map_err(io::Error::other)?;
@@ -326,7 +401,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The purge point is written first: openraft ignores entries at or below it, so a crash
         // between the two writes leaves only unreachable entries behind.
         self.put_meta(META_LAST_PURGED, &log_id)?;
-        let cf = self.cf(CF_RAFT_LOG)?;
+        let cf = self.log_cf()?;
         self.db
             .delete_range_cf(
                 cf,

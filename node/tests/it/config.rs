@@ -33,7 +33,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 12"), "{recorded}");
+    assert!(recorded.contains("format_version = 13"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -57,7 +57,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 12", "format_version = 99");
+        .replace("format_version = 13", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -170,13 +170,16 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let before_logs = logs(&veil);
     assert_eq!(before_logs["logs"].as_array().unwrap().len(), 300);
     veil.stop();
-    // Before format 12, all shards' entries were in one column family.
+    // Before format 12, all shards' entries were in one column family, and before 13 all
+    // groups' Raft logs.
     assert_eq!(share_entries(dir.path()), 300);
+    let logs_shared = share_raft_logs(dir.path());
+    assert!(!logs_shared.is_empty());
 
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 12", "format_version = 2");
+        .replace("format_version = 13", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     // The index goes with the old format: only a rebuild from the entries can answer.
     let index = dir.path().join("index");
@@ -203,13 +206,14 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "entries moved to their shards' families"
     );
     veil.stop();
+    assert!(raft_logs_moved(dir.path(), &logs_shared));
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 12"), "{recorded}");
+    assert!(recorded.contains("format_version = 13"), "{recorded}");
 
-    // Formats 4 to 11 differ in what newer builds may write, in the hourly rollups per
+    // Formats 4 to 12 differ in what newer builds may write, in the hourly rollups per
     // dimensions (built at open before 9), in the index (rebuilt at open before 10; format
     // 10's own indexes open as they are, `format_10_indexes_open_as_they_are` in the shard)
-    // and in where entries live (one family for all shards before 12).
+    // and in where entries and Raft logs live (one family for all shards before 12 and 13).
     for old in [
         "format_version = 4",
         "format_version = 5",
@@ -219,19 +223,24 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "format_version = 9",
         "format_version = 10",
         "format_version = 11",
+        "format_version = 12",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 12", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 13", old)).unwrap();
         // As a directory of those formats: before 9, no hourly rollups per dimensions.
         if ![
             "format_version = 9",
             "format_version = 10",
             "format_version = 11",
+            "format_version = 12",
         ]
         .contains(&old)
         {
             drop_dims_rollups(dir.path());
         }
-        assert_eq!(share_entries(dir.path()), 300, "{old}");
+        if old != "format_version = 12" {
+            assert_eq!(share_entries(dir.path()), 300, "{old}");
+        }
+        let logs_shared = share_raft_logs(dir.path());
         let mut veil = Veil::start(dir.path(), &[]);
         assert_eq!(top(&veil), before, "{old}");
         assert_eq!(filtered(&veil), before_filtered, "{old}");
@@ -240,8 +249,9 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         assert_eq!(logs(&veil), before_logs, "{old}");
         veil.stop();
         assert_eq!(shared_entries(dir.path()), 0, "{old}: moved, not copied");
+        assert!(raft_logs_moved(dir.path(), &logs_shared), "{old}");
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 12"), "{recorded}");
+        assert!(recorded.contains("format_version = 13"), "{recorded}");
     }
 }
 
@@ -249,7 +259,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
 fn open_node_db(data_dir: &std::path::Path) -> rocksdb::DB {
     let mut opts = rocksdb::Options::default();
     opts.create_missing_column_families(true);
-    let mut cfs = veil_raft::column_families();
+    let mut cfs = veil_raft::column_families(4);
     cfs.extend(veil_shard::column_families(4));
     rocksdb::DB::open_cf_descriptors(&opts, data_dir.join("db"), cfs).unwrap()
 }
@@ -275,6 +285,45 @@ fn share_entries(data_dir: &std::path::Path) -> usize {
         moved += rows.len();
     }
     moved
+}
+
+/// Moves every Raft log entry of a stopped node's data directory from its group's column family
+/// into the one family all groups shared before format 13, as such a directory holds them;
+/// returns the moved keys.
+fn share_raft_logs(data_dir: &std::path::Path) -> Vec<Box<[u8]>> {
+    let db = open_node_db(data_dir);
+    let shared = db.cf_handle(veil_raft::CF_RAFT_LOG).unwrap();
+    let mut keys = Vec::new();
+    for group in 0..4 {
+        let own = db
+            .cf_handle(&veil_raft::log_cf_name(veil_raft::GroupId(group)))
+            .unwrap();
+        for (key, value) in db
+            .iterator_cf(own, rocksdb::IteratorMode::Start)
+            .map(Result::unwrap)
+        {
+            db.put_cf(shared, &key, &value).unwrap();
+            db.delete_cf(own, &key).unwrap();
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Whether each of `keys` is in its group's own Raft log family and none is left in the shared
+/// one.
+fn raft_logs_moved(data_dir: &std::path::Path, keys: &[Box<[u8]>]) -> bool {
+    let db = open_node_db(data_dir);
+    let shared = db.cf_handle(veil_raft::CF_RAFT_LOG).unwrap();
+    let left = db.iterator_cf(shared, rocksdb::IteratorMode::Start).count();
+    left == 0
+        && keys.iter().all(|key| {
+            let group = u32::from_be_bytes(key[..4].try_into().unwrap());
+            let own = db
+                .cf_handle(&veil_raft::log_cf_name(veil_raft::GroupId(group)))
+                .unwrap();
+            db.get_cf(own, key).unwrap().is_some()
+        })
 }
 
 /// Entries left in the family all shards shared before format 12.

@@ -444,7 +444,7 @@ fn metrics_report_ingest_masking_queries_and_shards() {
     );
     assert!(
         text.lines()
-            .any(|l| l.starts_with("veil_rocksdb_sst_bytes{cf=\"raft_log\"}")),
+            .any(|l| l.starts_with("veil_rocksdb_sst_bytes{cf=\"raft_log-0000\"}")),
         "{text}"
     );
     // The shared block cache at its default size; reads fill it later (these entries are still

@@ -12,8 +12,8 @@ pub(crate) fn open_db(dir: &std::path::Path) -> Arc<rocksdb::DB> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let mut cfs = veil_raft::column_families();
-    // Shards 0 to 7: the ids the tests use.
+    // Shards and groups 0 to 7: the ids the tests use.
+    let mut cfs = veil_raft::column_families(8);
     cfs.extend(veil_shard::column_families(8));
     Arc::new(rocksdb::DB::open_cf_descriptors(&opts, dir.join("db"), cfs).expect("open rocksdb"))
 }
