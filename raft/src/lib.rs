@@ -23,7 +23,8 @@ mod types;
 
 pub use error::{Error, Result};
 pub use log_store::{
-    column_families, log_cf_name, move_shared_log, LogStore, LogSyncer, CF_RAFT_LOG, CF_RAFT_META,
+    column_families, log_cf_name, move_key_range, move_shared_log, LogStore, LogSyncer,
+    CF_RAFT_LOG, CF_RAFT_META,
 };
 pub use network::NoPeersNetwork;
 pub use snapshot::{LiveState, SnapshotData};

@@ -74,24 +74,47 @@ pub fn move_shared_log(db: &DB, group: GroupId) -> Result<u64> {
         .ok_or_else(|| missing(CF_RAFT_LOG))?;
     let own_name = log_cf_name(group);
     let own = db.cf_handle(&own_name).ok_or_else(|| missing(&own_name))?;
-    let store = LogKeys(group);
-    let (from, end) = (store.log_key(0), store.log_key_end());
+    let keys = LogKeys(group);
+    Ok(move_key_range(
+        db,
+        shared,
+        own,
+        &keys.log_key(0),
+        &keys.log_key_end(),
+    )?)
+}
+
+/// Moves every row of `start..end` from column family `from` into `to` (copied in write batches
+/// of 4 MiB; then deleted from `from`, whose range is compacted away); returns the rows moved.
+/// The rows are deleted only once all are copied, so a crash part-way leaves them in place and a
+/// second run copies them again over the same keys. Used by the upgrades that gave each group's
+/// log, and each shard's entries, a family of their own.
+pub fn move_key_range(
+    db: &DB,
+    from: &ColumnFamily,
+    to: &ColumnFamily,
+    start: &[u8],
+    end: &[u8],
+) -> std::result::Result<u64, rocksdb::Error> {
+    const BATCH_BYTES: usize = 4 << 20;
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_iterate_upper_bound(end.to_vec());
+    let mut it = db.raw_iterator_cf_opt(from, opts);
+    it.seek(start);
     let (mut batch, mut moved) = (WriteBatch::default(), 0u64);
-    for item in db.iterator_cf(shared, IteratorMode::From(&from, Direction::Forward)) {
-        let (key, value) = item?;
-        if key.as_ref() >= &end[..] {
-            break;
-        }
-        batch.put_cf(own, &key, &value);
+    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+        batch.put_cf(to, key, value);
         moved += 1;
-        if batch.size_in_bytes() >= 4 << 20 {
+        if batch.size_in_bytes() >= BATCH_BYTES {
             db.write(std::mem::take(&mut batch))?;
         }
+        it.next();
     }
+    it.status()?;
     db.write(batch)?;
     if moved > 0 {
-        db.delete_range_cf(shared, &from[..], &end[..])?;
-        db.compact_range_cf(shared, Some(&from[..]), Some(&end[..]));
+        db.delete_range_cf(from, start, end)?;
+        db.compact_range_cf(from, Some(start), Some(end));
     }
     Ok(moved)
 }

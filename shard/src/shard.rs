@@ -78,8 +78,6 @@ pub fn entries_cf_name(id: ShardId) -> String {
 /// crash part-way leaves the shared rows in place (they are deleted only once all are
 /// copied), and the next start copies them again over the same keys.
 pub fn move_shared_entries(db: &DB, id: ShardId) -> Result<u64> {
-    /// Bytes of keys and values per write batch.
-    const BATCH_BYTES: usize = 4 << 20;
     let missing = |name: &str| Error::MissingColumnFamily(name.into());
     let shared = db
         .cf_handle(CF_ENTRIES)
@@ -87,24 +85,7 @@ pub fn move_shared_entries(db: &DB, id: ShardId) -> Result<u64> {
     let own_name = entries_cf_name(id);
     let own = db.cf_handle(&own_name).ok_or_else(|| missing(&own_name))?;
     let (from, end) = (keys::shard_prefix(id), keys::shard_end(id));
-    let mut opts = rocksdb::ReadOptions::default();
-    opts.set_iterate_upper_bound(end.to_vec());
-    let mut it = db.raw_iterator_cf_opt(shared, opts);
-    let (mut batch, mut moved) = (WriteBatch::default(), 0u64);
-    scan_range(&mut it, &from, &end, |key, value| {
-        batch.put_cf(own, key, value);
-        moved += 1;
-        if batch.size_in_bytes() >= BATCH_BYTES {
-            db.write(std::mem::take(&mut batch))?;
-        }
-        Ok(())
-    })?;
-    db.write(batch)?;
-    if moved > 0 {
-        db.delete_range_cf(shared, &from[..], &end[..])?;
-        db.compact_range_cf(shared, Some(&from[..]), Some(&end[..]));
-    }
-    Ok(moved)
+    Ok(veil_raft::move_key_range(db, shared, own, &from, &end)?)
 }
 
 /// Returns the column families this crate needs in the node's RocksDB for `shards` shards (ids
