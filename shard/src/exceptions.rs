@@ -232,31 +232,31 @@ fn flip(v: i64) -> u64 {
     (v as u64) ^ (1 << 63)
 }
 
+/// `shard | parts…`, all big-endian: the layout of every exception family's keys (`N` is
+/// 4 + 8 × `P`, checked at compile time).
+fn shard_key<const P: usize, const N: usize>(shard: ShardId, parts: [u64; P]) -> [u8; N] {
+    const { assert!(N == 4 + 8 * P) };
+    let mut k = [0u8; N];
+    k[..4].copy_from_slice(&shard.0.to_be_bytes());
+    for (i, part) in parts.into_iter().enumerate() {
+        k[4 + 8 * i..12 + 8 * i].copy_from_slice(&part.to_be_bytes());
+    }
+    k
+}
+
 /// The counter key of an entry's row.
 pub fn counter_key(shard: ShardId, minute: i64, exception_id: u64, dims: u64) -> [u8; 28] {
-    let mut k = [0u8; 28];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..12].copy_from_slice(&flip(minute).to_be_bytes());
-    k[12..20].copy_from_slice(&exception_id.to_be_bytes());
-    k[20..].copy_from_slice(&dims.to_be_bytes());
-    k
+    shard_key(shard, [flip(minute), exception_id, dims])
 }
 
 /// The first key of `minute` in a shard (a range bound).
 pub fn minute_key(shard: ShardId, minute: i64) -> [u8; 12] {
-    let mut k = [0u8; 12];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..].copy_from_slice(&flip(minute).to_be_bytes());
-    k
+    shard_key(shard, [flip(minute)])
 }
 
 /// The history key of an exception's minute.
 pub fn history_key(shard: ShardId, exception_id: u64, minute: i64) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..12].copy_from_slice(&exception_id.to_be_bytes());
-    k[12..].copy_from_slice(&flip(minute).to_be_bytes());
-    k
+    shard_key(shard, [exception_id, flip(minute)])
 }
 
 /// The column family of hourly rollups for unfiltered rankings: `shard | hour | exception_id →
@@ -265,11 +265,7 @@ pub const CF_EXCEPTION_HOURLY: &str = "exception_hourly";
 
 /// The hourly rollup key of an exception's hour.
 pub fn hourly_key(shard: ShardId, hour: i64, exception_id: u64) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..12].copy_from_slice(&flip(hour).to_be_bytes());
-    k[12..].copy_from_slice(&exception_id.to_be_bytes());
-    k
+    shard_key(shard, [flip(hour), exception_id])
 }
 
 /// The first key of `hour` in a shard's rollups (a range bound).
@@ -360,11 +356,7 @@ pub const CF_EXCEPTION_DIMS_HOURLY: &str = "exception_dims_hourly";
 /// The [`CF_EXCEPTION_DIMS_HOURLY`] key of an hour's row under one dims hash (the hash the
 /// minute rows' keys end with).
 pub fn dims_hourly_key(shard: ShardId, hour: i64, dims: u64) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..12].copy_from_slice(&flip(hour).to_be_bytes());
-    k[12..].copy_from_slice(&dims.to_be_bytes());
-    k
+    shard_key(shard, [flip(hour), dims])
 }
 
 /// Reads the dims hash out of a counter key.
@@ -531,12 +523,7 @@ pub const CF_EXCEPTION_DIMS_HISTORY_HOURLY: &str = "exception_dims_history_hourl
 
 /// The [`CF_EXCEPTION_DIMS_HISTORY_HOURLY`] key of an exception's hour under one dims hash.
 pub fn dims_history_key(shard: ShardId, exception_id: u64, hour: i64, dims: u64) -> [u8; 28] {
-    let mut k = [0u8; 28];
-    k[..4].copy_from_slice(&shard.0.to_be_bytes());
-    k[4..12].copy_from_slice(&exception_id.to_be_bytes());
-    k[12..20].copy_from_slice(&flip(hour).to_be_bytes());
-    k[20..].copy_from_slice(&dims.to_be_bytes());
-    k
+    shard_key(shard, [exception_id, flip(hour), dims])
 }
 
 /// Reads the hour out of a [`CF_EXCEPTION_DIMS_HISTORY_HOURLY`] key.
