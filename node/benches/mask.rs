@@ -9,8 +9,8 @@ use veil_node::pii::keys::KeyRing;
 use veil_node::pii::{Findings, Masker, Strategies, Unmasked};
 
 fn bench(c: &mut Criterion) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
-    let loghub = load_loghub(&dir).expect("the LogHub sample in shared/data/loghub");
+    let dir = veil_node::pii::corpus::loghub_dir();
+    let loghub = load_loghub(&dir).expect("the LogHub sample in node/testdata/loghub");
     let mixed = |share: f64| -> Vec<String> {
         let mut g = Generator::new(42, loghub.clone()).with_pii_share(share);
         (0..loghub.len()).map(|_| g.sample().line).collect()

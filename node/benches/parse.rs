@@ -9,7 +9,7 @@ use veil_node::parse::{parse_text, split_entries, Format};
 const RECEIVE: i64 = 1_764_000_000_000_000;
 
 fn bench(c: &mut Criterion) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
+    let dir = veil_node::pii::corpus::loghub_dir();
     let mut body = String::new();
     for system in std::fs::read_dir(&dir).expect("the LogHub sample") {
         let path = system.expect("entry").path();

@@ -5,7 +5,7 @@ use super::*;
 const RECEIVE: i64 = 1_764_000_000_000_000;
 
 fn loghub_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub")
+    crate::pii::corpus::loghub_dir()
 }
 
 /// A minimal RFC 4180 reader: quoted fields, doubled quotes, no newlines inside fields.

@@ -6,9 +6,51 @@
 //! It is a generator rather than a fixed list on purpose: a fixed list invites tuning the engine
 //! to the list.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::PiiType;
+
+/// The sixteen systems of the vendored LogHub sample (`node/testdata/loghub`, with LogHub's
+/// license notice in its README).
+pub const LOGHUB_SYSTEMS: [&str; 16] = [
+    "Android",
+    "Apache",
+    "BGL",
+    "HDFS",
+    "HPC",
+    "Hadoop",
+    "HealthApp",
+    "Linux",
+    "Mac",
+    "OpenSSH",
+    "OpenStack",
+    "Proxifier",
+    "Spark",
+    "Thunderbird",
+    "Windows",
+    "Zookeeper",
+];
+
+/// The LogHub sample vendored in this repository. Panics, naming the path, when it or any of
+/// its systems' raw or structured files is missing: a test that needs the data must fail
+/// loudly rather than pass on less of it.
+pub fn loghub_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/loghub");
+    for system in LOGHUB_SYSTEMS {
+        for file in [
+            format!("{system}_2k.log"),
+            format!("{system}_2k.log_structured.csv"),
+        ] {
+            let path = dir.join(system).join(file);
+            assert!(
+                path.is_file(),
+                "the vendored LogHub sample is missing {} (it ships in the repository under node/testdata/loghub)",
+                path.display()
+            );
+        }
+    }
+    dir
+}
 
 /// A small deterministic generator (SplitMix64).
 #[derive(Debug, Clone)]

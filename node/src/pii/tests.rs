@@ -251,13 +251,7 @@ fn unmasked_text_does_not_print() {
 }
 
 fn loghub_dir() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
-    assert!(
-        std::fs::metadata(&dir).is_ok(),
-        "the LogHub sample is missing at {} (it ships in shared/)",
-        dir.display()
-    );
-    dir
+    corpus::loghub_dir()
 }
 
 #[test]

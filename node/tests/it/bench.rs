@@ -107,8 +107,7 @@ fn bench_ingest_and_query_report_consistent_numbers() {
     );
 
     // Replayed LogHub lines, with idempotency keys.
-    let loghub = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/loghub/HDFS/HDFS_2k.log");
+    let loghub = veil_node::pii::corpus::loghub_dir().join("HDFS/HDFS_2k.log");
     let r = bench(&[
         "ingest",
         "--target",

@@ -40,7 +40,7 @@ fn run_mask(args: &[&str], input: &str) -> Vec<Value> {
 }
 
 fn loghub() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/loghub");
+    let dir = corpus::loghub_dir();
     corpus::load_loghub(&dir)
         .unwrap_or_else(|e| panic!("the LogHub sample at {}: {e}", dir.display()))
 }
