@@ -1,7 +1,7 @@
 //! Compiles `proto/*.proto` with the pure-Rust `protox`, so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/veil.proto"];
+    let files = ["proto/veil.proto", "proto/peer.proto"];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -45,6 +45,43 @@ pub fn key_file_for(data_dir: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The three ports of a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// HTTP.
+    pub http: u16,
+    /// gRPC.
+    pub grpc: u16,
+    /// Node-to-node.
+    pub peer: u16,
+}
+
+impl Ports {
+    /// Port 0 for each: the node picks free ones.
+    pub fn any() -> Ports {
+        Ports {
+            http: 0,
+            grpc: 0,
+            peer: 0,
+        }
+    }
+
+    /// Three ports free now (bound and released at once), for a node that must keep them
+    /// across restarts.
+    pub fn free() -> Ports {
+        // All three held at once, so they differ.
+        let held: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        let port = |i: usize| held[i].local_addr().expect("a bound address").port();
+        Ports {
+            http: port(0),
+            grpc: port(1),
+            peer: port(2),
+        }
+    }
+}
+
 /// How long a node may take to print its ready line (a cold debug build on two cores is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -65,6 +102,10 @@ pub struct VeilProcess {
     pub http: String,
     /// The gRPC address from the ready line.
     pub grpc: String,
+    /// The peer (node-to-node) address from the ready line.
+    pub peer: String,
+    /// The node's id in its cluster, from the ready line.
+    pub node_id: u64,
     /// The data directory.
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
@@ -78,19 +119,30 @@ impl VeilProcess {
     }
 
     /// Runs `bin serve --data-dir <data_dir> --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0
-    /// <extra…>` and waits for its ready line.
+    /// --peer-addr 127.0.0.1:0 <extra…>` and waits for its ready line.
     pub fn start(bin: &Path, data_dir: &Path, extra: &[&str]) -> Result<VeilProcess, StartError> {
-        let mut args: Vec<String> = [
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        Self::start_on(bin, data_dir, &Ports::any(), extra)
+    }
+
+    /// Like [`VeilProcess::start`] on the given ports: a cluster's node keeps its addresses
+    /// across restarts, since the others know it by them.
+    pub fn start_on(
+        bin: &Path,
+        data_dir: &Path,
+        ports: &Ports,
+        extra: &[&str],
+    ) -> Result<VeilProcess, StartError> {
+        let addr = |port: u16| format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--http-addr".into(),
+            addr(ports.http),
+            "--grpc-addr".into(),
+            addr(ports.grpc),
+            "--peer-addr".into(),
+            addr(ports.peer),
+            "--data-dir".into(),
+        ];
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(bin)
@@ -142,11 +194,13 @@ impl VeilProcess {
         let field = |name: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{name}=")).map(String::from))
-                .expect("the ready line names both addresses")
+                .unwrap_or_else(|| panic!("the ready line names {name}: {line}"))
         };
         Ok(VeilProcess {
             http: field("http"),
             grpc: field("grpc"),
+            peer: field("peer"),
+            node_id: field("node").parse().expect("a numeric node id"),
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             stderr,

@@ -43,9 +43,22 @@ pub struct ServeArgs {
     /// 4 for a new one].
     #[arg(long, env = "VEIL_SHARDS")]
     pub shards: Option<u32>,
-    /// This node's id, fixed when the data directory is created [default: 1].
+    /// This node's id, fixed when the data directory is created [default: the directory's; 1
+    /// for a node that founds a cluster, the next free id for one that joins].
     #[arg(long, env = "VEIL_NODE_ID")]
     pub node_id: Option<u64>,
+    /// Node-to-node address (Raft and cluster calls of every shard, one connection per pair of
+    /// nodes); port 0 picks a free port [default: 127.0.0.1:7422].
+    #[arg(long, env = "VEIL_PEER_ADDR")]
+    pub peer_addr: Option<SocketAddr>,
+    /// Joins the cluster a member of which listens on this peer address (HOST:PORT); without
+    /// it a node founds a new cluster, or reopens its own.
+    #[arg(long, env = "VEIL_JOIN")]
+    pub join: Option<String>,
+    /// How long a write keeps retrying a shard whose leader is moving or unreachable before it
+    /// answers 503 [default: 10000].
+    #[arg(long, env = "VEIL_FORWARD_TIMEOUT_MS")]
+    pub forward_timeout_ms: Option<u64>,
     /// Largest request body, in bytes [default: 10 MiB].
     #[arg(long, env = "VEIL_BODY_BYTES_MAX")]
     pub body_bytes_max: Option<usize>,
@@ -197,8 +210,15 @@ pub struct NodeConfig {
     /// Number of shards as given (checked against the data directory); None: the directory's, or
     /// `datadir::DEFAULT_SHARDS` for a new one.
     pub shards: Option<u32>,
-    /// This node's id.
-    pub node_id: u64,
+    /// This node's id as given (checked against the data directory); None: the directory's,
+    /// or 1 for a founding node, or what the cluster assigns to a joining one.
+    pub node_id: Option<u64>,
+    /// Node-to-node listen address.
+    pub peer_addr: SocketAddr,
+    /// A member's peer address to join through.
+    pub join: Option<String>,
+    /// Retry bound of a write across leader changes, in ms.
+    pub forward_timeout_ms: u64,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
     /// Largest entry, in bytes.
@@ -298,7 +318,10 @@ impl ServeArgs {
             http_addr: pick!(http_addr, SocketAddr::from(([127, 0, 0, 1], 7420))),
             grpc_addr: pick!(grpc_addr, SocketAddr::from(([127, 0, 0, 1], 7421))),
             shards: self.shards.or(file.shards),
-            node_id: pick!(node_id, 1),
+            node_id: self.node_id.or(file.node_id),
+            peer_addr: pick!(peer_addr, SocketAddr::from(([127, 0, 0, 1], 7422))),
+            join: self.join.or(file.join),
+            forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
             batch_entries_max: pick!(batch_entries_max, 10_000),
@@ -369,8 +392,11 @@ impl NodeConfig {
         if let Some(shards) = self.shards.filter(|s| *s == 0 || *s > 4096) {
             bail!("--shards must be between 1 and 4096, got {shards}");
         }
-        if self.node_id == 0 {
+        if self.node_id == Some(0) {
             bail!("--node-id must be positive");
+        }
+        if self.forward_timeout_ms == 0 {
+            bail!("--forward-timeout-ms must be positive");
         }
         for (name, value) in [
             ("body-bytes-max", self.body_bytes_max),

@@ -89,6 +89,11 @@ pub struct DataDirInfo {
     pub shards: u32,
     /// The routing hash, fixed at creation.
     pub routing_hash: String,
+    /// True when this node joined an existing cluster (`--join`): it never initializes a Raft
+    /// group itself, the cluster adds it to them. A founding node's directory says false (as
+    /// every directory written before clusters did).
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// Opens the data directory, creating and recording it on first use, and checks that the
@@ -96,7 +101,7 @@ pub struct DataDirInfo {
 pub fn open_or_create(
     dir: &Path,
     shards: Option<u32>,
-    node_id: u64,
+    node_id: Option<u64>,
 ) -> anyhow::Result<(DataDirInfo, bool)> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("failed to create data directory {}", dir.display()))?;
@@ -132,7 +137,7 @@ pub fn open_or_create(
                     veil_shard::ROUTING_HASH
                 );
             }
-            if info.node_id != node_id {
+            if let Some(node_id) = node_id.filter(|id| *id != info.node_id) {
                 bail!(
                     "data directory {} belongs to node {}, not node {node_id}",
                     dir.display(),
@@ -142,20 +147,14 @@ pub fn open_or_create(
             Ok((info, false))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut entries = std::fs::read_dir(dir)
-                .with_context(|| format!("failed to list {}", dir.display()))?;
-            if entries.next().is_some() {
-                bail!(
-                    "data directory {} is not empty and has no {FILE_NAME}; refusing to use it",
-                    dir.display()
-                );
-            }
+            check_empty(dir)?;
             let info = DataDirInfo {
                 format_version: FORMAT_VERSION,
                 cluster_id: uuid::Uuid::new_v4().to_string(),
-                node_id,
+                node_id: node_id.unwrap_or(1),
                 shards: shards.unwrap_or(DEFAULT_SHARDS),
                 routing_hash: veil_shard::ROUTING_HASH.to_string(),
+                joined: false,
             };
             write_info(dir, &info)?;
             Ok((info, true))
@@ -165,6 +164,54 @@ pub fn open_or_create(
 }
 
 /// Records `info` in the data directory atomically (write, fsync, rename).
+/// Refuses a directory that holds anything but has no `veil.toml`.
+fn check_empty(dir: &Path) -> anyhow::Result<()> {
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("failed to list {}", dir.display()))?;
+    if entries.next().is_some() {
+        bail!(
+            "data directory {} is not empty and has no {FILE_NAME}; refusing to use it",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The identity recorded in `dir`, if it is a Veil data directory already.
+pub fn read_info(dir: &Path) -> anyhow::Result<Option<DataDirInfo>> {
+    let path = dir.join(FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(toml::from_str(&text).with_context(|| {
+            format!("unreadable {} (not a Veil data directory?)", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
+/// Creates the data directory of a node that joined a cluster, with the identity the cluster
+/// gave it. Refuses a directory that is not empty.
+pub fn create_joined(
+    dir: &Path,
+    cluster_id: String,
+    node_id: u64,
+    shards: u32,
+) -> anyhow::Result<DataDirInfo> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+    check_empty(dir)?;
+    let info = DataDirInfo {
+        format_version: FORMAT_VERSION,
+        cluster_id,
+        node_id,
+        shards,
+        routing_hash: veil_shard::ROUTING_HASH.to_string(),
+        joined: true,
+    };
+    write_info(dir, &info)?;
+    Ok(info)
+}
+
 pub fn write_info(dir: &Path, info: &DataDirInfo) -> anyhow::Result<()> {
     let path = dir.join(FILE_NAME);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));

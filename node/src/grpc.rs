@@ -274,6 +274,7 @@ impl Veil for VeilService {
             timeout_ms: (q.timeout_ms > 0).then_some(q.timeout_ms),
             allow_partial: q.allow_partial,
             aggs,
+            consistency: (!q.consistency.is_empty()).then_some(q.consistency),
         };
         let started = std::time::Instant::now();
         let answer = query::run(&self.node, request).await;
@@ -292,6 +293,7 @@ impl Veil for VeilService {
                 ok: answer.shards.ok as u32,
                 failed: answer.shards.failed as u32,
                 timed_out: answer.shards.timed_out as u32,
+                stale: answer.shards.stale as u32,
             }),
             partial: answer.partial,
             search_after: answer.search_after.unwrap_or_default(),

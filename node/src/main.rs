@@ -2,6 +2,7 @@
 
 mod aggs;
 mod bench;
+mod cluster;
 mod config;
 mod datadir;
 mod error;
@@ -90,9 +91,19 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("failed to bind gRPC on {}", config.grpc_addr))?;
+    let peer_listener = tokio::net::TcpListener::bind(config.peer_addr)
+        .await
+        .with_context(|| format!("failed to bind the peer address {}", config.peer_addr))?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
-    let node = node::Node::start(config).await?;
+    let peer_addr = peer_listener.local_addr()?;
+    let member = cluster::Member {
+        http_addr: http_addr.to_string(),
+        grpc_addr: grpc_addr.to_string(),
+        peer_addr: peer_addr.to_string(),
+    };
+    resolve_identity(&config, &member).await?;
+    let node = node::Node::start(config, member).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -118,12 +129,40 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
             tokio_stream_incoming(grpc_listener),
             stopped(stop_rx.clone()),
         );
+    let peer = tonic::transport::Server::builder()
+        .add_service(
+            veil_proto::peer::raft_transport_server::RaftTransportServer::new(
+                node.cluster.router.clone(),
+            )
+            .max_decoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            veil_proto::peer::cluster_server::ClusterServer::new(
+                cluster::service::ClusterService::new(node.clone()),
+            )
+            .max_decoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(
+            tokio_stream_incoming(peer_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_task = tokio::spawn(async move { peer.await.context("peer server failed") });
     let http_task = tokio::spawn(async move { http.await.context("HTTP server failed") });
     let grpc_task = tokio::spawn(async move { grpc.await.context("gRPC server failed") });
 
     let shutdown = shutdown_signal()?;
-    node.wait_ready().await?;
-    println!("veil ready http={http_addr} grpc={grpc_addr}");
+    if let Err(e) = node.wait_ready().await {
+        // Close the storage before exiting: RocksDB left open crashes the process at exit.
+        let _ = stop_tx.send(true);
+        node.close().await;
+        return Err(e);
+    }
+    println!(
+        "veil ready http={http_addr} grpc={grpc_addr} peer={peer_addr} node={}",
+        node.cluster.me
+    );
     std::io::stdout()
         .flush()
         .context("failed to write the ready line")?;
@@ -136,7 +175,58 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     http_task.await.context("HTTP task panicked")??;
     grpc_task.await.context("gRPC task panicked")??;
     node.close().await;
+    // After the node: its groups talk to peers until they stop.
+    peer_task.await.context("peer task panicked")??;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Before the node opens its directory: a node started with `--join` and no directory yet
+/// asks the cluster to admit it and records the identity it is given (nothing is written when
+/// the cluster cannot be reached or refuses); one with a directory checks, when the address
+/// answers, that it is the cluster the directory belongs to.
+async fn resolve_identity(
+    config: &config::NodeConfig,
+    member: &cluster::Member,
+) -> anyhow::Result<()> {
+    let Some(join) = &config.join else {
+        return Ok(());
+    };
+    match datadir::read_info(&config.data_dir)? {
+        None => {
+            let keys = match veil_node::pii::keys::KeyRing::from_env()? {
+                Some(k) => k,
+                None => veil_node::pii::keys::KeyRing::load_or_create(&config.key_file)?,
+            };
+            let request = cluster::JoinRequest {
+                member: member.clone(),
+                key_fingerprint: keys.fingerprint(),
+                node_id: config.node_id,
+            };
+            let timeout = std::time::Duration::from_millis(config.startup_timeout_ms);
+            let (cluster_id, node_id, shards) = cluster::join(join, &request, timeout).await?;
+            if let Some(asked) = config.shards.filter(|s| *s != shards) {
+                anyhow::bail!("--shards {asked} differs from the cluster's {shards} shards");
+            }
+            datadir::create_joined(&config.data_dir, cluster_id.clone(), node_id, shards)?;
+            tracing::info!(%cluster_id, node_id, shards, "joined the cluster");
+        }
+        Some(info) => {
+            let hello: Result<cluster::HelloReply, _> =
+                cluster::call_addr(join, "hello", &(), std::time::Duration::from_secs(2)).await;
+            match hello {
+                Ok(h) if h.cluster_id != info.cluster_id => anyhow::bail!(
+                    "data directory {} belongs to cluster {}, but --join {join} is a member of cluster {}",
+                    config.data_dir.display(),
+                    info.cluster_id,
+                    h.cluster_id
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%join, error = %e,
+                    "--join address not reachable; reopening this node's own directory"),
+            }
+        }
+    }
     Ok(())
 }
 

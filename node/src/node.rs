@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::Semaphore;
-use veil_raft::{GroupId, LogStore, LogSyncer, NoPeersNetwork};
+use veil_raft::{GroupId, LogStore, LogSyncer, PeerNetwork, Peers, Router};
 use veil_shard::{
     EntryOutcome, Shard, ShardConfig, ShardId, ShardMap, ShardStateMachine, StoredEntry,
 };
 
+use crate::cluster::{ClusterHandle, Member, MetaRaft, MetaStore, META_GROUP};
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::ingest::{EntryLimits, PreparedEntry};
@@ -49,7 +50,11 @@ pub struct Node {
     /// Counters and histograms for `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Each shard's proposal queue, by shard id (see `proposer`).
-    proposers: Vec<crate::proposer::Proposer>,
+    pub(crate) proposers: Vec<crate::proposer::Proposer>,
+    /// This node's place in the cluster: identity, peers, the metadata group.
+    pub cluster: ClusterHandle,
+    /// The placement loop and the address book's watcher, stopped at shutdown.
+    background: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The proposers' tasks, stopped at shutdown.
     proposer_tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     ingest_permits: Semaphore,
@@ -75,6 +80,27 @@ pub struct Node {
     syncer: LogSyncer,
     /// The index-commit loop, stopped at shutdown.
     committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// What every group a node starts needs: the node's id and addresses, its peers, and the
+/// router that hands it its messages.
+struct GroupContext<'a> {
+    me: veil_raft::NodeId,
+    member: &'a Member,
+    peers: &'a Peers,
+    router: &'a Router,
+}
+
+impl GroupContext<'_> {
+    /// This node alone as a group's first voter.
+    fn voter(&self) -> BTreeMap<veil_raft::NodeId, openraft::impls::BasicNode> {
+        BTreeMap::from([(
+            self.me,
+            openraft::impls::BasicNode {
+                addr: self.member.peer_addr.clone(),
+            },
+        )])
+    }
 }
 
 /// What `Node::compact` did.
@@ -163,6 +189,10 @@ fn open_db(
         ),
     };
     let mut cfs = veil_raft::column_families(shards);
+    cfs.push(rocksdb::ColumnFamilyDescriptor::new(
+        veil_raft::log_cf_name(META_GROUP),
+        rocksdb::Options::default(),
+    ));
     cfs.extend(veil_shard::column_families_with(cache.as_ref(), shards));
     let names = cfs.iter().map(|cf| cf.name().to_string()).collect();
     let path = config.data_dir.join("db");
@@ -172,8 +202,9 @@ fn open_db(
 }
 
 impl Node {
-    /// Opens the node's storage and starts one Raft group per shard.
-    pub async fn start(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+    /// Opens the node's storage and starts the metadata group and one Raft group per shard;
+    /// `member` is this node's addresses as the others reach it.
+    pub async fn start(config: NodeConfig, member: Member) -> anyhow::Result<Arc<Node>> {
         let (info, created) =
             crate::datadir::open_or_create(&config.data_dir, config.shards, config.node_id)?;
         tracing::info!(cluster_id = %info.cluster_id, node_id = info.node_id, shards = info.shards, created, "data directory open");
@@ -182,6 +213,7 @@ impl Node {
             None => KeyRing::load_or_create(&config.key_file)?,
         };
         tracing::info!(key_id = keys.active().id(), "PII keys loaded");
+        let keys_fingerprint = keys.fingerprint();
         let patterns =
             PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
         let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
@@ -189,12 +221,16 @@ impl Node {
         let (db, column_families, block_cache) = open_db(&config, info.shards)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
+        let peers = Peers::default();
+        let router = Router::new(config.data_dir.join("snapshots-received"));
         let raft_config = Arc::new(
             openraft::Config {
                 cluster_name: info.cluster_id.clone(),
                 heartbeat_interval: 500,
                 election_timeout_min: 1500,
                 election_timeout_max: 3000,
+                // A node cut off and back does not disrupt a healthy leader with a higher term.
+                enable_pre_vote: Some(true),
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                     config.snapshot_logs_since_last,
                 ),
@@ -205,18 +241,31 @@ impl Node {
             .context("invalid raft config")?,
         );
         let mut groups = Vec::with_capacity(info.shards as usize);
+        let context = GroupContext {
+            me: info.node_id,
+            member: &member,
+            peers: &peers,
+            router: &router,
+        };
         let opened = Self::open_groups(
             &config,
             &info,
             &db,
             &syncer,
             shard_map,
-            raft_config,
+            raft_config.clone(),
+            &context,
             &mut groups,
         )
         .await;
-        let rollup_rows = match opened {
-            Ok(rows) => rows,
+        let opened = match opened {
+            Ok(rows) => Self::open_meta(&config, &info, &db, &syncer, raft_config, &context)
+                .await
+                .map(|meta| (rows, meta)),
+            Err(e) => Err(e),
+        };
+        let (rollup_rows, (meta_raft, meta_store)) = match opened {
+            Ok(opened) => opened,
             Err(e) => {
                 // Close what was opened before failing: RocksDB must not be left open (its
                 // background threads crash the process at exit).
@@ -293,6 +342,18 @@ impl Node {
             metrics,
             proposers,
             proposer_tasks: std::sync::Mutex::new(proposer_tasks),
+            cluster: ClusterHandle::new(
+                info.node_id,
+                info.cluster_id.clone(),
+                member,
+                keys_fingerprint,
+                peers,
+                router,
+                meta_raft,
+                meta_store,
+                Duration::from_millis(config.forward_timeout_ms),
+            ),
+            background: std::sync::Mutex::new(Vec::new()),
             ready: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             config,
@@ -306,7 +367,69 @@ impl Node {
         });
         node.clone().spawn_index_committer();
         node.spawn_catalog_reader();
+        let watcher = node.spawn_address_book();
+        let placement = crate::cluster::reconcile::spawn(node.clone());
+        node.background
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([watcher, placement]);
         Ok(node)
+    }
+
+    /// Keeps the peers' address book equal to the metadata's member list.
+    fn spawn_address_book(&self) -> tokio::task::JoinHandle<()> {
+        let store = self.cluster.meta_store.clone();
+        let peers = self.cluster.peers.clone();
+        tokio::spawn(async move {
+            let mut changes = store.subscribe();
+            loop {
+                let book = store
+                    .state()
+                    .members
+                    .into_iter()
+                    .map(|(id, m)| (id, m.peer_addr))
+                    .collect();
+                peers.set_addresses(book);
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Opens the metadata group (its log in its own column family, its state in `cluster/`)
+    /// and, on a founding node the first time, initializes it with this node as its voter.
+    async fn open_meta(
+        config: &NodeConfig,
+        info: &crate::datadir::DataDirInfo,
+        db: &Arc<rocksdb::DB>,
+        syncer: &LogSyncer,
+        raft_config: Arc<openraft::Config>,
+        context: &GroupContext<'_>,
+    ) -> anyhow::Result<(MetaRaft, Arc<MetaStore>)> {
+        let store = MetaStore::open(&config.data_dir.join("cluster"))?;
+        let log = LogStore::open(db.clone(), META_GROUP, syncer.clone());
+        let raft = MetaRaft::new(
+            context.me,
+            raft_config,
+            PeerNetwork::new(META_GROUP, context.peers.clone()),
+            log,
+            crate::cluster::meta::MetaStateMachine::new(store.clone()),
+        )
+        .await
+        .context("failed to start the metadata group")?;
+        context.router.add(META_GROUP, Arc::new(raft.clone()));
+        if !info.joined
+            && !raft
+                .is_initialized()
+                .await
+                .context("metadata group stopped")?
+        {
+            raft.initialize(context.voter())
+                .await
+                .context("failed to initialize the metadata group")?;
+        }
+        Ok((raft, store))
     }
 
     /// Reads each shard's exception catalog (exception id → service, one seek per exception)
@@ -337,6 +460,7 @@ impl Node {
 
     /// Opens every shard and starts its Raft group, pushing each onto `groups` as it comes up
     /// (so a caller can close them when a later one fails). Returns the rollup rows rebuilt.
+    #[allow(clippy::too_many_arguments)]
     async fn open_groups(
         config: &NodeConfig,
         info: &crate::datadir::DataDirInfo,
@@ -344,6 +468,7 @@ impl Node {
         syncer: &LogSyncer,
         shard_map: ShardMap,
         raft_config: Arc<openraft::Config>,
+        context: &GroupContext<'_>,
         groups: &mut Vec<Group>,
     ) -> anyhow::Result<usize> {
         let mut rollup_rows = 0usize;
@@ -446,23 +571,20 @@ impl Node {
             }
             let store = LogStore::open(db.clone(), GroupId(shard_id.0), syncer.clone());
             let raft = ShardRaft::new(
-                config.node_id,
+                context.me,
                 raft_config.clone(),
-                NoPeersNetwork,
+                PeerNetwork::new(GroupId(shard_id.0), context.peers.clone()),
                 store,
                 ShardStateMachine::new(shard.clone()),
             )
             .await
             .with_context(|| format!("failed to start raft group of shard {shard_id}"))?;
-            if !raft.is_initialized().await.context("raft group stopped")? {
-                let mut members = BTreeMap::new();
-                members.insert(
-                    config.node_id,
-                    openraft::impls::BasicNode {
-                        addr: config.grpc_addr.to_string(),
-                    },
-                );
-                raft.initialize(members)
+            context
+                .router
+                .add(GroupId(shard_id.0), Arc::new(raft.clone()));
+            // A joining node's groups are started empty: the cluster adds it to them.
+            if !info.joined && !raft.is_initialized().await.context("raft group stopped")? {
+                raft.initialize(context.voter())
                     .await
                     .with_context(|| format!("failed to initialize shard {shard_id}"))?;
             }
@@ -544,16 +666,23 @@ impl Node {
         }
     }
 
-    /// Waits until every shard's group has elected this node leader, then marks the node ready.
+    /// Waits until the metadata group and every shard's group have a leader this node knows
+    /// (on a joining node: until the cluster has added it to them), then marks the node ready.
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let deadline = Duration::from_millis(self.config.startup_timeout_ms);
+        self.cluster
+            .meta_raft
+            .wait(Some(deadline))
+            .metrics(|m| m.current_leader.is_some(), "metadata leader known")
+            .await
+            .context("the metadata group elected no leader in time")?;
         for group in &self.groups {
             group
                 .raft
                 .wait(Some(deadline))
-                .current_leader(self.config.node_id, "shard leader elected")
+                .metrics(|m| m.current_leader.is_some(), "shard leader known")
                 .await
-                .with_context(|| format!("shard {} elected no leader in time", group.shard.id()))?;
+                .with_context(|| format!("shard {} has no leader in time", group.shard.id()))?;
         }
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
@@ -747,9 +876,8 @@ impl Node {
                 let (positions, entries): (Vec<usize>, Vec<StoredEntry>) =
                     std::mem::replace(&mut rest, tail).into_iter().unzip();
                 let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
-                let proposer = &self.proposers[shard.0 as usize];
                 proposals.push(async move {
-                    let outcomes = proposer.propose(minted, entries).await?;
+                    let outcomes = self.commit_part(shard, minted, entries).await?;
                     Ok::<_, ApiError>(
                         positions
                             .into_iter()
@@ -928,10 +1056,19 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+        let background =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in background {
+            task.abort();
+            let _ = task.await;
+        }
         for group in &self.groups {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(shard_id = %group.shard.id(), error = %e, "raft group did not stop cleanly");
             }
+        }
+        if let Err(e) = self.cluster.meta_raft.shutdown().await {
+            tracing::warn!(error = %e, "metadata group did not stop cleanly");
         }
         for group in &self.groups {
             if let Err(e) = group.shard.flush_index() {

@@ -55,6 +55,23 @@ pub struct QueryRequest {
     /// Aggregations, in the Elasticsearch request syntax.
     #[serde(default, alias = "aggregations")]
     pub aggs: Option<Value>,
+    /// `"strong"` (read-your-writes: every entry acknowledged before the query began is in the
+    /// answer) or `"any"` (the default: this node's replicas answer as they are).
+    #[serde(default)]
+    pub consistency: Option<String>,
+}
+
+/// Whether `consistency` asks for strong reads; an unknown value is the caller's mistake.
+pub fn strong_consistency(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency {
+        None | Some("any") => Ok(false),
+        Some("strong") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid_consistency",
+            format!("consistency must be \"strong\" or \"any\", got {other:?}"),
+        )
+        .with_field("consistency")),
+    }
 }
 
 /// Query filters.
@@ -177,6 +194,9 @@ pub struct ShardsAnswered {
     pub failed: usize,
     /// Shards that had not answered when the deadline passed.
     pub timed_out: usize,
+    /// Shards answered by a replica whose group has no leader (its majority is gone): they
+    /// may miss recent entries, so the answer is `partial`.
+    pub stale: usize,
 }
 
 /// The answer of a query.
@@ -222,6 +242,7 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
     }
     let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
     let deadline = started + timeout;
+    let strong = strong_consistency(request.consistency.as_deref())?;
     let mut planned = plan_query(node, &request)?;
     planned.shard_query.deadline = Some(deadline);
     let Planned {
@@ -235,12 +256,22 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
     let shard_query = Arc::new(shard_query);
     // The search time this query has used: the slots go first to queries that used least.
     let clock = crate::slots::QueryClock::start();
+    let stale = if strong {
+        0
+    } else {
+        shards.iter().filter(|s| !node.has_leader(**s)).count()
+    };
     let tasks = shards.iter().map(|shard_id| {
+        let shard_id = *shard_id;
         let shard = node.groups[shard_id.0 as usize].shard.clone();
         let q = shard_query.clone();
         let slots = node.query_slots.clone();
         let clock = clock.clone();
         let task = async move {
+            if strong {
+                node.wait_strong(shard_id, deadline.saturating_duration_since(Instant::now()))
+                    .await?;
+            }
             let slot = slots.acquire(&clock).await;
             // The slot is held until the search ends, even when the deadline drops this future.
             tokio::task::spawn_blocking(move || {
@@ -346,8 +377,9 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
             ok: shards.len() - failed - timed_out,
             failed,
             timed_out,
+            stale,
         },
-        partial: timed_out + failed > 0,
+        partial: timed_out + failed + stale > 0,
         search_after,
         aggregations,
     };

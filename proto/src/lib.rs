@@ -1,5 +1,6 @@
 //! Veil's wire protocol: the gRPC services (`Ingest`, `Query`) and their messages, generated
-//! from `proto/veil.proto` by tonic and prost.
+//! from `proto/veil.proto` by tonic and prost, and the node-to-node protocol of a cluster
+//! (`proto/peer.proto`).
 //!
 //! This crate knows nothing but the wire: no validation, no storage, no PII rules. The node maps
 //! these messages onto its own types at the edge.
@@ -19,4 +20,12 @@
 #[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("veil.v1");
+}
+
+/// The node-to-node protocol of a cluster (`package veil.peer.v1`): Raft messages of every
+/// group and the nodes' own calls, over one connection per pair of nodes. Not a public API.
+#[allow(missing_docs)]
+#[allow(clippy::all)]
+pub mod peer {
+    tonic::include_proto!("veil.peer.v1");
 }

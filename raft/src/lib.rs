@@ -1,6 +1,8 @@
-//! Veil's Raft layer: the openraft type configuration every shard group uses, the RocksDB-backed
+//! Veil's Raft layer: the openraft type configuration every group uses, the RocksDB-backed
 //! Raft log store that all groups of a node share (one WAL, one fsync per group commit), and the
-//! seam for the peer network.
+//! transport between nodes: [`Peers`] (one gRPC connection per peer, carrying every group),
+//! [`PeerNetwork`] (a group's openraft network over it) and [`Router`] (the receiving side,
+//! which hands each message to its group).
 //!
 //! This crate knows nothing of what a state machine stores: a command is opaque bytes
 //! ([`Command`]) and so is its answer ([`CommandResponse`]). The `shard` crate encodes its batches
@@ -18,6 +20,8 @@
 mod error;
 mod log_store;
 mod network;
+mod peer;
+mod router;
 mod snapshot;
 mod types;
 
@@ -27,6 +31,8 @@ pub use log_store::{
     CF_RAFT_LOG, CF_RAFT_META,
 };
 pub use network::NoPeersNetwork;
+pub use peer::{endpoint, PeerNetwork, Peers, PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
+pub use router::{GroupEndpoint, Router};
 pub use snapshot::{LiveState, SnapshotData};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};
 

@@ -103,7 +103,9 @@ pub fn hour_of(timestamp_us: i64) -> i64 {
 /// A command applied by a shard's state machine, carried in a Raft entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ShardCommand {
-    /// Stores a batch of entries; entries whose log_id the shard already holds are skipped.
+    /// Stores a batch of entries; entries whose log_id the shard already holds are skipped
+    /// (keyed log_ids by the idempotency set, minted ones by their exact `entries` key): keyed
+    /// batches, and any batch retried after its first try's outcome was unknown.
     Append(Vec<StoredEntry>),
     /// Stores a batch of entries whose log_ids the proposing node minted (UUIDv7: the time and
     /// a per-process counter from a random start, `keys::mint_log_id`), so none can already be
@@ -138,6 +140,13 @@ impl ShardCommand {
             shard_id,
             reason: format!("shard command: {e}"),
         })
+    }
+
+    /// The entries the command carries, taken out of it.
+    pub fn into_entries(self) -> Vec<StoredEntry> {
+        match self {
+            ShardCommand::Append(entries) | ShardCommand::AppendMinted(entries) => entries,
+        }
     }
 
     /// The entries the command carries.

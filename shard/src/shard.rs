@@ -495,18 +495,23 @@ impl Shard {
                     reason: format!("entry of raft index {raft_index} routes to shard {expected}"),
                 });
             }
-            // A minted log_id is new by construction; only keyed ones can repeat.
+            let key = keys::entry_key(self.id, entry.timestamp_us, entry.log_id);
+            // `AppendMinted` carries log_ids new by construction. `Append` checks each: a keyed
+            // log_id in the idempotency set; a minted one (a forwarded batch retried after an
+            // unknown outcome) by its exact entries key, which its log_id and time fix.
             if !minted
                 && (!seen.insert(entry.log_id)
-                    || self
-                        .db
-                        .get_pinned_cf(cf_ids, keys::id_key(self.id, entry.log_id))?
-                        .is_some())
+                    || if keys::findable_by_time(entry.log_id, entry.timestamp_us) {
+                        self.db.get_pinned_cf(cf_entries, key)?.is_some()
+                    } else {
+                        self.db
+                            .get_pinned_cf(cf_ids, keys::id_key(self.id, entry.log_id))?
+                            .is_some()
+                    })
             {
                 outcomes.push(EntryOutcome::Duplicate);
                 continue;
             }
-            let key = keys::entry_key(self.id, entry.timestamp_us, entry.log_id);
             queued.extend_from_slice(&key);
             writes.push((key, entry));
             outcomes.push(EntryOutcome::Accepted);

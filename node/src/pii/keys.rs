@@ -106,6 +106,26 @@ const FILE_HEADER: &str =
 # same on every node of a cluster. To rotate, add a key and make it active.\n";
 
 impl KeyRing {
+    /// A fingerprint of every key (ids, HMAC and AES secrets) that reveals none of them: an
+    /// HMAC-SHA256 under each key's own secrets of a fixed text, hex. Nodes of a cluster compare
+    /// fingerprints when one joins, so a node with other keys (which would hash the same value
+    /// to another token, or fail to open another node's sealed originals) is refused.
+    pub fn fingerprint(&self) -> String {
+        use hmac::{Hmac, Mac};
+        let mut out = Vec::new();
+        for key in &self.keys {
+            for secret in [&key.hmac, &key.aes] {
+                let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(secret)
+                    .expect("HMAC takes a key of any length");
+                mac.update(b"veil cluster key check");
+                mac.update(key.id.as_bytes());
+                out.extend_from_slice(&mac.finalize().into_bytes()[..8]);
+            }
+        }
+        out.extend_from_slice(self.active().id.as_bytes());
+        hex::encode(out)
+    }
+
     /// The active key.
     pub fn active(&self) -> &Key {
         &self.keys[self.active]

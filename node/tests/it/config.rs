@@ -167,6 +167,10 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         a["query_id"] = serde_json::Value::Null;
         a
     };
+    // Every shard's index commits on its own tick: wait until all 300 are searchable.
+    veil.wait_for_query(every.clone(), "all 300 entries searchable", |a| {
+        a["total"] == 300
+    });
     let before_logs = logs(&veil);
     assert_eq!(before_logs["logs"].as_array().unwrap().len(), 300);
     veil.stop();
@@ -261,7 +265,18 @@ fn open_node_db(data_dir: &std::path::Path) -> rocksdb::DB {
     opts.create_missing_column_families(true);
     let mut cfs = veil_raft::column_families(4);
     cfs.extend(veil_shard::column_families(4));
-    rocksdb::DB::open_cf_descriptors(&opts, data_dir.join("db"), cfs).unwrap()
+    // And whatever else the node keeps (the metadata group's log), as it is.
+    let path = data_dir.join("db");
+    let known: Vec<String> = cfs.iter().map(|c| c.name().to_string()).collect();
+    for name in rocksdb::DB::list_cf(&opts, &path).unwrap() {
+        if !known.contains(&name) {
+            cfs.push(rocksdb::ColumnFamilyDescriptor::new(
+                name,
+                rocksdb::Options::default(),
+            ));
+        }
+    }
+    rocksdb::DB::open_cf_descriptors(&opts, path, cfs).unwrap()
 }
 
 /// Moves every entry of a stopped node's data directory from its shard's column family into

@@ -66,6 +66,7 @@ fn the_openapi_document_is_served_and_its_example_runs() {
             "allow_partial" => json!(true),
             "timeout_ms" => json!(60_000),
             "aggs" => json!({}),
+            "consistency" => json!("strong"),
             _ => json!(5),
         };
         let (status, answer) = veil.post(

@@ -276,6 +276,31 @@ async fn minted_log_ids_are_found_by_their_millisecond_without_an_idempotency_ro
     assert_eq!(shard.entry_count().unwrap(), 13);
 }
 
+/// A forwarded batch of minted entries whose first try's outcome was unknown is retried as
+/// `Append`: entries the first try stored answer duplicate, and nothing is stored, indexed or
+/// counted twice; the ones it did not store are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_batch_retried_as_append_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path(), open_db(dir.path()));
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let minted: Vec<StoredEntry> = (0..8)
+        .map(|n| {
+            let mut e = entry_for(ShardId(1), n);
+            e.log_id = veil_shard::keys::mint_log_id(e.timestamp_us);
+            assert!(veil_shard::keys::findable_by_time(e.log_id, e.timestamp_us));
+            e
+        })
+        .collect();
+    apply_command(&mut sm, 1, ShardCommand::AppendMinted(minted[..5].to_vec())).await;
+    // The retry carries all eight: the five stored and three the first try never reached.
+    apply(&mut sm, 2, minted.clone()).await;
+    assert_eq!(shard.entry_count().unwrap(), 8);
+    shard.commit_index().unwrap();
+    assert_eq!(searchable(&shard), 8);
+    assert_eq!(counts(&shard).values().sum::<u64>(), 8);
+}
+
 /// How many entries a search of everything counts.
 fn searchable(shard: &Shard) -> u64 {
     shard

@@ -1,0 +1,370 @@
+//! The metadata Raft group: the cluster's members and their addresses (placement is computed
+//! from them, see `placement.rs`). Every node runs it; the first three members are its voters,
+//! later ones learners.
+//!
+//! Its state is small and changes rarely (a node joins, a node's addresses change), so each
+//! apply writes the whole record — state, applied log id, membership — to one file, replaced
+//! atomically (write, fsync, rename, fsync the directory). That file is also the snapshot: a
+//! copy is written only when one must travel, like a shard's.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::{Stream, StreamExt};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use serde::{Deserialize, Serialize};
+use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
+use veil_raft::{CommandResponse, GroupId, LiveState, NodeId, SnapshotData, TypeConfig};
+
+/// The metadata group's id: shard groups are numbered from 0, so it takes the last id.
+pub const META_GROUP: GroupId = GroupId(u32::MAX);
+
+/// A member's addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// HTTP API.
+    pub http_addr: String,
+    /// gRPC API.
+    pub grpc_addr: String,
+    /// Node-to-node traffic (Raft and the cluster's own calls).
+    pub peer_addr: String,
+}
+
+/// What the metadata group holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    /// Every member, by node id.
+    pub members: BTreeMap<NodeId, Member>,
+}
+
+/// A change to the cluster's metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// Adds a member (`id` None: the next free id). Adding a peer address already a member's
+    /// answers that member's id (a join retried after its answer was lost); an id already
+    /// taken by another address is refused.
+    AddNode { id: Option<NodeId>, member: Member },
+    /// A member's new addresses (it restarted elsewhere).
+    SetAddrs { id: NodeId, member: Member },
+}
+
+/// The answer to a [`MetaCommand`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaReply {
+    /// The member's id.
+    Member(NodeId),
+    /// Why the change was refused.
+    Refused(String),
+}
+
+impl ClusterState {
+    fn apply(&mut self, command: MetaCommand) -> MetaReply {
+        match command {
+            MetaCommand::AddNode { id, member } => {
+                let holder = self
+                    .members
+                    .iter()
+                    .find(|(_, m)| m.peer_addr == member.peer_addr)
+                    .map(|(id, _)| *id);
+                match (id, holder) {
+                    (_, Some(holder)) if id.is_none_or(|id| id == holder) => {
+                        self.members.insert(holder, member);
+                        MetaReply::Member(holder)
+                    }
+                    (_, Some(holder)) => MetaReply::Refused(format!(
+                        "peer address {} is node {holder}'s",
+                        member.peer_addr
+                    )),
+                    (Some(id), None) if self.members.contains_key(&id) => MetaReply::Refused(
+                        format!("node id {id} is taken by another node of this cluster"),
+                    ),
+                    (id, None) => {
+                        let id = id.unwrap_or_else(|| {
+                            self.members.keys().next_back().copied().unwrap_or(0) + 1
+                        });
+                        self.members.insert(id, member);
+                        MetaReply::Member(id)
+                    }
+                }
+            }
+            MetaCommand::SetAddrs { id, member } => match self.members.get_mut(&id) {
+                Some(m) => {
+                    *m = member;
+                    MetaReply::Member(id)
+                }
+                None => MetaReply::Refused(format!("node {id} is not a member")),
+            },
+        }
+    }
+}
+
+/// What the state file holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MetaRecord {
+    last_applied: Option<LogId>,
+    membership: Membership,
+    state: ClusterState,
+}
+
+/// The metadata group's state, shared by its state machine and the node's readers.
+pub struct MetaStore {
+    dir: PathBuf,
+    record: RwLock<MetaRecord>,
+    /// Bumped on every apply or install, so watchers (the peer address book, the placement
+    /// loop) see changes.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+const STATE_FILE: &str = "state.bin";
+
+impl MetaStore {
+    /// Opens (or starts empty) the metadata under `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Arc<MetaStore>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        let path = dir.join(STATE_FILE);
+        let record = match std::fs::read(&path) {
+            Ok(bytes) => bincode::deserialize(&bytes)
+                .with_context(|| format!("unreadable cluster metadata {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaRecord::default(),
+            Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+        };
+        // Copies a crash left behind.
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_name() != STATE_FILE {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Arc::new(MetaStore {
+            dir: dir.to_path_buf(),
+            record: RwLock::new(record),
+            changed: tokio::sync::watch::channel(0).0,
+        }))
+    }
+
+    /// The cluster's metadata now.
+    pub fn state(&self) -> ClusterState {
+        self.read().state.clone()
+    }
+
+    /// A receiver that changes whenever the metadata does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, MetaRecord> {
+        self.record.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `record` to `path` atomically.
+    fn write_record(&self, record: &MetaRecord, path: &Path) -> std::io::Result<()> {
+        let bytes = bincode::serialize(record).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn commit(&self, record: MetaRecord) -> std::io::Result<()> {
+        self.write_record(&record, &self.dir.join(STATE_FILE))?;
+        *self.record.write().unwrap_or_else(|p| p.into_inner()) = record;
+        self.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    fn meta(&self) -> SnapshotMeta {
+        let r = self.read();
+        SnapshotMeta {
+            last_log_id: r.last_applied,
+            last_membership: r.membership.clone(),
+        }
+    }
+}
+
+/// The metadata group's openraft state machine.
+#[derive(Clone)]
+pub struct MetaStateMachine {
+    store: Arc<MetaStore>,
+}
+
+impl MetaStateMachine {
+    /// The state machine over `store`.
+    pub fn new(store: Arc<MetaStore>) -> Self {
+        Self { store }
+    }
+}
+
+struct LiveMeta(Arc<MetaStore>);
+
+impl LiveState for LiveMeta {
+    fn write_file(&self) -> std::io::Result<(SnapshotMeta, PathBuf)> {
+        let record = self.0.read().clone();
+        let meta = SnapshotMeta {
+            last_log_id: record.last_applied,
+            last_membership: record.membership.clone(),
+        };
+        let path = self
+            .0
+            .dir
+            .join(format!("copy-{}.snap", uuid::Uuid::now_v7()));
+        self.0.write_record(&record, &path)?;
+        Ok((meta, path))
+    }
+}
+
+type MetaSnapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+impl RaftStateMachine<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = MetaStateMachine;
+
+    async fn applied_state(&mut self) -> std::io::Result<(Option<LogId>, Membership)> {
+        let r = self.store.read();
+        Ok((r.last_applied, r.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> std::io::Result<()>
+    where
+        Strm: Stream<Item = std::io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let mut record = self.store.read().clone();
+            let log_id = entry.log_id();
+            record.last_applied = Some(log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Membership(m) => {
+                    record.membership = StoredMembership::new(Some(log_id), m);
+                    None
+                }
+                EntryPayload::Normal(command) => {
+                    let reply = match bincode::deserialize::<MetaCommand>(&command.0) {
+                        Ok(command) => record.state.apply(command),
+                        Err(e) => MetaReply::Refused(format!("undecodable command: {e}")),
+                    };
+                    Some(reply)
+                }
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.commit(record))
+                .await
+                .map_err(std::io::Error::other)??;
+            if let Some(responder) = responder {
+                let bytes = reply
+                    .map(|r| bincode::serialize(&r).unwrap_or_default())
+                    .unwrap_or_default();
+                responder.send(CommandResponse(bytes));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> std::io::Result<()> {
+        let record = match snapshot {
+            SnapshotData::File(path) => {
+                let bytes = std::fs::read(&path)?;
+                bincode::deserialize::<MetaRecord>(&bytes).map_err(std::io::Error::other)?
+            }
+            SnapshotData::Live(state) => {
+                let (_, path) = state.write_file()?;
+                let bytes = std::fs::read(&path);
+                let _ = std::fs::remove_file(&path);
+                bincode::deserialize::<MetaRecord>(&bytes?).map_err(std::io::Error::other)?
+            }
+        };
+        if record.last_applied != meta.last_log_id {
+            return Err(std::io::Error::other(format!(
+                "metadata snapshot holds {:?}, install asked for {:?}",
+                record.last_applied, meta.last_log_id
+            )));
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.commit(record))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> std::io::Result<Option<MetaSnapshot>> {
+        if self.store.read().last_applied.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(MetaSnapshot {
+            meta: self.store.meta(),
+            snapshot: SnapshotData::Live(Arc::new(LiveMeta(self.store.clone()))),
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for MetaStateMachine {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> std::io::Result<MetaSnapshot> {
+        // Every apply already wrote the whole state durably: the snapshot is the state file.
+        Ok(MetaSnapshot {
+            meta: self.store.meta(),
+            snapshot: SnapshotData::Live(Arc::new(LiveMeta(self.store.clone()))),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(port: u16) -> Member {
+        Member {
+            http_addr: format!("127.0.0.1:{port}"),
+            grpc_addr: format!("127.0.0.1:{}", port + 1),
+            peer_addr: format!("127.0.0.1:{}", port + 2),
+        }
+    }
+
+    #[test]
+    fn joins_get_the_next_id_and_a_retried_join_gets_the_same() {
+        let mut s = ClusterState::default();
+        let add = |id, m| MetaCommand::AddNode { id, member: m };
+        assert_eq!(s.apply(add(Some(1), member(7000))), MetaReply::Member(1));
+        assert_eq!(s.apply(add(None, member(7100))), MetaReply::Member(2));
+        assert_eq!(s.apply(add(None, member(7200))), MetaReply::Member(3));
+        // The same peer address again: the same member.
+        assert_eq!(s.apply(add(None, member(7100))), MetaReply::Member(2));
+        // An id taken by another address, or an address taken by another id: refused.
+        assert!(matches!(
+            s.apply(add(Some(2), member(7300))),
+            MetaReply::Refused(_)
+        ));
+        assert!(matches!(
+            s.apply(add(Some(4), member(7200))),
+            MetaReply::Refused(_)
+        ));
+        assert_eq!(s.members.len(), 3);
+        assert_eq!(
+            s.apply(MetaCommand::SetAddrs {
+                id: 3,
+                member: member(7400)
+            }),
+            MetaReply::Member(3)
+        );
+        assert_eq!(s.members[&3], member(7400));
+    }
+}

@@ -1,0 +1,208 @@
+//! The cluster: who the members are (the metadata group, `meta.rs`), where each shard's
+//! replicas go (`placement.rs`), the node-to-node calls beside Raft (joining, forwarded writes,
+//! replica changes: `service.rs` serves them), and the loop that keeps every shard's Raft
+//! membership equal to its placement (`reconcile.rs`).
+//!
+//! Every call travels over the node's [`veil_raft::Peers`]: one connection per pair of nodes
+//! carries Raft messages of every group and these calls alike.
+
+pub mod meta;
+pub mod placement;
+pub mod reconcile;
+pub mod routing;
+pub mod service;
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use veil_proto::peer::cluster_client::ClusterClient;
+use veil_proto::peer::ClusterCall;
+use veil_raft::NodeId;
+
+pub use meta::{Member, MetaCommand, MetaReply, MetaStore, META_GROUP};
+pub use routing::ClusterHandle;
+
+/// The metadata group's Raft handle.
+pub type MetaRaft = veil_raft::alias::Raft<meta::MetaStateMachine>;
+
+/// A node asking to join, sent to any member's peer address (forwarded to the metadata
+/// group's leader by whoever receives it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The joining node's addresses.
+    pub member: Member,
+    /// `KeyRing::fingerprint` of its PII keys: a node with other keys is refused.
+    pub key_fingerprint: String,
+    /// The id it asks for (`--node-id`), or None for the next free one.
+    pub node_id: Option<NodeId>,
+}
+
+/// The answer to a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// Admitted: the identity to record in the data directory.
+    Joined {
+        cluster_id: String,
+        node_id: NodeId,
+        shards: u32,
+    },
+    /// Refused, with the reason (another cluster's keys, an id or address taken).
+    Refused(String),
+    /// The metadata group has no leader right now; retry.
+    Unavailable(String),
+}
+
+/// Who a node is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelloReply {
+    pub cluster_id: String,
+    pub node_id: NodeId,
+}
+
+/// A shard's part of an ingest batch, forwarded to the node that leads the shard.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub shard: u32,
+    /// True when the receiving node minted every log_id and this is the first try.
+    pub minted: bool,
+    /// `ShardCommand::encode` of the entries (already masked).
+    pub command: Vec<u8>,
+}
+
+/// The answer to a forwarded part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ForwardReply {
+    /// Committed and applied: `veil_shard::encode_outcomes` of the outcomes.
+    Outcomes(Vec<u8>),
+    /// This node does not lead the shard (any more); the leader it knows, if any.
+    NotLeader(Option<NodeId>),
+    /// Could not be done now; the outcome may be unknown (retry as `Append`).
+    Unavailable(String),
+    /// The part itself is wrong (it would fail again).
+    Failed(String),
+}
+
+/// Makes sure a shard's group has these replicas as voters (adding each as a learner first and
+/// waiting for it to catch up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnsureReplicas {
+    pub shard: u32,
+    /// Node ids and peer addresses.
+    pub wanted: Vec<(NodeId, String)>,
+}
+
+/// The answer to [`EnsureReplicas`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EnsureReply {
+    /// The group's voters include every wanted replica.
+    Done,
+    /// A change is already running for the shard.
+    Busy,
+    /// This node does not lead the shard.
+    NotLeader,
+    /// The change failed (it is retried on the next round).
+    Failed(String),
+}
+
+/// A read index for a strong read: the leader's committed log index, confirmed by a quorum.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    Index(u64),
+    NotLeader(Option<NodeId>),
+    Failed(String),
+}
+
+/// A proposal to the metadata group, forwarded to its leader.
+pub type MetaProposal = MetaCommand;
+
+/// Why a call to another node failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// No connection (refused, reset, unknown address).
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// No answer in time: what the call did is unknown.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The other node answered with an error.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Calls `kind` on the node behind `channel` with `request`, waiting at most `timeout`.
+pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    channel: Channel,
+    kind: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let payload = bincode::serialize(request).map_err(|e| CallError::Failed(e.to_string()))?;
+    let mut client = ClusterClient::new(channel)
+        .max_decoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX);
+    let call = ClusterCall {
+        kind: kind.to_string(),
+        payload,
+    };
+    let reply = tokio::time::timeout(timeout, client.call(call))
+        .await
+        .map_err(|_| CallError::Timeout(timeout))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unavailable => CallError::Unreachable(status.message().to_string()),
+            _ => CallError::Failed(format!("{}: {}", status.code(), status.message())),
+        })?;
+    bincode::deserialize(&reply.into_inner().payload)
+        .map_err(|e| CallError::Failed(format!("undecodable answer: {e}")))
+}
+
+/// Calls a node by its peer address alone (a join, before this node has peers of its own).
+pub async fn call_addr<Req: Serialize, Resp: DeserializeOwned>(
+    addr: &str,
+    kind: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let endpoint = veil_raft::endpoint(addr).map_err(CallError::Unreachable)?;
+    let channel = tokio::time::timeout(timeout, endpoint.connect())
+        .await
+        .map_err(|_| CallError::Timeout(timeout))?
+        .map_err(|e| CallError::Unreachable(format!("{addr}: {e}")))?;
+    call(channel, kind, request, timeout).await
+}
+
+/// Asks the cluster behind `join` (any member's peer address) to admit this node, retrying
+/// while its metadata group has no leader, up to `timeout`.
+pub async fn join(
+    join: &str,
+    request: &JoinRequest,
+    timeout: Duration,
+) -> anyhow::Result<(String, NodeId, u32)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer: Result<JoinReply, CallError> =
+            call_addr(join, "join", request, left.min(Duration::from_secs(10))).await;
+        match answer {
+            Ok(JoinReply::Joined {
+                cluster_id,
+                node_id,
+                shards,
+            }) => return Ok((cluster_id, node_id, shards)),
+            Ok(JoinReply::Refused(why)) => {
+                anyhow::bail!("the cluster at {join} refused this node: {why}")
+            }
+            Ok(JoinReply::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(%why, "join: retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(JoinReply::Unavailable(why)) => {
+                anyhow::bail!("the cluster at {join} could not admit this node in time: {why}")
+            }
+            Err(e) => anyhow::bail!(
+                "cannot join through --join {join}: {e} (is a member's --peer-addr there?)"
+            ),
+        }
+    }
+}

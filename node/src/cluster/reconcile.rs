@@ -1,0 +1,226 @@
+//! Keeps the Raft memberships equal to what the metadata says, from the metadata group's leader:
+//! every member is in the metadata group (the first three as voters, the rest learners), and
+//! every shard's group has its placed replicas as voters. A replica enters as a learner, catches
+//! up (a snapshot and then the log, through the transport) and only then becomes a voter, so a
+//! group never counts a member that does not hold its data.
+//!
+//! Replicas are only added here: moving one away (a fourth node taking its share) is the
+//! membership issue's work. Every change is a Raft proposal, so a crash mid-way leaves either
+//! the old or the new membership, and the next round goes on from whichever it finds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver as _;
+use openraft::impls::BasicNode;
+use openraft::ChangeMembers;
+use veil_raft::NodeId;
+
+use super::placement;
+use super::{EnsureReplicas, EnsureReply, MetaCommand};
+use crate::node::Node;
+
+/// How often the leader of the metadata group compares memberships with the placement.
+const ROUND: Duration = Duration::from_millis(500);
+
+/// Voters of the metadata group.
+const META_VOTERS: usize = 3;
+
+/// Runs rounds until the node stops. Every node runs it; only the metadata group's leader acts
+/// (and every node makes sure its own addresses are the ones on record).
+pub fn spawn(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = node.cluster.meta_store.subscribe();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND) => {}
+                _ = changes.changed() => {}
+            }
+            if let Err(e) = round(&node).await {
+                tracing::debug!(error = %e, "placement round");
+            }
+        }
+    })
+}
+
+async fn round(node: &Arc<Node>) -> anyhow::Result<()> {
+    let cluster = &node.cluster;
+    let state = cluster.meta_store.state();
+    // This node's own record: added at founding, refreshed after an address change.
+    if state.members.get(&cluster.me) != Some(&cluster.member) {
+        let command = if state.members.contains_key(&cluster.me) {
+            MetaCommand::SetAddrs {
+                id: cluster.me,
+                member: cluster.member.clone(),
+            }
+        } else {
+            MetaCommand::AddNode {
+                id: Some(cluster.me),
+                member: cluster.member.clone(),
+            }
+        };
+        node.propose_meta(command).await?;
+    }
+    let meta_metrics = cluster.meta_raft.metrics().borrow_watched().clone();
+    if meta_metrics.current_leader != Some(cluster.me) {
+        return Ok(());
+    }
+    // The metadata group itself.
+    let membership = meta_metrics.membership_config.membership().clone();
+    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    for (id, member) in &state.members {
+        if !known.contains(id) {
+            let node_info = BasicNode {
+                addr: member.peer_addr.clone(),
+            };
+            cluster.meta_raft.add_learner(*id, node_info, false).await?;
+        }
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    if voters.len() < META_VOTERS {
+        let caught_up = |id: &NodeId| {
+            meta_metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .is_some_and(|matched| matched.is_some())
+        };
+        let promote: BTreeSet<NodeId> = state
+            .members
+            .keys()
+            .filter(|id| !voters.contains(id) && known.contains(id) && caught_up(id))
+            .take(META_VOTERS - voters.len())
+            .copied()
+            .collect();
+        if !promote.is_empty() {
+            tracing::info!(?promote, "metadata group: new voters");
+            cluster
+                .meta_raft
+                .change_membership(ChangeMembers::AddVoterIds(promote), false)
+                .await?;
+        }
+    }
+    // Every shard's group.
+    let ids: Vec<NodeId> = state.members.keys().copied().collect();
+    let placed = placement::place(&ids, node.shard_map.shard_count());
+    for (shard, replicas) in placed.into_iter().enumerate() {
+        let wanted: Vec<(NodeId, String)> = replicas
+            .iter()
+            .filter_map(|id| state.members.get(id).map(|m| (*id, m.peer_addr.clone())))
+            .collect();
+        let group = &node.groups[shard];
+        let m = group.raft.metrics().borrow_watched().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let addrs_right = membership
+            .nodes()
+            .all(|(id, n)| state.members.get(id).is_none_or(|m| m.peer_addr == n.addr));
+        if wanted.iter().all(|(id, _)| voters.contains(id)) && addrs_right {
+            continue;
+        }
+        let request = EnsureReplicas {
+            shard: shard as u32,
+            wanted,
+        };
+        match m.current_leader {
+            Some(leader) if leader == cluster.me => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let reply = ensure_replicas_here(&node, request).await;
+                    if let EnsureReply::Failed(why) = reply {
+                        tracing::warn!(shard, %why, "replica change failed; retried next round");
+                    }
+                });
+            }
+            Some(leader) => {
+                let Some(channel) = node.peer_channel(leader) else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let reply: Result<EnsureReply, _> = super::call(
+                        channel,
+                        "ensure_replicas",
+                        &request,
+                        Duration::from_secs(600),
+                    )
+                    .await;
+                    if let Ok(EnsureReply::Failed(why)) = reply {
+                        tracing::warn!(shard, %why, "replica change failed; retried next round");
+                    }
+                });
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// On the shard's leader: adds every wanted replica the group lacks as a learner, waits for it
+/// to catch up, then makes the learners voters; corrects addresses that changed.
+pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> EnsureReply {
+    let Some(group) = node.groups.get(request.shard as usize) else {
+        return EnsureReply::Failed(format!("no shard {}", request.shard));
+    };
+    let Some(_busy) = node.cluster.claim_change(request.shard) else {
+        return EnsureReply::Busy;
+    };
+    let raft = &group.raft;
+    let m = raft.metrics().borrow_watched().clone();
+    if m.current_leader != Some(node.cluster.me) {
+        return EnsureReply::NotLeader;
+    }
+    let membership = m.membership_config.membership().clone();
+    let wrong_addrs: BTreeMap<NodeId, BasicNode> = membership
+        .nodes()
+        .filter_map(|(id, n)| {
+            let addr = &request.wanted.iter().find(|(w, _)| w == id)?.1;
+            (n.addr != *addr).then(|| (*id, BasicNode { addr: addr.clone() }))
+        })
+        .collect();
+    if !wrong_addrs.is_empty() {
+        if let Err(e) = raft
+            .change_membership(ChangeMembers::SetNodes(wrong_addrs), false)
+            .await
+        {
+            return EnsureReply::Failed(format!("address update: {e}"));
+        }
+    }
+    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    for (id, addr) in &request.wanted {
+        if !known.contains(id) {
+            tracing::info!(shard = request.shard, node = id, "adding a replica");
+            let started = std::time::Instant::now();
+            // Blocking: returns once the learner has caught up with the leader's log.
+            if let Err(e) = raft
+                .add_learner(*id, BasicNode { addr: addr.clone() }, true)
+                .await
+            {
+                return EnsureReply::Failed(format!("add learner {id}: {e}"));
+            }
+            tracing::info!(
+                shard = request.shard,
+                node = id,
+                seconds = started.elapsed().as_secs_f64(),
+                "replica caught up"
+            );
+        }
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let promote: BTreeSet<NodeId> = request
+        .wanted
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !voters.contains(id))
+        .collect();
+    if !promote.is_empty() {
+        tracing::info!(shard = request.shard, ?promote, "replicas become voters");
+        if let Err(e) = raft
+            .change_membership(ChangeMembers::AddVoterIds(promote), false)
+            .await
+        {
+            return EnsureReply::Failed(format!("change membership: {e}"));
+        }
+    }
+    EnsureReply::Done
+}

@@ -1,0 +1,452 @@
+//! What a node does for the cluster: its [`ClusterHandle`] (identity, peers, the metadata
+//! group), the write path across nodes (a shard's part goes to the shard's leader, local or
+//! remote, and is retried there until it is applied or the deadline passes), proposals to the
+//! metadata group, joins, and read indexes for strong reads.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver as _;
+use openraft::Instant as _;
+use tonic::transport::Channel;
+use veil_raft::{Command, NodeId, Peers, Router};
+use veil_shard::{EntryOutcome, ShardCommand, ShardId, StoredEntry};
+
+use super::{
+    CallError, ForwardReply, ForwardRequest, JoinReply, JoinRequest, Member, MetaCommand, MetaRaft,
+    MetaReply, MetaStore, ReadIndexReply,
+};
+use crate::error::ApiError;
+use crate::node::Node;
+
+/// How long a group may go without word from its leader before this node calls it leaderless
+/// (the Raft groups' longest election timeout).
+pub const LEADER_SILENCE_MAX_MS: u64 = 3000;
+
+/// A node's place in the cluster.
+pub struct ClusterHandle {
+    /// This node's id.
+    pub me: NodeId,
+    /// The cluster's id (fixed at founding, recorded in every member's data directory).
+    pub cluster_id: String,
+    /// This node's addresses.
+    pub member: Member,
+    /// `KeyRing::fingerprint` of this node's PII keys.
+    pub key_fingerprint: String,
+    /// One connection per peer, shared by every group and call.
+    pub peers: Peers,
+    /// Hands arriving Raft messages to their group.
+    pub router: Router,
+    /// The metadata group.
+    pub meta_raft: MetaRaft,
+    /// Its state.
+    pub meta_store: Arc<MetaStore>,
+    /// How long a write may keep retrying a shard whose leader moves (`--forward-timeout-ms`).
+    pub forward_timeout: Duration,
+    /// Shards whose membership is being changed from this node.
+    changing: Mutex<HashSet<u32>>,
+}
+
+/// Releases a shard's change claim when dropped.
+pub struct ChangeClaim<'a> {
+    handle: &'a ClusterHandle,
+    shard: u32,
+}
+
+impl Drop for ChangeClaim<'_> {
+    fn drop(&mut self) {
+        self.handle
+            .changing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.shard);
+    }
+}
+
+impl ClusterHandle {
+    /// A handle; see the fields.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        me: NodeId,
+        cluster_id: String,
+        member: Member,
+        key_fingerprint: String,
+        peers: Peers,
+        router: Router,
+        meta_raft: MetaRaft,
+        meta_store: Arc<MetaStore>,
+        forward_timeout: Duration,
+    ) -> Self {
+        Self {
+            me,
+            cluster_id,
+            member,
+            key_fingerprint,
+            peers,
+            router,
+            meta_raft,
+            meta_store,
+            forward_timeout,
+            changing: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Claims the right to change `shard`'s membership; None while another change runs.
+    pub fn claim_change(&self, shard: u32) -> Option<ChangeClaim<'_>> {
+        let claimed = self
+            .changing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard);
+        // The lock is released here: a claim's drop takes it again.
+        claimed.then(|| ChangeClaim {
+            handle: self,
+            shard,
+        })
+    }
+
+    /// The metadata group's leader, if known.
+    pub fn meta_leader(&self) -> Option<NodeId> {
+        self.meta_raft.metrics().borrow_watched().current_leader
+    }
+}
+
+/// Why one try of a shard's part failed.
+enum TryError {
+    /// Worth another try (no leader, leader moved, connection lost); `unknown` when the part
+    /// may have been applied all the same.
+    Retry { why: String, unknown: bool },
+    /// Another try would fail the same way.
+    Final(ApiError),
+}
+
+impl Node {
+    /// The channel to member `id`, by the address the metadata holds.
+    pub fn peer_channel(&self, id: NodeId) -> Option<Channel> {
+        let addr = self
+            .cluster
+            .meta_store
+            .state()
+            .members
+            .get(&id)?
+            .peer_addr
+            .clone();
+        self.cluster.peers.channel(id, &addr).ok()
+    }
+
+    /// True when `shard`'s group has a live leader as far as this node can tell: this node
+    /// leads it and a quorum acknowledged it recently, or the leader's appends (heartbeats
+    /// included) reached this node recently. "Recently": within the longest election timeout,
+    /// after which a healthy group would have elected another leader.
+    pub fn has_leader(&self, shard: ShardId) -> bool {
+        let recent = Duration::from_millis(LEADER_SILENCE_MAX_MS);
+        let m = self.groups[shard.0 as usize]
+            .raft
+            .metrics()
+            .borrow_watched()
+            .clone();
+        let membership = m.membership_config.membership();
+        if membership.voter_ids().eq([self.cluster.me]) {
+            // This node is the group's only voter: its own majority.
+            return true;
+        }
+        match m.current_leader {
+            None => false,
+            Some(id) if id == self.cluster.me => {
+                m.last_quorum_acked.is_some_and(|t| t.elapsed() < recent)
+            }
+            Some(_) => self
+                .cluster
+                .router
+                .since_leader_heard(veil_raft::GroupId(shard.0))
+                .is_some_and(|d| d < recent),
+        }
+    }
+
+    /// Stores one shard's part of a batch: proposed here when this node leads the shard,
+    /// forwarded to the leader otherwise, and retried (leader changes, lost connections) until
+    /// it is applied or `--forward-timeout-ms` passes. A try whose outcome is unknown is
+    /// retried as a checked `Append`, so entries the first try stored are not stored again.
+    pub(crate) async fn commit_part(
+        &self,
+        shard: ShardId,
+        minted: bool,
+        entries: Vec<StoredEntry>,
+    ) -> Result<Vec<EntryOutcome>, ApiError> {
+        let group = &self.groups[shard.0 as usize];
+        let single = {
+            let m = group.raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            membership.voter_ids().count() == 1 && membership.nodes().count() == 1
+        };
+        if single {
+            // One voter: no other node to move to, and nothing to retry across.
+            return self.proposers[shard.0 as usize]
+                .propose(minted, entries)
+                .await;
+        }
+        let deadline = tokio::time::Instant::now() + self.cluster.forward_timeout;
+        let mut minted = minted;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let leader = group.raft.metrics().borrow_watched().current_leader;
+            let tried = match leader {
+                Some(id) if id == self.cluster.me => self.proposers[shard.0 as usize]
+                    .propose(minted, entries.clone())
+                    .await
+                    .map_err(|e| TryError::Retry {
+                        why: e.message,
+                        unknown: true,
+                    }),
+                Some(id) => self.forward(id, shard, minted, &entries, deadline).await,
+                None => Err(TryError::Retry {
+                    why: format!("shard {shard} has no leader"),
+                    unknown: false,
+                }),
+            };
+            match tried {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(TryError::Final(e)) => return Err(e),
+                Err(TryError::Retry { why, unknown }) => {
+                    if unknown {
+                        minted = false;
+                    }
+                    let now = tokio::time::Instant::now();
+                    if now + backoff >= deadline {
+                        let mut e = ApiError::unavailable(
+                            "shard_unavailable",
+                            format!(
+                                "shard {shard} could not store the entries within {} ms ({why}); \
+                                 retry (with idempotency keys, a retry is stored once)",
+                                self.cluster.forward_timeout.as_millis()
+                            ),
+                        );
+                        e.retry_after_secs = Some(1);
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        shard: ShardId,
+        minted: bool,
+        entries: &[StoredEntry],
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<EntryOutcome>, TryError> {
+        let Some(channel) = self.peer_channel(leader) else {
+            return Err(TryError::Retry {
+                why: format!("no address for node {leader}"),
+                unknown: false,
+            });
+        };
+        let command = if minted {
+            ShardCommand::AppendMinted(entries.to_vec())
+        } else {
+            ShardCommand::Append(entries.to_vec())
+        };
+        let request = ForwardRequest {
+            shard: shard.0,
+            minted,
+            command: command.encode(),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let reply: Result<ForwardReply, CallError> =
+            super::call(channel, "append", &request, left).await;
+        match reply {
+            Ok(ForwardReply::Outcomes(bytes)) => {
+                let outcomes = veil_shard::decode_outcomes(shard, &bytes)
+                    .map_err(|e| TryError::Final(ApiError::internal("decoding outcomes", e)))?;
+                if outcomes.len() != entries.len() {
+                    return Err(TryError::Final(ApiError::internal(
+                        "ingesting",
+                        format!(
+                            "node {leader} answered {} outcomes for {} entries",
+                            outcomes.len(),
+                            entries.len()
+                        ),
+                    )));
+                }
+                Ok(outcomes)
+            }
+            Ok(ForwardReply::NotLeader(_)) => Err(TryError::Retry {
+                why: format!("node {leader} no longer leads shard {shard}"),
+                unknown: false,
+            }),
+            Ok(ForwardReply::Unavailable(why)) => Err(TryError::Retry { why, unknown: true }),
+            Ok(ForwardReply::Failed(why)) => Err(TryError::Final(ApiError::internal(
+                "forwarding a batch",
+                why,
+            ))),
+            // Refused before sending: nothing was applied.
+            Err(CallError::Unreachable(why)) => Err(TryError::Retry {
+                why,
+                unknown: false,
+            }),
+            Err(e) => Err(TryError::Retry {
+                why: e.to_string(),
+                unknown: true,
+            }),
+        }
+    }
+
+    /// Proposes a forwarded part, when this node leads its shard.
+    pub async fn propose_here(&self, request: ForwardRequest) -> ForwardReply {
+        let Some(group) = self.groups.get(request.shard as usize) else {
+            return ForwardReply::Failed(format!("no shard {}", request.shard));
+        };
+        let shard = group.shard.id();
+        let leader = group.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.cluster.me) {
+            return ForwardReply::NotLeader(leader);
+        }
+        let entries = match ShardCommand::decode(shard, &request.command) {
+            Ok(c) => c.into_entries(),
+            Err(e) => return ForwardReply::Failed(format!("undecodable part: {e}")),
+        };
+        match self.proposers[shard.0 as usize]
+            .propose(request.minted, entries)
+            .await
+        {
+            Ok(outcomes) => ForwardReply::Outcomes(veil_shard::encode_outcomes(&outcomes)),
+            Err(e) => ForwardReply::Unavailable(e.message),
+        }
+    }
+
+    /// Proposes a change to the metadata group, through its leader wherever it is.
+    pub async fn propose_meta(&self, command: MetaCommand) -> anyhow::Result<MetaReply> {
+        match self.cluster.meta_leader() {
+            Some(leader) if leader == self.cluster.me => self
+                .propose_meta_here(command)
+                .await
+                .map_err(anyhow::Error::msg),
+            Some(leader) => {
+                let channel = self
+                    .peer_channel(leader)
+                    .ok_or_else(|| anyhow::anyhow!("no address for node {leader}"))?;
+                let reply: Result<MetaReply, String> =
+                    super::call(channel, "meta_propose", &command, Duration::from_secs(10)).await?;
+                reply.map_err(anyhow::Error::msg)
+            }
+            None => anyhow::bail!("the metadata group has no leader"),
+        }
+    }
+
+    /// Proposes a change to the metadata group, when this node leads it.
+    pub async fn propose_meta_here(&self, command: MetaCommand) -> Result<MetaReply, String> {
+        let bytes = bincode::serialize(&command).map_err(|e| e.to_string())?;
+        let response = self
+            .cluster
+            .meta_raft
+            .client_write(Command(bytes))
+            .await
+            .map_err(|e| format!("metadata proposal: {e}"))?;
+        bincode::deserialize(&response.response().0).map_err(|e| e.to_string())
+    }
+
+    /// Admits a node: checks its keys, records it in the metadata (through the leader).
+    pub async fn handle_join(&self, request: JoinRequest) -> JoinReply {
+        if request.key_fingerprint != self.cluster.key_fingerprint {
+            return JoinReply::Refused(
+                "its PII keys differ from this cluster's (every node needs the same key file: \
+                 copy it from a member)"
+                    .to_string(),
+            );
+        }
+        let command = MetaCommand::AddNode {
+            id: request.node_id,
+            member: request.member,
+        };
+        match self.propose_meta(command).await {
+            Ok(MetaReply::Member(node_id)) => {
+                tracing::info!(node_id, "node joined");
+                JoinReply::Joined {
+                    cluster_id: self.cluster.cluster_id.clone(),
+                    node_id,
+                    shards: self.shard_map.shard_count(),
+                }
+            }
+            Ok(MetaReply::Refused(why)) => JoinReply::Refused(why),
+            Err(e) => JoinReply::Unavailable(e.to_string()),
+        }
+    }
+
+    /// The read index of `shard` when this node leads it: its committed index, once a quorum
+    /// confirmed the leadership.
+    pub async fn read_index_here(&self, shard: u32) -> ReadIndexReply {
+        let Some(group) = self.groups.get(shard as usize) else {
+            return ReadIndexReply::Failed(format!("no shard {shard}"));
+        };
+        let leader = group.raft.metrics().borrow_watched().current_leader;
+        if leader != Some(self.cluster.me) {
+            return ReadIndexReply::NotLeader(leader);
+        }
+        match group
+            .raft
+            .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex)
+            .await
+        {
+            Ok(read) => ReadIndexReply::Index(read.index()),
+            Err(e) => ReadIndexReply::Failed(e.to_string()),
+        }
+    }
+
+    /// Waits until this node's replica of `shard` has applied everything acknowledged before
+    /// now: asks the shard's leader for its read index, then waits for the local apply to reach
+    /// it (read-your-writes on any replica).
+    pub async fn wait_strong(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
+        let group = &self.groups[shard.0 as usize];
+        let deadline = tokio::time::Instant::now() + timeout;
+        let index = loop {
+            let leader = group.raft.metrics().borrow_watched().current_leader;
+            let reply = match leader {
+                Some(id) if id == self.cluster.me => self.read_index_here(shard.0).await,
+                Some(id) => match self.peer_channel(id) {
+                    Some(channel) => {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        super::call(channel, "read_index", &shard.0, left)
+                            .await
+                            .unwrap_or_else(|e| ReadIndexReply::Failed(e.to_string()))
+                    }
+                    None => ReadIndexReply::NotLeader(None),
+                },
+                None => ReadIndexReply::NotLeader(None),
+            };
+            if let ReadIndexReply::Index(index) = reply {
+                break index;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(
+                    "no_leader",
+                    format!("shard {shard} has no leader to confirm a strong read"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        group
+            .raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "strong read")
+            .await
+            .map_err(|_| {
+                ApiError::unavailable(
+                    "replica_behind",
+                    format!("this node's replica of shard {shard} did not catch up in time"),
+                )
+            })?;
+        // Applied is not yet searchable: the index commit makes it so.
+        let shard = group.shard.clone();
+        tokio::task::spawn_blocking(move || shard.commit_index())
+            .await
+            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?
+            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?;
+        Ok(())
+    }
+}
