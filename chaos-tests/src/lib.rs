@@ -66,18 +66,32 @@ impl Ports {
         }
     }
 
-    /// Three ports free now (bound and released at once), for a node that must keep them
-    /// across restarts.
+    /// Three ports free now, for a node that must keep them across restarts. They are drawn
+    /// at random below the kernel's ephemeral range (which starts at 32768 by default), so a
+    /// process binding port 0 meanwhile cannot be handed one of them; each is checked free by
+    /// binding it.
     pub fn free() -> Ports {
-        // All three held at once, so they differ.
-        let held: Vec<std::net::TcpListener> = (0..3)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-            .collect();
-        let port = |i: usize| held[i].local_addr().expect("a bound address").port();
-        Ports {
-            http: port(0),
-            grpc: port(1),
-            peer: port(2),
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static DRAWS: AtomicU64 = AtomicU64::new(0);
+        let seed = u64::from(std::process::id()) << 32
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+            ^ DRAWS.fetch_add(1, Ordering::Relaxed) << 48;
+        let mut rng = Rng::new(seed);
+        loop {
+            let base = 20_000 + rng.below(12_000) as u16;
+            let held: Vec<_> = (0..3)
+                .map_while(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).ok())
+                .collect();
+            if held.len() == 3 {
+                return Ports {
+                    http: base,
+                    grpc: base + 1,
+                    peer: base + 2,
+                };
+            }
         }
     }
 }

@@ -23,6 +23,8 @@ use veil_node::pii::PiiType;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/api/v1/cluster", get(cluster_status))
+        .route("/api/v1/admin/digests", get(digests))
         .route("/metrics", get(metrics))
         .route("/api/v1/logs", post(ingest_logs))
         .route("/api/v1/logs/query", post(query_logs))
@@ -61,9 +63,32 @@ async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
+/// `GET /api/v1/cluster`: members, their state, every shard's replicas and leader.
+async fn cluster_status(State(node): State<Arc<Node>>) -> Response {
+    Json(crate::cluster::status::cluster(&node).await).into_response()
+}
+
+/// `GET /api/v1/admin/digests`: a digest of each of this node's replicas (reads them whole).
+async fn digests(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let lines = crate::cluster::status::digests(&node)
+        .await
+        .map_err(|e| ApiError::internal("computing digests", format!("{e:#}")))?;
+    Ok(Json(serde_json::json!({"node_id": node.cluster.me, "shards": lines})).into_response())
+}
+
+/// `ok`; `degraded` when a shard has lost a replica; `unavailable` (503) when a shard has lost
+/// its majority; `starting` (503) before the node is ready.
 async fn health(State(node): State<Arc<Node>>) -> Response {
     if node.is_ready() {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response()
+        let (status, degraded, unavailable) = crate::cluster::status::health(&node).await;
+        let code = if status == "unavailable" {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        let body = serde_json::json!({"status": status, "degraded_shards": degraded,
+            "unavailable_shards": unavailable});
+        (code, Json(body)).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -95,12 +120,11 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         })
         .collect();
     let stores = node.store_sizes();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics
-            .render(&shards, &stores, node.block_cache_bytes()),
-    )
-        .into_response()
+    let mut text = node
+        .metrics
+        .render(&shards, &stores, node.block_cache_bytes());
+    crate::cluster::status::render_raft_metrics(&node, &mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {

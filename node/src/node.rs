@@ -231,6 +231,10 @@ impl Node {
                 election_timeout_max: 3000,
                 // A node cut off and back does not disrupt a healthy leader with a higher term.
                 enable_pre_vote: Some(true),
+                // A replica whose directory was wiped rejoins with an empty log; without this a
+                // leader's replication to it panics the leader's Raft core. The cost: a wiped
+                // voter has also forgotten its vote (see ARCHITECTURE.md, "The cluster").
+                allow_log_reversion: Some(true),
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                     config.snapshot_logs_since_last,
                 ),
@@ -676,6 +680,31 @@ impl Node {
             .metrics(|m| m.current_leader.is_some(), "metadata leader known")
             .await
             .context("the metadata group elected no leader in time")?;
+        // A founding node puts itself on record before it says ready (joins already are).
+        let started = std::time::Instant::now();
+        while !self
+            .cluster
+            .meta_store
+            .state()
+            .members
+            .contains_key(&self.cluster.me)
+        {
+            let command = crate::cluster::MetaCommand::AddNode {
+                id: Some(self.cluster.me),
+                member: self.cluster.member.clone(),
+            };
+            match self.propose_meta(command).await {
+                Ok(crate::cluster::MetaReply::Refused(why)) => {
+                    anyhow::bail!("the cluster refused this node's record: {why}")
+                }
+                Ok(_) => {}
+                Err(e) if started.elapsed() < deadline => {
+                    tracing::debug!(error = %e, "recording this node; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.context("could not record this node in the cluster")),
+            }
+        }
         for group in &self.groups {
             group
                 .raft
@@ -1056,6 +1085,7 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+        self.hand_over_leadership().await;
         let background =
             std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
         for task in background {

@@ -19,7 +19,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, OptionalSend};
 use tokio::io::AsyncReadExt;
@@ -270,6 +271,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         self.call(RaftKind::PreVote, &rpc, option.hard_ttl())
             .await
             .map_err(|e| e.rpc(self.target, RPCTypes::Vote))
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.call(RaftKind::TransferLeader, &rpc, option.hard_ttl())
+            .await
+            .map_err(|e| e.rpc(self.target, RPCTypes::TransferLeader))
     }
 
     async fn full_snapshot(

@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
 use tokio::io::AsyncWriteExt;
@@ -40,6 +41,11 @@ pub trait GroupEndpoint: Send + Sync {
         &self,
         rpc: VoteRequest<TypeConfig>,
     ) -> BoxFuture<'_, Result<VoteResponse<TypeConfig>, String>>;
+    /// Handles a leader's request that this node take over (a graceful stop).
+    fn transfer_leader(
+        &self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<TransferLeaderResponse<TypeConfig>, String>>;
     /// Installs the snapshot file at `path` under `meta`.
     fn install(
         &self,
@@ -77,6 +83,17 @@ where
     ) -> BoxFuture<'_, Result<VoteResponse<TypeConfig>, String>> {
         Box::pin(async move {
             openraft::Raft::pre_vote(self, rpc)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn transfer_leader(
+        &self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+    ) -> BoxFuture<'_, Result<TransferLeaderResponse<TypeConfig>, String>> {
+        Box::pin(async move {
+            self.handle_transfer_leader(rpc)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -179,6 +196,10 @@ impl Router {
             Ok(RaftKind::PreVote) => {
                 let rpc = bincode::deserialize(&call.payload).map_err(bad)?;
                 bincode::serialize(&group.pre_vote(rpc).await?).map_err(encode)
+            }
+            Ok(RaftKind::TransferLeader) => {
+                let rpc = bincode::deserialize(&call.payload).map_err(bad)?;
+                bincode::serialize(&group.transfer_leader(rpc).await?).map_err(encode)
             }
             _ => Err(format!("unknown raft call kind {}", call.kind)),
         }

@@ -50,7 +50,7 @@ pub use query::{
 };
 pub use shard::{
     column_families, column_families_with, entries_cf_name, index_dir, move_shared_entries, Shard,
-    ShardConfig, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
+    ShardConfig, ShardDigest, ShardStats, CF_ENTRIES, CF_ENTRY_IDS, CF_INDEX_QUEUE, CF_SHARD_META,
 };
 pub use shard_map::{ShardId, ShardMap, ROUTING_HASH};
 pub use state_machine::{ShardSnapshotBuilder, ShardStateMachine};

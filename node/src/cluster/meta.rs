@@ -62,7 +62,9 @@ pub enum MetaReply {
 }
 
 impl ClusterState {
-    fn apply(&mut self, command: MetaCommand) -> MetaReply {
+    /// Applies `command`; `in_group` are the metadata group's own members (voters and
+    /// learners), whose ids a new node never gets even before they are on record here.
+    fn apply(&mut self, command: MetaCommand, in_group: &[NodeId]) -> MetaReply {
         match command {
             MetaCommand::AddNode { id, member } => {
                 let holder = self
@@ -84,7 +86,8 @@ impl ClusterState {
                     ),
                     (id, None) => {
                         let id = id.unwrap_or_else(|| {
-                            self.members.keys().next_back().copied().unwrap_or(0) + 1
+                            let highest = self.members.keys().chain(in_group).max();
+                            highest.copied().unwrap_or(0) + 1
                         });
                         self.members.insert(id, member);
                         MetaReply::Member(id)
@@ -250,8 +253,14 @@ impl RaftStateMachine<TypeConfig> for MetaStateMachine {
                     None
                 }
                 EntryPayload::Normal(command) => {
+                    let in_group: Vec<NodeId> = record
+                        .membership
+                        .membership()
+                        .nodes()
+                        .map(|(id, _)| *id)
+                        .collect();
                     let reply = match bincode::deserialize::<MetaCommand>(&command.0) {
-                        Ok(command) => record.state.apply(command),
+                        Ok(command) => record.state.apply(command, &in_group),
                         Err(e) => MetaReply::Refused(format!("undecodable command: {e}")),
                     };
                     Some(reply)
@@ -343,26 +352,33 @@ mod tests {
     fn joins_get_the_next_id_and_a_retried_join_gets_the_same() {
         let mut s = ClusterState::default();
         let add = |id, m| MetaCommand::AddNode { id, member: m };
-        assert_eq!(s.apply(add(Some(1), member(7000))), MetaReply::Member(1));
-        assert_eq!(s.apply(add(None, member(7100))), MetaReply::Member(2));
-        assert_eq!(s.apply(add(None, member(7200))), MetaReply::Member(3));
+        // Before the founder is on record, a join still does not take the group's ids.
+        assert_eq!(s.apply(add(None, member(7100)), &[1]), MetaReply::Member(2));
+        assert_eq!(
+            s.apply(add(Some(1), member(7000)), &[1]),
+            MetaReply::Member(1)
+        );
+        assert_eq!(s.apply(add(None, member(7200)), &[1]), MetaReply::Member(3));
         // The same peer address again: the same member.
-        assert_eq!(s.apply(add(None, member(7100))), MetaReply::Member(2));
+        assert_eq!(s.apply(add(None, member(7100)), &[1]), MetaReply::Member(2));
         // An id taken by another address, or an address taken by another id: refused.
         assert!(matches!(
-            s.apply(add(Some(2), member(7300))),
+            s.apply(add(Some(2), member(7300)), &[1]),
             MetaReply::Refused(_)
         ));
         assert!(matches!(
-            s.apply(add(Some(4), member(7200))),
+            s.apply(add(Some(4), member(7200)), &[1]),
             MetaReply::Refused(_)
         ));
         assert_eq!(s.members.len(), 3);
         assert_eq!(
-            s.apply(MetaCommand::SetAddrs {
-                id: 3,
-                member: member(7400)
-            }),
+            s.apply(
+                MetaCommand::SetAddrs {
+                    id: 3,
+                    member: member(7400)
+                },
+                &[1]
+            ),
             MetaReply::Member(3)
         );
         assert_eq!(s.members[&3], member(7400));

@@ -11,6 +11,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod routing;
 pub mod service;
+pub mod status;
 
 use std::time::Duration;
 

@@ -46,6 +46,8 @@ pub struct ClusterHandle {
     pub forward_timeout: Duration,
     /// Shards whose membership is being changed from this node.
     changing: Mutex<HashSet<u32>>,
+    /// Per group: the last leader seen and how many times it changed (for `/metrics`).
+    leaders_seen: Mutex<std::collections::HashMap<u32, (Option<NodeId>, u64)>>,
 }
 
 /// Releases a shard's change claim when dropped.
@@ -89,6 +91,7 @@ impl ClusterHandle {
             meta_store,
             forward_timeout,
             changing: Mutex::new(HashSet::new()),
+            leaders_seen: Mutex::default(),
         }
     }
 
@@ -104,6 +107,17 @@ impl ClusterHandle {
             handle: self,
             shard,
         })
+    }
+
+    /// Records `leader` as group `group`'s current one; returns the changes seen so far.
+    /// (Sampled when `/metrics` is scraped: a change and back between scrapes is not seen.)
+    pub fn leader_changes(&self, group: u32, leader: Option<NodeId>) -> u64 {
+        let mut seen = self.leaders_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = seen.entry(group).or_insert((leader, 0));
+        if entry.0 != leader && leader.is_some() {
+            *entry = (leader, entry.1 + 1);
+        }
+        entry.1
     }
 
     /// The metadata group's leader, if known.
@@ -294,6 +308,38 @@ impl Node {
                 unknown: true,
             }),
         }
+    }
+
+    /// Before a graceful stop: every group this node leads hands its leadership to another
+    /// voter, and the stop waits (up to two seconds) for the others to take over, so writes
+    /// move on at once instead of after an election timeout.
+    pub async fn hand_over_leadership(&self) {
+        let me = self.cluster.me;
+        let mut waits = Vec::new();
+        for group in &self.groups {
+            let m = group.raft.metrics().borrow_watched().clone();
+            if m.current_leader != Some(me) {
+                continue;
+            }
+            let Some(to) = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .find(|id| *id != me)
+            else {
+                continue;
+            };
+            let raft = &group.raft;
+            if raft.trigger().transfer_leader(to).await.is_ok() {
+                waits.push(async move {
+                    let _ = raft
+                        .wait(Some(Duration::from_secs(2)))
+                        .metrics(|m| m.current_leader != Some(me), "leadership handed over")
+                        .await;
+                });
+            }
+        }
+        futures::future::join_all(waits).await;
     }
 
     /// Proposes a forwarded part, when this node leads its shard.

@@ -21,7 +21,10 @@ fn http_ingest_then_query_finds_the_entries() {
     let veil = Veil::start(dir.path(), &[]);
     let health = reqwest::blocking::get(veil.url("/api/v1/health")).unwrap();
     assert_eq!(health.status(), 200);
-    assert_eq!(health.json::<Value>().unwrap(), json!({"status": "ok"}));
+    assert_eq!(
+        health.json::<Value>().unwrap(),
+        json!({"status": "ok", "degraded_shards": [], "unavailable_shards": []})
+    );
 
     let single = json!({
         "timestamp": "2025-11-17T10:30:00Z", "level": "ERROR",

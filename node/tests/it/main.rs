@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod bench;
+mod cluster;
 mod compact;
 mod config;
 mod harness;

@@ -1,0 +1,279 @@
+//! What `GET /api/v1/cluster`, `GET /api/v1/health` and `GET /api/v1/admin/digests` answer:
+//! the members and whether each answers now, every shard's replicas, leader, indexes and lag as
+//! this node sees them, and digests of this node's replicas.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::async_runtime::watch::WatchReceiver as _;
+use serde::Serialize;
+use veil_raft::NodeId;
+
+use super::HelloReply;
+use crate::node::Node;
+
+/// How long a member may take to answer before it counts as down.
+const PING_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// One member.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub http_addr: String,
+    pub grpc_addr: String,
+    pub peer_addr: String,
+    /// `up` when it answered now, `down` otherwise.
+    pub state: &'static str,
+}
+
+/// One shard's group, as this node sees it.
+#[derive(Debug, Serialize)]
+pub struct ShardStatus {
+    pub shard: u32,
+    /// Voters.
+    pub replicas: Vec<NodeId>,
+    /// Replicas still catching up before they vote.
+    pub learners: Vec<NodeId>,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// This node's replica: committed and applied Raft index.
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// On the leader: how far each replica's log is behind the leader's (entries).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub lag: BTreeMap<NodeId, u64>,
+}
+
+/// The whole answer of `GET /api/v1/cluster`.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that answered.
+    pub node_id: NodeId,
+    pub metadata_leader: Option<NodeId>,
+    pub nodes: Vec<NodeStatus>,
+    pub shards: Vec<ShardStatus>,
+}
+
+/// Asks every member whether it answers, concurrently.
+async fn states(node: &Arc<Node>) -> BTreeMap<NodeId, bool> {
+    let members = node.cluster.meta_store.state().members;
+    let pings = members.keys().map(|id| {
+        let id = *id;
+        let channel = (id != node.cluster.me)
+            .then(|| node.peer_channel(id))
+            .flatten();
+        async move {
+            if id == node.cluster.me {
+                return (id, true);
+            }
+            let Some(channel) = channel else {
+                return (id, false);
+            };
+            let hello: Result<HelloReply, _> =
+                super::call(channel, "hello", &(), PING_TIMEOUT).await;
+            (id, hello.is_ok_and(|h| h.node_id == id))
+        }
+    });
+    futures::future::join_all(pings).await.into_iter().collect()
+}
+
+/// The status of the cluster as this node sees it.
+pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
+    let up = states(node).await;
+    let members = node.cluster.meta_store.state().members;
+    let nodes = members
+        .iter()
+        .map(|(id, m)| NodeStatus {
+            id: *id,
+            http_addr: m.http_addr.clone(),
+            grpc_addr: m.grpc_addr.clone(),
+            peer_addr: m.peer_addr.clone(),
+            state: if up.get(id).copied().unwrap_or(false) {
+                "up"
+            } else {
+                "down"
+            },
+        })
+        .collect();
+    let shards = node
+        .groups
+        .iter()
+        .map(|g| {
+            let m = g.raft.metrics().borrow_watched().clone();
+            let membership = m.membership_config.membership();
+            let last = m.last_log_index.unwrap_or(0);
+            let lag = m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, matched)| {
+                            let matched = matched.as_ref().map(|l| l.index()).unwrap_or(0);
+                            (*id, last.saturating_sub(matched))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            ShardStatus {
+                shard: g.shard.id().0,
+                replicas: membership.voter_ids().collect(),
+                learners: membership.learner_ids().collect(),
+                leader: m.current_leader,
+                term: m.current_term,
+                commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
+                applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+                lag,
+            }
+        })
+        .collect();
+    ClusterStatus {
+        cluster_id: node.cluster.cluster_id.clone(),
+        node_id: node.cluster.me,
+        metadata_leader: node.cluster.meta_leader(),
+        nodes,
+        shards,
+    }
+}
+
+/// `ok`, `degraded` (some shard has a replica down) or `unavailable` (some shard has lost its
+/// majority), with the shards concerned.
+pub async fn health(node: &Arc<Node>) -> (&'static str, Vec<u32>, Vec<u32>) {
+    let up = states(node).await;
+    let mut degraded = Vec::new();
+    let mut unavailable = Vec::new();
+    for g in &node.groups {
+        let m = g.raft.metrics().borrow_watched().clone();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let alive = voters
+            .iter()
+            .filter(|id| **id == node.cluster.me || up.get(id).copied().unwrap_or(false))
+            .count();
+        if alive * 2 <= voters.len() || !node.has_leader(g.shard.id()) {
+            unavailable.push(g.shard.id().0);
+        } else if alive < voters.len() {
+            degraded.push(g.shard.id().0);
+        }
+    }
+    let status = if !unavailable.is_empty() {
+        "unavailable"
+    } else if !degraded.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
+    (status, degraded, unavailable)
+}
+
+/// One replica's digest, for `GET /api/v1/admin/digests`.
+#[derive(Debug, Serialize)]
+pub struct DigestLine {
+    pub shard: u32,
+    pub applied_index: u64,
+    pub entries: u64,
+    /// Hex.
+    pub digest: String,
+}
+
+/// Digests of this node's replicas (reads every entry: an admin call).
+pub async fn digests(node: &Arc<Node>) -> anyhow::Result<Vec<DigestLine>> {
+    let shards: Vec<_> = node.groups.iter().map(|g| g.shard.clone()).collect();
+    tokio::task::spawn_blocking(move || {
+        shards
+            .iter()
+            .map(|s| {
+                let d = s.digest()?;
+                Ok(DigestLine {
+                    shard: s.id().0,
+                    applied_index: d.applied_index,
+                    entries: d.entries,
+                    digest: format!("{:016x}", d.digest),
+                })
+            })
+            .collect()
+    })
+    .await?
+}
+
+/// Appends the per-group Raft figures to `/metrics`: term, whether this node leads, leader
+/// changes seen, the replicas' lag on the leader, and snapshots received.
+pub fn render_raft_metrics(node: &Node, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut lines = |name: &str, help: &str, kind: &str, values: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in values {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let mut term = Vec::new();
+    let mut leader = Vec::new();
+    let mut changes = Vec::new();
+    let mut lag = Vec::new();
+    let mut record =
+        |group: String, m: &openraft::RaftMetrics<veil_raft::TypeConfig>, seen: u64| {
+            let labels = format!("{{group=\"{group}\"}}");
+            term.push((labels.clone(), m.current_term));
+            leader.push((
+                labels.clone(),
+                u64::from(m.current_leader == Some(node.cluster.me)),
+            ));
+            changes.push((labels.clone(), seen));
+            let last = m.last_log_index.unwrap_or(0);
+            for (id, matched) in m.replication.iter().flatten() {
+                let matched = matched.as_ref().map(|l| l.index()).unwrap_or(0);
+                lag.push((
+                    format!("{{group=\"{group}\",node=\"{id}\"}}"),
+                    last.saturating_sub(matched),
+                ));
+            }
+        };
+    let meta = node.cluster.meta_raft.metrics().borrow_watched().clone();
+    record(
+        "meta".into(),
+        &meta,
+        node.cluster.leader_changes(u32::MAX, meta.current_leader),
+    );
+    for g in &node.groups {
+        let m = g.raft.metrics().borrow_watched().clone();
+        let id = g.shard.id().0;
+        let seen = node.cluster.leader_changes(id, m.current_leader);
+        record(id.to_string(), &m, seen);
+    }
+    lines(
+        "veil_raft_term",
+        "Current Raft term per group.",
+        "gauge",
+        term,
+    );
+    lines(
+        "veil_raft_is_leader",
+        "1 when this node leads the group.",
+        "gauge",
+        leader,
+    );
+    lines(
+        "veil_raft_leader_changes_total",
+        "Leader changes this node has seen per group since it started (counted when scraped).",
+        "counter",
+        changes,
+    );
+    lines(
+        "veil_raft_replication_lag_entries",
+        "On the leader: how many log entries each replica is behind.",
+        "gauge",
+        lag,
+    );
+    lines(
+        "veil_raft_snapshots_received_total",
+        "Snapshots this node received and installed.",
+        "counter",
+        vec![(
+            String::new(),
+            node.cluster
+                .router
+                .snapshots_received
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )],
+    );
+}

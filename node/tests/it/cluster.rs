@@ -1,0 +1,443 @@
+//! Three real `veil serve` processes on loopback as one cluster: every node answers alike and
+//! as a brute-force count says; a shard leader killed in the middle of keyed ingest loses
+//! nothing and stores nothing twice (replica digests agree); a stopped node catches up; a wiped
+//! node is restored; with two of three down, writes fail clearly and reads say partial.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use veil_chaos_tests::{Ports, VeilProcess};
+
+/// A cluster under test: its nodes' directories, ports and processes.
+struct Cluster {
+    dir: tempfile::TempDir,
+    key_file: PathBuf,
+    ports: Vec<Ports>,
+    nodes: Vec<Option<VeilProcess>>,
+}
+
+const SHARDS: &str = "4";
+const FORWARD_TIMEOUT_MS: &str = "4000";
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn get(http: &str, path: &str) -> (u16, Value) {
+    let resp = client()
+        .get(format!("http://{http}{path}"))
+        .send()
+        .expect("http request");
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn post(http: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+    let resp = client()
+        .post(format!("http://{http}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().unwrap_or(Value::Null)))
+}
+
+/// Polls `f` until it returns Some, or panics naming `what` after `secs`.
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Starts `n` nodes: the first founds the cluster, the others join through it.
+    fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("keys.toml");
+        let mut c = Cluster {
+            key_file,
+            ports: (0..n).map(|_| Ports::free()).collect(),
+            nodes: (0..n).map(|_| None).collect(),
+            dir,
+        };
+        for i in 0..n {
+            c.start_node(i);
+        }
+        c.wait_replicated(n.min(3));
+        c
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}"))
+    }
+
+    fn node(&self, i: usize) -> &VeilProcess {
+        self.nodes[i].as_ref().expect("node is running")
+    }
+
+    fn http(&self, i: usize) -> String {
+        self.node(i).http.clone()
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let key = self.key_file.display().to_string();
+        let join = format!("127.0.0.1:{}", self.ports[0].peer);
+        let mut args = vec![
+            "--shards",
+            SHARDS,
+            "--key-file",
+            &key,
+            "--forward-timeout-ms",
+            FORWARD_TIMEOUT_MS,
+        ];
+        if i > 0 {
+            args.extend(["--join", &join]);
+        }
+        let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
+        let node = VeilProcess::start_on(bin, &self.data_dir(i), &self.ports[i], &args)
+            .unwrap_or_else(|e| panic!("node {i}: {}\n--- stderr ---\n{}", e.message, e.stderr));
+        self.nodes[i] = Some(node);
+    }
+
+    fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_some())
+            .collect()
+    }
+
+    /// Waits until every shard has `voters` voters, as the first running node sees it.
+    fn wait_replicated(&self, voters: usize) {
+        let http = self.http(self.running()[0]);
+        wait_for("every shard replicated", 120, || {
+            let (_, status) = get(&http, "/api/v1/cluster");
+            let shards = status["shards"].as_array()?;
+            shards
+                .iter()
+                .all(|s| s["replicas"].as_array().is_some_and(|r| r.len() == voters))
+                .then_some(())
+        });
+    }
+
+    /// The node that leads `shard`, by index.
+    fn leader_of(&self, shard: usize) -> usize {
+        let http = self.http(self.running()[0]);
+        let id = wait_for("a leader", 60, || {
+            let (_, status) = get(&http, "/api/v1/cluster");
+            status["shards"][shard]["leader"].as_u64()
+        });
+        self.running()
+            .into_iter()
+            .find(|i| self.node(*i).node_id == id)
+            .expect("the leader is a running node")
+    }
+
+    /// Waits until every running node's replicas hold the same entries at the same applied
+    /// index, shard by shard; returns the entries per shard.
+    fn wait_digests_agree(&self) -> Vec<u64> {
+        wait_for("replica digests to agree", 60, || {
+            let per_node: Vec<Value> = self
+                .running()
+                .into_iter()
+                .map(|i| get(&self.http(i), "/api/v1/admin/digests").1["shards"].clone())
+                .collect();
+            let first = &per_node[0];
+            per_node.iter().all(|d| d == first).then(|| {
+                first
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["entries"].as_u64().unwrap())
+                    .collect()
+            })
+        })
+    }
+}
+
+/// The test's entries: services, levels, a searchable word in some, an email in some, an
+/// exception in some; keyed when `keyed`.
+fn entries(tag: &str, n: usize, keyed: bool) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let level = ["INFO", "WARN", "ERROR"][i % 3];
+            let mut e = json!({
+                "service": format!("svc-{}", i % 5),
+                "level": level,
+                "message": format!("{} item {i} of {tag} for user{}@example.com",
+                    if i % 4 == 0 { "payment failed" } else { "request served" }, i % 7),
+                "fields": {"batch": tag, "phase": tag.trim_end_matches(|c: char| c.is_ascii_digit()), "n": i},
+            });
+            if i % 6 == 0 {
+                e["exception"] = json!({"type": format!("E{}", i % 4), "message": "boom"});
+            }
+            if keyed {
+                e["fields"]["idempotency_key"] = json!(format!("{tag}-{i}"));
+            }
+            e
+        })
+        .collect()
+}
+
+fn ingest(http: &str, batch: &[Value]) -> Result<(u16, Value), reqwest::Error> {
+    post(http, "/api/v1/logs", &Value::Array(batch.to_vec()))
+}
+
+/// Every answer a node gives to the comparison questions, without the fields that differ by
+/// construction (ids and timings).
+fn answers(http: &str, strong: bool) -> Value {
+    let consistency = if strong { "strong" } else { "any" };
+    let q = |body: Value| {
+        let mut body = body;
+        body["consistency"] = json!(consistency);
+        let (status, mut a) = post(http, "/api/v1/logs/query", &body).unwrap();
+        assert_eq!(status, 200, "{a}");
+        a["query_id"] = Value::Null;
+        a["execution_time_ms"] = Value::Null;
+        a
+    };
+    let (_, mut top) = get(http, "/api/v1/exceptions/top-k?k=10&window=1h");
+    for key in [
+        "window_start",
+        "window_end",
+        "computed_at",
+        "execution_time_ms",
+    ] {
+        top[key] = Value::Null;
+    }
+    json!({
+        "text": q(json!({"query": "payment", "limit": 1000})),
+        "filtered": q(json!({"filters": {"services": ["svc-1"], "levels": ["ERROR"]}, "limit": 1000})),
+        "aggs": q(json!({"limit": 0, "aggs": {"s": {"terms": {"field": "service", "size": 10}}}})),
+        "top_k": top["exceptions"].clone(),
+    })
+}
+
+#[test]
+fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
+    let mut c = Cluster::start(3);
+    // The same batch shape through each node.
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        let batch = entries(&format!("b{i}"), 120, i == 1);
+        let (status, answer) = ingest(&c.http(i), &batch).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["accepted"], 120, "{answer}");
+        sent.extend(batch);
+    }
+    // Strong reads on every node see every acknowledged entry at once.
+    let reference = answers(&c.http(0), true);
+    let payment = sent
+        .iter()
+        .filter(|e| e["message"].as_str().unwrap().starts_with("payment"))
+        .count();
+    assert_eq!(reference["text"]["total"], payment, "{}", reference["text"]);
+    let filtered = sent
+        .iter()
+        .filter(|e| e["service"] == "svc-1" && e["level"] == "ERROR")
+        .count();
+    assert_eq!(reference["filtered"]["total"], filtered);
+    let mut per_service = BTreeMap::<String, u64>::new();
+    for e in &sent {
+        *per_service
+            .entry(e["service"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    let buckets: BTreeMap<String, u64> = reference["aggs"]["aggregations"]["s"]["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["key"].as_str().unwrap().into(),
+                b["doc_count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(buckets, per_service);
+    let mut per_exception = BTreeMap::<String, u64>::new();
+    for e in sent.iter().filter(|e| e.get("exception").is_some()) {
+        *per_exception
+            .entry(e["exception"]["type"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    let mut counted = BTreeMap::<String, u64>::new();
+    for x in reference["top_k"].as_array().unwrap() {
+        *counted
+            .entry(x["exception_type"].as_str().unwrap().into())
+            .or_default() += x["count"].as_u64().unwrap();
+    }
+    assert_eq!(counted, per_exception);
+    // No stored entry holds the plaintext email; every node hashes it to the same token.
+    assert!(!reference["text"].to_string().contains("@example.com"));
+    for i in 1..3 {
+        assert_eq!(
+            answers(&c.http(i), true),
+            reference,
+            "node {i} answers otherwise"
+        );
+    }
+    c.wait_digests_agree();
+
+    // Keyed ingest with client retries while the leader of shard 0 is killed with -9.
+    let victim = c.leader_of(0);
+    let targets: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| c.http(i)).collect();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for round in 0..30 {
+            let batch = entries(&format!("k{round}"), 20, true);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut attempt = 0;
+            loop {
+                let target = &targets[(round + attempt) % targets.len()];
+                match ingest(target, &batch) {
+                    Ok((200, a)) if a["rejected"] == 0 => break,
+                    other => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "batch {round} never acked: {other:?}"
+                        );
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            acked.extend(batch);
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    c.nodes[victim].as_mut().unwrap().kill9();
+    c.nodes[victim] = None;
+    let acked = writer.join().unwrap();
+    c.start_node(victim);
+    let survivor = c.http(c.running()[0]);
+    let (status, keyed) = post(
+        &survivor,
+        "/api/v1/logs/query",
+        &json!({"filters": {"fields": {"phase": "k"}}, "limit": 1000, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{keyed}");
+    let logs = keyed["logs"].as_array().unwrap();
+    // A keyed entry's log_id is its key's: distinct ids are distinct keys.
+    let ids: BTreeSet<&str> = logs.iter().map(|l| l["log_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), logs.len(), "an entry stored twice");
+    let stored: BTreeSet<(String, u64)> = logs
+        .iter()
+        .map(|l| {
+            (
+                l["fields"]["batch"].as_str().unwrap().to_string(),
+                l["fields"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, u64)> = acked
+        .iter()
+        .map(|e| {
+            (
+                e["fields"]["batch"].as_str().unwrap().to_string(),
+                e["fields"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(stored, want, "acknowledged and stored differ");
+    assert_eq!(logs.len(), acked.len());
+    let held = c.wait_digests_agree();
+    assert_eq!(held.iter().sum::<u64>() as usize, sent.len() + acked.len());
+
+    // A stopped node misses writes, restarts and catches up.
+    let stopped_id = c.node(2).node_id;
+    c.nodes[2].as_mut().unwrap().stop();
+    c.nodes[2] = None;
+    // A stopping node hands its leaderships over before it exits: none is left with it.
+    let (_, status) = get(&c.http(0), "/api/v1/cluster");
+    for s in status["shards"].as_array().unwrap() {
+        assert_ne!(s["leader"], stopped_id, "{status}");
+    }
+    let more = entries("late", 50, true);
+    let (status, answer) = ingest(&c.http(0), &more).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    c.start_node(2);
+    let (_, late) = post(
+        &c.http(2),
+        "/api/v1/logs/query",
+        &json!({"filters": {"fields": {"batch": "late"}}, "limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(late["total"], 50, "{late}");
+    c.wait_digests_agree();
+
+    // Two of three down: writes fail with a retryable 503, reads say partial.
+    for i in [0, 1] {
+        c.nodes[i].as_mut().unwrap().kill9();
+        c.nodes[i] = None;
+    }
+    let alone = c.http(2);
+    let (status, answer) = ingest(&alone, &entries("lost", 5, true)).unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "shard_unavailable", "{answer}");
+    let partial = wait_for("reads to say partial", 30, || {
+        let (_, a) = post(&alone, "/api/v1/logs/query", &json!({"limit": 0})).unwrap();
+        (a["partial"] == true).then_some(a)
+    });
+    assert_eq!(partial["shards"]["stale"], 4, "{partial}");
+    let (status, health) = get(&alone, "/api/v1/health");
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "unavailable");
+}
+
+#[test]
+fn a_wiped_node_is_restored_through_a_snapshot() {
+    let mut c = Cluster::start(3);
+    let batch = entries("w", 300, true);
+    let (status, answer) = ingest(&c.http(0), &batch).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    c.wait_digests_agree();
+    // Snapshots everywhere and the Raft logs purged behind them: only a snapshot can restore.
+    for i in 0..3 {
+        let (status, report) = post(&c.http(i), "/api/v1/admin/compact", &json!({})).unwrap();
+        assert_eq!(status, 200, "{report}");
+    }
+    let wiped = 2;
+    let id = c.node(wiped).node_id;
+    c.nodes[wiped].as_mut().unwrap().kill9();
+    c.nodes[wiped] = None;
+    std::fs::remove_dir_all(c.data_dir(wiped)).unwrap();
+    c.start_node(wiped);
+    assert_eq!(
+        c.node(wiped).node_id,
+        id,
+        "the same peer address rejoins as the same node"
+    );
+    let (_, restored) = post(
+        &c.http(wiped),
+        "/api/v1/logs/query",
+        &json!({"limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(restored["total"], 300, "{restored}");
+    let held = c.wait_digests_agree();
+    assert_eq!(held.iter().sum::<u64>(), 300);
+    let (_, metrics) = {
+        let resp = client()
+            .get(format!("http://{}/metrics", c.http(wiped)))
+            .send()
+            .unwrap();
+        (resp.status(), resp.text().unwrap())
+    };
+    let received: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("veil_raft_snapshots_received_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the snapshots-received counter");
+    assert!(received >= 1, "restored without a snapshot?\n{metrics}");
+}
