@@ -3,6 +3,7 @@
 mod aggs;
 mod bench;
 mod cluster;
+mod cluster_cmd;
 mod config;
 mod datadir;
 mod error;
@@ -39,6 +40,9 @@ enum Command {
     /// PII tools: `veil pii mask` runs the server's masking engine over stdin.
     #[command(subcommand)]
     Pii(pii_cmd::PiiCommand),
+    /// A local cluster: `veil cluster up --nodes 3 --dir DIR`.
+    #[command(subcommand)]
+    Cluster(cluster_cmd::ClusterCommand),
     /// Load a running node: `veil bench ingest`, `veil bench query`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -74,6 +78,10 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Pii(command) => {
             pii_cmd::run(command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(command) => {
+            cluster_cmd::run(command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(command) => {

@@ -19,7 +19,6 @@
 
 mod error;
 mod log_store;
-mod network;
 mod peer;
 mod router;
 mod snapshot;
@@ -30,7 +29,6 @@ pub use log_store::{
     column_families, log_cf_name, move_key_range, move_shared_log, LogStore, LogSyncer,
     CF_RAFT_LOG, CF_RAFT_META,
 };
-pub use network::NoPeersNetwork;
 pub use peer::{endpoint, PeerNetwork, Peers, PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 pub use router::{GroupEndpoint, Router};
 pub use snapshot::{LiveState, SnapshotData};
