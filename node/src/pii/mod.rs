@@ -275,6 +275,10 @@ enum Kind {
 /// Names of secrets in `key=value` / `key: value` pairs (any prefix: `db_password`, `x-api-key`).
 const SECRET_KEYS: &str = r"(?:password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|access[_-]?token|refresh[_-]?token|auth[_-]?token|id[_-]?token|session[_-]?token|token|credentials?|accountkey|sharedaccesskey|signature)";
 
+/// Words that say a number is a phone number, in the six locales' spellings (`tél`,
+/// `Rufnummer`, `Handy`, `portable`).
+const PHONE_WORDS: &str = "phone|phones|telephone|tel|t[ée]l[ée]phone|t[ée]l|telefon|rufnummer|mobile|mobil|mob|handy|cell|cellphone|fax|sms|whatsapp|call|callback|portable|ph|msisdn|contact[ _-]?(?:number|no|num|nr)";
+
 /// Built-in patterns, in priority order. `\b` is ASCII (rewritten below).
 fn builtin_patterns() -> Vec<(Kind, String)> {
     let octet = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
@@ -331,7 +335,11 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
         ),
         (
             Kind::PhoneContext,
-            r"(?i:\b(?:phone|tel|telephone|telefon|mobile|mobil|handy|cell|fax|sms|whatsapp|call|callback|portable)\b(?:[ \t:=#'()-]{1,4}(?:to|is|number|no|nr|at|on|from|of)\b)?)[ \t.:=#'-]{0,6}\+?\(?[0-9][0-9 ()./-]{5,22}[0-9]".into(),
+            // A phone word, alone or as a key (`customer_phone`, `phoneNumber`, `Mobile No.`),
+            // in the locales' spellings, then the number.
+            format!(
+                r#"(?i:\b(?:[a-z0-9]+[_-])*(?:{PHONE_WORDS})(?:[ _-]?(?:number|num|no|nr|nummer))?\b(?:[ \t:=#'()-]{{1,4}}(?:to|is|number|no|nr|at|on|from|of)\b)?)[ \t.:=#'"\\-]{{0,6}}\+?\(?[0-9][0-9 ()./-]{{5,22}}[0-9]"#
+            ),
         ),
         (
             Kind::Email,
@@ -344,10 +352,12 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
         (
             Kind::Card,
             [
-                r"\b[2-6][0-9]{11,18}\b",
-                r"\b[2-6][0-9]{3}(?: [0-9]{4}){2,3}(?: [0-9]{1,4})?\b",
-                r"\b[2-6][0-9]{3}(?:-[0-9]{4}){2,3}(?:-[0-9]{1,4})?\b",
-                r"\b[2-6][0-9]{3}[ -][0-9]{6}[ -][0-9]{4,5}\b",
+                // Any first digit: a number outside the issuers' ranges is a card after a card
+                // word (the validator asks for one), and Maestro's `0604…`, JCB's `1800…` are.
+                r"\b[0-9]{12,19}\b",
+                r"\b[0-9]{4}(?: [0-9]{4}){2,3}(?: [0-9]{1,4})?\b",
+                r"\b[0-9]{4}(?:-[0-9]{4}){2,3}(?:-[0-9]{1,4})?\b",
+                r"\b[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}\b",
             ]
             .join("|"),
         ),
@@ -357,7 +367,10 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
         ),
         (
             Kind::PhoneNa,
-            r"(?:\+1[ .-]?|\b1[ .-])?(?:\([2-9][0-9]{2}\)[ .-]?|\b[2-9][0-9]{2}[ .-])[0-9]{3}[ .-][0-9]{4}\b(?:[ ,]*(?i:x|ext\.?|extension|\#)[ ]?[0-9]{1,6}\b)?".into(),
+            // Any area code and exchange in the shapes only phone numbers have (`(132)
+            // 291-0534`, `378.259.4449`); an assigned-looking one when only spaces separate
+            // the groups. An extension may be glued on (`2189x44901`).
+            r"(?:\+1[ .-]?|\b1[ .-]|\b001[ .-])?(?:\([0-9]{3}\)[ .-]?|\b[0-9]{3}[.-]|\b[2-9][0-9]{2} )[0-9]{3}[ .-][0-9]{4}(?:[ ,]*(?i:x|ext\.?|extension|\#)[ ]?[0-9]{1,6}\b|\b)".into(),
         ),
         (
             Kind::PhoneNational,
@@ -369,14 +382,20 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
                 // United Kingdom: 0113 496 0123, 020 7946 0958, 07700 900123, (0161) 496 0123.
                 r"\b0[1-9][0-9]{2} [0-9]{3} [0-9]{4}\b",
                 r"\b0[1-9][0-9] [0-9]{4} [0-9]{4}\b",
-                r"\b0[1-9][0-9]{3} [0-9]{6}\b",
-                r"\(0[1-9][0-9]{1,4}\) ?[0-9]{3,4} ?[0-9]{3,4}\b",
+                r"\(0[1-9][0-9]{1,4}\) ?[0-9]{3,8}(?: [0-9]{3,4})?\b",
+                // Trunk 0, an area code of 2 to 5 digits, the subscriber after a space, slash
+                // or dash, maybe an extension (Germany's 030 12345678, 0221/1234567,
+                // 089 1234567-12; Britain's 01632 960001 and 03615 39990; India's 022-23456789).
+                r"\b0[1-9][0-9]{1,3}[ /-][0-9]{5,8}(?:-[0-9]{1,4})?\b",
+                // India: a mobile in two groups of five (98765 43210).
+                r"\b[6-9][0-9]{4} [0-9]{5}\b",
             ]
             .join("|"),
         ),
         (
             Kind::PhoneIntl,
-            r"\+[1-9][0-9]{0,3}(?:[ .-]?\(0\))?(?:[ .-]?\(?[0-9]+\)?)+(?:[ ,]*(?i:x|ext\.?|extension)[ ]?[0-9]{1,6}\b)?".into(),
+            // `+` or the international prefix `00` and a separator (`0049 30 …`).
+            r"(?:\+[1-9][0-9]{0,3}|\b00[1-9][0-9]{0,2}[ .-])(?:[ .-]?\(0\))?(?:[ .-]?\(?[0-9]+\)?)+(?:[ ,]*(?i:x|ext\.?|extension)[ ]?[0-9]{1,6}\b)?".into(),
         ),
         (
             Kind::Ipv6,
@@ -385,7 +404,9 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
                 h = "[0-9A-Fa-f]{1,4}"
             ),
         ),
-        (Kind::Ipv4, format!(r"\b{octet}(?:\.{octet}){{3}}\b")),
+        // No `\b`: an address glued to a word character (`%2F10.1.2.3`, `conn_10.1.2.3_80`) is
+        // still one; the validator rejects a digit on either side.
+        (Kind::Ipv4, format!(r"{octet}(?:\.{octet}){{3}}")),
     ]
 }
 
@@ -649,12 +670,12 @@ impl Masker {
             },
             Kind::Card => {
                 let before = &text[..r.start];
-                let end = v::card_lens(s).into_iter().find(|&n| {
+                let end = v::card_lens(s).into_iter().find(|&(n, issued)| {
                     !v::in_numeric_run(text, r.start..r.start + n)
-                        && v::card_context_ok(before, &s[..n])
+                        && v::card_context_ok(before, &s[..n], issued)
                 });
                 match end {
-                    Some(n) => builtin(PiiType::CreditCard, r.start..r.start + n),
+                    Some((n, _)) => builtin(PiiType::CreditCard, r.start..r.start + n),
                     None => Verdict::Reject,
                 }
             }
@@ -666,7 +687,17 @@ impl Masker {
                 }
             }
             Kind::PhoneNational => {
-                if v::in_numeric_run(text, r.clone()) {
+                // `[0701/114930:WARNING:…]` (Chromium's month, day and time) and
+                // `18:51:05,083 081109` (milliseconds, then a date) are not dialled.
+                let after_number = text[..r.start]
+                    .bytes()
+                    .next_back()
+                    .is_some_and(|b| b".,:".contains(&b));
+                if v::in_numeric_run(text, r.clone())
+                    || text[r.end..].starts_with(':')
+                    || after_number
+                    || v::id_word_before(&text[..r.start])
+                {
                     Verdict::Reject
                 } else {
                     builtin(PiiType::Phone, r)
@@ -680,14 +711,26 @@ impl Masker {
                 }
             }
             // `109380+2015-10-18` is an offset and a date, not a number dialled: the `+` of a
-            // phone number does not follow a letter or digit.
+            // phone number does not follow a letter or digit (nor the end of a masked form,
+            // which stands for one; `<+4420…>` is a number in angle brackets).
             Kind::PhoneIntl
-                if text[..r.start]
-                    .bytes()
-                    .next_back()
-                    .is_some_and(|b| b.is_ascii_alphanumeric() || v::masked_edge(b)) =>
+                if text[..r.start].bytes().next_back().is_some_and(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'>' | b']' | b'*')
+                }) =>
             {
                 Verdict::Reject
+            }
+            // After `00`, the digits are counted from the country code on, as after `+`. The
+            // prefix starts a token: `16:15:06.006  1702 14638` is a time and two ids.
+            Kind::PhoneIntl if s.starts_with("00") => {
+                let before = text[..r.start].bytes().next_back();
+                if before.is_some_and(|b| b".,:/-".contains(&b)) {
+                    return Verdict::Reject;
+                }
+                match v::intl_phone_ends(text, r.start + 2..r.end).first() {
+                    Some(&end) => builtin(PiiType::Phone, r.start..end),
+                    None => Verdict::Reject,
+                }
             }
             Kind::PhoneIntl => match v::intl_phone_ends(text, r.clone()).first() {
                 Some(&end) => builtin(PiiType::Phone, r.start..end),
@@ -698,7 +741,13 @@ impl Masker {
                 None => Verdict::Reject,
             },
             Kind::Ipv4 => {
-                if v::ipv4_kept(text, r.clone()) {
+                let digit = |b: Option<&u8>| b.is_some_and(u8::is_ascii_digit);
+                let glued = digit(text.as_bytes()[..r.start].last())
+                    || text
+                        .as_bytes()
+                        .get(r.end)
+                        .is_some_and(|b| b.is_ascii_alphanumeric());
+                if glued || v::ipv4_kept(text, r.clone()) {
                     Verdict::Reject
                 } else {
                     builtin(PiiType::IpAddress, r)
