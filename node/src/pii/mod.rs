@@ -696,7 +696,7 @@ impl Masker {
                 if v::in_numeric_run(text, r.clone())
                     || text[r.end..].starts_with(':')
                     || after_number
-                    || v::id_word_before(&text[..r.start])
+                    || v::port_or_pid_before(&text[..r.start])
                 {
                     Verdict::Reject
                 } else {

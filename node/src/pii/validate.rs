@@ -272,7 +272,6 @@ const ID_WORDS: &[&str] = &[
     "serial",
     "sku",
     "tracking",
-    "port",
 ];
 
 /// Words that, shortly before a digit run, say it is a payment card.
@@ -357,11 +356,12 @@ fn card_word_labels(before: &str) -> bool {
     labelled
 }
 
-/// True when the word just before a candidate names it as an id, a counter or a port
-/// (`port 65005 25746` is a port and a process id).
-pub(super) fn id_word_before(before: &str) -> bool {
+/// True when the word just before a candidate names it as a port or a process or thread id
+/// (`port 65005 25746` is a port and a process id). Only these: after most id words
+/// (`Event 0113 747 4760`) a number in a national phone format is still a phone number.
+pub(super) fn port_or_pid_before(before: &str) -> bool {
     let [last, _] = last_words(before);
-    ID_WORDS.contains(&last.as_str())
+    matches!(last.as_str(), "port" | "pid" | "tid" | "ppid")
 }
 
 /// The last word just before a bare digit run and the word before it, lower case (empty when
