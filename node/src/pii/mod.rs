@@ -12,6 +12,7 @@
 //! searchable, or a partial mask (`j***@example.com`). Masked output is never detected again,
 //! so masking is idempotent, and text outside the masked spans is copied unchanged.
 
+pub mod app_corpus;
 pub mod corpus;
 pub mod custom;
 pub mod keys;
