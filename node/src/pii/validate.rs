@@ -364,6 +364,21 @@ pub(super) fn port_or_pid_before(before: &str) -> bool {
     matches!(last.as_str(), "port" | "pid" | "tid" | "ppid")
 }
 
+/// The card number after a card word (`card no. 3591792033238578`): the longest printed,
+/// Luhn-valid prefix of 12 to 19 digits of the digits that follow, whatever its issuer, ending
+/// where the number ends. The range is absolute.
+pub(super) fn labelled_card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[r.clone()];
+    let start = r.start + s.find(|c: char| c.is_ascii_digit())?;
+    card_lens(&text[start..r.end])
+        .into_iter()
+        .map(|(n, _)| start..start + n)
+        .find(|c| {
+            let next_digit = text.as_bytes().get(c.end).is_some_and(u8::is_ascii_digit);
+            !next_digit && !in_numeric_run(text, c.clone())
+        })
+}
+
 /// The last word just before a bare digit run and the word before it, lower case (empty when
 /// absent): `order_id=` gives `id`, `order`.
 fn last_words(before: &str) -> [String; 2] {
