@@ -158,6 +158,19 @@ pub fn is_header(line: &str) -> bool {
     })
 }
 
+/// True for a line that opens a trace printed under the log line it belongs to: a Python
+/// traceback, a Go or Rust panic ([`Trace::starting`]), or a JavaScript error
+/// (`TypeError: …`) or JVM/.NET exception header (also `Unhandled exception. System.…`) with an
+/// indented `at` frame on the `next` line.
+pub fn opens_trace(line: &str, next: Option<&str>) -> bool {
+    if Trace::starting(line).is_some() {
+        return true;
+    }
+    let framed =
+        next.is_some_and(|n| n.starts_with([' ', '\t']) && n.trim_start().starts_with("at "));
+    framed && (is_header(line) || patterns().js_header.is_match(line))
+}
+
 /// Finds an exception in `text` (a message, a stack trace, or both joined by a newline).
 pub fn detect(text: &str) -> Option<ExceptionInfo> {
     if !has_marker(text) {

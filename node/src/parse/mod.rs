@@ -515,23 +515,31 @@ pub fn text_lines(body: &str) -> Vec<&str> {
 
 /// Splits a text body into entries: one per line, with continuation lines (indented lines,
 /// `Caused by:`, `... 12 more`, and the rest of a Python traceback, Go panic or Rust panic)
-/// folded into the entry they continue. A line that starts with a timestamp always starts an
-/// entry. `max_lines` bounds one entry; past it a new entry starts.
+/// folded into the entry they continue. The first trace right under a line that starts with a
+/// timestamp (a JVM or .NET exception, a Python traceback, a Go or Rust panic, a Node error
+/// with its frames) is that line's and folds into it. A line that starts with a timestamp
+/// always starts an entry. `max_lines` bounds one entry; past it a new entry starts.
 pub fn split_entries(body: &str, receive_us: i64, max_lines: usize) -> Vec<String> {
     let mut entries: Vec<String> = Vec::new();
     let mut lines_in_current = 0;
     let mut trace: Option<exception::Trace> = None;
     let mut current_has_time = false;
+    let mut current_has_trace = false;
     let lines = text_lines(body);
     for (i, &line) in lines.iter().enumerate() {
         let starts_with_time = time::at_start(line, receive_us).is_some();
+        let next = lines.get(i + 1).copied();
         // `java.lang.IllegalStateException: …` right under a timestamped line, with frames
         // below it, is that line's exception (how logback and log4j print one).
         let attached_exception = current_has_time
             && exception::is_header(line)
-            && lines
-                .get(i + 1)
+            && next
                 .is_some_and(|n| n.trim_start().starts_with("at ") && n.starts_with([' ', '\t']));
+        // So is the first trace of another runtime under it (issue 25): the traceback Python's
+        // `logging.exception()` writes after the message, a Go or Rust panic after the last
+        // log line, a Node error printed with its frames after a message.
+        let attached_trace =
+            current_has_time && !current_has_trace && exception::opens_trace(line, next);
         let continues = match trace {
             Some(t) => t.continues(line),
             None => false,
@@ -541,6 +549,7 @@ pub fn split_entries(body: &str, receive_us: i64, max_lines: usize) -> Vec<Strin
             && !starts_with_time
             && (continues
                 || attached_exception
+                || attached_trace
                 || line.starts_with([' ', '\t'])
                 || line.starts_with("Caused by:")
                 || line.starts_with("Suppressed:")
@@ -550,12 +559,14 @@ pub fn split_entries(body: &str, receive_us: i64, max_lines: usize) -> Vec<Strin
                 last.push('\n');
                 last.push_str(line);
                 lines_in_current += 1;
+                current_has_trace |= attached_trace || attached_exception;
             }
             _ => {
                 entries.push(line.to_string());
                 lines_in_current = 1;
                 trace = None;
                 current_has_time = starts_with_time;
+                current_has_trace = false;
             }
         }
         trace = match trace {

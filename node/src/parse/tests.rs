@@ -454,16 +454,20 @@ fn multi_line_traces_fold_into_one_entry() {
             "Traceback (most recent call last):",
             "next plain line",
             "panic: runtime error: index out of range [5] with length 3",
+            // A Node error under a timestamped line is that line's (issue 25); the Rust panic
+            // after it is a trace of its own.
             "2024-05-01 10:00:02 INFO after",
-            "TypeError: Cannot read properties of undefined (reading 'id')",
             "thread 'main' panicked at src/ledger.rs:31:9:",
             "plain again",
         ]
     );
     assert_eq!(entries[2], JAVA);
     assert_eq!(entries[3], PYTHON);
-    assert_eq!(entries[7], NODE);
-    assert_eq!(entries[8], RUST);
+    assert_eq!(
+        entries[6],
+        format!("2024-05-01 10:00:02 INFO after\n{NODE}")
+    );
+    assert_eq!(entries[7], RUST);
     // An exception printed under its log line (logback, log4j) belongs to that line.
     let logback = "2024-05-01 10:00:01 ERROR c.s.Checkout - checkout failed\njava.lang.IllegalStateException: cart is empty\n\tat com.shop.Checkout.run(Checkout.java:42)\n2024-05-01 10:00:02 INFO next";
     let entries = split_entries(logback, RECEIVE, 1000);
@@ -472,6 +476,92 @@ fn multi_line_traces_fold_into_one_entry() {
     // A bound on lines per entry.
     let many = format!("head\n{}", "  frame\n".repeat(50));
     assert_eq!(split_entries(&many, RECEIVE, 10).len(), 6);
+}
+
+/// Issue 25: the trace another runtime prints under a log line (Python's
+/// `logging.exception()`, a Go panic, Node's `console.error(err)`, .NET's `Unhandled
+/// exception.`) is one entry with that line, as logback's Java exceptions are: the line's
+/// timestamp and level, the trace's exception.
+#[test]
+fn a_trace_under_its_log_line_is_one_entry_with_it() {
+    let python = "Traceback (most recent call last):\n  File \"/srv/pay/worker.py\", line 88, in handle\n    amount = order[\"amount\"]\nKeyError: 'amount'";
+    let dotnet = "Unhandled exception. System.InvalidOperationException: Sequence contains no elements\n   at System.Linq.ThrowHelper.ThrowNoElementsException()\n   at Shop.Orders.Picker.First(List`1 items) in /src/Orders/Picker.cs:line 12";
+    let cases = [
+        (
+            "2026-12-06T18:26:31.500Z ERROR payment worker crashed",
+            python,
+            "KeyError",
+            Level::Error,
+        ),
+        (
+            "2026-12-06 18:26:31,500 WARN picker giving up",
+            GO,
+            "runtime.Error",
+            Level::Warn,
+        ),
+        (
+            "2026-12-06T18:26:31Z ERROR request failed",
+            NODE,
+            "TypeError",
+            Level::Error,
+        ),
+        (
+            "2026-12-06T18:26:31.500+01:00 FATAL host stopping",
+            dotnet,
+            "System.InvalidOperationException",
+            Level::Fatal,
+        ),
+        (
+            "2026-12-06T18:26:31.500Z ERROR ledger task died",
+            RUST,
+            "panic",
+            Level::Error,
+        ),
+    ];
+    for (line, trace, ty, level) in cases {
+        let body = format!("{line}\n{trace}\n2026-12-06T18:26:40Z INFO next line\nnot a trace");
+        let entries = split_entries(&body, RECEIVE, 1000);
+        assert_eq!(entries.len(), 3, "{ty}: {entries:#?}");
+        let expected = format!("{line}\n{}", text_lines(trace).join("\n"));
+        assert_eq!(entries[0], expected, "{ty}");
+        assert_eq!(entries[1], "2026-12-06T18:26:40Z INFO next line");
+        let parsed = parse_text(&entries[0], Format::Auto, RECEIVE);
+        assert_eq!(parsed.level, Some(level), "{ty}");
+        assert_eq!(
+            parsed.timestamp_us,
+            parse_text(line, Format::Auto, RECEIVE).timestamp_us,
+            "{ty}"
+        );
+        assert!(parsed.timestamp_us.is_some(), "{ty}");
+        let e = detect(&entries[0]).unwrap_or_else(|| panic!("{ty}: no exception"));
+        assert_eq!(e.exception_type, ty);
+        assert!(!e.frames.is_empty(), "{ty}");
+    }
+    // The issue's example, exactly: one entry with its message, level, timestamp, exception.
+    let example = "2026-12-06T18:26:31.500Z ERROR payment worker crashed\nTraceback (most recent call last):\n  File \"/srv/pay/worker.py\", line 88, in handle\n    amount = order[\"amount\"]\nKeyError: 'amount'\n";
+    let entries = split_entries(example, RECEIVE, 1000);
+    assert_eq!(entries, [example.trim_end()]);
+    let e = detect(&entries[0]).unwrap();
+    assert_eq!(
+        (e.exception_type.as_str(), e.message.as_deref()),
+        ("KeyError", Some("'amount'"))
+    );
+    // Only the first trace under a line is its own; a trace under an untimed line, and a
+    // second trace after the first, start entries of their own.
+    let body = format!("2026-12-06T18:26:31Z ERROR a\n{python}\n{NODE}\nplain words\n{GO}");
+    let firsts: Vec<String> = split_entries(&body, RECEIVE, 1000)
+        .iter()
+        .map(|e| e.lines().next().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "2026-12-06T18:26:31Z ERROR a",
+            "TypeError: Cannot read properties of undefined (reading 'id')",
+            "plain words",
+            "panic: runtime error: index out of range [5] with length 3",
+        ]
+    );
 }
 
 #[test]

@@ -129,12 +129,13 @@ pub(super) fn labelled_phone(text: &str, r: Range<usize>) -> Option<Range<usize>
         if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
             continue;
         }
-        // A group ends the number only where a token ends: `72.594s` or `88.1%` is another
-        // token, not the number's last group.
+        // A group ends the number only where a token ends (`72.594s` or `88.1%` is another
+        // token, not the number's last group) or an extension starts (`2189x44901`).
         let clear_end = text
             .as_bytes()
             .get(r.start + i + 1)
-            .is_none_or(|n| n.is_ascii_whitespace() || b",;)]}\"'".contains(n));
+            .is_none_or(|n| n.is_ascii_whitespace() || b",;)]}\"'\\".contains(n))
+            || extension_len(&text[r.start + i + 1..]) > 0;
         if clear_end && (7..=15).contains(&digits) {
             ends.push(r.start + i + 1);
         }
@@ -292,13 +293,26 @@ const CARD_WORDS: &[&str] = &[
     "debit",
     "charge",
     "charged",
+    "cardnumber",
+    "cardno",
+    "creditcard",
+    "rupay",
+    "karte",
+    "kartennummer",
+    "kreditkarte",
+    "zahlung",
+    "carte",
+    "cb",
+    "paiement",
 ];
 
 /// Whether the context of a card-shaped candidate allows it to be a card. A number glued to a
 /// word (`blk_-6127741703501838658`, `id-4111…`) or named as an id or counter just before
 /// (`order_id=`, `bytes`) is not one. A bare 12-digit run (only Maestro issues those, and
-/// 12-digit numbers are everywhere) must have a card word shortly before it.
-pub(super) fn card_context_ok(before: &str, candidate: &str) -> bool {
+/// 12-digit numbers are everywhere), and a number outside the issuers' ranges (`issued` false),
+/// must have a card word shortly before it: in card context, a Luhn-valid run of 12 to 19
+/// digits is a card (issue 25).
+pub(super) fn card_context_ok(before: &str, candidate: &str, issued: bool) -> bool {
     let b = before.as_bytes();
     let glued = match b {
         [.., x, b'-' | b'_'] => {
@@ -306,44 +320,87 @@ pub(super) fn card_context_ok(before: &str, candidate: &str) -> bool {
         }
         _ => false,
     };
-    if glued || id_context(before) {
+    if glued {
+        return false;
+    }
+    let [last, previous] = last_words(before);
+    let card_word_before = CARD_WORDS.contains(&previous.as_str());
+    // `card no 6759…` names a card's number; `order no 6759…` an order's.
+    if ID_WORDS.contains(&last.as_str()) && !card_word_before {
         return false;
     }
     let bare = candidate.bytes().all(|c| c.is_ascii_digit());
-    if bare && candidate.len() < 13 {
-        let mut from = before.len().saturating_sub(40);
-        while !before.is_char_boundary(from) {
-            from += 1;
-        }
-        let near = before[from..].to_ascii_lowercase();
-        return near
-            .split(|c: char| !c.is_ascii_alphanumeric())
-            .any(|w| CARD_WORDS.contains(&w));
+    if !issued || (bare && candidate.len() < 13) {
+        return card_word_labels(before);
     }
     true
 }
 
-/// True when the text just before a bare digit run names it as an id or a number of something.
-fn id_context(before: &str) -> bool {
-    let tail_start = before.len().saturating_sub(32);
-    let mut tail_start = tail_start;
+/// True when a card word stands shortly before the candidate with no digit after it: the word
+/// labels this number (`card no. 0604…`), not one further on (`card 4111… 1769421758029`,
+/// `payment-4ba0afc81c-b7qjg 1714…`).
+fn card_word_labels(before: &str) -> bool {
+    let mut from = before.len().saturating_sub(40);
+    while !before.is_char_boundary(from) {
+        from += 1;
+    }
+    let near = before[from..].to_ascii_lowercase();
+    let mut labelled = false;
+    for w in near.split(|c: char| !c.is_ascii_alphanumeric()) {
+        if CARD_WORDS.contains(&w) {
+            labelled = true;
+        } else if w.bytes().any(|b| b.is_ascii_digit()) {
+            labelled = false;
+        }
+    }
+    labelled
+}
+
+/// True when the word just before a candidate names it as a port or a process or thread id
+/// (`port 65005 25746` is a port and a process id). Only these: after most id words
+/// (`Event 0113 747 4760`) a number in a national phone format is still a phone number.
+pub(super) fn port_or_pid_before(before: &str) -> bool {
+    let [last, _] = last_words(before);
+    matches!(last.as_str(), "port" | "pid" | "tid" | "ppid")
+}
+
+/// The card number after a card word (`card no. 3591792033238578`): the longest printed,
+/// Luhn-valid prefix of 12 to 19 digits of the digits that follow, whatever its issuer, ending
+/// where the number ends. The range is absolute.
+pub(super) fn labelled_card(text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    let s = &text[r.clone()];
+    let start = r.start + s.find(|c: char| c.is_ascii_digit())?;
+    card_lens(&text[start..r.end])
+        .into_iter()
+        .map(|(n, _)| start..start + n)
+        .find(|c| {
+            let next_digit = text.as_bytes().get(c.end).is_some_and(u8::is_ascii_digit);
+            !next_digit && !in_numeric_run(text, c.clone())
+        })
+}
+
+/// The last word just before a bare digit run and the word before it, lower case (empty when
+/// absent): `order_id=` gives `id`, `order`.
+fn last_words(before: &str) -> [String; 2] {
+    let mut tail_start = before.len().saturating_sub(32);
     while !before.is_char_boundary(tail_start) {
         tail_start += 1;
     }
     let tail = before[tail_start..].trim_end_matches([' ', ':', '=', '#', '"', '\'', '(', '[']);
-    let word = tail
-        .rsplit(|c: char| !c.is_ascii_alphanumeric())
-        .next()
+    let mut words = tail.rsplit(|c: char| !c.is_ascii_alphanumeric());
+    let last = words.next().unwrap_or("").to_ascii_lowercase();
+    let previous = words
+        .find(|w| !w.is_empty())
         .unwrap_or("")
         .to_ascii_lowercase();
-    ID_WORDS.contains(&word.as_str())
+    [last, previous]
 }
 
-/// The byte lengths of the prefixes of a card candidate that are card numbers, longest first:
-/// 12 to 19 digits, plain or in groups the way cards are printed (fours, or 4-6-5 / 4-6-4) with
-/// one kind of separator, a known issuer prefix with a length it issues, and a valid Luhn check
-/// digit.
-pub(super) fn card_lens(s: &str) -> Vec<usize> {
+/// The byte lengths of the prefixes of a card candidate that may be card numbers, longest
+/// first: 12 to 19 digits, plain or in groups the way cards are printed (fours, or 4-6-5 /
+/// 4-6-4) with one kind of separator, and a valid Luhn check digit; each with whether its
+/// prefix is an issuer's with a length it issues.
+pub(super) fn card_lens(s: &str) -> Vec<(usize, bool)> {
     // The candidate may run into the next number with another separator: cut it there.
     let sep = s.bytes().find(|b| !b.is_ascii_digit());
     let s = match sep {
@@ -376,21 +433,19 @@ pub(super) fn card_lens(s: &str) -> Vec<usize> {
             .filter(u8::is_ascii_digit)
             .map(|b| b - b'0')
             .collect();
-        if card_digits_valid(&digits) {
-            found.push(end);
+        if (12..=19).contains(&digits.len()) && luhn(&digits) {
+            found.push((end, issued_range(&digits)));
         }
     }
     found
 }
 
-fn card_digits_valid(d: &[u8]) -> bool {
+/// True when the number's prefix is an issuer's and its length one that issuer uses.
+fn issued_range(d: &[u8]) -> bool {
     let n = d.len();
-    if !(12..=19).contains(&n) {
-        return false;
-    }
     let p = |k: usize| d[..k].iter().fold(0u32, |a, &x| a * 10 + u32::from(x));
     let (p2, p3, p4) = (p(2), p(3), p(4));
-    let length_ok = if d[0] == 4 {
+    if d[0] == 4 {
         matches!(n, 13 | 16 | 19)
     } else if (51..=55).contains(&p2) || (2221..=2720).contains(&p4) {
         n == 16
@@ -405,11 +460,16 @@ fn card_digits_valid(d: &[u8]) -> bool {
         (16..=19).contains(&n)
     } else if (300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39 {
         (14..=19).contains(&n)
+    } else if p4 == 2131 || p4 == 1800 {
+        // JCB's older 15-digit ranges.
+        n == 15
+    } else if p2 == 81 || p2 == 82 {
+        // RuPay.
+        n == 16
     } else {
-        // Maestro and other debit ranges: any length from 12 to 19.
-        p2 == 50 || (56..=69).contains(&p2)
-    };
-    length_ok && luhn(d)
+        // Maestro (also its `0604` range) and other debit ranges: any length from 12 to 19.
+        p2 == 50 || (56..=69).contains(&p2) || p4 == 604
+    }
 }
 
 fn luhn(d: &[u8]) -> bool {
@@ -576,6 +636,12 @@ pub(super) fn intl_phone_ends(text: &str, r: Range<usize>) -> Vec<usize> {
         if !b.is_ascii_digit() {
             continue;
         }
+        // The trunk prefix written after the country code (`+49 (0)30 …`) is not dialled
+        // from abroad and not one of the E.164 digits.
+        let trunk = *b == b'0' && i > 0 && bytes[i - 1] == b'(' && bytes.get(i + 1) == Some(&b')');
+        if trunk {
+            continue;
+        }
         digits += 1;
         if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
             continue;
@@ -591,10 +657,11 @@ pub(super) fn intl_phone_ends(text: &str, r: Range<usize>) -> Vec<usize> {
         } else {
             (8..=13).contains(&digits)
         };
-        let whole_token = text
-            .as_bytes()
-            .get(r.start + i + 1)
-            .is_none_or(|n| !n.is_ascii_alphanumeric() && *n != b'_');
+        let whole_token = ext_at.is_some_and(|e| s[i + 1..e].trim().is_empty())
+            || text
+                .as_bytes()
+                .get(r.start + i + 1)
+                .is_none_or(|n| !n.is_ascii_alphanumeric() && *n != b'_');
         if ok && whole_token && !in_numeric_run(text, r.start..r.start + end) {
             ends.push(r.start + end);
         }
