@@ -81,3 +81,50 @@ fn text_lines_and_traces_become_entries() {
     assert_eq!(answer["error"]["code"], "invalid_format");
     veil.stop();
 }
+
+/// The lines Python's `logging.exception()` writes, posted as text: one entry with the message
+/// line's time and level and the traceback's exception (issue 25).
+#[test]
+fn a_python_traceback_under_its_log_line_is_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &[]);
+    let when = (time::OffsetDateTime::now_utc() - time::Duration::minutes(5))
+        .replace_nanosecond(500_000_000)
+        .unwrap();
+    let ts = when
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = format!(
+        "{ts} ERROR payment worker crashed\n\
+         Traceback (most recent call last):\n  \
+         File \"/srv/pay/worker.py\", line 88, in handle\n    \
+         amount = order[\"amount\"]\n\
+         KeyError: 'amount'\n"
+    );
+    let (status, answer) = veil.post_with_headers(
+        "/api/v1/logs",
+        "text/plain",
+        &[("x-service-name", "pay")],
+        body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let found = veil.wait_for_query(
+        json!({"filters": {"services": ["pay"]}}),
+        "the traceback entry",
+        |a| a["total"] == 1,
+    );
+    let entry = &found["logs"][0];
+    assert_eq!(entry["level"], "ERROR", "{entry}");
+    assert_eq!(entry["exception_type"], "KeyError", "{entry}");
+    let message = entry["message"].as_str().unwrap();
+    assert!(message.starts_with(&ts), "{entry}");
+    assert!(message.contains("payment worker crashed"), "{entry}");
+    assert!(message.contains("worker.py"), "{entry}");
+    let stored = time::OffsetDateTime::parse(
+        entry["timestamp"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(stored, when, "{entry}");
+}
