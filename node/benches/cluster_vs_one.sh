@@ -21,7 +21,10 @@ echo "== one node"
 "$BIN" serve --data-dir "$WORK/one" --key-file "$WORK/keys.toml" --http-addr 127.0.0.1:19420 \
   --grpc-addr 127.0.0.1:19421 --peer-addr 127.0.0.1:19422 > "$WORK/one.out" 2> "$WORK/one.err" &
 one=$!
-until grep -q "veil ready" "$WORK/one.out" 2>/dev/null; do sleep 0.2; done
+until grep -q "veil ready" "$WORK/one.out" 2>/dev/null; do
+  kill -0 $one 2>/dev/null || { cat "$WORK/one.err"; exit 1; }
+  sleep 0.2
+done
 c0=$(cpu_of $one)
 bench 127.0.0.1:19420 "$SECS" > "$WORK/one.json"
 c1=$(cpu_of $one)
@@ -29,13 +32,17 @@ kill -TERM $one; wait $one || true
 python3 - "$WORK/one.json" "$c0" "$c1" "$tick" <<'PY'
 import json,sys
 r=json.load(open(sys.argv[1])); n=r["entries_acknowledged"]; cpu=(float(sys.argv[3])-float(sys.argv[2]))/float(sys.argv[4])
-print(f"one node: {r['entries_per_sec']:.0f} entries/s, p99 ack {r['latency_ms']['p99']:.1f} ms, node CPU {cpu:.1f} s = {cpu/n*1e6:.1f} us/entry")
+assert r["verified"], r
+print(f"one node: {r['entries_per_second']:.0f} entries/s, p99 ack {r['ack_latency']['p99_ms']:.1f} ms, node CPU {cpu:.1f} s = {cpu/n*1e6:.1f} us/entry")
 PY
 
 echo "== three nodes"
-"$BIN" cluster up --nodes 3 --dir "$WORK/three" --base-port 19500 -- --key-file "$WORK/keys.toml" > "$WORK/three.out" 2>&1 &
+"$BIN" cluster up --nodes 3 --dir "$WORK/three" --base-port 19500 > "$WORK/three.out" 2>&1 &
 up=$!
-until grep -q "cluster ready" "$WORK/three.out" 2>/dev/null; do sleep 0.2; done
+until grep -q "cluster ready" "$WORK/three.out" 2>/dev/null; do
+  kill -0 $up 2>/dev/null || { cat "$WORK/three.out"; exit 1; }
+  sleep 0.2
+done
 pids=$(pgrep -f "$WORK/three/node-.* " | tr '\n' ' ')
 before=$(for p in $pids; do cpu_of $p; done | tr '\n' ' ')
 sleep "$IDLE"
@@ -54,16 +61,17 @@ import json,sys
 r=json.load(open(sys.argv[1])); n=r["entries_acknowledged"]; t=float(sys.argv[4])
 b=[float(x) for x in sys.argv[2].split()]; a=[float(x) for x in sys.argv[3].split()]
 cpu=[(y-x)/t for x,y in zip(b,a)]
-one=json.load(open(sys.argv[5]))["entries_per_sec"]
-print(f"three nodes: {r['entries_per_sec']:.0f} entries/s ({r['entries_per_sec']/one*100:.0f} % of one node), p99 ack {r['latency_ms']['p99']:.1f} ms")
+one=json.load(open(sys.argv[5]))["entries_per_second"]
+assert r["verified"], r
+print(f"three nodes: {r['entries_per_second']:.0f} entries/s ({r['entries_per_second']/one*100:.0f} % of one node), p99 ack {r['ack_latency']['p99_ms']:.1f} ms")
 print("CPU per entry per replica: " + ", ".join(f"{c/n*1e6:.1f} us" for c in cpu) + f" (sum {sum(cpu)/n*1e6:.1f} us)")
-print(f"HALF_RATE={int(r['entries_per_sec']/2)}")
+print(f"HALF_RATE={int(r['entries_per_second']/2)}")
 PY
-half=$(python3 -c "import json;print(int(json.load(open('$WORK/three.json'))['entries_per_sec']/2))")
+half=$(python3 -c "import json;print(int(json.load(open('$WORK/three.json'))['entries_per_second']/2))")
 bench 127.0.0.1:19500 "$SECS" "--rate $half" > "$WORK/half.json"
 python3 - "$WORK/half.json" <<'PY'
 import json,sys
-r=json.load(open(sys.argv[1])); l=r["latency_ms"]
-print(f"steady {r['entries_per_sec']:.0f} entries/s on three nodes: ack p50 {l['p50']:.1f} ms, p99 {l['p99']:.1f} ms, max {l['max']:.1f} ms")
+r=json.load(open(sys.argv[1])); l=r["ack_latency"]
+print(f"steady {r['entries_per_second']:.0f} entries/s on three nodes: ack p50 {l['p50_ms']:.1f} ms, p99 {l['p99_ms']:.1f} ms, max {l['max_ms']:.1f} ms")
 PY
 kill -TERM $up; wait $up || true

@@ -173,25 +173,38 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(args.ready_timeout_secs);
     let mut started = Vec::new();
     let mut lines = Vec::new();
-    let wait = |s: &Started, i: usize| -> anyhow::Result<String> {
-        s.ready.recv_timeout(timeout).map_err(|_| {
-            anyhow::anyhow!(
-                "node {} printed no ready line within {}s (see {})",
-                i + 1,
-                timeout.as_secs(),
-                args.dir.join(format!("node-{}.log", i + 1)).display()
-            )
-        })
+    let wait = |s: &mut Started, i: usize| -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(line) = s.ready.recv_timeout(Duration::from_millis(200)) {
+                return Ok(line);
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                bail!(
+                    "node {} exited ({status}) before it was ready (see {})",
+                    i + 1,
+                    log_path(&args.dir, i).display()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "node {} printed no ready line within {}s (see {})",
+                    i + 1,
+                    timeout.as_secs(),
+                    log_path(&args.dir, i).display()
+                );
+            }
+        }
     };
     let result = (|| -> anyhow::Result<()> {
         if fresh {
             // The first node founds the cluster; the others join through it once it answers.
             started.push(spawn(&args, 0, &layout.nodes[0], None)?);
-            lines.push(wait(&started[0], 0)?);
+            lines.push(wait(&mut started[0], 0)?);
             for (i, addrs) in layout.nodes.iter().enumerate().skip(1) {
                 started.push(spawn(&args, i, addrs, Some(&join))?);
             }
-            for (i, s) in started.iter().enumerate().skip(1) {
+            for (i, s) in started.iter_mut().enumerate().skip(1) {
                 lines.push(wait(s, i)?);
             }
         } else {
@@ -200,7 +213,7 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
                 let join = (i > 0).then_some(join.as_str());
                 started.push(spawn(&args, i, addrs, join)?);
             }
-            for (i, s) in started.iter().enumerate() {
+            for (i, s) in started.iter_mut().enumerate() {
                 lines.push(wait(s, i)?);
             }
         }

@@ -69,6 +69,17 @@ pub struct WindowParams {
     pub level: Option<String>,
     /// Trend bucket size for details (`1m`, `1h`…) [default: chosen from the window].
     pub bucket: Option<String>,
+    /// `strong`: every entry acknowledged before the question is counted; `any` (default).
+    pub consistency: Option<String>,
+}
+
+/// With `consistency=strong`, waits until every replica of this node has applied what its
+/// shard's leader had committed (counters are read from what is applied).
+async fn catch_up_if_strong(node: &Arc<Node>, p: &WindowParams) -> Result<(), ApiError> {
+    if crate::query::strong_consistency(p.consistency.as_deref())? {
+        node.catch_up_replicas_strictly().await?;
+    }
+    Ok(())
 }
 
 /// Parses `90s`, `45m`, `1h`, `3d`, `1w` into seconds.
@@ -618,6 +629,7 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
     }
     let window = resolve_window(&p, "1h", now_us())?;
     let filter = filter_of(&p, None)?;
+    catch_up_if_strong(node, &p).await?;
     let unfiltered = filter.services.is_empty() && !filter.has_dimensions();
     let by_service_only = !filter.services.is_empty() && !filter.has_dimensions();
     let exceptions: Vec<TopItem> = if unfiltered || by_service_only {
@@ -686,6 +698,7 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         )
     })?;
     let window = resolve_window(&p, "24h", now_us())?;
+    catch_up_if_strong(node, &p).await?;
     let minutes = window.end - window.start;
     let bucket = match &p.bucket {
         Some(b) => {

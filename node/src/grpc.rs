@@ -179,6 +179,43 @@ impl Veil for VeilService {
         }))
     }
 
+    async fn cluster(
+        &self,
+        _request: Request<veil_proto::v1::ClusterRequest>,
+    ) -> Result<Response<veil_proto::v1::ClusterResponse>, Status> {
+        use veil_proto::v1::{ClusterNode, ClusterResponse, ClusterShard};
+        let status = crate::cluster::status::cluster(&self.node).await;
+        Ok(Response::new(ClusterResponse {
+            cluster_id: status.cluster_id,
+            node_id: status.node_id,
+            metadata_leader: status.metadata_leader.unwrap_or(0),
+            nodes: status
+                .nodes
+                .into_iter()
+                .map(|n| ClusterNode {
+                    id: n.id,
+                    http_addr: n.http_addr,
+                    grpc_addr: n.grpc_addr,
+                    peer_addr: n.peer_addr,
+                    state: n.state.to_string(),
+                })
+                .collect(),
+            shards: status
+                .shards
+                .into_iter()
+                .map(|s| ClusterShard {
+                    shard: s.shard,
+                    replicas: s.replicas,
+                    learners: s.learners,
+                    leader: s.leader.unwrap_or(0),
+                    term: s.term,
+                    commit_index: s.commit_index,
+                    applied_index: s.applied_index,
+                })
+                .collect(),
+        }))
+    }
+
     async fn exception_details(
         &self,
         request: Request<ExceptionDetailsRequest>,
@@ -356,6 +393,7 @@ fn window_params(w: ExceptionWindow) -> crate::exceptions::WindowParams {
         environment: joined(w.environments),
         region: joined(w.regions),
         level: joined(w.levels),
+        consistency: opt(w.consistency),
         ..Default::default()
     }
 }

@@ -868,6 +868,15 @@ impl Node {
         } else {
             None
         };
+        if items
+            .iter()
+            .any(|i| matches!(i, Ok(p) if p.keyed && p.received_time))
+        {
+            // A keyed entry timed by its arrival routes by the hour it arrives in; a retry of
+            // it (here or on another node, maybe in another hour) finds the first copy only if
+            // this node's replicas hold everything acknowledged: catch them up first.
+            self.catch_up_replicas().await;
+        }
         let mut results: Vec<Option<EntryResult>> = vec![None; items.len()];
         // Per shard, and apart by whether the node minted the log_ids (only keyed entries need
         // the shard's duplicate check).

@@ -443,10 +443,72 @@ impl Node {
         }
     }
 
+    /// Brings every replica of this node up to what its leader has committed (as a strong
+    /// read does), shards at once, within `--forward-timeout-ms`; a shard that cannot be caught
+    /// up (no leader) is looked up as it is, and its write fails on its own.
+    pub async fn catch_up_replicas(&self) {
+        let timeout = self.cluster.forward_timeout;
+        let waits = self
+            .groups
+            .iter()
+            .map(|g| g.shard.id())
+            .filter(|s| !self.single_voter(*s))
+            .map(|s| self.wait_applied(s, timeout));
+        for result in futures::future::join_all(waits).await {
+            if let Err(e) = result {
+                tracing::debug!(
+                    code = e.code,
+                    "replica not caught up before a keyed look-up"
+                );
+            }
+        }
+    }
+
+    /// Like [`Node::catch_up_replicas`], failing (503) when a shard cannot be caught up: for a
+    /// strong question, which must not answer from a replica that may be behind.
+    pub async fn catch_up_replicas_strictly(&self) -> Result<(), ApiError> {
+        let timeout = self.cluster.forward_timeout;
+        let waits = self
+            .groups
+            .iter()
+            .map(|g| g.shard.id())
+            .map(|s| self.wait_applied(s, timeout));
+        for result in futures::future::join_all(waits).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// True when this node is `shard`'s only voter.
+    fn single_voter(&self, shard: ShardId) -> bool {
+        let m = self.groups[shard.0 as usize]
+            .raft
+            .metrics()
+            .borrow_watched()
+            .clone();
+        m.membership_config
+            .membership()
+            .voter_ids()
+            .eq([self.cluster.me])
+    }
+
     /// Waits until this node's replica of `shard` has applied everything acknowledged before
     /// now: asks the shard's leader for its read index, then waits for the local apply to reach
     /// it (read-your-writes on any replica).
     pub async fn wait_strong(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
+        self.wait_applied(shard, timeout).await?;
+        // Applied is not yet searchable: the index commit makes it so.
+        let shard = self.groups[shard.0 as usize].shard.clone();
+        tokio::task::spawn_blocking(move || shard.commit_index())
+            .await
+            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?
+            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?;
+        Ok(())
+    }
+
+    /// Waits until this node's replica of `shard` has applied what its leader had committed
+    /// when asked (its read index).
+    async fn wait_applied(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
         let group = &self.groups[shard.0 as usize];
         let deadline = tokio::time::Instant::now() + timeout;
         let index = loop {
@@ -487,12 +549,6 @@ impl Node {
                     format!("this node's replica of shard {shard} did not catch up in time"),
                 )
             })?;
-        // Applied is not yet searchable: the index commit makes it so.
-        let shard = group.shard.clone();
-        tokio::task::spawn_blocking(move || shard.commit_index())
-            .await
-            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?
-            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?;
         Ok(())
     }
 }

@@ -175,6 +175,9 @@ pub struct PreparedEntry {
     pub findings: Findings,
     /// True when the log_id comes from an idempotency key.
     pub keyed: bool,
+    /// True when the entry came without a timestamp and took the receive time: a retry of it
+    /// may arrive in another hour (another shard), so its key is looked up strongly.
+    pub received_time: bool,
 }
 
 const SERVICE_LEN_MAX: usize = 256;
@@ -549,6 +552,7 @@ pub fn prepare(
             Value::String("receive_time".into()),
         );
     }
+    let received_time = timestamp_us.is_none();
     let ts = timestamp_us.unwrap_or(now_us);
     let log_id = match &idempotency_key {
         Some(key) => {
@@ -592,6 +596,7 @@ pub fn prepare(
         entry,
         findings,
         keyed,
+        received_time,
     })
 }
 

@@ -204,7 +204,11 @@ fn answers(http: &str, strong: bool) -> Value {
         a["execution_time_ms"] = Value::Null;
         a
     };
-    let (_, mut top) = get(http, "/api/v1/exceptions/top-k?k=10&window=1h");
+    let (status, mut top) = get(
+        http,
+        &format!("/api/v1/exceptions/top-k?k=10&window=1h&consistency={consistency}"),
+    );
+    assert_eq!(status, 200, "{top}");
     for key in [
         "window_start",
         "window_end",
@@ -286,6 +290,38 @@ fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
         );
     }
     c.wait_digests_agree();
+    // The gRPC twin of GET /api/v1/cluster names the same members and replicas.
+    let (_, http_view) = get(&c.http(1), "/api/v1/cluster");
+    let grpc_addr = c.node(1).grpc.clone();
+    let grpc_view = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut client =
+                veil_proto::v1::veil_client::VeilClient::connect(format!("http://{grpc_addr}"))
+                    .await
+                    .unwrap();
+            client
+                .cluster(veil_proto::v1::ClusterRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        });
+    assert_eq!(grpc_view.nodes.len(), 3);
+    assert!(grpc_view.nodes.iter().all(|n| n.state == "up"));
+    assert_eq!(grpc_view.cluster_id, http_view["cluster_id"]);
+    for (g, h) in grpc_view
+        .shards
+        .iter()
+        .zip(http_view["shards"].as_array().unwrap())
+    {
+        let replicas: Vec<u64> = h["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_u64().unwrap())
+            .collect();
+        assert_eq!(g.replicas, replicas);
+    }
 
     // Keyed ingest with client retries while the leader of shard 0 is killed with -9.
     let victim = c.leader_of(0);
