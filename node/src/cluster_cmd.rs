@@ -127,6 +127,8 @@ fn spawn(
         .args(["--http-addr", &addrs.http])
         .args(["--grpc-addr", &addrs.grpc])
         .args(["--peer-addr", &addrs.peer])
+        // Node N of the layout is node id N, whatever order the joins arrive in.
+        .args(["--node-id", &(i + 1).to_string()])
         .args([
             "--key-file",
             &args.dir.join("keys.toml").display().to_string(),

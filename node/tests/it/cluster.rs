@@ -477,3 +477,108 @@ fn a_wiped_node_is_restored_through_a_snapshot() {
         .expect("the snapshots-received counter");
     assert!(received >= 1, "restored without a snapshot?\n{metrics}");
 }
+
+/// A `veil cluster up` process; if the test fails first, it is sent SIGTERM (so it stops its
+/// nodes, which a SIGKILL would leave running) and waited for.
+struct Up(std::process::Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // Cleanup on the way out; the process may already be gone.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `veil cluster up` until it says `cluster ready`; returns the process and its node lines.
+fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = Up(std::process::Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["cluster", "up", "--nodes", "3", "--dir"])
+        .arg(dir)
+        .args(["--base-port", &base.to_string(), "--", "--shards", SHARDS])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(180))
+            .expect("veil cluster up said cluster ready");
+        if line == "cluster ready" {
+            return (child, lines);
+        }
+        lines.push(line);
+    }
+}
+
+fn sigterm_and_wait(up: &mut Up) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &up.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = up.0.wait().unwrap();
+    assert!(exit.success(), "veil cluster up exited with {exit}");
+}
+
+#[test]
+fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nine ports: base, base+10 and base+20, each with the next two.
+    let base = loop {
+        let p = Ports::free();
+        let free = [10u16, 11, 12, 20, 21, 22]
+            .iter()
+            .all(|d| std::net::TcpListener::bind(("127.0.0.1", p.http + d)).is_ok());
+        if free {
+            break p.http;
+        }
+    };
+    let (mut up, lines) = cluster_up(dir.path(), base);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (i, line) in lines.iter().enumerate() {
+        let port = base + 10 * i as u16;
+        assert_eq!(
+            line,
+            &format!(
+                "node {} http=127.0.0.1:{port} grpc=127.0.0.1:{} peer=127.0.0.1:{}",
+                i + 1,
+                port + 1,
+                port + 2
+            )
+        );
+    }
+    let http = format!("127.0.0.1:{}", base + 10);
+    let (_, status) = get(&http, "/api/v1/cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    let (code, answer) = ingest(&http, &entries("up", 10, true)).unwrap();
+    assert_eq!(code, 200, "{answer}");
+    sigterm_and_wait(&mut up);
+    // Run again: the same nodes on the same addresses, with what they held.
+    let (mut up, again) = cluster_up(dir.path(), base);
+    assert_eq!(again, lines);
+    let (_, held) = post(
+        &format!("127.0.0.1:{base}"),
+        "/api/v1/logs/query",
+        &json!({"limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(held["total"], 10, "{held}");
+    sigterm_and_wait(&mut up);
+}
