@@ -224,10 +224,23 @@ async fn on_shards<T: Send + 'static>(
     what: &'static str,
     f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
 ) -> Result<Vec<T>, ApiError> {
-    let tasks: Vec<_> = node
+    let asked: Vec<_> = node
         .groups
         .iter()
         .filter(|g| only.is_none_or(|ids| ids.contains(&g.shard.id())))
+        .collect();
+    if let Some(g) = asked.iter().find(|g| !node.holds_replica(g.shard.id())) {
+        // An empty group here is not an empty shard: refuse rather than undercount.
+        return Err(ApiError::unavailable(
+            "no_local_replica",
+            format!(
+                "this node holds no replica of shard {}; ask a node that does (GET /api/v1/cluster)",
+                g.shard.id()
+            ),
+        ));
+    }
+    let tasks: Vec<_> = asked
+        .into_iter()
         .map(|g| {
             let (shard, f) = (g.shard.clone(), f.clone());
             tokio::task::spawn_blocking(move || f(&shard))

@@ -268,6 +268,13 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
         let slots = node.query_slots.clone();
         let clock = clock.clone();
         let task = async move {
+            if !node.holds_replica(shard_id) {
+                // An empty group here is not an empty shard: count it failed, not empty.
+                return Err(ApiError::unavailable(
+                    "no_local_replica",
+                    format!("this node holds no replica of shard {shard_id}"),
+                ));
+            }
             if strong {
                 node.wait_strong(shard_id, deadline.saturating_duration_since(Instant::now()))
                     .await?;
@@ -293,6 +300,9 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
     });
     let answers = futures::future::join_all(tasks).await;
     let (mut total, mut failed, mut timed_out) = (0u64, 0usize, 0usize);
+    // Failed shards whose failure a retry can fix (no leader to confirm a strong read, no
+    // replica here): with only those, the answer is a 503.
+    let mut unavailable = 0usize;
     let mut merged: Vec<(SortKey, StoredEntry)> = Vec::new();
     let mut partial_aggs: Option<IntermediateAggregationResults> = None;
     for answer in answers {
@@ -312,7 +322,11 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
             Err(None) => timed_out += 1,
             Err(Some(e)) if e.status.is_client_error() => return Err(e),
             Err(Some(e)) => {
-                tracing::error!(code = e.code, "shard query failed");
+                if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable += 1;
+                } else {
+                    tracing::error!(code = e.code, "shard query failed");
+                }
                 failed += 1;
             }
         }
@@ -354,6 +368,16 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
                  the others found (set allow_partial to accept it with status 200)",
                 shards.len(),
                 timeout.as_millis()
+            ),
+        ))
+    } else if unavailable == failed {
+        Some(ApiError::unavailable(
+            "shards_unavailable",
+            format!(
+                "{failed} of {} shards cannot answer here right now (no leader to confirm a \
+                 strong read, or no replica on this node); retry, or set allow_partial to \
+                 accept what the others found with status 200",
+                shards.len()
             ),
         ))
     } else {

@@ -443,8 +443,12 @@ impl ShardIndex {
         prepared.commit()?;
         state.committed_up_to = up_to;
         state.dirty = false;
-        drop(state);
+        // Reloaded before the writer's lock is released: a concurrent caller that finds
+        // nothing to commit returns at once, and must then find the reader showing this commit
+        // (a strong read commits, then searches; it missed entries when the 500 ms tick's
+        // commit had released the lock but not yet reloaded).
         self.reader.reload()?;
+        drop(state);
         self.columns.keep_only(&self.reader.searcher());
         Ok(Some(up_to))
     }

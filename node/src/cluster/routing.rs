@@ -479,6 +479,20 @@ impl Node {
         Ok(())
     }
 
+    /// True when this node is one of `shard`'s voters (holds a caught-up replica). With more
+    /// than three members some shards are placed elsewhere; questions about them are not yet
+    /// sent to the nodes that hold them.
+    pub fn holds_replica(&self, shard: ShardId) -> bool {
+        self.groups[shard.0 as usize]
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == self.cluster.me)
+    }
+
     /// True when this node is `shard`'s only voter.
     fn single_voter(&self, shard: ShardId) -> bool {
         let m = self.groups[shard.0 as usize]

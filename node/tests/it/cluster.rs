@@ -454,13 +454,19 @@ fn a_wiped_node_is_restored_through_a_snapshot() {
         id,
         "the same peer address rejoins as the same node"
     );
-    let (_, restored) = post(
-        &c.http(wiped),
-        "/api/v1/logs/query",
-        &json!({"limit": 0, "consistency": "strong"}),
-    )
-    .unwrap();
+    // A strong read answers 503 (retry) while the wiped replica is still being restored; once
+    // it answers, it holds everything.
+    let restored = wait_for("the wiped node's strong read", 120, || {
+        let (status, a) = post(
+            &c.http(wiped),
+            "/api/v1/logs/query",
+            &json!({"limit": 0, "consistency": "strong", "timeout_ms": 5000}),
+        )
+        .ok()?;
+        (status == 200).then_some(a)
+    });
     assert_eq!(restored["total"], 300, "{restored}");
+    assert_eq!(restored["partial"], false, "{restored}");
     let held = c.wait_digests_agree();
     assert_eq!(held.iter().sum::<u64>(), 300);
     let (_, metrics) = {
