@@ -357,18 +357,7 @@ impl AppGenerator {
     fn ip_message(&mut self) -> (String, String) {
         let r = &mut self.rng;
         if r.chance(0.75) {
-            let first = loop {
-                let f = r.range(1, 254);
-                if f != 127 {
-                    break f;
-                }
-            };
-            let v = format!(
-                "{first}.{}.{}.{}",
-                r.below(256),
-                r.below(256),
-                r.range(1, 254)
-            );
+            let v = super::corpus::ipv4(r);
             let port = r.range(1024, 65535);
             let phrase = match r.below(16) {
                 0 => format!("Connection broken for id 2, my id = 1, error = /{v}:3888"),

@@ -52,6 +52,23 @@ pub fn loghub_dir() -> PathBuf {
     dir
 }
 
+/// A random IPv4 address of the kind that must be masked: not loopback, not 0/8, not a
+/// broadcast or network address in its last byte. Both generators plant them.
+pub fn ipv4(r: &mut Rng) -> String {
+    let first = loop {
+        let f = r.range(1, 254);
+        if f != 127 {
+            break f;
+        }
+    };
+    format!(
+        "{first}.{}.{}.{}",
+        r.below(256),
+        r.below(256),
+        r.range(1, 254)
+    )
+}
+
 /// A small deterministic generator (SplitMix64).
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -559,18 +576,7 @@ impl Generator {
     fn ip(&mut self) -> (String, String) {
         let r = &mut self.rng;
         if r.chance(0.5) {
-            let first = loop {
-                let f = r.range(1, 254);
-                if f != 127 {
-                    break f;
-                }
-            };
-            let v = format!(
-                "{first}.{}.{}.{}",
-                r.below(256),
-                r.below(256),
-                r.range(1, 254)
-            );
+            let v = ipv4(r);
             match r.below(6) {
                 0 => (format!("client {v}:{} connected", r.range(1024, 65535)), v),
                 1 => (format!("[{v}]"), v),
