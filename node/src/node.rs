@@ -915,20 +915,30 @@ impl Node {
                     std::mem::replace(&mut rest, tail).into_iter().unzip();
                 let ids: Vec<uuid::Uuid> = entries.iter().map(|e| e.log_id).collect();
                 proposals.push(async move {
-                    let outcomes = self.commit_part(shard, minted, entries).await?;
-                    Ok::<_, ApiError>(
-                        positions
-                            .into_iter()
-                            .zip(ids)
-                            .zip(outcomes)
-                            .map(|((p, id), o)| (p, id, o))
-                            .collect::<Vec<_>>(),
-                    )
+                    let result = self.commit_part(shard, minted, entries).await;
+                    (positions, ids, result)
                 });
             }
         }
-        for outcome in futures::future::join_all(proposals).await {
-            for (pos, log_id, outcome) in outcome? {
+        // A shard part that could not be stored in time (its group has no leader, or lost its
+        // majority) answers a retryable error for its own entries; the others are stored.
+        // When nothing at all was stored the whole request is that error (503, Retry-After).
+        let mut retryable: Option<ApiError> = None;
+        let mut stored_any = false;
+        for (positions, ids, result) in futures::future::join_all(proposals).await {
+            let outcomes = match result {
+                Ok(outcomes) => outcomes,
+                Err(e) if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+                    for pos in positions {
+                        results[pos] = Some(EntryResult::Rejected(e.clone().with_line(pos + 1)));
+                    }
+                    retryable.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            stored_any = true;
+            for ((pos, log_id), outcome) in positions.into_iter().zip(ids).zip(outcomes) {
                 let f = findings[pos].take().unwrap_or_default();
                 crate::metrics::Metrics::add(
                     if outcome == EntryOutcome::Duplicate {
@@ -945,6 +955,9 @@ impl Node {
                     pii_masked: f.any(),
                 }));
             }
+        }
+        if let (false, Some(e)) = (stored_any, retryable) {
+            return Err(e);
         }
         results
             .into_iter()
