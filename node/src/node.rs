@@ -705,13 +705,47 @@ impl Node {
                 Err(e) => return Err(e.context("could not record this node in the cluster")),
             }
         }
-        for group in &self.groups {
+        // The shards placed on this node: it is ready once it votes in each of them (a joining
+        // node is added as a learner first and catches up before it votes), and knows a leader
+        // for every shard.
+        let members: Vec<veil_raft::NodeId> = self
+            .cluster
+            .meta_store
+            .state()
+            .members
+            .keys()
+            .copied()
+            .collect();
+        let placed = crate::cluster::placement::place(&members, self.shard_map.shard_count());
+        let me = self.cluster.me;
+        for (group, replicas) in self.groups.iter().zip(placed) {
+            let voter = replicas.contains(&me);
             group
                 .raft
                 .wait(Some(deadline))
-                .metrics(|m| m.current_leader.is_some(), "shard leader known")
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some()
+                            && (!voter
+                                || m.membership_config
+                                    .membership()
+                                    .voter_ids()
+                                    .any(|id| id == me))
+                    },
+                    "shard leader known and this node voting where placed",
+                )
                 .await
-                .with_context(|| format!("shard {} has no leader in time", group.shard.id()))?;
+                .with_context(|| {
+                    format!(
+                        "shard {} has no leader{} in time",
+                        group.shard.id(),
+                        if voter {
+                            " or this node is not yet its voter"
+                        } else {
+                            ""
+                        }
+                    )
+                })?;
         }
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
