@@ -119,7 +119,7 @@ fn spawn(
 ) -> anyhow::Result<Started> {
     let exe = std::env::current_exe().context("cannot find the veil binary")?;
     let data_dir = args.dir.join(format!("node-{}", i + 1));
-    let log = std::fs::File::create(args.dir.join(format!("node-{}.log", i + 1)))
+    let log = std::fs::File::create(log_path(&args.dir, i))
         .context("failed to create the node's log file")?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")

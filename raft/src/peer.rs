@@ -84,14 +84,6 @@ impl Peers {
             .get(&id)
             .cloned()
     }
-
-    /// Forgets node `id`'s channel (it left the cluster).
-    pub fn forget(&self, id: NodeId) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
-    }
 }
 
 /// The endpoint of a peer address, with the transport's timeouts.

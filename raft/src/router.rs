@@ -147,14 +147,6 @@ impl Router {
             .insert(group, endpoint);
     }
 
-    /// Stops routing to `group`.
-    pub fn remove(&self, group: GroupId) {
-        self.groups
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&group);
-    }
-
     /// How long ago `group` last took an AppendEntries from a leader (None: never since start).
     pub fn since_leader_heard(&self, group: GroupId) -> Option<std::time::Duration> {
         self.heard

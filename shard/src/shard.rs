@@ -1743,6 +1743,33 @@ impl Shard {
     /// that applied the same log hold the same bytes, so equal applied indexes must give equal
     /// digests (the cluster tests compare them).
     pub fn digest(&self) -> Result<ShardDigest> {
+        let (applied, (hasher, entries)) = self.read_consistent(
+            |_| Ok((xxhash_rust::xxh3::Xxh3::new(), 0u64)),
+            |(hasher, entries), key, value| {
+                hasher.update(&(key.len() as u32).to_be_bytes());
+                hasher.update(key);
+                hasher.update(&(value.len() as u32).to_be_bytes());
+                hasher.update(value);
+                *entries += 1;
+                Ok(())
+            },
+        )?;
+        Ok(ShardDigest {
+            applied_index: applied.last_applied.map(|l| l.index()).unwrap_or(0),
+            entries,
+            digest: hasher.digest(),
+        })
+    }
+
+    /// Reads one consistent view of the shard from a single RocksDB snapshot: its applied
+    /// state, then every `(key, value)` of its entries in key order — what a snapshot file
+    /// carries and a replica digest covers. `start` sees the applied state first and returns
+    /// what `each` fills.
+    pub(crate) fn read_consistent<T>(
+        &self,
+        start: impl FnOnce(&AppliedState) -> Result<T>,
+        mut each: impl FnMut(&mut T, &[u8], &[u8]) -> Result<()>,
+    ) -> Result<(AppliedState, T)> {
         let snap = self.db.snapshot();
         let applied: AppliedState = match snap.get_cf(
             self.cf(CF_SHARD_META)?,
@@ -1754,10 +1781,8 @@ impl Shard {
             })?,
             None => AppliedState::default(),
         };
-        let from = keys::shard_prefix(self.id);
-        let end = keys::shard_end(self.id);
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        let mut entries = 0;
+        let mut acc = start(&applied)?;
+        let (from, end) = (keys::shard_prefix(self.id), keys::shard_end(self.id));
         for item in snap.iterator_cf(
             self.entries_cf()?,
             IteratorMode::From(&from, Direction::Forward),
@@ -1766,17 +1791,9 @@ impl Shard {
             if key.as_ref() >= end.as_slice() {
                 break;
             }
-            hasher.update(&(key.len() as u32).to_be_bytes());
-            hasher.update(&key);
-            hasher.update(&(value.len() as u32).to_be_bytes());
-            hasher.update(&value);
-            entries += 1;
+            each(&mut acc, &key, &value)?;
         }
-        Ok(ShardDigest {
-            applied_index: applied.last_applied.map(|l| l.index()).unwrap_or(0),
-            entries,
-            digest: hasher.digest(),
-        })
+        Ok((applied, acc))
     }
 
     pub(crate) fn db(&self) -> &Arc<DB> {

@@ -23,7 +23,7 @@ use futures::{Stream, StreamExt};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
 use veil_raft::{CommandResponse, LiveState, SnapshotData, TypeConfig};
@@ -203,59 +203,49 @@ fn build(shard: &Shard) -> Result<SnapshotMeta> {
 /// Writes the shard as it is now to a new snapshot file in its snapshot directory, returning
 /// the metadata in the file's header and its path.
 fn write_file(shard: &Shard) -> Result<(SnapshotMeta, PathBuf)> {
-    let db = shard.db();
-    let snap = db.snapshot();
-    let applied: AppliedState = match snap.get_cf(
-        shard.cf(crate::shard::CF_SHARD_META)?,
-        keys::meta_key(shard.id(), crate::shard::META_APPLIED),
-    )? {
-        Some(bytes) => bincode::deserialize(&bytes).map_err(bincode_err(shard))?,
-        None => AppliedState::default(),
-    };
-    let meta = SnapshotMeta {
-        last_log_id: applied.last_applied,
-        last_membership: applied.membership.clone(),
-    };
     let dir = shard.snapshot_dir();
     std::fs::create_dir_all(&dir).map_err(io_err("create snapshot dir"))?;
-    let name = match &applied.last_applied {
-        Some(id) => format!("{:020}-{}.snap", id.index(), uuid::Uuid::now_v7()),
-        None => format!("empty-{}.snap", uuid::Uuid::now_v7()),
-    };
-    let file = dir.join(name);
-    let tmp = file.with_extension("tmp");
-    {
-        let mut out =
-            BufWriter::new(std::fs::File::create(&tmp).map_err(io_err("create snapshot file"))?);
-        let header = SnapshotHeader {
-            format_version: SNAPSHOT_FORMAT_VERSION,
-            meta: meta.clone(),
-        };
-        bincode::serialize_into(&mut out, &header).map_err(bincode_err(shard))?;
-        let mut out = zstd::stream::write::Encoder::new(out, SNAPSHOT_ZSTD_LEVEL)
-            .map_err(io_err("start snapshot compression"))?;
-        let end = keys::shard_end(shard.id());
-        let from = keys::shard_prefix(shard.id());
-        for item in snap.iterator_cf(
-            shard.entries_cf()?,
-            IteratorMode::From(&from, Direction::Forward),
-        ) {
-            let (key, value) = item?;
-            if key.as_ref() >= end.as_slice() {
-                break;
-            }
-            bincode::serialize_into(&mut out, &Some((key.as_ref(), value.as_ref())))
-                .map_err(bincode_err(shard))?;
-        }
-        bincode::serialize_into(&mut out, &None::<(&[u8], &[u8])>).map_err(bincode_err(shard))?;
-        let file = out
-            .finish()
-            .map_err(io_err("finish snapshot compression"))?
-            .into_inner()
-            .map_err(|e| Error::io("flush snapshot file", e.into_error()))?;
-        file.sync_all().map_err(io_err("fsync snapshot file"))?;
-    }
+    let (applied, (out, file, tmp)) = shard.read_consistent(
+        |applied| {
+            let name = match &applied.last_applied {
+                Some(id) => format!("{:020}-{}.snap", id.index(), uuid::Uuid::now_v7()),
+                None => format!("empty-{}.snap", uuid::Uuid::now_v7()),
+            };
+            let file = dir.join(name);
+            let tmp = file.with_extension("tmp");
+            let mut out = BufWriter::new(
+                std::fs::File::create(&tmp).map_err(io_err("create snapshot file"))?,
+            );
+            let header = SnapshotHeader {
+                format_version: SNAPSHOT_FORMAT_VERSION,
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership.clone(),
+                },
+            };
+            bincode::serialize_into(&mut out, &header).map_err(bincode_err(shard))?;
+            let out = zstd::stream::write::Encoder::new(out, SNAPSHOT_ZSTD_LEVEL)
+                .map_err(io_err("start snapshot compression"))?;
+            Ok((out, file, tmp))
+        },
+        |(out, _, _), key, value| {
+            bincode::serialize_into(out, &Some((key, value))).map_err(bincode_err(shard))
+        },
+    )?;
+    let mut out = out;
+    bincode::serialize_into(&mut out, &None::<(&[u8], &[u8])>).map_err(bincode_err(shard))?;
+    let written = out
+        .finish()
+        .map_err(io_err("finish snapshot compression"))?
+        .into_inner()
+        .map_err(|e| Error::io("flush snapshot file", e.into_error()))?;
+    written.sync_all().map_err(io_err("fsync snapshot file"))?;
+    drop(written);
     std::fs::rename(&tmp, &file).map_err(io_err("rename snapshot file"))?;
+    let meta = SnapshotMeta {
+        last_log_id: applied.last_applied,
+        last_membership: applied.membership,
+    };
     Ok((meta, file))
 }
 

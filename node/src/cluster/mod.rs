@@ -115,9 +115,6 @@ pub enum ReadIndexReply {
     Failed(String),
 }
 
-/// A proposal to the metadata group, forwarded to its leader.
-pub type MetaProposal = MetaCommand;
-
 /// Why a call to another node failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {

@@ -154,17 +154,16 @@ impl Node {
     /// included) reached this node recently. "Recently": within the longest election timeout,
     /// after which a healthy group would have elected another leader.
     pub fn has_leader(&self, shard: ShardId) -> bool {
+        if self.single_voter(shard) {
+            // This node is the group's only voter: its own majority.
+            return true;
+        }
         let recent = Duration::from_millis(LEADER_SILENCE_MAX_MS);
         let m = self.groups[shard.0 as usize]
             .raft
             .metrics()
             .borrow_watched()
             .clone();
-        let membership = m.membership_config.membership();
-        if membership.voter_ids().eq([self.cluster.me]) {
-            // This node is the group's only voter: its own majority.
-            return true;
-        }
         match m.current_leader {
             None => false,
             Some(id) if id == self.cluster.me => {
@@ -189,13 +188,8 @@ impl Node {
         entries: Vec<StoredEntry>,
     ) -> Result<Vec<EntryOutcome>, ApiError> {
         let group = &self.groups[shard.0 as usize];
-        let single = {
-            let m = group.raft.metrics().borrow_watched().clone();
-            let membership = m.membership_config.membership();
-            membership.voter_ids().count() == 1 && membership.nodes().count() == 1
-        };
-        if single {
-            // One voter: no other node to move to, and nothing to retry across.
+        if self.single_voter(shard) {
+            // This node is the only voter: no other node to move to, nothing to retry across.
             return self.proposers[shard.0 as usize]
                 .propose(minted, entries)
                 .await;
@@ -495,12 +489,11 @@ impl Node {
 
     /// True when this node is `shard`'s only voter.
     fn single_voter(&self, shard: ShardId) -> bool {
-        let m = self.groups[shard.0 as usize]
+        self.groups[shard.0 as usize]
             .raft
             .metrics()
             .borrow_watched()
-            .clone();
-        m.membership_config
+            .membership_config
             .membership()
             .voter_ids()
             .eq([self.cluster.me])

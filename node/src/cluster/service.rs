@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use veil_proto::peer::cluster_server::Cluster as ClusterRpc;
 use veil_proto::peer::{ClusterCall, ClusterReply};
 
-use super::{EnsureReplicas, ForwardRequest, HelloReply, JoinRequest, MetaProposal};
+use super::{EnsureReplicas, ForwardRequest, HelloReply, JoinRequest, MetaCommand};
 use crate::node::Node;
 
 /// Serves the cluster calls of one node.
@@ -50,7 +50,7 @@ impl ClusterRpc for ClusterService {
                 encode(&node.handle_join(request).await)
             }
             "meta_propose" => {
-                let command: MetaProposal = decode(&call.payload)?;
+                let command: MetaCommand = decode(&call.payload)?;
                 encode(&node.propose_meta_here(command).await)
             }
             "append" => {

@@ -187,6 +187,14 @@ fn entries(tag: &str, n: usize, keyed: bool) -> Vec<Value> {
         .collect()
 }
 
+/// What identifies one of the test's entries, sent or stored: its batch and position.
+fn batch_and_n(e: &Value) -> (String, u64) {
+    (
+        e["fields"]["batch"].as_str().unwrap().to_string(),
+        e["fields"]["n"].as_u64().unwrap(),
+    )
+}
+
 fn ingest(http: &str, batch: &[Value]) -> Result<(u16, Value), reqwest::Error> {
     post(http, "/api/v1/logs", &Value::Array(batch.to_vec()))
 }
@@ -367,24 +375,8 @@ fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
     // A keyed entry's log_id is its key's: distinct ids are distinct keys.
     let ids: BTreeSet<&str> = logs.iter().map(|l| l["log_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), logs.len(), "an entry stored twice");
-    let stored: BTreeSet<(String, u64)> = logs
-        .iter()
-        .map(|l| {
-            (
-                l["fields"]["batch"].as_str().unwrap().to_string(),
-                l["fields"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: BTreeSet<(String, u64)> = acked
-        .iter()
-        .map(|e| {
-            (
-                e["fields"]["batch"].as_str().unwrap().to_string(),
-                e["fields"]["n"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let stored: BTreeSet<(String, u64)> = logs.iter().map(batch_and_n).collect();
+    let want: BTreeSet<(String, u64)> = acked.iter().map(batch_and_n).collect();
     assert_eq!(stored, want, "acknowledged and stored differ");
     assert_eq!(logs.len(), acked.len());
     let held = c.wait_digests_agree();
