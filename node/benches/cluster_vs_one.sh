@@ -12,7 +12,7 @@ SECS=${SECS:-30}
 IDLE=${IDLE:-30}
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/veil}
 WORK=$(mktemp -d /var/tmp/veil-bench.XXXX)
-trap 'pkill -TERM -f "veil-bench.*serve" 2>/dev/null || true; sleep 3; rm -rf "$WORK"' EXIT
+trap 'pkill -TERM -f "serve.*$WORK" 2>/dev/null || true; sleep 3; rm -rf "$WORK"' EXIT
 tick=$(getconf CLK_TCK)
 cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
 bench() { "$BIN" bench ingest --target "$1" --duration "${2}s" --concurrency 4 --answer summary --exceptions 20 ${3:-} --json; }

@@ -196,6 +196,39 @@ pub struct ServeArgs {
     /// `*` for all) [default: none].
     #[arg(long, env = "VEIL_KEEP_ORIGINALS_FOR")]
     pub keep_originals_for: Option<String>,
+    /// Elasticsearch bulk: document fields read as the timestamp, the first present wins
+    /// (comma-separated; a dotted name is also a path through objects) [default:
+    /// @timestamp,timestamp,time].
+    #[arg(long, env = "VEIL_BULK_TIMESTAMP_FIELDS")]
+    pub bulk_timestamp_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the level [default: log.level,level,severity].
+    #[arg(long, env = "VEIL_BULK_LEVEL_FIELDS")]
+    pub bulk_level_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the message [default: message,msg,log].
+    #[arg(long, env = "VEIL_BULK_MESSAGE_FIELDS")]
+    pub bulk_message_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the service [default: service.name,service].
+    #[arg(long, env = "VEIL_BULK_SERVICE_FIELDS")]
+    pub bulk_service_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the host [default:
+    /// host.name,host.hostname,hostname,host].
+    #[arg(long, env = "VEIL_BULK_HOST_FIELDS")]
+    pub bulk_host_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the environment [default:
+    /// service.environment,deployment.environment,environment].
+    #[arg(long, env = "VEIL_BULK_ENVIRONMENT_FIELDS")]
+    pub bulk_environment_fields: Option<String>,
+    /// Elasticsearch bulk: fields read as the region [default: cloud.region,region].
+    #[arg(long, env = "VEIL_BULK_REGION_FIELDS")]
+    pub bulk_region_fields: Option<String>,
+    /// Elasticsearch bulk: the service of a document that names none: `name` (the index name),
+    /// `dataset` (a data stream's dataset, `logs-DATASET-NAMESPACE`) or `none` (refused)
+    /// [default: name].
+    #[arg(long, env = "VEIL_BULK_INDEX_SERVICE")]
+    pub bulk_index_service: Option<String>,
+    /// The Elasticsearch version `GET /` reports to shippers [default: 8.17.0].
+    #[arg(long, env = "VEIL_BULK_ES_VERSION")]
+    pub bulk_es_version: Option<String>,
 }
 
 /// The resolved configuration of a node.
@@ -294,6 +327,8 @@ pub struct NodeConfig {
     pub pii_strategies: Strategies,
     /// Services whose sealed originals are kept (`*`: all).
     pub keep_originals_for: Vec<String>,
+    /// How Elasticsearch bulk documents become entries.
+    pub bulk: crate::shippers::bulk::BulkMapping,
 }
 
 impl ServeArgs {
@@ -381,6 +416,53 @@ impl ServeArgs {
                         .collect()
                 })
                 .unwrap_or_default(),
+            bulk: {
+                use crate::shippers::bulk::{BulkMapping, IndexService};
+                let mut m = BulkMapping::defaults();
+                for (list, given) in [
+                    (
+                        &mut m.timestamp,
+                        self.bulk_timestamp_fields.or(file.bulk_timestamp_fields),
+                    ),
+                    (
+                        &mut m.level,
+                        self.bulk_level_fields.or(file.bulk_level_fields),
+                    ),
+                    (
+                        &mut m.message,
+                        self.bulk_message_fields.or(file.bulk_message_fields),
+                    ),
+                    (
+                        &mut m.service,
+                        self.bulk_service_fields.or(file.bulk_service_fields),
+                    ),
+                    (&mut m.host, self.bulk_host_fields.or(file.bulk_host_fields)),
+                    (
+                        &mut m.environment,
+                        self.bulk_environment_fields
+                            .or(file.bulk_environment_fields),
+                    ),
+                ] {
+                    if let Some(text) = given {
+                        *list = text
+                            .split(',')
+                            .map(|x| x.trim().to_string())
+                            .filter(|x| !x.is_empty())
+                            .collect();
+                    }
+                }
+                if let Some(text) = self.bulk_index_service.or(file.bulk_index_service) {
+                    m.index_service = IndexService::parse(&text).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--bulk-index-service is name, dataset or none, got {text:?}"
+                        )
+                    })?;
+                }
+                if let Some(v) = self.bulk_es_version.or(file.bulk_es_version) {
+                    m.es_version = v;
+                }
+                m
+            },
         };
         config.validate()?;
         Ok(config)

@@ -27,6 +27,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/admin/digests", get(digests))
         .route("/metrics", get(metrics))
         .route("/api/v1/logs", post(ingest_logs))
+        .route("/v1/logs", post(otlp_logs))
         .route("/api/v1/logs/query", post(query_logs))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/admin/compact", post(compact))
@@ -40,8 +41,14 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/admin/pii-patterns/{id}",
             delete(delete_pii_pattern).patch(patch_pii_pattern),
         )
+        .merge(crate::shippers::bulk::router())
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
+}
+
+/// `POST /v1/logs`: OTLP/HTTP logs.
+async fn otlp_logs(State(node): State<Arc<Node>>, headers: HeaderMap, body: Body) -> Response {
+    crate::shippers::otlp::http_export(node, headers, body).await
 }
 
 /// Snapshots and purges every Raft log, compacts RocksDB and merges the indexes, now.
@@ -192,16 +199,7 @@ enum BodyKind {
 }
 
 fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let (ct, mime) = crate::shippers::encoding::content_type(headers);
     match mime.as_str() {
         "application/json" => Ok(BodyKind::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => Ok(BodyKind::Ndjson),
@@ -264,7 +262,8 @@ async fn ingest_logs_timed(
             .with_field("format")
         })?,
     };
-    let bytes = read_body(body, node.config.body_bytes_max).await?;
+    let bytes =
+        crate::shippers::encoding::read_body(&headers, body, node.config.body_bytes_max).await?;
     let defaults = RequestDefaults {
         service: header_str(&headers, "x-service-name"),
         environment: header_str(&headers, "x-environment"),

@@ -17,6 +17,7 @@ mod pii_cmd;
 mod priority;
 mod proposer;
 mod query;
+mod shippers;
 mod slots;
 
 use std::io::Write;
@@ -132,6 +133,13 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         .add_service(
             veil_proto::v1::veil_server::VeilServer::new(grpc::VeilService::new(node.clone()))
                 .max_decoding_message_size(node.config.body_bytes_max),
+        )
+        .add_service(
+            opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer::new(
+                shippers::otlp::GrpcLogs::new(node.clone()),
+            )
+            .max_decoding_message_size(node.config.body_bytes_max)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .serve_with_incoming_shutdown(
             tokio_stream_incoming(grpc_listener),

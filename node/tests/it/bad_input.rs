@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::harness::Veil;
+use crate::harness::{sorted_messages, Veil};
 
 fn check(
     veil: &Veil,
@@ -111,14 +111,7 @@ fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
     let all = veil.wait_for_query(json!({"limit": 100}), "the two good entries", |a| {
         a["total"] == 2
     });
-    let mut messages: Vec<&str> = all["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["message"].as_str().unwrap())
-        .collect();
-    messages.sort();
-    assert_eq!(messages, ["good one", "good two"]);
+    assert_eq!(sorted_messages(&all), ["good one", "good two"]);
 
     let (status, answer) = veil.post("/api/v1/logs/query", "application/json", "{not json");
     assert_eq!(status, 400);

@@ -125,6 +125,36 @@ fn bench_ingest_and_query_report_consistent_numbers() {
     ]);
     assert_eq!(r["verified"], true, "{r}");
 
+    // The shippers' protocols, with keys and timestamps (OTLP records carry both): every
+    // acknowledged entry is held, once.
+    for protocol in ["bulk", "otlp-grpc", "otlp-http"] {
+        let r = bench(&[
+            "ingest",
+            "--target",
+            &target,
+            "--grpc-target",
+            &veil.grpc,
+            "--protocol",
+            protocol,
+            "--duration",
+            "1s",
+            "--batch",
+            "100",
+            "--services",
+            "3",
+            "--idempotency-keys",
+            "--spread",
+            "1h",
+            "--json",
+        ]);
+        assert_eq!(r["requests_failed"], 0, "{protocol}: {r}");
+        assert!(
+            r["entries_acknowledged"].as_u64().unwrap() >= 100,
+            "{protocol}: {r}"
+        );
+        assert_eq!(r["verified"], true, "{protocol}: {r}");
+    }
+
     let q = bench(&["query", "--target", &target, "--duration", "1s", "--json"]);
     assert_eq!(q["requests_failed"], 0, "{q}");
     for kind in [

@@ -41,6 +41,22 @@ impl Veil {
         VeilProcess::start(Path::new(env!("CARGO_BIN_EXE_veil")), data_dir, &args).map(Veil)
     }
 
+    /// Like [`Veil::start`] on the given ports (a node a client must reach before it is up).
+    pub fn start_on(data_dir: &Path, ports: &veil_chaos_tests::Ports, extra: &[&str]) -> Veil {
+        let mut args = extra.to_vec();
+        if !extra.contains(&"--shards") && !extra.contains(&"--config") {
+            args.extend(["--shards", "4"]);
+        }
+        VeilProcess::start_on(
+            Path::new(env!("CARGO_BIN_EXE_veil")),
+            data_dir,
+            ports,
+            &args,
+        )
+        .map(Veil)
+        .unwrap_or_else(|e| panic!("{}\n--- stderr ---\n{}", e.message, e.stderr))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
     }
@@ -112,6 +128,33 @@ impl Veil {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// The messages of a query answer's logs, sorted.
+pub fn sorted_messages(answer: &Value) -> Vec<String> {
+    let mut messages: Vec<String> = answer["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap().to_string())
+        .collect();
+    messages.sort();
+    messages
+}
+
+/// A terms aggregation's buckets as (key, count), in the answer's order.
+pub fn bucket_counts(aggregation: &Value) -> Vec<(String, u64)> {
+    aggregation["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["key"].as_str().unwrap().to_string(),
+                b["doc_count"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// The files under `dir` whose bytes contain `needle`.

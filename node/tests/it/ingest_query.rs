@@ -4,7 +4,7 @@ use serde_json::{json, Value};
 use veil_proto::v1::veil_client::VeilClient;
 use veil_proto::v1::{ExceptionInfo, IngestEntry, IngestRequest, QueryRequest, TimestampRange};
 
-use crate::harness::Veil;
+use crate::harness::{bucket_counts, Veil};
 
 fn ids(answer: &Value) -> Vec<String> {
     answer["logs"]
@@ -264,17 +264,7 @@ fn grpc_ingest_then_query_finds_the_entries() {
         assert_eq!(first.shards.unwrap().failed, 0);
         let aggs: serde_json::Value = serde_json::from_str(&first.aggregations_json).unwrap();
         assert_eq!(aggs["n"]["value"], 19.0);
-        let levels: Vec<(String, u64)> = aggs["levels"]["buckets"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                (
-                    b["key"].as_str().unwrap().to_string(),
-                    b["doc_count"].as_u64().unwrap(),
-                )
-            })
-            .collect();
+        let levels = bucket_counts(&aggs["levels"]);
         assert_eq!(
             levels,
             vec![("ERROR".to_string(), 5), ("INFO".to_string(), 5)]

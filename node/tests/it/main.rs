@@ -15,5 +15,6 @@ mod pii;
 mod privacy;
 mod query_api;
 mod query_oracle;
+mod shippers;
 mod text;
 mod topk;

@@ -18,6 +18,8 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use veil_node::pii::corpus::Rng;
 
+mod send;
+
 /// `veil bench …` commands.
 #[derive(clap::Subcommand)]
 pub enum BenchCommand {
@@ -99,14 +101,15 @@ pub struct IngestArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-/// What `bench ingest` reads of an ingest answer: the count it acknowledges. The rest (an id
-/// or outcome per entry) is skipped without being built: reading whole answers into JSON
-/// values was ~2 % of the machine's CPU in a full-speed run, on the cores the node uses.
-#[derive(serde::Deserialize)]
-struct Accepted {
-    accepted: u64,
+    /// How batches are sent: Veil's NDJSON, Elasticsearch `_bulk`, or OTLP over gRPC or HTTP
+    /// (the same generated entries in each). Answers are read for their acknowledged count
+    /// only: reading whole answers into JSON values was ~2 % of the machine's CPU in a
+    /// full-speed run, on the cores the node uses.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    protocol: send::Protocol,
+    /// The node's gRPC address, for `--protocol otlp-grpc`.
+    #[arg(long, default_value = "127.0.0.1:7421")]
+    grpc_target: String,
 }
 
 /// Flags of `veil bench query`.
@@ -375,7 +378,14 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(a.concurrency)
         .build()?;
     let held_before = count_once(&client, &a.target, &services).await?;
-    let url = format!("http://{}/api/v1/logs?answer={}", a.target, a.answer);
+    let sender = send::Sender::connect(
+        a.protocol,
+        client.clone(),
+        &a.target,
+        &a.grpc_target,
+        &a.answer,
+    )
+    .await?;
     let acked = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -390,9 +400,8 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
         .then(|| Duration::from_secs_f64(a.concurrency as f64 * a.batch as f64 / a.rate as f64));
     let mut workers = Vec::new();
     for w in 0..a.concurrency {
-        let (client, url, messages, services, cumulative) = (
-            client.clone(),
-            url.clone(),
+        let (mut sender, messages, services, cumulative) = (
+            sender.clone(),
             messages.clone(),
             services.clone(),
             cumulative.clone(),
@@ -425,7 +434,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                     tokio::time::sleep_until(next.into()).await;
                     next += i;
                 }
-                let mut body = String::with_capacity(batch * 320);
+                let mut lines = Vec::with_capacity(batch);
                 for _ in 0..batch {
                     let x = (rng.below(1 << 30) as f64 / (1u64 << 30) as f64) * total;
                     let s = cumulative
@@ -434,33 +443,13 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
                     let timestamp =
                         (spread_us > 0).then(|| (now_nanos() / 1000 - rng.below(spread_us)) as i64);
-                    body.push_str(&messages.line(
-                        &mut rng,
-                        &services[s],
-                        &run,
-                        n,
-                        keyed,
-                        timestamp,
-                    ));
-                    body.push('\n');
+                    lines.push(messages.line(&mut rng, &services[s], &run, n, keyed, timestamp));
                 }
-                let len = body.len() as u64;
                 let sent = Instant::now();
-                let answer = client
-                    .post(&url)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match answer {
-                    Ok(r) if r.status().is_success() => {
-                        r.json::<Accepted>().await.ok().map(|a| a.accepted)
-                    }
-                    _ => None,
-                };
+                let answer = sender.send(&lines).await;
                 let elapsed = sent.elapsed().as_micros() as u64;
-                match ok {
-                    Some(n) => {
+                match answer {
+                    Ok((len, n)) => {
                         bytes.fetch_add(len, Ordering::Relaxed);
                         {
                             // Counted under the window's lock, so that each second's entries
@@ -472,7 +461,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
                         let mut h = histogram.lock().unwrap_or_else(|p| p.into_inner());
                         let _ = h.record(elapsed.max(1));
                     }
-                    None => {
+                    Err(_) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -540,6 +529,7 @@ async fn ingest(a: IngestArgs) -> anyhow::Result<()> {
     let result = json!({
         "entries_acknowledged": acked,
         "answer": a.answer,
+        "protocol": format!("{:?}", a.protocol),
         "requests_failed": failed,
         "seconds": elapsed,
         "entries_per_second": acked as f64 / elapsed,
