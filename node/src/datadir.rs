@@ -42,7 +42,11 @@ use serde::{Deserialize, Serialize};
 /// 13: each Raft group's log lives in its own column family (`raft_log-NNNN`) instead of one
 ///    `raft_log` family for all groups; an older directory's logs are moved at open
 ///    ([`RAFT_LOG_PER_GROUP_SINCE`]).
-pub const FORMAT_VERSION: u32 = 13;
+/// 14: custom PII patterns are the cluster's, in the metadata group (`cluster/state.bin`),
+///    instead of each node's own `pii-patterns.json`; an older directory's file is moved there
+///    before the node is ready (`cluster/patterns.rs`), and a format-13 build, which would
+///    mask without them, cannot open the directory.
+pub const FORMAT_VERSION: u32 = 14;
 
 /// The first format whose Raft logs live in one column family per group (older ones get theirs
 /// moved there at open).
@@ -74,7 +78,7 @@ pub const DEFAULT_SHARDS: u32 = 4;
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
 /// the shards' indexes).
-pub const UPGRADABLE: [u32; 11] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+pub const UPGRADABLE: [u32; 12] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -496,6 +496,9 @@ impl From<PatternError> for ApiError {
             PatternError::NotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "pattern_not_found", e.to_string())
             }
+            PatternError::Unavailable(_) => {
+                ApiError::unavailable("patterns_unavailable", e.to_string())
+            }
             PatternError::Io { .. } | PatternError::Corrupt(..) => {
                 ApiError::internal("storing PII patterns", e)
             }
@@ -528,7 +531,7 @@ async fn list_pii_patterns(State(node): State<Arc<Node>>) -> Response {
         })
         .collect();
     Json(serde_json::json!({
-        "patterns": node.pii_patterns().await,
+        "patterns": node.pii_patterns(),
         "builtin": builtin,
     }))
     .into_response()

@@ -17,7 +17,7 @@ use crate::cluster::{ClusterHandle, Member, MetaRaft, MetaStore, META_GROUP};
 use crate::config::NodeConfig;
 use crate::error::ApiError;
 use crate::ingest::{EntryLimits, PreparedEntry};
-use veil_node::pii::custom::{CustomPattern, NewPattern, PatternError, PatternStore};
+use veil_node::pii::custom::{CustomPattern, PatternError, PatternStore};
 use veil_node::pii::keys::KeyRing;
 use veil_node::pii::Masker;
 
@@ -41,8 +41,8 @@ pub struct Node {
     masker: std::sync::RwLock<Arc<Masker>>,
     /// The PII keys (hash tokens, sealed originals).
     pub keys: KeyRing,
-    /// Custom PII patterns; the lock also serialises their changes.
-    patterns: tokio::sync::Mutex<PatternStore>,
+    /// The custom PII patterns (the cluster's, `cluster/patterns.rs`).
+    pub(crate) patterns: crate::cluster::patterns::Patterns,
     /// Distinct field keys per service, bounded.
     field_keys: crate::ingest::FieldKeys,
     /// Exceptions recently read from stack traces.
@@ -338,7 +338,7 @@ impl Node {
             exception_spans: Default::default(),
             masker: std::sync::RwLock::new(Arc::new(masker)),
             keys,
-            patterns: tokio::sync::Mutex::new(patterns),
+            patterns: crate::cluster::patterns::Patterns::new(patterns),
             field_keys: crate::ingest::FieldKeys::new(config.field_keys_per_service_max),
             traces: veil_node::parse::exception::TraceCache::new(
                 config.exception_trace_cache_entries,
@@ -373,10 +373,13 @@ impl Node {
         node.spawn_catalog_reader();
         let watcher = node.spawn_address_book();
         let placement = crate::cluster::reconcile::spawn(node.clone());
+        // The cluster's patterns, as this node has applied them, in force from here on.
+        node.refresh_masker();
+        let patterns = node.spawn_pattern_follower();
         node.background
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([watcher, placement]);
+            .extend([watcher, placement, patterns]);
         Ok(node)
     }
 
@@ -606,46 +609,7 @@ impl Node {
             .clone()
     }
 
-    /// The custom PII patterns.
-    pub async fn pii_patterns(&self) -> Vec<CustomPattern> {
-        self.patterns.lock().await.patterns().to_vec()
-    }
-
-    /// Adds a custom pattern: validated, compiled with the others, stored, then in force.
-    pub async fn add_pii_pattern(&self, p: NewPattern) -> Result<CustomPattern, PatternError> {
-        let p = p.validate()?;
-        let mut store = self.patterns.lock().await;
-        let mut next = store.patterns().to_vec();
-        next.push(p.clone());
-        let masker = self.build_masker(&next)?;
-        store.add(p.clone())?;
-        self.swap_masker(masker);
-        Ok(p)
-    }
-
-    /// Sets a custom pattern's active flag.
-    pub async fn set_pii_pattern_active(
-        &self,
-        id: uuid::Uuid,
-        active: bool,
-    ) -> Result<CustomPattern, PatternError> {
-        let mut store = self.patterns.lock().await;
-        let p = store.set_active(id, active)?;
-        let masker = self.build_masker(store.patterns())?;
-        self.swap_masker(masker);
-        Ok(p)
-    }
-
-    /// Deletes a custom pattern.
-    pub async fn delete_pii_pattern(&self, id: uuid::Uuid) -> Result<(), PatternError> {
-        let mut store = self.patterns.lock().await;
-        store.remove(id)?;
-        let masker = self.build_masker(store.patterns())?;
-        self.swap_masker(masker);
-        Ok(())
-    }
-
-    fn build_masker(&self, patterns: &[CustomPattern]) -> Result<Masker, PatternError> {
+    pub(crate) fn build_masker(&self, patterns: &[CustomPattern]) -> Result<Masker, PatternError> {
         Masker::new(self.config.pii_strategies, &self.keys, patterns).map_err(|e| {
             PatternError::Invalid {
                 field: "regex_pattern",
@@ -654,7 +618,7 @@ impl Node {
         })
     }
 
-    fn swap_masker(&self, masker: Masker) {
+    pub(crate) fn swap_masker(&self, masker: Masker) {
         *self.masker.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(masker);
     }
 
@@ -703,6 +667,20 @@ impl Node {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e.context("could not record this node in the cluster")),
+            }
+        }
+        // An older directory's own PII patterns become the cluster's before it takes writes.
+        loop {
+            match self.seed_legacy_patterns().await {
+                Ok(()) => break,
+                Err(PatternError::Unavailable(why)) if started.elapsed() < deadline => {
+                    tracing::debug!(%why, "moving this directory's PII patterns; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e)
+                        .context("could not move this directory's PII patterns into the cluster"))
+                }
             }
         }
         // The shards placed on this node: it is ready once it votes in each of them (a joining

@@ -61,10 +61,19 @@ fn mask(args: MaskArgs) -> anyhow::Result<()> {
             .apply(s)
             .map_err(|e| anyhow::anyhow!("--pii-strategies: {e}"))?;
     }
+    // The cluster's patterns as this node last applied them, and an older directory's own.
     let custom = match &args.data_dir {
-        Some(dir) => PatternStore::open(PatternStore::path_in(dir))?
-            .patterns()
-            .to_vec(),
+        Some(dir) => {
+            let mut all = crate::cluster::MetaStore::open(&dir.join("cluster"))?
+                .state()
+                .pii_patterns;
+            for p in PatternStore::open(PatternStore::path_in(dir))?.patterns() {
+                if !all.iter().any(|q| q.pattern_id == p.pattern_id) {
+                    all.push(p.clone());
+                }
+            }
+            all
+        }
         None => Vec::new(),
     };
     let masker = Masker::new(strategies, &keys, &custom)?;

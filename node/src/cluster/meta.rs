@@ -1,6 +1,7 @@
 //! The metadata Raft group: the cluster's members and their addresses (placement is computed
-//! from them, see `placement.rs`). Every node runs it; the first three members are its voters,
-//! later ones learners.
+//! from them, see `placement.rs`) and the settings every node must share: the custom PII
+//! patterns, so that a value is masked alike whichever node receives it. Every node runs it; the
+//! first three members are its voters, later ones learners.
 //!
 //! Its state is small and changes rarely (a node joins, a node's addresses change), so each
 //! apply writes the whole record — state, applied log id, membership — to one file, replaced
@@ -17,6 +18,7 @@ use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StoredMembership};
 use serde::{Deserialize, Serialize};
+use veil_node::pii::custom::{CustomPattern, PATTERNS_MAX};
 use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
 use veil_raft::{CommandResponse, GroupId, LiveState, NodeId, SnapshotData, TypeConfig};
 
@@ -35,10 +37,30 @@ pub struct Member {
 }
 
 /// What the metadata group holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     /// Every member, by node id.
     pub members: BTreeMap<NodeId, Member>,
+    /// The custom PII patterns, in the order they were added (at most `PATTERNS_MAX`).
+    pub pii_patterns: Vec<CustomPattern>,
+}
+
+/// The state as data format 14 and older wrote it (members only), read once and then
+/// rewritten in today's form by the next apply.
+#[derive(Deserialize)]
+struct LegacyRecord {
+    last_applied: Option<LogId>,
+    membership: Membership,
+    members: BTreeMap<NodeId, Member>,
+}
+
+/// Why a pattern change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PatternRefusal {
+    /// The list is full.
+    TooMany,
+    /// No pattern has this id.
+    NotFound(uuid::Uuid),
 }
 
 /// A change to the cluster's metadata.
@@ -50,15 +72,27 @@ pub enum MetaCommand {
     AddNode { id: Option<NodeId>, member: Member },
     /// A member's new addresses (it restarted elsewhere).
     SetAddrs { id: NodeId, member: Member },
+    /// Adds a custom PII pattern (validated and compiled by the proposer).
+    AddPiiPattern(CustomPattern),
+    /// Turns a custom pattern on or off.
+    SetPiiPatternActive { id: uuid::Uuid, active: bool },
+    /// Deletes a custom pattern.
+    DeletePiiPattern(uuid::Uuid),
+    /// Adds the patterns a node kept in its own data directory before they were the
+    /// cluster's (a directory from an older build): those whose id is not here yet, up to the
+    /// bound.
+    SeedPiiPatterns(Vec<CustomPattern>),
 }
 
 /// The answer to a [`MetaCommand`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaReply {
     /// The member's id.
     Member(NodeId),
     /// Why the change was refused.
     Refused(String),
+    /// A pattern change: the pattern as it now is (none for a delete or a seed), or why not.
+    Pattern(Result<Option<CustomPattern>, PatternRefusal>),
 }
 
 impl ClusterState {
@@ -101,6 +135,44 @@ impl ClusterState {
                 }
                 None => MetaReply::Refused(format!("node {id} is not a member")),
             },
+            MetaCommand::AddPiiPattern(p) => {
+                MetaReply::Pattern(if self.pii_patterns.len() >= PATTERNS_MAX {
+                    Err(PatternRefusal::TooMany)
+                } else {
+                    self.pii_patterns.push(p.clone());
+                    Ok(Some(p))
+                })
+            }
+            MetaCommand::SetPiiPatternActive { id, active } => MetaReply::Pattern(
+                match self.pii_patterns.iter_mut().find(|p| p.pattern_id == id) {
+                    Some(p) => {
+                        p.is_active = active;
+                        Ok(Some(p.clone()))
+                    }
+                    None => Err(PatternRefusal::NotFound(id)),
+                },
+            ),
+            MetaCommand::DeletePiiPattern(id) => {
+                let before = self.pii_patterns.len();
+                self.pii_patterns.retain(|p| p.pattern_id != id);
+                MetaReply::Pattern(if self.pii_patterns.len() < before {
+                    Ok(None)
+                } else {
+                    Err(PatternRefusal::NotFound(id))
+                })
+            }
+            MetaCommand::SeedPiiPatterns(patterns) => {
+                for p in patterns {
+                    let known = self
+                        .pii_patterns
+                        .iter()
+                        .any(|q| q.pattern_id == p.pattern_id);
+                    if !known && self.pii_patterns.len() < PATTERNS_MAX {
+                        self.pii_patterns.push(p);
+                    }
+                }
+                MetaReply::Pattern(Ok(None))
+            }
         }
     }
 }
@@ -132,8 +204,34 @@ impl MetaStore {
             .with_context(|| format!("failed to create {}", dir.display()))?;
         let path = dir.join(STATE_FILE);
         let record = match std::fs::read(&path) {
-            Ok(bytes) => bincode::deserialize(&bytes)
-                .with_context(|| format!("unreadable cluster metadata {}", path.display()))?,
+            Ok(bytes) => match bincode::deserialize::<MetaRecord>(&bytes) {
+                Ok(record) => record,
+                Err(e) => match bincode::deserialize::<LegacyRecord>(&bytes) {
+                    Ok(old)
+                        if bincode::serialized_size(&(
+                            &old.last_applied,
+                            &old.membership,
+                            &old.members,
+                        ))
+                        .ok()
+                            == Some(bytes.len() as u64) =>
+                    {
+                        MetaRecord {
+                            last_applied: old.last_applied,
+                            membership: old.membership,
+                            state: ClusterState {
+                                members: old.members,
+                                pii_patterns: Vec::new(),
+                            },
+                        }
+                    }
+                    _ => {
+                        return Err(e).with_context(|| {
+                            format!("unreadable cluster metadata {}", path.display())
+                        })
+                    }
+                },
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaRecord::default(),
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
         };
@@ -382,5 +480,83 @@ mod tests {
             MetaReply::Member(3)
         );
         assert_eq!(s.members[&3], member(7400));
+    }
+
+    fn pattern(n: u128) -> CustomPattern {
+        CustomPattern {
+            pattern_id: uuid::Uuid::from_u128(n),
+            pattern_type: "badge".into(),
+            regex_pattern: "BDG[0-9]{4}".into(),
+            masking_strategy: veil_node::pii::Strategy::Redact,
+            description: None,
+            is_active: true,
+            created_at: "2026-12-06T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn pattern_changes_apply_in_order_and_refuse_what_cannot_be() {
+        let mut s = ClusterState::default();
+        let id = uuid::Uuid::from_u128(1);
+        assert_eq!(
+            s.apply(MetaCommand::AddPiiPattern(pattern(1)), &[1]),
+            MetaReply::Pattern(Ok(Some(pattern(1))))
+        );
+        let off = MetaCommand::SetPiiPatternActive { id, active: false };
+        let MetaReply::Pattern(Ok(Some(p))) = s.apply(off, &[1]) else {
+            panic!("the pattern is there")
+        };
+        assert!(!p.is_active && !s.pii_patterns[0].is_active);
+        // A seed adds only what is new: pattern 1 keeps its state, 2 joins.
+        s.apply(
+            MetaCommand::SeedPiiPatterns(vec![pattern(1), pattern(2)]),
+            &[1],
+        );
+        assert_eq!(s.pii_patterns.len(), 2);
+        assert!(!s.pii_patterns[0].is_active);
+        assert_eq!(
+            s.apply(MetaCommand::DeletePiiPattern(id), &[1]),
+            MetaReply::Pattern(Ok(None))
+        );
+        assert_eq!(
+            s.apply(MetaCommand::DeletePiiPattern(id), &[1]),
+            MetaReply::Pattern(Err(PatternRefusal::NotFound(id)))
+        );
+        for n in 3..=(PATTERNS_MAX as u128 + 1) {
+            s.apply(MetaCommand::AddPiiPattern(pattern(n)), &[1]);
+        }
+        assert_eq!(s.pii_patterns.len(), PATTERNS_MAX);
+        assert_eq!(
+            s.apply(MetaCommand::AddPiiPattern(pattern(1000)), &[1]),
+            MetaReply::Pattern(Err(PatternRefusal::TooMany))
+        );
+    }
+
+    #[test]
+    fn a_state_file_of_the_previous_format_opens_with_no_patterns() {
+        #[derive(Serialize)]
+        struct Old {
+            last_applied: Option<LogId>,
+            membership: Membership,
+            members: BTreeMap<NodeId, Member>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let members = BTreeMap::from([(1, member(7000))]);
+        let old = Old {
+            last_applied: None,
+            membership: Membership::default(),
+            members: members.clone(),
+        };
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            bincode::serialize(&old).unwrap(),
+        )
+        .unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(store.state().members, members);
+        assert!(store.state().pii_patterns.is_empty());
+        // Bytes that are neither form are an error, not an empty cluster.
+        std::fs::write(dir.path().join(STATE_FILE), b"\x01\x02").unwrap();
+        assert!(MetaStore::open(dir.path()).is_err());
     }
 }

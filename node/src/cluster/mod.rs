@@ -1,5 +1,6 @@
 //! The cluster: who the members are (the metadata group, `meta.rs`), where each shard's
-//! replicas go (`placement.rs`), the node-to-node calls beside Raft (joining, forwarded writes,
+//! replicas go (`placement.rs`), the settings every node shares (the custom PII patterns,
+//! `patterns.rs`), the node-to-node calls beside Raft (joining, forwarded writes,
 //! replica changes: `service.rs` serves them), and the loop that keeps every shard's Raft
 //! membership equal to its placement (`reconcile.rs`).
 //!
@@ -7,6 +8,7 @@
 //! carries Raft messages of every group and these calls alike.
 
 pub mod meta;
+pub mod patterns;
 pub mod placement;
 pub mod reconcile;
 pub mod routing;

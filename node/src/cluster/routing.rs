@@ -413,6 +413,7 @@ impl Node {
                 }
             }
             Ok(MetaReply::Refused(why)) => JoinReply::Refused(why),
+            Ok(other) => JoinReply::Unavailable(format!("unexpected answer {other:?}")),
             Err(e) => JoinReply::Unavailable(e.to_string()),
         }
     }

@@ -1,7 +1,8 @@
 //! Custom PII patterns (the seed's PIIPattern): an operator adds a regex for an in-house id
-//! format at run time, without a release. Patterns are validated when added and kept durably in
-//! the data directory (`pii-patterns.json`, replaced atomically); the cluster issue moves them
-//! into the replicated metadata group.
+//! format at run time, without a release. Patterns are validated when added and kept in the
+//! cluster's replicated metadata (the node's `cluster/meta.rs`), so every node masks with the
+//! same ones. Data directories of builds before that kept them in `pii-patterns.json`; the
+//! [`PatternStore`] here reads such a file once, when a node moves its patterns into the cluster.
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +88,10 @@ pub enum PatternError {
     /// The store file is not valid.
     #[error("pattern store {0} is corrupt: {1}")]
     Corrupt(PathBuf, String),
+    /// The change could not be made now (the cluster's metadata group has no leader, or did
+    /// not apply it in time); a retry can succeed.
+    #[error("the change cannot be made now: {0}")]
+    Unavailable(String),
 }
 
 impl NewPattern {
@@ -155,7 +160,8 @@ impl NewPattern {
     }
 }
 
-/// The durable list of custom patterns.
+/// The list of custom patterns a data directory of an older build kept itself
+/// (`pii-patterns.json`), read when its node moves them into the cluster's metadata.
 #[derive(Debug)]
 pub struct PatternStore {
     path: PathBuf,
@@ -168,7 +174,7 @@ impl PatternStore {
         data_dir.join("pii-patterns.json")
     }
 
-    /// Opens the store (empty when its file does not exist yet).
+    /// Opens the store (empty when its file does not exist).
     pub fn open(path: PathBuf) -> Result<PatternStore, PatternError> {
         let patterns = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
@@ -184,64 +190,16 @@ impl PatternStore {
         &self.patterns
     }
 
-    /// Adds a validated pattern and persists the list before returning.
-    pub fn add(&mut self, p: CustomPattern) -> Result<(), PatternError> {
-        if self.patterns.len() >= PATTERNS_MAX {
-            return Err(PatternError::TooMany);
+    /// Removes the file, once the cluster holds its patterns (so a deletion made in the
+    /// cluster later cannot be undone by this copy).
+    pub fn remove_file(&self) -> Result<(), PatternError> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PatternError::Io {
+                path: self.path.clone(),
+                source: e,
+            }),
+            _ => Ok(()),
         }
-        let mut next = self.patterns.clone();
-        next.push(p);
-        self.persist(next)
-    }
-
-    /// Sets a pattern's active flag and persists the list.
-    pub fn set_active(&mut self, id: Uuid, active: bool) -> Result<CustomPattern, PatternError> {
-        let mut next = self.patterns.clone();
-        let p = next
-            .iter_mut()
-            .find(|p| p.pattern_id == id)
-            .ok_or(PatternError::NotFound(id))?;
-        p.is_active = active;
-        let p = p.clone();
-        self.persist(next)?;
-        Ok(p)
-    }
-
-    /// Removes a pattern and persists the list.
-    pub fn remove(&mut self, id: Uuid) -> Result<(), PatternError> {
-        let mut next = self.patterns.clone();
-        let before = next.len();
-        next.retain(|p| p.pattern_id != id);
-        if next.len() == before {
-            return Err(PatternError::NotFound(id));
-        }
-        self.persist(next)
-    }
-
-    /// Writes the list to a temporary file, syncs it, renames it over the store and syncs the
-    /// directory; only then does the in-memory list change.
-    fn persist(&mut self, next: Vec<CustomPattern>) -> Result<(), PatternError> {
-        let io = |source| PatternError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let bytes = serde_json::to_vec_pretty(&next)
-            .map_err(|e| PatternError::Corrupt(self.path.clone(), e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io)?;
-        }
-        self.patterns = next;
-        Ok(())
     }
 }
 
@@ -285,26 +243,27 @@ mod tests {
     }
 
     #[test]
-    fn the_store_survives_a_reopen() {
+    fn an_older_directory_s_patterns_are_read_then_removed() {
         let dir = tempfile::tempdir().unwrap();
         let path = PatternStore::path_in(dir.path());
-        let mut store = PatternStore::open(path.clone()).unwrap();
+        assert!(PatternStore::open(path.clone())
+            .unwrap()
+            .patterns()
+            .is_empty());
         let p = new("employee_id", r"\bEMP-[0-9]{6}\b").validate().unwrap();
-        let id = p.pattern_id;
-        store.add(p.clone()).unwrap();
-        store
-            .add(new("badge", r"\bBDG[0-9]{4}\b").validate().unwrap())
-            .unwrap();
-        store.set_active(id, false).unwrap();
-        let reopened = PatternStore::open(path.clone()).unwrap();
-        assert_eq!(reopened.patterns().len(), 2);
-        assert!(!reopened.patterns()[0].is_active);
-        let mut reopened = reopened;
-        reopened.remove(id).unwrap();
+        std::fs::write(&path, serde_json::to_vec(&vec![p.clone()]).unwrap()).unwrap();
+        let store = PatternStore::open(path.clone()).unwrap();
+        assert_eq!(store.patterns(), &[p]);
+        store.remove_file().unwrap();
+        store.remove_file().unwrap();
+        assert!(PatternStore::open(path.clone())
+            .unwrap()
+            .patterns()
+            .is_empty());
+        std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(
-            reopened.remove(id),
-            Err(PatternError::NotFound(_))
+            PatternStore::open(path),
+            Err(PatternError::Corrupt(..))
         ));
-        assert_eq!(PatternStore::open(path).unwrap().patterns().len(), 1);
     }
 }

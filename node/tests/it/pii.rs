@@ -194,6 +194,54 @@ fn custom_patterns_are_validated_applied_and_durable() {
     let resp = client.delete(format!("{url}/{id}")).send().unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     veil.stop();
+
+    // A directory of format 13 kept its patterns in its own file: at the next start they
+    // become the cluster's (listed, applied, and the file gone), and the directory is format 14.
+    let legacy = json!([{"pattern_id": "0190a8c2-0000-7000-8000-000000000001",
+        "pattern_type": "badge", "regex_pattern": r"\bBDG[0-9]{4}\b",
+        "masking_strategy": "REDACT", "description": null, "is_active": true,
+        "created_at": "2026-11-01T00:00:00Z"}]);
+    let file = dir.path().join("pii-patterns.json");
+    std::fs::write(&file, legacy.to_string()).unwrap();
+    let recorded = dir.path().join("veil.toml");
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    std::fs::write(
+        &recorded,
+        text.replace("format_version = 14", "format_version = 13"),
+    )
+    .unwrap();
+    let mut veil = Veil::start(dir.path(), &[]);
+    let (_, answer) = veil.post(
+        "/api/v1/logs",
+        "application/json",
+        json!({"service": "hr", "message": "badge BDG1234 scanned"}).to_string(),
+    );
+    assert_eq!(answer["pii_detected"], json!(["badge"]), "{answer}");
+    let list: Value = client
+        .get(veil.url("/api/v1/admin/pii-patterns"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(list["patterns"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["patterns"][0]["pattern_type"], "badge", "{list}");
+    assert!(
+        std::fs::metadata(&file).is_err(),
+        "the old file is moved, not kept"
+    );
+    veil.stop();
+    assert!(std::fs::read_to_string(&recorded)
+        .unwrap()
+        .contains("format_version = 14"));
+    // Still there after another restart: the cluster's metadata keeps it now.
+    let mut veil = Veil::start(dir.path(), &[]);
+    let (_, answer) = veil.post(
+        "/api/v1/logs",
+        "application/json",
+        json!({"service": "hr", "message": "badge BDG4321 scanned"}).to_string(),
+    );
+    assert_eq!(answer["pii_detected"], json!(["badge"]), "{answer}");
+    veil.stop();
 }
 
 #[test]
