@@ -48,7 +48,12 @@ pub struct ClusterHandle {
     changing: Mutex<HashSet<u32>>,
     /// Per group: the last leader seen and how many times it changed (for `/metrics`).
     leaders_seen: Mutex<std::collections::HashMap<u32, (Option<NodeId>, u64)>>,
+    /// The placement last computed, with the member list it was computed from.
+    placed: Mutex<Option<Placed>>,
 }
+
+/// Every shard's placed replicas (`placement::place`) over a member list.
+type Placed = (Vec<NodeId>, Arc<Vec<Vec<NodeId>>>);
 
 /// Releases a shard's change claim when dropped.
 pub struct ChangeClaim<'a> {
@@ -92,7 +97,23 @@ impl ClusterHandle {
             forward_timeout,
             changing: Mutex::new(HashSet::new()),
             leaders_seen: Mutex::default(),
+            placed: Mutex::default(),
         }
+    }
+
+    /// Every shard's placed replicas over the members the metadata holds now, in priority
+    /// order (computed again only when the members change).
+    pub fn placement(&self, shards: u32) -> Arc<Vec<Vec<NodeId>>> {
+        let members: Vec<NodeId> = self.meta_store.state().members.keys().copied().collect();
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, placement)) = &*placed {
+            if *known == members {
+                return placement.clone();
+            }
+        }
+        let placement = Arc::new(super::placement::place(&members, shards));
+        *placed = Some((members, placement.clone()));
+        placement
     }
 
     /// Claims the right to change `shard`'s membership; None while another change runs.
@@ -458,24 +479,9 @@ impl Node {
         }
     }
 
-    /// Like [`Node::catch_up_replicas`], failing (503) when a shard cannot be caught up: for a
-    /// strong question, which must not answer from a replica that may be behind.
-    pub async fn catch_up_replicas_strictly(&self) -> Result<(), ApiError> {
-        let timeout = self.cluster.forward_timeout;
-        let waits = self
-            .groups
-            .iter()
-            .map(|g| g.shard.id())
-            .map(|s| self.wait_applied(s, timeout));
-        for result in futures::future::join_all(waits).await {
-            result?;
-        }
-        Ok(())
-    }
-
     /// True when this node is one of `shard`'s voters (holds a caught-up replica). With more
-    /// than three members some shards are placed elsewhere; questions about them are not yet
-    /// sent to the nodes that hold them.
+    /// than three members some shards are placed elsewhere; questions about them go to the
+    /// nodes that hold them (`reads.rs`).
     pub fn holds_replica(&self, shard: ShardId) -> bool {
         self.groups[shard.0 as usize]
             .raft
@@ -515,7 +521,11 @@ impl Node {
 
     /// Waits until this node's replica of `shard` has applied what its leader had committed
     /// when asked (its read index).
-    async fn wait_applied(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
+    pub(crate) async fn wait_applied(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
         let group = &self.groups[shard.0 as usize];
         let deadline = tokio::time::Instant::now() + timeout;
         let index = loop {
