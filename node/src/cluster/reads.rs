@@ -45,8 +45,10 @@ impl Leaves for Node {
         }
         let mut others: Vec<NodeId> = Vec::with_capacity(4);
         if strong {
-            // Its read index needs no call of its own.
-            others.extend(m.current_leader.filter(|id| *id != me));
+            // Its read index needs no call of its own. For a shard held elsewhere, the leader
+            // its replicas named to this node's writes.
+            let leader = m.current_leader.or_else(|| self.cluster.leader_hint(shard));
+            others.extend(leader.filter(|id| *id != me));
         }
         let placement = self.cluster.placement(self.shard_map.shard_count());
         let placed = placement.get(shard.0 as usize).into_iter().flatten();

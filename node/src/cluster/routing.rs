@@ -50,6 +50,9 @@ pub struct ClusterHandle {
     leaders_seen: Mutex<std::collections::HashMap<u32, (Option<NodeId>, u64)>>,
     /// The placement last computed, with the member list it was computed from.
     placed: Mutex<Option<Placed>>,
+    /// Per shard this node holds no replica of: its leader as a replica last named it (this
+    /// node's own Raft instance of such a shard never hears from the group).
+    leader_hints: Mutex<std::collections::HashMap<u32, NodeId>>,
 }
 
 /// Every shard's placed replicas (`placement::place`) over a member list.
@@ -98,7 +101,23 @@ impl ClusterHandle {
             changing: Mutex::new(HashSet::new()),
             leaders_seen: Mutex::default(),
             placed: Mutex::default(),
+            leader_hints: Mutex::default(),
         }
+    }
+
+    /// The leader of a shard this node holds no replica of, as a replica last named it.
+    pub fn leader_hint(&self, shard: ShardId) -> Option<NodeId> {
+        let hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
+        hints.get(&shard.0).copied()
+    }
+
+    /// Records (or, with None, forgets) the leader a replica of `shard` named.
+    pub fn set_leader_hint(&self, shard: ShardId, leader: Option<NodeId>) {
+        let mut hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
+        match leader {
+            Some(id) => hints.insert(shard.0, id),
+            None => hints.remove(&shard.0),
+        };
     }
 
     /// Every shard's placed replicas over the members the metadata holds now, in priority
@@ -202,6 +221,9 @@ impl Node {
     /// forwarded to the leader otherwise, and retried (leader changes, lost connections) until
     /// it is applied or `--forward-timeout-ms` passes. A try whose outcome is unknown is
     /// retried as a checked `Append`, so entries the first try stored are not stored again.
+    /// For a shard this node holds no replica of, the leader is the one its replicas name:
+    /// the part goes to a placed replica, which answers "not the leader, node N is" unless it
+    /// leads, and the next try goes to N (remembered for the next parts).
     pub(crate) async fn commit_part(
         &self,
         shard: ShardId,
@@ -218,8 +240,13 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.cluster.forward_timeout;
         let mut minted = minted;
         let mut backoff = Duration::from_millis(10);
+        let mut attempt = 0usize;
         loop {
-            let leader = group.raft.metrics().borrow_watched().current_leader;
+            let leader = match group.raft.metrics().borrow_watched().current_leader {
+                None if !self.holds_replica(shard) => self.leader_elsewhere(shard, attempt),
+                leader => leader,
+            };
+            attempt += 1;
             let tried = match leader {
                 Some(id) if id == self.cluster.me => self.proposers[shard.0 as usize]
                     .propose(minted, entries.clone())
@@ -261,6 +288,22 @@ impl Node {
         }
     }
 
+    /// Where to send a part of `shard`, which this node holds no replica of, at try `attempt`:
+    /// the leader a replica named last, else the shard's placed replicas in turn.
+    fn leader_elsewhere(&self, shard: ShardId, attempt: usize) -> Option<NodeId> {
+        if let Some(leader) = self.cluster.leader_hint(shard) {
+            return Some(leader);
+        }
+        let placement = self.cluster.placement(self.shard_map.shard_count());
+        let replicas: Vec<NodeId> = placement
+            .get(shard.0 as usize)?
+            .iter()
+            .copied()
+            .filter(|id| *id != self.cluster.me)
+            .collect();
+        replicas.get(attempt % replicas.len().max(1)).copied()
+    }
+
     async fn forward(
         &self,
         leader: NodeId,
@@ -288,6 +331,17 @@ impl Node {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reply: Result<ForwardReply, CallError> =
             super::call(channel, "append", &request, left).await;
+        if !self.holds_replica(shard) {
+            // What the replica said about the shard's leader, for the next try and part.
+            match &reply {
+                Ok(ForwardReply::Outcomes(_)) => self.cluster.set_leader_hint(shard, Some(leader)),
+                Ok(ForwardReply::NotLeader(named)) => self
+                    .cluster
+                    .set_leader_hint(shard, named.filter(|id| *id != leader)),
+                Err(CallError::Unreachable(_)) => self.cluster.set_leader_hint(shard, None),
+                _ => {}
+            }
+        }
         match reply {
             Ok(ForwardReply::Outcomes(bytes)) => {
                 let outcomes = veil_shard::decode_outcomes(shard, &bytes)
@@ -467,7 +521,8 @@ impl Node {
             .groups
             .iter()
             .map(|g| g.shard.id())
-            .filter(|s| !self.single_voter(*s))
+            // A shard placed elsewhere has nothing here to catch up (and no leader known here).
+            .filter(|s| self.holds_replica(*s) && !self.single_voter(*s))
             .map(|s| self.wait_applied(s, timeout));
         for result in futures::future::join_all(waits).await {
             if let Err(e) = result {

@@ -758,17 +758,19 @@ fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
         - 60_000_000;
     let sent = timed_entries("f", 400, newest);
     let map = veil_shard::ShardMap::new(SHARDS.parse().unwrap());
-    let routed_elsewhere = sent
-        .iter()
-        .filter(|e| {
-            let hour = veil_shard::hour_of(ts_us(e));
-            lacking.contains(&u64::from(
-                map.shard_for(e["service"].as_str().unwrap(), hour).0,
-            ))
-        })
-        .count();
+    // How many of `batch` lie on shards the asker lacks.
+    let routed_elsewhere = |batch: &[Value]| {
+        batch
+            .iter()
+            .filter(|e| {
+                let hour = veil_shard::hour_of(ts_us(e));
+                let shard = map.shard_for(e["service"].as_str().unwrap(), hour);
+                lacking.contains(&u64::from(shard.0))
+            })
+            .count()
+    };
     assert!(
-        routed_elsewhere > 0,
+        routed_elsewhere(&sent) > 0,
         "no entry lies on a shard node {asker_id} lacks"
     );
     let (status, answer) = ingest(&c.http(0), &sent).unwrap();
@@ -811,10 +813,14 @@ fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
         metric(&c.http(asker), "veil_shard_question_retries_total") > retries_before,
         "no question moved on to another replica"
     );
-    // Read-your-writes through the node without the replicas: acknowledged, then counted.
+    // Read-your-writes through the node without the replicas: written through it (each part
+    // forwarded to its shard's leader, found through the shard's replicas), acknowledged,
+    // then counted.
     let late = timed_entries("late", 200, newest + 500_000);
-    let (status, answer) = ingest(&c.http(0), &late).unwrap();
+    assert!(routed_elsewhere(&late) > 0);
+    let (status, answer) = ingest(&c.http(asker), &late).unwrap();
     assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 200, "{answer}");
     let (status, seen) = post(
         &c.http(asker),
         "/api/v1/logs/query",
