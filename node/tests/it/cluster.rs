@@ -773,6 +773,9 @@ fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
         routed_elsewhere(&sent) > 0,
         "no entry lies on a shard node {asker_id} lacks"
     );
+    // Its health is about the shards it holds: those placed elsewhere are not "lost".
+    let (status, health) = get(&c.http(asker), "/api/v1/health");
+    assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
     let (status, answer) = ingest(&c.http(0), &sent).unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 400, "{answer}");
