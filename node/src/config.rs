@@ -22,6 +22,11 @@ pub fn default_key_file() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The largest `--query-shard-answer-bytes-max`: a remote replica's answer travels as one
+/// message on the peer connection, whose bound is `veil_raft::PEER_MESSAGE_BYTES_MAX`; 1 MiB of
+/// it is left for the call's framing.
+pub const SHARD_ANSWER_BYTES_LIMIT: usize = veil_raft::PEER_MESSAGE_BYTES_MAX - (1 << 20);
+
 /// Flags of `veil serve`. Unset flags fall back to the TOML file, then to the defaults below.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +141,17 @@ pub struct ServeArgs {
     /// Most buckets a query's aggregations may build [default: 65000].
     #[arg(long, env = "VEIL_QUERY_AGG_BUCKETS_MAX")]
     pub query_agg_buckets_max: Option<u32>,
+    /// How long one replica of a shard may take to answer a question (query, top-K, details)
+    /// before the next replica is asked, in ms; the question's own deadline bounds the last
+    /// replica asked [default: 5000].
+    #[arg(long, env = "VEIL_QUERY_REPLICA_TIMEOUT_MS")]
+    pub query_replica_timeout_ms: Option<u64>,
+    /// Largest answer one shard's replica may give a question's coordinator (hits with their
+    /// entries, partial aggregations, exception numbers), in bytes, on this node or from
+    /// another; a larger one fails the question with 400 `shard_answer_too_large` [default:
+    /// 64 MiB; at most 255 MiB, the peer connection's message bound less room for framing].
+    #[arg(long, env = "VEIL_QUERY_SHARD_ANSWER_BYTES_MAX")]
+    pub query_shard_answer_bytes_max: Option<usize>,
     /// Raft log entries between snapshots of a shard (a snapshot syncs the WAL and records the
     /// applied state; it copies nothing) [default: 1000].
     #[arg(long, env = "VEIL_SNAPSHOT_LOGS_SINCE_LAST")]
@@ -286,6 +302,10 @@ pub struct NodeConfig {
     pub query_agg_memory_bytes: u64,
     /// Most aggregation buckets per query.
     pub query_agg_buckets_max: u32,
+    /// How long one replica may take before the next is asked, in ms.
+    pub query_replica_timeout_ms: u64,
+    /// Largest answer of one shard's replica to a coordinator, in bytes.
+    pub query_shard_answer_bytes_max: usize,
     /// Shard searches at once, across all queries.
     pub query_parallelism: usize,
     /// How much a query's age counts against its search time used, for the search slots.
@@ -374,6 +394,8 @@ impl ServeArgs {
             query_window_max: pick!(query_window_max, 10_000),
             query_agg_memory_bytes: pick!(query_agg_memory_bytes, 128 << 20),
             query_agg_buckets_max: pick!(query_agg_buckets_max, 65_000),
+            query_replica_timeout_ms: pick!(query_replica_timeout_ms, 5_000),
+            query_shard_answer_bytes_max: pick!(query_shard_answer_bytes_max, 64 << 20),
             exception_cache_entries: pick!(exception_cache_entries, 4_000_000),
             exception_counter_rows_pending_max: pick!(exception_counter_rows_pending_max, 65_536),
             exception_trace_cache_entries: pick!(exception_trace_cache_entries, 1024),
@@ -502,6 +524,14 @@ impl NodeConfig {
                 self.query_agg_memory_bytes as usize,
             ),
             ("query-agg-buckets-max", self.query_agg_buckets_max as usize),
+            (
+                "query-replica-timeout-ms",
+                self.query_replica_timeout_ms as usize,
+            ),
+            (
+                "query-shard-answer-bytes-max",
+                self.query_shard_answer_bytes_max,
+            ),
             ("query-parallelism", self.query_parallelism),
             ("fields-per-entry-max", self.fields_per_entry_max),
             ("field-depth-max", self.field_depth_max),
@@ -516,6 +546,13 @@ impl NodeConfig {
             if value == 0 {
                 bail!("--{name} must be positive");
             }
+        }
+        if self.query_shard_answer_bytes_max > SHARD_ANSWER_BYTES_LIMIT {
+            bail!(
+                "--query-shard-answer-bytes-max must be at most {SHARD_ANSWER_BYTES_LIMIT} (the \
+                 peer connection's message bound less room for framing), got {}",
+                self.query_shard_answer_bytes_max
+            );
         }
         if !(self.query_age_weight.is_finite() && self.query_age_weight >= 0.0) {
             bail!(

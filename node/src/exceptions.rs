@@ -32,9 +32,10 @@ use veil_shard::exceptions::{
 use veil_shard::rollups::{HoursNumbers, WindowNumbers};
 use veil_shard::ShardId;
 
+use crate::coordinator::{self, Ask, Outcome, QueryContext};
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, now_us, parse_level};
-use crate::node::Node;
+use crate::leaf::{LeafError, LeafReply, LeafRequest, Origin};
 
 /// Largest `k`.
 pub const K_MAX: usize = 1000;
@@ -73,13 +74,30 @@ pub struct WindowParams {
     pub consistency: Option<String>,
 }
 
-/// With `consistency=strong`, waits until every replica of this node has applied what its
-/// shard's leader had committed (counters are read from what is applied).
-async fn catch_up_if_strong(node: &Arc<Node>, p: &WindowParams) -> Result<(), ApiError> {
-    if crate::query::strong_consistency(p.consistency.as_deref())? {
-        node.catch_up_replicas_strictly().await?;
+/// What the exception questions stand on: a query context, and the sums of shards' spans
+/// kept between questions.
+pub trait ExceptionContext: QueryContext {
+    /// The coordinator's span sums.
+    fn span_sums(&self) -> &SpanSums;
+}
+
+impl<T: ExceptionContext + ?Sized> ExceptionContext for Arc<T> {
+    fn span_sums(&self) -> &SpanSums {
+        (**self).span_sums()
     }
-    Ok(())
+}
+
+/// How a question asks its shards: under the node's query deadline, strong when
+/// `consistency=strong` (each replica asked first applies what its leader had committed, as
+/// counters are read from what is applied).
+fn ask_of<C: ExceptionContext + ?Sized>(node: &C, p: &WindowParams) -> Result<Ask, ApiError> {
+    let strong = crate::query::strong_consistency(p.consistency.as_deref())?;
+    let config = node.config();
+    Ok(Ask::new(
+        config,
+        std::time::Duration::from_millis(config.query_timeout_ms),
+        strong,
+    ))
 }
 
 /// Parses `90s`, `45m`, `1h`, `3d`, `1w` into seconds.
@@ -207,52 +225,43 @@ fn filter_of(p: &WindowParams, exception_id: Option<u64>) -> Result<CounterFilte
     })
 }
 
-/// Runs `f` on every shard on the blocking pool, in parallel, and returns their answers.
-async fn on_every_shard<T: Send + 'static>(
-    node: &Arc<Node>,
-    what: &'static str,
-    f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
-) -> Result<Vec<T>, ApiError> {
-    on_shards(node, None, what, f).await
+/// Asks every shard `request(shard)`, through one replica each (see `coordinator.rs`), and
+/// returns their answers; a shard that no replica answers fails the question (counts are
+/// exact or not given): 503 when a retry can fix it, 504 past the deadline.
+async fn on_every_shard<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
+    request: impl Fn(ShardId) -> LeafRequest,
+) -> Result<Vec<(ShardId, LeafReply)>, ApiError> {
+    let shards: Vec<ShardId> = node.shard_map().shards().collect();
+    on_shards(node, &shards, ask, request).await
 }
 
-/// Runs `f` on the shards named in `only` (all when None) on the blocking pool, in parallel,
-/// and returns their answers.
-async fn on_shards<T: Send + 'static>(
-    node: &Arc<Node>,
-    only: Option<&[veil_shard::ShardId]>,
-    what: &'static str,
-    f: impl Fn(&veil_shard::Shard) -> veil_shard::Result<T> + Clone + Send + 'static,
-) -> Result<Vec<T>, ApiError> {
-    let asked: Vec<_> = node
-        .groups
-        .iter()
-        .filter(|g| only.is_none_or(|ids| ids.contains(&g.shard.id())))
-        .collect();
-    if let Some(g) = asked.iter().find(|g| !node.holds_replica(g.shard.id())) {
-        // An empty group here is not an empty shard: refuse rather than undercount.
-        return Err(ApiError::unavailable(
-            "no_local_replica",
-            format!(
-                "this node holds no replica of shard {}; ask a node that does (GET /api/v1/cluster)",
-                g.shard.id()
-            ),
-        ));
-    }
-    let tasks: Vec<_> = asked
-        .into_iter()
-        .map(|g| {
-            let (shard, f) = (g.shard.clone(), f.clone());
-            tokio::task::spawn_blocking(move || f(&shard))
-        })
-        .collect();
-    let mut answers = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        answers.push(
-            t.await
-                .map_err(|e| ApiError::internal(what, e))?
-                .map_err(|e| ApiError::internal(what, e))?,
-        );
+/// [`on_every_shard`] over `shards` only.
+async fn on_shards<C: ExceptionContext + ?Sized>(
+    node: &C,
+    shards: &[ShardId],
+    ask: &Ask,
+    request: impl Fn(ShardId) -> LeafRequest,
+) -> Result<Vec<(ShardId, LeafReply)>, ApiError> {
+    let outcomes =
+        coordinator::ask_shards(node, shards, |shard| Arc::new(request(shard)), ask).await;
+    let mut answers = Vec::with_capacity(outcomes.len());
+    for (shard, outcome) in shards.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Answered(reply) => answers.push((*shard, reply)),
+            Outcome::TimedOut => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    "query_timeout",
+                    format!(
+                        "shard {shard} did not answer within {} ms",
+                        node.config().query_timeout_ms
+                    ),
+                ))
+            }
+            Outcome::Failed(e) => return Err(e.into_api()),
+        }
     }
     Ok(answers)
 }
@@ -260,9 +269,13 @@ async fn on_shards<T: Send + 'static>(
 /// The shards that can hold counters of `services` (all: any service) in `window`: counters
 /// are written by the shard that applied the entry, so over a bounded window only each
 /// (service, hour)'s shard, as queries are planned.
-fn shards_of(node: &Node, services: &[String], window: Window) -> Vec<ShardId> {
+fn shards_of<C: QueryContext + ?Sized>(
+    node: &C,
+    services: &[String],
+    window: Window,
+) -> Vec<ShardId> {
     crate::query::shards_of_services(
-        &node.shard_map,
+        &node.shard_map(),
         services,
         window.start.div_euclid(60),
         window.end.saturating_sub(1).div_euclid(60),
@@ -272,8 +285,9 @@ fn shards_of(node: &Node, services: &[String], window: Window) -> Vec<ShardId> {
 /// Some exceptions' filtered counts from the shards that can hold them ([`shards_of`]), each
 /// read through the exception's own history ([`veil_shard::Shard::exception_filtered_history`]);
 /// with `first_only`, each shard's first sighting under the filter only.
-async fn gather_histories(
-    node: &Arc<Node>,
+async fn gather_histories<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
     exception_ids: Vec<u64>,
     window: Window,
     filter: &CounterFilter,
@@ -281,38 +295,20 @@ async fn gather_histories(
     first_only: bool,
 ) -> Result<ExceptionCounts, ApiError> {
     let shards = shards_of(node, &filter.services, window);
-    let filter = filter.clone();
-    let ids = Arc::new(exception_ids);
-    let parts = on_shards(
-        node,
-        Some(&shards),
-        "reading exception histories",
-        move |shard| {
-            let mut all = ExceptionCounts::default();
-            for &id in ids.iter() {
-                all.absorb(shard.exception_filtered_history(
-                    id,
-                    window.start,
-                    window.end,
-                    &filter,
-                    bucket_minutes,
-                    first_only,
-                )?);
-            }
-            Ok(all)
-        },
-    )
+    let parts = on_shards(node, &shards, ask, |_| LeafRequest::FilteredHistories {
+        exception_ids: exception_ids.clone(),
+        start_minute: window.start,
+        end_minute: window.end,
+        filter: filter.clone(),
+        bucket_minutes,
+        first_only,
+    })
     .await?;
-    Ok(sum(parts))
-}
-
-/// Shards' counts added up.
-fn sum(parts: Vec<ExceptionCounts>) -> ExceptionCounts {
     let mut all = ExceptionCounts::default();
-    for part in parts {
-        all.absorb(part);
+    for (_, reply) in parts {
+        all.absorb(reply.answer.into_counts().map_err(LeafError::into_api)?);
     }
-    all
+    Ok(all)
 }
 
 /// Sums kept of every shard's whole-hour span ([`veil_shard::rollups::HoursNumbers`]).
@@ -327,7 +323,7 @@ pub struct SpanSums {
 
 struct SpanSum {
     hours: std::ops::Range<i64>,
-    versions: Vec<u64>,
+    versions: Vec<(Origin, u64)>,
     numbers: Arc<IdMap<Numbers>>,
 }
 
@@ -337,11 +333,12 @@ impl SpanSums {
         self.sums.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The sum of the spans `hours` at exactly these per-shard versions, if kept.
+    /// The sum of the spans `hours` at exactly these per-shard versions (each with the cache
+    /// that handed it out), if kept.
     pub fn get(
         &self,
         hours: &std::ops::Range<i64>,
-        versions: &[u64],
+        versions: &[(Origin, u64)],
     ) -> Option<Arc<IdMap<Numbers>>> {
         self.lock()
             .iter()
@@ -353,7 +350,7 @@ impl SpanSums {
     pub fn put(
         &self,
         hours: std::ops::Range<i64>,
-        versions: Vec<u64>,
+        versions: Vec<(Origin, u64)>,
         numbers: Arc<IdMap<Numbers>>,
     ) {
         let mut sums = self.lock();
@@ -380,22 +377,38 @@ struct Ranking {
     parts: Vec<(ShardId, WindowNumbers)>,
 }
 
-async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, ApiError> {
-    let parts = on_every_shard(node, "counting exceptions", move |shard| {
-        Ok((
-            shard.id(),
-            shard.exception_window_numbers(window.start, window.end)?,
-        ))
+async fn gather_numbers<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
+    window: Window,
+) -> Result<Ranking, ApiError> {
+    let replies = on_every_shard(node, ask, |_| LeafRequest::WindowNumbers {
+        start_minute: window.start,
+        end_minute: window.end,
     })
     .await?;
+    let mut parts = Vec::with_capacity(replies.len());
+    let mut origins = Vec::with_capacity(replies.len());
+    for (shard, reply) in replies {
+        origins.push(reply.origin);
+        let numbers = reply
+            .answer
+            .into_window_numbers()
+            .map_err(LeafError::into_api)?;
+        parts.push((shard, numbers));
+    }
     let mut edges = IdMap::default();
     for (_, part) in &parts {
         for (id, n) in &part.edges {
             merge_into(&mut edges, *id, *n);
         }
     }
-    let spans: Vec<&HoursNumbers> = parts.iter().filter_map(|p| p.1.hours.as_ref()).collect();
-    let Some(first) = spans.first() else {
+    let spans: Vec<(Origin, &HoursNumbers)> = parts
+        .iter()
+        .zip(&origins)
+        .filter_map(|(p, origin)| Some((*origin, p.1.hours.as_ref()?)))
+        .collect();
+    let Some((_, first)) = spans.first() else {
         return Ok(Ranking {
             span: None,
             edges,
@@ -403,23 +416,27 @@ async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, Api
         });
     };
     let hours = first.hours.clone();
-    let versions: Option<Vec<u64>> = spans.iter().map(|s| s.version).collect();
+    // A version names numbers only within the cache (node and process) that handed it out.
+    let versions: Option<Vec<(Origin, u64)>> = spans
+        .iter()
+        .map(|(origin, s)| Some((*origin, s.version?)))
+        .collect();
     let kept = versions
         .as_ref()
-        .and_then(|v| node.exception_spans.get(&hours, v));
+        .and_then(|v| node.span_sums().get(&hours, v));
     let span = match kept {
         Some(sum) => sum,
         None => {
-            let distinct = spans.iter().map(|s| s.numbers.len()).max().unwrap_or(0);
+            let distinct = spans.iter().map(|s| s.1.numbers.len()).max().unwrap_or(0);
             let mut sum = IdMap::with_capacity_and_hasher(distinct * 2, Default::default());
-            for span in &spans {
+            for (_, span) in &spans {
                 for (id, n) in span.numbers.iter() {
                     merge_into(&mut sum, *id, *n);
                 }
             }
             let sum = Arc::new(sum);
             if let Some(versions) = versions {
-                node.exception_spans.put(hours, versions, sum.clone());
+                node.span_sums().put(hours, versions, sum.clone());
             }
             sum
         }
@@ -435,20 +452,27 @@ async fn gather_numbers(node: &Arc<Node>, window: Window) -> Result<Ranking, Api
 /// services' counters in the window are asked, and each keeps its ranking numbers (cached blocks
 /// and hourly rollups, as unfiltered) of the services' exceptions only. No coordinator sums are
 /// kept for it.
-async fn gather_service_numbers(
-    node: &Arc<Node>,
+async fn gather_service_numbers<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
     window: Window,
     services: Vec<String>,
 ) -> Result<Ranking, ApiError> {
     let shards = shards_of(node, &services, window);
-    let services = Arc::new(services);
-    let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
-        Ok((
-            shard.id(),
-            shard.exception_window_numbers_of(window.start, window.end, &services)?,
-        ))
+    let replies = on_shards(node, &shards, ask, |_| LeafRequest::WindowNumbersOf {
+        start_minute: window.start,
+        end_minute: window.end,
+        services: services.clone(),
     })
     .await?;
+    let mut parts = Vec::with_capacity(replies.len());
+    for (shard, reply) in replies {
+        let numbers = reply
+            .answer
+            .into_window_numbers()
+            .map_err(LeafError::into_api)?;
+        parts.push((shard, numbers));
+    }
     let mut edges = IdMap::default();
     let mut span = IdMap::default();
     for (_, part) in &parts {
@@ -510,8 +534,9 @@ pub fn top_numbers(
 /// exception and shard, however many other exceptions the window holds. A shard reads an
 /// exception's whole hours only when its span has the exception, and its edge minutes only when
 /// its edges do (the ranking's numbers are written in the same batches as the history rows).
-async fn gather_details(
-    node: &Arc<Node>,
+async fn gather_details<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
     window: Window,
     ids: &[u64],
     parts: &[(ShardId, WindowNumbers)],
@@ -533,35 +558,44 @@ async fn gather_details(
         })
         .filter(|(_, (h, e)): &(ShardId, (Vec<u64>, Vec<u64>))| !h.is_empty() || !e.is_empty())
         .collect();
-    let shards: Vec<ShardId> = wanted.keys().copied().collect();
-    let wanted = Arc::new(wanted);
-    let parts = on_shards(
-        node,
-        Some(&shards),
-        "reading exception details",
-        move |shard| {
-            let (in_hours, in_edges) = &wanted[&shard.id()];
-            shard.exception_parts_summary(in_hours, in_edges, window.start, window.end)
-        },
-    )
+    let mut shards: Vec<ShardId> = wanted.keys().copied().collect();
+    shards.sort_unstable();
+    let replies = on_shards(node, &shards, ask, |shard| {
+        let (in_hours, in_edges) = wanted[&shard].clone();
+        LeafRequest::PartsSummary {
+            in_hours,
+            in_edges,
+            start_minute: window.start,
+            end_minute: window.end,
+        }
+    })
     .await?;
-    Ok(sum(parts))
+    let mut all = ExceptionCounts::default();
+    for (_, reply) in replies {
+        all.absorb(reply.answer.into_counts().map_err(LeafError::into_api)?);
+    }
+    Ok(all)
 }
 
 /// One exception's history on every shard, added up, and its first sighting ever.
-async fn history(
-    node: &Arc<Node>,
+async fn history<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
     exception_id: u64,
     window: Window,
     bucket: i64,
 ) -> Result<(ExceptionCounts, Option<i64>), ApiError> {
-    let parts = on_every_shard(node, "reading an exception's history", move |shard| {
-        shard.exception_history(exception_id, window.start, window.end, Some(bucket))
+    let parts = on_every_shard(node, ask, |_| LeafRequest::History {
+        exception_id,
+        start_minute: window.start,
+        end_minute: window.end,
+        bucket_minutes: bucket,
     })
     .await?;
     let mut all = ExceptionCounts::default();
     let mut first: Option<i64> = None;
-    for (part, f) in parts {
+    for (_, reply) in parts {
+        let (part, f) = reply.answer.into_history().map_err(LeafError::into_api)?;
         first = match (first, f) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -569,6 +603,29 @@ async fn history(
         all.absorb(part);
     }
     Ok((all, first))
+}
+
+/// The stored entries of `log_ids` (an exception's samples), in that order, from whichever
+/// shards hold them; ids no shard holds are left out.
+async fn entries_of<C: ExceptionContext + ?Sized>(
+    node: &C,
+    ask: &Ask,
+    log_ids: Vec<uuid::Uuid>,
+) -> Result<Vec<veil_shard::StoredEntry>, ApiError> {
+    if log_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts = on_every_shard(node, ask, |_| LeafRequest::Entries {
+        log_ids: log_ids.clone(),
+    })
+    .await?;
+    let mut found = HashMap::new();
+    for (_, reply) in parts {
+        for entry in reply.answer.into_entries().map_err(LeafError::into_api)? {
+            found.insert(entry.log_id, entry);
+        }
+    }
+    Ok(log_ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 /// One item of a top-K answer.
@@ -634,7 +691,10 @@ fn rank_order(a: (u64, u64, i64), b: (u64, u64, i64)) -> std::cmp::Ordering {
 }
 
 /// `GET /api/v1/exceptions/top-k`.
-pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError> {
+pub async fn top_k<C: ExceptionContext + ?Sized>(
+    node: &C,
+    p: WindowParams,
+) -> Result<Value, ApiError> {
     let started = std::time::Instant::now();
     let k = p.k.unwrap_or(10);
     if k == 0 || k > K_MAX {
@@ -642,7 +702,7 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
     }
     let window = resolve_window(&p, "1h", now_us())?;
     let filter = filter_of(&p, None)?;
-    catch_up_if_strong(node, &p).await?;
+    let ask = ask_of(node, &p)?;
     let unfiltered = filter.services.is_empty() && !filter.has_dimensions();
     let by_service_only = !filter.services.is_empty() && !filter.has_dimensions();
     let exceptions: Vec<TopItem> = if unfiltered || by_service_only {
@@ -650,13 +710,13 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
         // counters of just the top k. An exception belongs to one service, so a filter by
         // service alone keeps or drops whole exceptions: their numbers and details are whole.
         let ranking = if unfiltered {
-            gather_numbers(node, window).await?
+            gather_numbers(node, &ask, window).await?
         } else {
-            gather_service_numbers(node, window, filter.services).await?
+            gather_service_numbers(node, &ask, window, filter.services).await?
         };
         let ranked = top_numbers(ranking.span.as_deref(), &ranking.edges, k);
         let ids: Vec<u64> = ranked.iter().map(|(id, _)| *id).collect();
-        let details = gather_details(node, window, &ids, &ranking.parts).await?;
+        let details = gather_details(node, &ask, window, &ids, &ranking.parts).await?;
         ranked
             .iter()
             .filter_map(|(id, n)| {
@@ -671,20 +731,21 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
         // Rank on the passing rows' numbers (read with their names only), then read the whole
         // counters of just the top k, under the same filter.
         let shards = shards_of(node, &filter.services, window);
-        let ranking_filter = filter.clone();
-        let parts = on_shards(node, Some(&shards), "counting exceptions", move |shard| {
-            shard.exception_filtered_numbers(window.start, window.end, &ranking_filter)
+        let parts = on_shards(node, &shards, &ask, |_| LeafRequest::FilteredNumbers {
+            start_minute: window.start,
+            end_minute: window.end,
+            filter: filter.clone(),
         })
         .await?;
         let mut numbers = IdMap::default();
-        for part in parts {
-            for (id, n) in part {
+        for (_, reply) in parts {
+            for (id, n) in reply.answer.into_numbers().map_err(LeafError::into_api)? {
                 merge_into(&mut numbers, id, n);
             }
         }
         let ranked = top_numbers(None, &numbers, k);
         let ids = ranked.iter().map(|(id, _)| *id).collect();
-        let counts = gather_histories(node, ids, window, &filter, None, false).await?;
+        let counts = gather_histories(node, &ask, ids, window, &filter, None, false).await?;
         ranked
             .iter()
             .filter_map(|(id, _)| Some(item(*id, counts.totals.get(id)?)))
@@ -702,7 +763,11 @@ pub async fn top_k(node: &Arc<Node>, p: WindowParams) -> Result<Value, ApiError>
 }
 
 /// `GET /api/v1/exceptions/{exception_id}`.
-pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Value, ApiError> {
+pub async fn details<C: ExceptionContext + ?Sized>(
+    node: &C,
+    id: &str,
+    p: WindowParams,
+) -> Result<Value, ApiError> {
     let started = std::time::Instant::now();
     let exception_id = u64::from_str_radix(id, 16).map_err(|_| {
         ApiError::bad_request(
@@ -711,7 +776,7 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         )
     })?;
     let window = resolve_window(&p, "24h", now_us())?;
-    catch_up_if_strong(node, &p).await?;
+    let ask = ask_of(node, &p)?;
     let minutes = window.end - window.start;
     let bucket = match &p.bucket {
         Some(b) => {
@@ -744,10 +809,11 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
     // Without dimension filters one exception's history is one short range per shard; with
     // them, the window's counter rows are scanned and the time before it tells `is_new`.
     let (counts, first_ever) = if unfiltered {
-        history(node, exception_id, window, bucket).await?
+        history(node, &ask, exception_id, window, bucket).await?
     } else {
         let counts = gather_histories(
             node,
+            &ask,
             vec![exception_id],
             window,
             &filter,
@@ -757,6 +823,7 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         .await?;
         let earlier = gather_histories(
             node,
+            &ask,
             vec![exception_id],
             Window {
                 start: i64::MIN / 2,
@@ -801,14 +868,13 @@ pub async fn details(node: &Arc<Node>, id: &str, p: WindowParams) -> Result<Valu
         .collect();
     let mut samples = Vec::new();
     merge_samples(&mut samples, &total.samples);
-    let mut sample_logs = Vec::new();
-    for log_id in samples {
-        if let Some(entry) = node.find_entry(log_id).await? {
-            sample_logs.push(
-                serde_json::to_value(crate::query::LogView::from(entry)).unwrap_or(Value::Null),
-            );
-        }
-    }
+    let sample_logs: Vec<Value> = entries_of(node, &ask, samples)
+        .await?
+        .into_iter()
+        .map(|entry| {
+            serde_json::to_value(crate::query::LogView::from(entry)).unwrap_or(Value::Null)
+        })
+        .collect();
     Ok(serde_json::json!({
         "exception_id": id,
         "exception_type": total.exception_type,

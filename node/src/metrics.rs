@@ -75,6 +75,13 @@ pub struct Metrics {
     pub query_latency: Histogram,
     /// Per top-K or exception details request.
     pub exceptions_latency: Histogram,
+    /// Questions about one shard this node's coordinators sent to a replica on another node.
+    pub shard_questions_sent: AtomicU64,
+    /// Questions about one shard this node answered for another node's coordinator.
+    pub shard_questions_served: AtomicU64,
+    /// Questions about one shard that one replica did not answer (it failed, could not be
+    /// reached, or was too slow) and that the next replica was asked.
+    pub shard_question_retries: AtomicU64,
 }
 
 /// One shard's numbers at scrape time.
@@ -168,6 +175,24 @@ impl Metrics {
         );
         self.query_latency
             .render(&mut out, "veil_query_seconds", "Query latency.");
+        counter(
+            &mut out,
+            "veil_shard_questions_sent_total",
+            "Questions about one shard (a query's, a top-K's, a details') this node sent to a replica on another node.",
+            self.shard_questions_sent.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_shard_questions_served_total",
+            "Questions about one shard this node answered from its replica for another node.",
+            self.shard_questions_served.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_shard_question_retries_total",
+            "Questions about one shard that a replica did not answer (failed, unreachable or too slow), so the next replica was asked.",
+            self.shard_question_retries.load(Ordering::Relaxed) as f64,
+        );
         self.exceptions_latency.render(
             &mut out,
             "veil_exceptions_query_seconds",

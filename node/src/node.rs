@@ -21,8 +21,7 @@ use veil_node::pii::custom::{CustomPattern, PatternError, PatternStore};
 use veil_node::pii::keys::KeyRing;
 use veil_node::pii::Masker;
 
-/// The Raft handle of a shard group.
-pub type ShardRaft = veil_raft::alias::Raft<ShardStateMachine>;
+pub use crate::proposer::ShardRaft;
 
 /// One shard's Raft group on this node.
 pub struct Group {
@@ -67,6 +66,9 @@ pub struct Node {
     idempotency_gate: tokio::sync::Mutex<()>,
     /// Sums of every shard's whole-hour span of recent top-K windows.
     pub(crate) exception_spans: crate::exceptions::SpanSums,
+    /// Drawn at random at start: with the node id, names the process whose block caches
+    /// handed out an answer's versions (`leaf::Origin`).
+    pub(crate) incarnation: u64,
     ready: AtomicBool,
     /// Whether the last disk check found less free space than `--disk-free-bytes-min` (only
     /// its changes are logged).
@@ -218,6 +220,7 @@ impl Node {
             PatternStore::open(PatternStore::path_in(&config.data_dir)).context("PII patterns")?;
         let masker = Masker::new(config.pii_strategies, &keys, patterns.patterns())
             .context("PII patterns")?;
+        let incarnation = incarnation()?;
         let (db, column_families, block_cache) = open_db(&config, info.shards)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
@@ -336,6 +339,7 @@ impl Node {
             ),
             idempotency_gate: tokio::sync::Mutex::new(()),
             exception_spans: Default::default(),
+            incarnation,
             masker: std::sync::RwLock::new(Arc::new(masker)),
             keys,
             patterns: crate::cluster::patterns::Patterns::new(patterns),
@@ -684,8 +688,9 @@ impl Node {
             }
         }
         // The shards placed on this node: it is ready once it votes in each of them (a joining
-        // node is added as a learner first and catches up before it votes), and knows a leader
-        // for every shard.
+        // node is added as a learner first and catches up before it votes) and knows their
+        // leaders. A shard placed elsewhere (clusters of more than three nodes) needs nothing
+        // here: questions about it go to its replicas.
         let members: Vec<veil_raft::NodeId> = self
             .cluster
             .meta_store
@@ -697,31 +702,27 @@ impl Node {
         let placed = crate::cluster::placement::place(&members, self.shard_map.shard_count());
         let me = self.cluster.me;
         for (group, replicas) in self.groups.iter().zip(placed) {
-            let voter = replicas.contains(&me);
+            if !replicas.contains(&me) && !self.holds_replica(group.shard.id()) {
+                continue;
+            }
             group
                 .raft
                 .wait(Some(deadline))
                 .metrics(
                     |m| {
                         m.current_leader.is_some()
-                            && (!voter
-                                || m.membership_config
-                                    .membership()
-                                    .voter_ids()
-                                    .any(|id| id == me))
+                            && m.membership_config
+                                .membership()
+                                .voter_ids()
+                                .any(|id| id == me)
                     },
                     "shard leader known and this node voting where placed",
                 )
                 .await
                 .with_context(|| {
                     format!(
-                        "shard {} has no leader{} in time",
-                        group.shard.id(),
-                        if voter {
-                            " or this node is not yet its voter"
-                        } else {
-                            ""
-                        }
+                        "shard {} has no leader or this node is not yet its voter in time",
+                        group.shard.id()
                     )
                 })?;
         }
@@ -996,17 +997,6 @@ impl Node {
         Ok(self.locate(log_id)?.map(|(_, ts)| ts))
     }
 
-    /// Finds a stored entry by its log_id, in whichever shard holds it.
-    pub async fn find_entry(&self, log_id: uuid::Uuid) -> Result<Option<StoredEntry>, ApiError> {
-        let Some((shard, ts)) = self.locate(log_id)? else {
-            return Ok(None);
-        };
-        let key = veil_shard::keys::entry_key(shard.id(), ts, log_id);
-        shard
-            .get_by_key(&key)
-            .map_err(|e| ApiError::internal("reading an entry", e))
-    }
-
     /// Compacts the node's storage now: each Raft group snapshots its applied state and purges
     /// its log behind the snapshot, RocksDB compacts every column family (the shards' entries
     /// down to and including their bottommost level, see below), and every shard's index is
@@ -1144,6 +1134,13 @@ impl Node {
         }
         stop_syncer(self.syncer.clone()).await;
     }
+}
+
+/// A random number naming this process (see `Node::incarnation`).
+fn incarnation() -> anyhow::Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random bytes: {e}"))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Stops the Raft log's fsync thread (it joins the thread: on a blocking thread).

@@ -19,7 +19,9 @@ use veil_shard::{EntryOutcome, Shard, ShardCommand, ShardId, StoredEntry};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::node::ShardRaft;
+
+/// The Raft handle of a shard group.
+pub type ShardRaft = veil_raft::alias::Raft<veil_shard::ShardStateMachine>;
 
 /// What one part gets back: an outcome per entry, in order.
 type Reply = Result<Vec<EntryOutcome>, ApiError>;

@@ -1,5 +1,6 @@
 //! The query coordinator: checks and masks a query, plans which shards it needs, asks them in
-//! parallel under a deadline, and merges their best hits, totals and partial aggregations.
+//! parallel under a deadline (each through one of its replicas, here or on another node: see
+//! `coordinator.rs`), and merges their best hits, totals and partial aggregations.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use veil_shard::{
 };
 
 use crate::aggs;
+use crate::config::NodeConfig;
+use crate::coordinator::{self, Ask, Outcome, QueryContext};
 use crate::error::ApiError;
 use crate::ingest::{format_timestamp, parse_level, parse_timestamp};
-use crate::node::Node;
+use crate::leaf::{LeafError, LeafRequest};
 use veil_node::pii::{Findings, Masker, Unmasked};
 
 /// Most hours a service filter is expanded into exact (service, hour) shards; a longer range
@@ -56,7 +59,7 @@ pub struct QueryRequest {
     #[serde(default, alias = "aggregations")]
     pub aggs: Option<Value>,
     /// `"strong"` (read-your-writes: every entry acknowledged before the query began is in the
-    /// answer) or `"any"` (the default: this node's replicas answer as they are).
+    /// answer) or `"any"` (the default: the replicas asked answer as they are).
     #[serde(default)]
     pub consistency: Option<String>,
 }
@@ -234,100 +237,70 @@ struct Planned {
     cursor_tag: u64,
 }
 
-/// Runs a query across the shards it needs.
-pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiError> {
+/// Runs a query across the shards it needs: every shard through one replica (see
+/// `coordinator.rs`), this node's or another's, and one merge of what they answer.
+pub async fn run<C: QueryContext + ?Sized>(
+    node: &C,
+    request: QueryRequest,
+) -> Result<Answer, ApiError> {
     let started = Instant::now();
     if !node.is_ready() {
         return Err(ApiError::unavailable("not_ready", "the node is starting"));
     }
-    let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(node.config.query_timeout_ms));
-    let deadline = started + timeout;
+    let config = node.config();
+    let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(config.query_timeout_ms));
     let strong = strong_consistency(request.consistency.as_deref())?;
-    let mut planned = plan_query(node, &request)?;
-    planned.shard_query.deadline = Some(deadline);
     let Planned {
         shard_query,
         offset,
         limit,
         aggs: prepared_aggs,
         cursor_tag,
-    } = planned;
-    let shards = plan(node, &shard_query);
-    let shard_query = Arc::new(shard_query);
-    // The search time this query has used: the slots go first to queries that used least.
-    let clock = crate::slots::QueryClock::start();
-    let stale = if strong {
-        0
-    } else {
-        shards.iter().filter(|s| !node.has_leader(**s)).count()
-    };
-    let tasks = shards.iter().map(|shard_id| {
-        let shard_id = *shard_id;
-        let shard = node.groups[shard_id.0 as usize].shard.clone();
-        let q = shard_query.clone();
-        let slots = node.query_slots.clone();
-        let clock = clock.clone();
-        let task = async move {
-            if !node.holds_replica(shard_id) {
-                // An empty group here is not an empty shard: count it failed, not empty.
-                return Err(ApiError::unavailable(
-                    "no_local_replica",
-                    format!("this node holds no replica of shard {shard_id}"),
-                ));
-            }
-            if strong {
-                node.wait_strong(shard_id, deadline.saturating_duration_since(Instant::now()))
-                    .await?;
-            }
-            let slot = slots.acquire(&clock).await;
-            // The slot is held until the search ends, even when the deadline drops this future.
-            tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                shard.search(&q)
-            })
-            .await
-            .map_err(|e| ApiError::internal("shard query task", e))
-        };
-        async move {
-            match tokio::time::timeout_at(deadline.into(), task).await {
-                Err(_) => Err(None),
-                Ok(Ok(Ok(hits))) => Ok(hits),
-                Ok(Ok(Err(veil_shard::Error::DeadlineExceeded))) => Err(None),
-                Ok(Ok(Err(e))) => Err(Some(e.into_api())),
-                Ok(Err(e)) => Err(Some(e)),
-            }
-        }
-    });
-    let answers = futures::future::join_all(tasks).await;
-    let (mut total, mut failed, mut timed_out) = (0u64, 0usize, 0usize);
-    // Failed shards whose failure a retry can fix (no leader to confirm a strong read, no
-    // replica here): with only those, the answer is a 503.
+    } = plan_query(config, &node.masker(), &request)?;
+    let shards = plan(&node.shard_map(), &shard_query);
+    let ask = Ask::new(config, timeout, strong);
+    let question = Arc::new(LeafRequest::Search(shard_query));
+    let outcomes = coordinator::ask_shards(node, &shards, |_| question.clone(), &ask).await;
+    let (mut total, mut failed, mut timed_out, mut stale) = (0u64, 0usize, 0usize, 0usize);
+    // Failed shards whose failure a retry can fix (no replica could confirm a strong read or
+    // be reached): with only those, the answer is a 503.
     let mut unavailable = 0usize;
+    // The reason of the first shard that failed, for the answer's message.
+    let mut first_failure: Option<String> = None;
     let mut merged: Vec<(SortKey, StoredEntry)> = Vec::new();
     let mut partial_aggs: Option<IntermediateAggregationResults> = None;
-    for answer in answers {
-        match answer {
-            Ok(hits) => {
-                total += hits.total;
-                merged.extend(hits.entries);
-                if let Some(a) = hits.aggs {
-                    match &mut partial_aggs {
-                        None => partial_aggs = Some(a),
-                        Some(acc) => acc
-                            .merge_fruits(a)
-                            .map_err(|e| ApiError::internal("merging aggregations", e))?,
-                    }
-                }
+    for (shard, outcome) in shards.iter().zip(outcomes) {
+        let reply = match outcome {
+            Outcome::Answered(reply) => reply,
+            Outcome::TimedOut => {
+                timed_out += 1;
+                continue;
             }
-            Err(None) => timed_out += 1,
-            Err(Some(e)) if e.status.is_client_error() => return Err(e),
-            Err(Some(e)) => {
+            Outcome::Failed(e) => {
+                let e = e.into_api();
+                if e.status.is_client_error() {
+                    return Err(e);
+                }
                 if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
                     unavailable += 1;
                 } else {
-                    tracing::error!(code = e.code, "shard query failed");
+                    tracing::error!(shard_id = %shard, code = e.code, "shard query failed");
                 }
+                first_failure.get_or_insert_with(|| format!("shard {shard}: {}", e.message));
                 failed += 1;
+                continue;
+            }
+        };
+        stale += usize::from(reply.stale);
+        let hits = reply.answer.into_hits().map_err(LeafError::into_api)?;
+        total += hits.total;
+        merged.extend(hits.entries);
+        if let Some(a) = hits.aggs {
+            match &mut partial_aggs {
+                None => partial_aggs = Some(a),
+                Some(acc) => acc
+                    .merge_fruits(a)
+                    .map_err(|e| ApiError::internal("merging aggregations", e))?,
             }
         }
     }
@@ -342,8 +315,8 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
             let mut results = results.unwrap_or_default();
             aggs::finish(&prepared, &mut results)?;
             let limits = tantivy::aggregation::AggregationLimitsGuard::new(
-                Some(node.config.query_agg_memory_bytes),
-                Some(node.config.query_agg_buckets_max),
+                Some(config.query_agg_memory_bytes),
+                Some(config.query_agg_buckets_max),
             );
             let final_result = results
                 .into_final_result(prepared.aggs.clone(), limits)
@@ -374,10 +347,11 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
         Some(ApiError::unavailable(
             "shards_unavailable",
             format!(
-                "{failed} of {} shards cannot answer here right now (no leader to confirm a \
-                 strong read, or no replica on this node); retry, or set allow_partial to \
+                "{failed} of {} shards cannot answer right now (no replica could confirm a \
+                 strong read, or none could be reached: {}); retry, or set allow_partial to \
                  accept what the others found with status 200",
-                shards.len()
+                shards.len(),
+                first_failure.unwrap_or_default()
             ),
         ))
     } else {
@@ -385,9 +359,10 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
             "shard_failed",
             format!(
-                "{failed} of {} shards failed; the answer holds what the others found (set \
+                "{failed} of {} shards failed ({}); the answer holds what the others found (set \
                  allow_partial to accept it with status 200)",
-                shards.len()
+                shards.len(),
+                first_failure.unwrap_or_default()
             ),
         ))
     };
@@ -411,24 +386,6 @@ pub async fn run(node: &Arc<Node>, request: QueryRequest) -> Result<Answer, ApiE
         response,
         incomplete,
     })
-}
-
-trait IntoApi {
-    fn into_api(self) -> ApiError;
-}
-
-impl IntoApi for veil_shard::Error {
-    fn into_api(self) -> ApiError {
-        match self {
-            veil_shard::Error::InvalidQuery(m) => {
-                ApiError::bad_request("invalid_query", m).with_field("query")
-            }
-            veil_shard::Error::InvalidAggregation(m) => {
-                ApiError::bad_request("invalid_aggregation", m).with_field("aggs")
-            }
-            other => ApiError::internal("querying a shard", other),
-        }
-    }
 }
 
 const CURSOR_VERSION: u8 = 1;
@@ -456,18 +413,18 @@ fn decode_cursor(tag: u64, cursor: &str) -> Result<SortKey, ApiError> {
         .ok_or_else(|| bad("search_after is not a cursor Veil returned"))
 }
 
-fn plan_query(node: &Node, r: &QueryRequest) -> Result<Planned, ApiError> {
+fn plan_query(config: &NodeConfig, masker: &Masker, r: &QueryRequest) -> Result<Planned, ApiError> {
     let limit = r.limit.unwrap_or(100);
     let offset = r.offset.unwrap_or(0);
     let window = offset
         .checked_add(limit)
-        .filter(|w| *w <= node.config.query_window_max)
+        .filter(|w| *w <= config.query_window_max)
         .ok_or_else(|| {
             ApiError::bad_request(
                 "window_too_large",
                 format!(
                     "offset + limit must be at most {}; use search_after to page deeper",
-                    node.config.query_window_max
+                    config.query_window_max
                 ),
             )
             .with_field("limit")
@@ -488,14 +445,14 @@ fn plan_query(node: &Node, r: &QueryRequest) -> Result<Planned, ApiError> {
         }
     };
     let prepared = r.aggs.as_ref().map(aggs::prepare).transpose()?;
-    let mut shard_query = build_shard_query(&node.masker(), r)?;
+    let mut shard_query = build_shard_query(masker, r)?;
     shard_query.sort = sort;
     shard_query.order = order;
     shard_query.after = after;
     shard_query.top_n = window;
     shard_query.aggs = prepared.as_ref().map(|p| p.aggs.clone());
-    shard_query.agg_memory_bytes = node.config.query_agg_memory_bytes;
-    shard_query.agg_buckets = node.config.query_agg_buckets_max;
+    shard_query.agg_memory_bytes = config.query_agg_memory_bytes;
+    shard_query.agg_buckets = config.query_agg_buckets_max;
     Ok(Planned {
         shard_query,
         offset,
@@ -698,12 +655,12 @@ fn scalar(masker: &Masker, key: &str, value: &Value) -> Option<Scalar> {
 
 /// Picks the shards a query needs: with a service filter and a bounded time range, exactly the
 /// shards of each (service, hour); otherwise every shard.
-fn plan(node: &Node, q: &ShardQuery) -> Vec<ShardId> {
+fn plan(map: &veil_shard::ShardMap, q: &ShardQuery) -> Vec<ShardId> {
     match (q.start_us, q.end_us) {
         (Some(start), Some(end)) => {
-            shards_of_services(&node.shard_map, &q.services, hour_of(start), hour_of(end))
+            shards_of_services(map, &q.services, hour_of(start), hour_of(end))
         }
-        _ => node.shard_map.shards().collect(),
+        _ => map.shards().collect(),
     }
 }
 

@@ -51,13 +51,22 @@ impl QueryClock {
     pub fn start() -> QueryClock {
         QueryClock(Arc::default(), Instant::now())
     }
-}
 
-#[cfg(test)]
-impl QueryClock {
+    /// The clock of a query another node coordinates, which has used `used_us` of search time
+    /// and began `age` ago: this node's slots rank its searches as if it had begun here.
+    pub fn resume(used_us: u64, age: std::time::Duration) -> QueryClock {
+        let began = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        QueryClock(Arc::new(AtomicU64::new(used_us)), began)
+    }
+
     /// Search time used so far, in µs.
     pub fn used_us(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the query began.
+    pub fn age(&self) -> std::time::Duration {
+        self.1.elapsed()
     }
 }
 

@@ -667,7 +667,7 @@ pub fn decode_numbers(bytes: &[u8]) -> Option<Numbers> {
 }
 
 /// The numbers a ranking needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Numbers {
     /// Occurrences.
     pub count: u64,
@@ -687,7 +687,7 @@ impl Numbers {
 }
 
 /// Which counter rows a question is about.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterFilter {
     /// Only this exception.
     pub exception_id: Option<u64>,
@@ -779,7 +779,7 @@ fn any_of(list: &[String], v: Option<&str>) -> bool {
 
 /// What a shard answers for a window: per exception, its merged counter and, when asked,
 /// counts per bucket.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExceptionCounts {
     /// exception id → merged counter.
     pub totals: HashMap<u64, Counter>,

@@ -1,7 +1,12 @@
-//! A query as one shard answers it: plain data, planned by the node's coordinator.
+//! A query as one shard answers it: plain data, planned by the node's coordinator. Both the
+//! question and the answer serialize (serde, for bincode), so a replica on another node can
+//! answer it; the aggregation request travels as JSON (tantivy's request types use serde
+//! attributes only a self-describing format reads) and the deadline as the time left, set by
+//! whoever runs the search.
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use tantivy::aggregation::agg_req::Aggregations;
 use tantivy::aggregation::intermediate_agg_result::IntermediateAggregationResults;
 
@@ -9,7 +14,7 @@ use crate::entry::{Level, StoredEntry};
 use crate::query_lang::Expr;
 
 /// The direction of a sort.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SortOrder {
     /// Smallest first.
     Asc,
@@ -19,7 +24,7 @@ pub enum SortOrder {
 }
 
 /// What hits are sorted by; ties are always broken by `log_id` in the same direction.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum SortField {
     /// The entry's timestamp.
     #[default]
@@ -31,7 +36,7 @@ pub enum SortField {
 
 /// The position of a hit in the sort order, comparable across shards: a larger key comes first.
 /// It is what a `search_after` cursor carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct SortKey {
     /// 1 when the sort value is present, 0 when missing (missing sorts last).
     pub present: u8,
@@ -100,7 +105,7 @@ pub fn order_f64(v: f64) -> u64 {
 }
 
 /// A scalar given in a field filter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Scalar {
     /// Matches a stored string equal to it, or a stored number equal to its numeric reading.
     Str(String),
@@ -111,7 +116,7 @@ pub enum Scalar {
 }
 
 /// A condition on one free field.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FieldCondition {
     /// The value equals one of these.
     AnyOf(Vec<Scalar>),
@@ -131,7 +136,7 @@ pub enum FieldCondition {
 }
 
 /// What one shard is asked.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardQuery {
     /// Full-text query, parsed (its values already masked).
     pub text: Option<Expr>,
@@ -162,17 +167,21 @@ pub struct ShardQuery {
     /// How many of the best hits to return: the coordinator's `offset + limit`.
     pub top_n: usize,
     /// Aggregations to compute over every match (tantivy's Elasticsearch-style request).
+    #[serde(with = "aggs_as_json")]
     pub aggs: Option<Aggregations>,
     /// Memory (bytes) and bucket bounds for the aggregations.
     pub agg_memory_bytes: u64,
     /// Most buckets an aggregation may build.
     pub agg_buckets: u32,
-    /// Give up when this passes (checked between index segments).
+    /// Give up when this passes (checked between index segments). Not sent: an instant means
+    /// nothing on another node, where the search runs under the time the asker has left.
+    #[serde(skip)]
     pub deadline: Option<Instant>,
 }
 
-/// One shard's answer.
-#[derive(Debug, Clone, Default)]
+/// One shard's answer. Its partial aggregations are tantivy's intermediate results, whose
+/// serde form is made for non-self-describing formats (quickwit sends them with postcard).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShardHits {
     /// How many entries of the shard match.
     pub total: u64,
@@ -180,4 +189,28 @@ pub struct ShardHits {
     pub entries: Vec<(SortKey, StoredEntry)>,
     /// The aggregations' mergeable partial results.
     pub aggs: Option<IntermediateAggregationResults>,
+}
+
+/// The aggregation request as JSON text: tantivy's request types are read from JSON (they use
+/// `flatten` and `untagged`, which bincode cannot read back), and JSON is what quickwit's root
+/// sends its leaves too.
+mod aggs_as_json {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use tantivy::aggregation::agg_req::Aggregations;
+
+    pub fn serialize<S: Serializer>(aggs: &Option<Aggregations>, s: S) -> Result<S::Ok, S::Error> {
+        let text = aggs
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(serde::ser::Error::custom)?;
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Aggregations>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(serde::de::Error::custom)
+    }
 }

@@ -10,8 +10,10 @@
 
 use std::fmt;
 
-/// A parsed query.
-#[derive(Debug, Clone, PartialEq)]
+use serde::{Deserialize, Serialize};
+
+/// A parsed query (serde: the node sends it to the replicas that answer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Expr {
     /// Every part matches.
     And(Vec<Expr>),
@@ -26,7 +28,7 @@ pub enum Expr {
 }
 
 /// One term of a query.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Match {
     /// The field named before `:`, if any.
     pub field: Option<String>,
@@ -37,7 +39,7 @@ pub struct Match {
 }
 
 /// How a [`Match`] value is matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MatchKind {
     /// An unquoted word (several tokens in it are matched as a phrase).
     Word,

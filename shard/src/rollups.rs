@@ -27,6 +27,8 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::{Deserialize, Serialize};
+
 use crate::exceptions::{merge_into, IdMap, Numbers};
 
 /// A block of time: its level and its index (minutes / 10, or hours).
@@ -76,23 +78,42 @@ pub struct Cached {
 }
 
 /// The numbers of a window's whole hours, from one shard.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HoursNumbers {
     /// The hours (since the epoch) they cover.
     pub hours: Range<i64>,
     /// Per-exception numbers.
+    #[serde(with = "shared_numbers")]
     pub numbers: BlockNumbers,
     /// The version they are cached under in the shard (None: read for one question only).
     pub version: Option<u64>,
 }
 
 /// One shard's per-exception numbers over a window, in two parts that add up to it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WindowNumbers {
     /// The window's whole hours, when it has any.
     pub hours: Option<HoursNumbers>,
     /// The rest: whole ten-minute blocks and single minutes at the ends.
     pub edges: IdMap<Numbers>,
+}
+
+/// [`BlockNumbers`] sent as the numbers they share (serde's `rc` feature would do the same).
+mod shared_numbers {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::BlockNumbers;
+    use crate::exceptions::{IdMap, Numbers};
+
+    pub fn serialize<S: Serializer>(numbers: &BlockNumbers, s: S) -> Result<S::Ok, S::Error> {
+        numbers.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BlockNumbers, D::Error> {
+        IdMap::<Numbers>::deserialize(d).map(Arc::new)
+    }
 }
 
 #[derive(Default)]

@@ -1,7 +1,8 @@
 //! The cluster: who the members are (the metadata group, `meta.rs`), where each shard's
 //! replicas go (`placement.rs`), the settings every node shares (the custom PII patterns,
-//! `patterns.rs`), the node-to-node calls beside Raft (joining, forwarded writes,
-//! replica changes: `service.rs` serves them), and the loop that keeps every shard's Raft
+//! `patterns.rs`), the node-to-node calls beside Raft (joining, forwarded writes, replica
+//! changes, questions to a shard's replica: `service.rs` serves them), reads of any shard from
+//! its replicas here or elsewhere (`reads.rs`), and the loop that keeps every shard's Raft
 //! membership equal to its placement (`reconcile.rs`).
 //!
 //! Every call travels over the node's [`veil_raft::Peers`]: one connection per pair of nodes
@@ -10,6 +11,7 @@
 pub mod meta;
 pub mod patterns;
 pub mod placement;
+pub mod reads;
 pub mod reconcile;
 pub mod routing;
 pub mod service;
@@ -138,6 +140,19 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     request: &Req,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
+    let payload = call_raw(channel, kind, request, timeout).await?;
+    bincode::deserialize(&payload)
+        .map_err(|e| CallError::Failed(format!("undecodable answer: {e}")))
+}
+
+/// [`call`], returning the answer's bytes undecoded (for answers large enough that decoding
+/// belongs on a blocking thread).
+pub async fn call_raw<Req: Serialize>(
+    channel: Channel,
+    kind: &str,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Vec<u8>, CallError> {
     let payload = bincode::serialize(request).map_err(|e| CallError::Failed(e.to_string()))?;
     let mut client = ClusterClient::new(channel)
         .max_decoding_message_size(veil_raft::PEER_MESSAGE_BYTES_MAX)
@@ -153,8 +168,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
             tonic::Code::Unavailable => CallError::Unreachable(status.message().to_string()),
             _ => CallError::Failed(format!("{}: {}", status.code(), status.message())),
         })?;
-    bincode::deserialize(&reply.into_inner().payload)
-        .map_err(|e| CallError::Failed(format!("undecodable answer: {e}")))
+    Ok(reply.into_inner().payload)
 }
 
 /// Calls a node by its peer address alone (a join, before this node has peers of its own).

@@ -48,7 +48,15 @@ pub struct ClusterHandle {
     changing: Mutex<HashSet<u32>>,
     /// Per group: the last leader seen and how many times it changed (for `/metrics`).
     leaders_seen: Mutex<std::collections::HashMap<u32, (Option<NodeId>, u64)>>,
+    /// The placement last computed, with the member list it was computed from.
+    placed: Mutex<Option<Placed>>,
+    /// Per shard this node holds no replica of: its leader as a replica last named it (this
+    /// node's own Raft instance of such a shard never hears from the group).
+    leader_hints: Mutex<std::collections::HashMap<u32, NodeId>>,
 }
+
+/// Every shard's placed replicas (`placement::place`) over a member list.
+type Placed = (Vec<NodeId>, Arc<Vec<Vec<NodeId>>>);
 
 /// Releases a shard's change claim when dropped.
 pub struct ChangeClaim<'a> {
@@ -92,7 +100,39 @@ impl ClusterHandle {
             forward_timeout,
             changing: Mutex::new(HashSet::new()),
             leaders_seen: Mutex::default(),
+            placed: Mutex::default(),
+            leader_hints: Mutex::default(),
         }
+    }
+
+    /// The leader of a shard this node holds no replica of, as a replica last named it.
+    pub fn leader_hint(&self, shard: ShardId) -> Option<NodeId> {
+        let hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
+        hints.get(&shard.0).copied()
+    }
+
+    /// Records (or, with None, forgets) the leader a replica of `shard` named.
+    pub fn set_leader_hint(&self, shard: ShardId, leader: Option<NodeId>) {
+        let mut hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
+        match leader {
+            Some(id) => hints.insert(shard.0, id),
+            None => hints.remove(&shard.0),
+        };
+    }
+
+    /// Every shard's placed replicas over the members the metadata holds now, in priority
+    /// order (computed again only when the members change).
+    pub fn placement(&self, shards: u32) -> Arc<Vec<Vec<NodeId>>> {
+        let members: Vec<NodeId> = self.meta_store.state().members.keys().copied().collect();
+        let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, placement)) = &*placed {
+            if *known == members {
+                return placement.clone();
+            }
+        }
+        let placement = Arc::new(super::placement::place(&members, shards));
+        *placed = Some((members, placement.clone()));
+        placement
     }
 
     /// Claims the right to change `shard`'s membership; None while another change runs.
@@ -181,6 +221,9 @@ impl Node {
     /// forwarded to the leader otherwise, and retried (leader changes, lost connections) until
     /// it is applied or `--forward-timeout-ms` passes. A try whose outcome is unknown is
     /// retried as a checked `Append`, so entries the first try stored are not stored again.
+    /// For a shard this node holds no replica of, the leader is the one its replicas name:
+    /// the part goes to a placed replica, which answers "not the leader, node N is" unless it
+    /// leads, and the next try goes to N (remembered for the next parts).
     pub(crate) async fn commit_part(
         &self,
         shard: ShardId,
@@ -197,8 +240,13 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.cluster.forward_timeout;
         let mut minted = minted;
         let mut backoff = Duration::from_millis(10);
+        let mut attempt = 0usize;
         loop {
-            let leader = group.raft.metrics().borrow_watched().current_leader;
+            let leader = match group.raft.metrics().borrow_watched().current_leader {
+                None if !self.holds_replica(shard) => self.leader_elsewhere(shard, attempt),
+                leader => leader,
+            };
+            attempt += 1;
             let tried = match leader {
                 Some(id) if id == self.cluster.me => self.proposers[shard.0 as usize]
                     .propose(minted, entries.clone())
@@ -240,6 +288,22 @@ impl Node {
         }
     }
 
+    /// Where to send a part of `shard`, which this node holds no replica of, at try `attempt`:
+    /// the leader a replica named last, else the shard's placed replicas in turn.
+    fn leader_elsewhere(&self, shard: ShardId, attempt: usize) -> Option<NodeId> {
+        if let Some(leader) = self.cluster.leader_hint(shard) {
+            return Some(leader);
+        }
+        let placement = self.cluster.placement(self.shard_map.shard_count());
+        let replicas: Vec<NodeId> = placement
+            .get(shard.0 as usize)?
+            .iter()
+            .copied()
+            .filter(|id| *id != self.cluster.me)
+            .collect();
+        replicas.get(attempt % replicas.len().max(1)).copied()
+    }
+
     async fn forward(
         &self,
         leader: NodeId,
@@ -267,6 +331,17 @@ impl Node {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reply: Result<ForwardReply, CallError> =
             super::call(channel, "append", &request, left).await;
+        if !self.holds_replica(shard) {
+            // What the replica said about the shard's leader, for the next try and part.
+            match &reply {
+                Ok(ForwardReply::Outcomes(_)) => self.cluster.set_leader_hint(shard, Some(leader)),
+                Ok(ForwardReply::NotLeader(named)) => self
+                    .cluster
+                    .set_leader_hint(shard, named.filter(|id| *id != leader)),
+                Err(CallError::Unreachable(_)) => self.cluster.set_leader_hint(shard, None),
+                _ => {}
+            }
+        }
         match reply {
             Ok(ForwardReply::Outcomes(bytes)) => {
                 let outcomes = veil_shard::decode_outcomes(shard, &bytes)
@@ -447,7 +522,8 @@ impl Node {
             .groups
             .iter()
             .map(|g| g.shard.id())
-            .filter(|s| !self.single_voter(*s))
+            // A shard placed elsewhere has nothing here to catch up (and no leader known here).
+            .filter(|s| self.holds_replica(*s) && !self.single_voter(*s))
             .map(|s| self.wait_applied(s, timeout));
         for result in futures::future::join_all(waits).await {
             if let Err(e) = result {
@@ -459,24 +535,9 @@ impl Node {
         }
     }
 
-    /// Like [`Node::catch_up_replicas`], failing (503) when a shard cannot be caught up: for a
-    /// strong question, which must not answer from a replica that may be behind.
-    pub async fn catch_up_replicas_strictly(&self) -> Result<(), ApiError> {
-        let timeout = self.cluster.forward_timeout;
-        let waits = self
-            .groups
-            .iter()
-            .map(|g| g.shard.id())
-            .map(|s| self.wait_applied(s, timeout));
-        for result in futures::future::join_all(waits).await {
-            result?;
-        }
-        Ok(())
-    }
-
     /// True when this node is one of `shard`'s voters (holds a caught-up replica). With more
-    /// than three members some shards are placed elsewhere; questions about them are not yet
-    /// sent to the nodes that hold them.
+    /// than three members some shards are placed elsewhere; questions about them go to the
+    /// nodes that hold them (`reads.rs`).
     pub fn holds_replica(&self, shard: ShardId) -> bool {
         self.groups[shard.0 as usize]
             .raft
@@ -516,7 +577,11 @@ impl Node {
 
     /// Waits until this node's replica of `shard` has applied what its leader had committed
     /// when asked (its read index).
-    async fn wait_applied(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
+    pub(crate) async fn wait_applied(
+        &self,
+        shard: ShardId,
+        timeout: Duration,
+    ) -> Result<(), ApiError> {
         let group = &self.groups[shard.0 as usize];
         let deadline = tokio::time::Instant::now() + timeout;
         let index = loop {

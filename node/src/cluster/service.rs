@@ -1,5 +1,7 @@
 //! The receiving side of the nodes' own calls (`veil.peer.v1.Cluster`), served on the peer
-//! address beside the Raft transport.
+//! address beside the Raft transport: `hello`, `join`, `meta_propose`, `append`,
+//! `ensure_replicas`, `read_index` and `leaf` (a question about one shard, answered from this
+//! node's replica: `reads.rs`).
 
 use std::sync::Arc;
 
@@ -64,6 +66,13 @@ impl ClusterRpc for ClusterService {
             "read_index" => {
                 let shard: u32 = decode(&call.payload)?;
                 encode(&node.read_index_here(shard).await)
+            }
+            "leaf" => {
+                // Encoded on the blocking thread that answered (it can be megabytes).
+                let leaf: crate::leaf::LeafCall<crate::leaf::LeafRequest> = decode(&call.payload)?;
+                Ok(Response::new(ClusterReply {
+                    payload: node.answer_leaf_call(leaf).await,
+                }))
             }
             other => Err(Status::unimplemented(format!(
                 "unknown cluster call {other}"

@@ -138,12 +138,17 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
 }
 
 /// `ok`, `degraded` (some shard has a replica down) or `unavailable` (some shard has lost its
-/// majority), with the shards concerned.
+/// majority), with the shards concerned: of the shards this node holds a replica of (its Raft
+/// instance of a shard placed elsewhere knows nothing of that group).
 pub async fn health(node: &Arc<Node>) -> (&'static str, Vec<u32>, Vec<u32>) {
     let up = states(node).await;
     let mut degraded = Vec::new();
     let mut unavailable = Vec::new();
-    for g in &node.groups {
+    for g in node
+        .groups
+        .iter()
+        .filter(|g| node.holds_replica(g.shard.id()))
+    {
         let m = g.raft.metrics().borrow_watched().clone();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let alive = voters

@@ -1,7 +1,10 @@
 //! Three real `veil serve` processes on loopback as one cluster: every node answers alike and
 //! as a brute-force count says; a shard leader killed in the middle of keyed ingest loses
 //! nothing and stores nothing twice (replica digests agree); a stopped node catches up; a wiped
-//! node is restored; with two of three down, writes fail clearly and reads say partial.
+//! node is restored; with two of three down, writes fail clearly and reads say partial. Four
+//! processes: a node that holds no replica of some shards answers every question from the
+//! replicas elsewhere, alike and as a brute-force evaluation says, moves on when one of them
+//! dies, and reads its writes with strong consistency.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -73,7 +76,11 @@ impl Cluster {
         for i in 0..n {
             c.start_node(i);
         }
-        c.wait_replicated(n.min(3));
+        if n <= 3 {
+            c.wait_replicated(n);
+        }
+        // With more nodes, shards have three voters or more (replicas are only added): each
+        // node's ready line says it votes in every shard placed on it.
         c
     }
 
@@ -421,6 +428,432 @@ fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
     let (status, health) = get(&alone, "/api/v1/health");
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["status"], "unavailable");
+}
+
+/// Four nodes' entries: eight services, three levels, one second apart going back from
+/// `newest_us`, a searchable word in a quarter, an exception of three types in a fifth.
+fn timed_entries(tag: &str, n: usize, newest_us: i64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let level = ["INFO", "WARN", "ERROR"][i % 3];
+            let mut e = json!({
+                "timestamp": rfc3339(newest_us - i as i64 * 1_000_000),
+                "service": format!("svc-{}", i % 8),
+                "level": level,
+                "message": format!("{} item {i} of {tag}",
+                    if i % 4 == 0 { "payment failed" } else { "request served" }),
+                "fields": {"batch": tag, "n": i},
+            });
+            if i % 5 == 0 {
+                e["exception"] = json!({"type": format!("E{}", i % 3), "message": "boom"});
+            }
+            e
+        })
+        .collect()
+}
+
+fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn ts_us(e: &Value) -> i64 {
+    let t = time::OffsetDateTime::parse(
+        e["timestamp"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+/// The test's questions, each with the answer a brute-force evaluation of `sent` gives (what
+/// of the answer it decides), over the window `start..=end`.
+struct Questions<'a> {
+    sent: &'a [Value],
+    start: String,
+    end: String,
+}
+
+impl Questions<'_> {
+    /// Every answer `http` gives, as JSON without what differs by construction (ids, timings);
+    /// `consistency` is `strong` or `any`.
+    fn answers(&self, http: &str, consistency: &str) -> Value {
+        let q = |body: Value| {
+            let mut body = body;
+            body["consistency"] = json!(consistency);
+            let (status, mut a) = post(http, "/api/v1/logs/query", &body).unwrap();
+            assert_eq!(status, 200, "{a}");
+            a["query_id"] = Value::Null;
+            a["execution_time_ms"] = Value::Null;
+            a
+        };
+        let g = |path: String| {
+            let (status, mut a) = get(http, &format!("{path}&consistency={consistency}"));
+            assert_eq!(status, 200, "{path}: {a}");
+            a["execution_time_ms"] = Value::Null;
+            a
+        };
+        let window = format!("start={}&end={}", self.start, self.end);
+        // Pages of 37, oldest first, following the cursors to the end.
+        let mut pages = Vec::new();
+        let mut after = Value::Null;
+        loop {
+            let page = q(
+                json!({"sort": {"field": "timestamp", "order": "asc"}, "limit": 37,
+                                "search_after": after}),
+            );
+            after = page["search_after"].clone();
+            pages.push(page);
+            if after.is_null() {
+                break;
+            }
+            assert!(pages.len() <= 20, "cursors never end");
+        }
+        let top = g(format!("/api/v1/exceptions/top-k?k=10&{window}"));
+        let first = |top: &Value| {
+            top["exceptions"][0]["exception_id"]
+                .as_str()
+                .unwrap_or("none")
+                .to_string()
+        };
+        let top_error = g(format!("/api/v1/exceptions/top-k?k=5&level=ERROR&{window}"));
+        json!({
+            "text": q(json!({"query": "payment", "limit": 1000})),
+            "filtered": q(json!({"filters": {"services": ["svc-1", "svc-3"], "levels": ["ERROR"],
+                                             "fields": {"n": {"gte": 100}}}, "limit": 1000})),
+            "planned": q(json!({"filters": {"services": ["svc-2"],
+                "timestamp_range": {"start": self.start, "end": self.end}}, "limit": 1000})),
+            "aggs": q(json!({"limit": 0, "aggs": {
+                "s": {"terms": {"field": "service", "size": 20},
+                      "aggs": {"n": {"stats": {"field": "n"}}}},
+                "m": {"date_histogram": {"field": "timestamp", "fixed_interval": "1m"}}}})),
+            "pages": pages,
+            "top_k": top,
+            "details": g(format!("/api/v1/exceptions/{}?{window}", first(&top))),
+            "details_error": g(format!("/api/v1/exceptions/{}?level=ERROR&{window}", first(&top_error))),
+            "top_k_error": top_error,
+            "top_k_services": g(format!("/api/v1/exceptions/top-k?k=5&service=svc-0,svc-5&{window}")),
+        })
+    }
+
+    /// Checks `a` (from [`Questions::answers`]) against the brute-force evaluation.
+    fn check(&self, a: &Value) {
+        let sent = self.sent;
+        let n_of = |e: &Value| e["fields"]["n"].as_u64().unwrap();
+        let matched =
+            |a: &Value| -> Vec<u64> { a["logs"].as_array().unwrap().iter().map(n_of).collect() };
+        // Newest first: the order of n.
+        let want = |keep: &dyn Fn(&Value) -> bool| -> Vec<u64> {
+            sent.iter().filter(|e| keep(e)).map(n_of).collect()
+        };
+        for (name, keep) in [
+            (
+                "text",
+                &(|e: &Value| e["message"].as_str().unwrap().starts_with("payment"))
+                    as &dyn Fn(&Value) -> bool,
+            ),
+            ("filtered", &|e: &Value| {
+                ["svc-1", "svc-3"].contains(&e["service"].as_str().unwrap())
+                    && e["level"] == "ERROR"
+                    && n_of(e) >= 100
+            }),
+            ("planned", &|e: &Value| e["service"] == "svc-2"),
+        ] {
+            let want = want(keep);
+            assert!(!want.is_empty(), "{name} matches something");
+            assert_eq!(a[name]["total"], want.len(), "{name}: {}", a[name]);
+            assert_eq!(matched(&a[name]), want, "{name}");
+            let shards = &a[name]["shards"];
+            assert_eq!(
+                (shards["failed"].as_u64(), shards["timed_out"].as_u64()),
+                (Some(0), Some(0)),
+                "{name}: {shards}"
+            );
+            assert_eq!(a[name]["partial"], false, "{name}");
+        }
+        // Paging: every entry once, oldest first.
+        let paged: Vec<u64> = a["pages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(matched)
+            .collect();
+        let mut oldest_first = want(&|_| true);
+        oldest_first.reverse();
+        assert_eq!(paged, oldest_first);
+        // Aggregations.
+        let aggs = &a["aggs"]["aggregations"];
+        let mut per_service = BTreeMap::<String, (u64, u64, u64, u64)>::new();
+        for e in sent {
+            let s = per_service
+                .entry(e["service"].as_str().unwrap().into())
+                .or_insert((0, 0, u64::MAX, 0));
+            let n = n_of(e);
+            *s = (s.0 + 1, s.1 + n, s.2.min(n), s.3.max(n));
+        }
+        let got: BTreeMap<String, (u64, u64, u64, u64)> = aggs["s"]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let n = &b["n"];
+                (
+                    b["key"].as_str().unwrap().into(),
+                    (
+                        b["doc_count"].as_u64().unwrap(),
+                        n["sum"].as_f64().unwrap() as u64,
+                        n["min"].as_f64().unwrap() as u64,
+                        n["max"].as_f64().unwrap() as u64,
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, per_service);
+        let mut per_minute = BTreeMap::<i64, u64>::new();
+        for e in sent {
+            *per_minute
+                .entry(ts_us(e).div_euclid(60_000_000) * 60_000)
+                .or_default() += 1;
+        }
+        let got: BTreeMap<i64, u64> = aggs["m"]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["doc_count"].as_u64() != Some(0))
+            .map(|b| {
+                (
+                    b["key"].as_f64().unwrap() as i64,
+                    b["doc_count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, per_minute);
+        // Top-K: the oracle ranks (exception id, count) by count, then latest last seen, then id.
+        let top = |keep: &dyn Fn(&Value) -> bool, k: usize| -> Vec<(String, u64)> {
+            let mut by_id = BTreeMap::<u64, (u64, i64)>::new();
+            for e in sent
+                .iter()
+                .filter(|e| e.get("exception").is_some() && keep(e))
+            {
+                let id = veil_shard::exceptions::exception_id(
+                    e["exception"]["type"].as_str().unwrap(),
+                    e["service"].as_str().unwrap(),
+                );
+                let x = by_id.entry(id).or_insert((0, i64::MIN));
+                *x = (x.0 + 1, x.1.max(ts_us(e)));
+            }
+            let mut ranked: Vec<(u64, (u64, i64))> = by_id.into_iter().collect();
+            ranked.sort_by(|a, b| {
+                b.1 .0
+                    .cmp(&a.1 .0)
+                    .then(b.1 .1.cmp(&a.1 .1))
+                    .then(a.0.cmp(&b.0))
+            });
+            ranked
+                .into_iter()
+                .take(k)
+                .map(|(id, (c, _))| (format!("{id:016x}"), c))
+                .collect()
+        };
+        let ranked = |a: &Value| -> Vec<(String, u64)> {
+            a["exceptions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| {
+                    (
+                        x["exception_id"].as_str().unwrap().into(),
+                        x["count"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let all_top = top(&|_| true, 10);
+        assert_eq!(ranked(&a["top_k"]), all_top);
+        assert_eq!(
+            ranked(&a["top_k_error"]),
+            top(&|e| e["level"] == "ERROR", 5)
+        );
+        assert_eq!(
+            ranked(&a["top_k_services"]),
+            top(
+                &|e| ["svc-0", "svc-5"].contains(&e["service"].as_str().unwrap()),
+                5
+            )
+        );
+        // Details of the first: its count, and samples that are its own entries.
+        let (first, count) = &all_top[0];
+        let d = &a["details"];
+        assert_eq!(
+            (d["exception_id"].as_str(), d["count"].as_u64()),
+            (Some(first.as_str()), Some(*count)),
+            "{d}"
+        );
+        let samples = d["sample_logs"].as_array().unwrap();
+        assert_eq!(samples.len() as u64, (*count).min(3), "{d}");
+        for sample in samples {
+            let id = veil_shard::exceptions::exception_id(
+                sample["exception_type"].as_str().unwrap(),
+                sample["service_name"].as_str().unwrap(),
+            );
+            assert_eq!(&format!("{id:016x}"), first, "{sample}");
+        }
+        let (first_error, count) = &top(&|e| e["level"] == "ERROR", 1)[0];
+        let d = &a["details_error"];
+        assert_eq!(
+            (d["exception_id"].as_str(), d["count"].as_u64()),
+            (Some(first_error.as_str()), Some(*count)),
+            "{d}"
+        );
+    }
+}
+
+/// The shards whose voters, as `http` (a node holding every shard) sees them, exclude node `id`.
+fn shards_without(http: &str, id: u64) -> Vec<u64> {
+    let (_, status) = get(http, "/api/v1/cluster");
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["replicas"].as_array().unwrap().contains(&json!(id)))
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect()
+}
+
+/// A counter of `http`'s `/metrics`.
+fn metric(http: &str, name: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
+}
+
+/// Issue 22: four nodes, so the fourth holds no replica of some shards. Every node answers
+/// every question (search, filters, planned shards, aggregations, cursor paging, top-K plain
+/// and filtered, details) alike and as the oracle says, the fourth from the replicas
+/// elsewhere; it moves on when the replica it asks first is killed; and a strong read through
+/// it sees every entry acknowledged before.
+#[test]
+fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
+    let mut c = Cluster::start(4);
+    let asker = 3;
+    let asker_id = c.node(asker).node_id;
+    let lacking = shards_without(&c.http(0), asker_id);
+    assert!(
+        !lacking.is_empty(),
+        "node {asker_id} holds every shard: nothing is asked elsewhere"
+    );
+    let newest = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64)
+        - 60_000_000;
+    let sent = timed_entries("f", 400, newest);
+    let map = veil_shard::ShardMap::new(SHARDS.parse().unwrap());
+    // How many of `batch` lie on shards the asker lacks.
+    let routed_elsewhere = |batch: &[Value]| {
+        batch
+            .iter()
+            .filter(|e| {
+                let hour = veil_shard::hour_of(ts_us(e));
+                let shard = map.shard_for(e["service"].as_str().unwrap(), hour);
+                lacking.contains(&u64::from(shard.0))
+            })
+            .count()
+    };
+    assert!(
+        routed_elsewhere(&sent) > 0,
+        "no entry lies on a shard node {asker_id} lacks"
+    );
+    // Its health is about the shards it holds: those placed elsewhere are not "lost".
+    let (status, health) = get(&c.http(asker), "/api/v1/health");
+    assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
+    let (status, answer) = ingest(&c.http(0), &sent).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 400, "{answer}");
+    let questions = Questions {
+        sent: &sent,
+        start: rfc3339(newest - 600_000_000),
+        end: rfc3339(newest + 1_000_000),
+    };
+    // Strong: every node at once, alike, and as the oracle says.
+    let reference = questions.answers(&c.http(asker), "strong");
+    questions.check(&reference);
+    for i in 0..4 {
+        assert_eq!(
+            questions.answers(&c.http(i), "strong"),
+            reference,
+            "node {i} answers otherwise"
+        );
+    }
+    assert!(metric(&c.http(asker), "veil_shard_questions_sent_total") > 0);
+    // The default reads replicas as they are: alike once every replica has indexed the batch.
+    for i in 0..4 {
+        wait_for("default reads to agree", 30, || {
+            (questions.answers(&c.http(i), "any") == reference).then_some(())
+        });
+    }
+    // Each other holder of a shard the asker lacks dies in turn: the asker asks the next
+    // replica, and answers as before.
+    let retries_before = metric(&c.http(asker), "veil_shard_question_retries_total");
+    for victim in 0..3 {
+        c.nodes[victim].as_mut().unwrap().kill9();
+        c.nodes[victim] = None;
+        wait_for("the asker to answer without the dead replica", 30, || {
+            (questions.answers(&c.http(asker), "any") == reference).then_some(())
+        });
+        c.start_node(victim);
+    }
+    assert!(
+        metric(&c.http(asker), "veil_shard_question_retries_total") > retries_before,
+        "no question moved on to another replica"
+    );
+    // Read-your-writes through the node without the replicas: written through it (each part
+    // forwarded to its shard's leader, found through the shard's replicas), acknowledged,
+    // then counted.
+    let late = timed_entries("late", 200, newest + 500_000);
+    assert!(routed_elsewhere(&late) > 0);
+    let (status, answer) = ingest(&c.http(asker), &late).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 200, "{answer}");
+    let (status, seen) = post(
+        &c.http(asker),
+        "/api/v1/logs/query",
+        &json!({"filters": {"fields": {"batch": "late"}}, "limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{seen}");
+    assert_eq!(seen["total"], 200, "{seen}");
+    assert_eq!(seen["shards"]["failed"], 0, "{seen}");
+    let all: Vec<Value> = sent.iter().chain(&late).cloned().collect();
+    let (status, top) = get(
+        &c.http(asker),
+        &format!(
+            "/api/v1/exceptions/top-k?k=100&consistency=strong&start={}&end={}",
+            questions.start,
+            rfc3339(newest + 2_000_000)
+        ),
+    );
+    assert_eq!(status, 200, "{top}");
+    let counted: u64 = top["exceptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        counted as usize,
+        all.iter().filter(|e| e.get("exception").is_some()).count(),
+        "{top}"
+    );
 }
 
 #[test]

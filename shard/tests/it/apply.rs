@@ -1069,3 +1069,77 @@ fn counter_operands_read_as_their_fold_across_flushes_and_compactions() {
     db.compact_range_cf(cf_dims, None::<&[u8]>, None::<&[u8]>);
     check("after compaction");
 }
+
+/// A question and its answer cross the wire between nodes (bincode) unchanged: the decoded
+/// query finds what the original finds, and the decoded answer — hits, total, and partial
+/// aggregations of every kind the API offers — renders as the original does (issue 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_and_its_answer_cross_the_wire_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = open(dir.path(), open_db(dir.path()));
+    let mut sm = ShardStateMachine::new(shard.clone());
+    let entries = (0..60)
+        .map(|n| {
+            let mut e = entry_for(ShardId(1), n);
+            e.fields_json = format!(r#"{{"user_id":"user_{}","duration_ms":{}}}"#, n % 7, n * 7);
+            e
+        })
+        .collect();
+    apply(&mut sm, 1, entries).await;
+    shard.commit_index().unwrap();
+    let aggs: tantivy::aggregation::agg_req::Aggregations = serde_json::from_value(serde_json::json!({
+        "svc": {"terms": {"field": "service", "size": 10},
+                "aggs": {"d": {"stats": {"field": "fields.duration_ms"}}}},
+        "p": {"percentiles": {"field": "fields.duration_ms", "percents": [50.0, 99.0]}},
+        "u": {"cardinality": {"field": "fields.user_id"}},
+        "t": {"date_histogram": {"field": "timestamp", "fixed_interval": "1s"}},
+        "r": {"range": {"field": "fields.duration_ms", "ranges": [{"to": 100.0}, {"from": 100.0}]}},
+        "h": {"histogram": {"field": "fields.duration_ms", "interval": 50.0}},
+        "a": {"avg": {"field": "fields.duration_ms"}}
+    }))
+    .unwrap();
+    let query = ShardQuery {
+        text: query_lang::parse("payment -attempt:3 OR fail*").unwrap(),
+        services: vec![entry_for(ShardId(1), 0).service],
+        levels: vec![Level::Error],
+        fields: vec![(
+            "duration_ms".into(),
+            FieldCondition::Range {
+                gte: Some(14.0),
+                gt: None,
+                lte: None,
+                lt: Some(400.0),
+            },
+        )],
+        sort: veil_shard::SortField::Numeric("duration_ms".into()),
+        order: veil_shard::SortOrder::Asc,
+        top_n: 5,
+        aggs: Some(aggs.clone()),
+        agg_memory_bytes: 64 << 20,
+        agg_buckets: 10_000,
+        ..Default::default()
+    };
+    let sent: ShardQuery = bincode::deserialize(&bincode::serialize(&query).unwrap()).unwrap();
+    assert!(sent.aggs.is_some());
+    let here = shard.search(&query).unwrap();
+    assert!(here.total > 5 && here.total < 60, "{}", here.total);
+    let answer = shard.search(&sent).unwrap();
+    let back: veil_shard::ShardHits =
+        bincode::deserialize(&bincode::serialize(&answer).unwrap()).unwrap();
+    assert_eq!(back.total, here.total);
+    assert_eq!(back.entries, here.entries);
+    let render = |hits: veil_shard::ShardHits| {
+        let final_result = hits
+            .aggs
+            .unwrap()
+            .into_final_result(aggs.clone(), Default::default())
+            .unwrap();
+        serde_json::to_value(final_result).unwrap()
+    };
+    let (got, want) = (render(back), render(here));
+    assert_eq!(got, want);
+    assert!(
+        want["svc"]["buckets"][0]["d"]["count"].as_u64().unwrap() > 0,
+        "{want}"
+    );
+}
