@@ -606,6 +606,7 @@ impl Node {
 
     /// The PII engine in force.
     pub fn masker(&self) -> Arc<Masker> {
+        self.masker_current();
         // A panic while swapping leaves the old engine, which is still a whole engine.
         self.masker
             .read()

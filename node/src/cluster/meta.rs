@@ -255,6 +255,12 @@ impl MetaStore {
         self.read().state.clone()
     }
 
+    /// How many times the metadata changed since the node started (what [`Self::subscribe`]'s
+    /// receivers see).
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// A receiver that changes whenever the metadata does.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()

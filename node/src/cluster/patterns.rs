@@ -8,6 +8,7 @@
 //! force, and before the node says ready it proposes them to the cluster (`SeedPiiPatterns`,
 //! which adds those whose id is new) and removes the file.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct Patterns {
     changes: tokio::sync::Mutex<()>,
     /// What the engine in force was built from.
     in_force: std::sync::Mutex<Vec<CustomPattern>>,
+    /// The metadata version the engine was last checked against (`u64::MAX`: never).
+    checked_at: AtomicU64,
     /// An older directory's own patterns, until the cluster has them.
     legacy: std::sync::Mutex<Option<PatternStore>>,
 }
@@ -35,6 +38,7 @@ impl Patterns {
         Patterns {
             changes: tokio::sync::Mutex::new(()),
             in_force: std::sync::Mutex::new(legacy.patterns().to_vec()),
+            checked_at: AtomicU64::new(u64::MAX),
             legacy: std::sync::Mutex::new((!legacy.patterns().is_empty()).then_some(legacy)),
         }
     }
@@ -66,8 +70,11 @@ impl Node {
     /// does not compile here (which validation on the proposing node rules out) keeps the
     /// engine in force, and says so in the log.
     pub fn refresh_masker(&self) {
-        let next = self.pii_patterns();
         let mut in_force = lock(&self.patterns.in_force);
+        // Read before the patterns: a change meanwhile leaves the engine "not yet checked".
+        let version = self.cluster.meta_store.version();
+        let next = self.pii_patterns();
+        self.patterns.checked_at.store(version, Ordering::Release);
         if *in_force == next {
             return;
         }
@@ -83,7 +90,16 @@ impl Node {
         }
     }
 
-    /// Keeps the engine equal to the patterns this node has applied.
+    /// Rebuilds the engine first if the metadata changed since it was last checked, so that no
+    /// entry is masked with patterns older than those this node lists.
+    pub fn masker_current(&self) {
+        if self.patterns.checked_at.load(Ordering::Acquire) != self.cluster.meta_store.version() {
+            self.refresh_masker();
+        }
+    }
+
+    /// Keeps the engine equal to the patterns this node has applied (without waiting for the
+    /// next entry to notice).
     pub fn spawn_pattern_follower(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let node = Arc::downgrade(self);
         let mut changes = self.cluster.meta_store.subscribe();

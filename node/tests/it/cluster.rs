@@ -859,6 +859,14 @@ fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
 #[test]
 fn a_wiped_node_is_restored_through_a_snapshot() {
     let mut c = Cluster::start(3);
+    // A custom PII pattern, added through node 1: the cluster's, so the wiped node gets it back.
+    let (status, pattern) = post(
+        &c.http(0),
+        "/api/v1/admin/pii-patterns",
+        &json!({"pattern_type": "badge", "regex_pattern": r"\bBDG[0-9]{4}\b"}),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{pattern}");
     let batch = entries("w", 300, true);
     let (status, answer) = ingest(&c.http(0), &batch).unwrap();
     assert_eq!(status, 200, "{answer}");
@@ -907,6 +915,44 @@ fn a_wiped_node_is_restored_through_a_snapshot() {
         .and_then(|v| v.trim().parse().ok())
         .expect("the snapshots-received counter");
     assert!(received >= 1, "restored without a snapshot?\n{metrics}");
+
+    // Every node masks with the pattern, the restored one included.
+    let badge = |i: usize, n: u32| {
+        let e = json!({"service": "badges", "message": format!("badge BDG{n:04} scanned")});
+        let (status, answer) = post(&c.http(i), "/api/v1/logs", &e).unwrap();
+        assert_eq!(status, 200, "{answer}");
+        answer["pii_detected"].clone()
+    };
+    for i in 0..3 {
+        assert_eq!(
+            badge(i, 1000 + i as u32),
+            json!(["badge"]),
+            "through node {}",
+            i + 1
+        );
+    }
+    // Deleted through node 2: every node stops applying it once it has applied the delete.
+    let id = pattern["pattern_id"].as_str().unwrap();
+    let resp = client()
+        .delete(format!(
+            "http://{}/api/v1/admin/pii-patterns/{id}",
+            c.http(1)
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    for i in 0..3 {
+        wait_for("the delete to reach every node", 30, || {
+            let (_, list) = get(&c.http(i), "/api/v1/admin/pii-patterns");
+            list["patterns"].as_array()?.is_empty().then_some(())
+        });
+        assert_eq!(
+            badge(i, 2000 + i as u32),
+            json!([]),
+            "through node {}",
+            i + 1
+        );
+    }
 }
 
 /// A `veil cluster up` process; if the test fails first, it is sent SIGTERM (so it stops its
