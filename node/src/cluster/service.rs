@@ -63,6 +63,10 @@ impl ClusterRpc for ClusterService {
                 let request: EnsureReplicas = decode(&call.payload)?;
                 encode(&super::reconcile::ensure_replicas_here(node, request).await)
             }
+            "shard_status" => {
+                let shard: u32 = decode(&call.payload)?;
+                encode(&super::status::shard_status_here(node, shard))
+            }
             "read_index" => {
                 let shard: u32 = decode(&call.payload)?;
                 encode(&node.read_index_here(shard).await)

@@ -1,13 +1,14 @@
 //! What `GET /api/v1/cluster`, `GET /api/v1/health` and `GET /api/v1/admin/digests` answer:
-//! the members and whether each answers now, every shard's replicas, leader, indexes and lag as
-//! this node sees them, and digests of this node's replicas.
+//! the members and whether each answers now, every shard's replicas, leader, indexes and lag
+//! (from this node's replica, or for a shard it holds none of, from a replica's node), and
+//! digests of this node's replicas.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::async_runtime::watch::WatchReceiver as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use veil_raft::NodeId;
 
 use super::HelloReply;
@@ -27,10 +28,12 @@ pub struct NodeStatus {
     pub state: &'static str,
 }
 
-/// One shard's group, as this node sees it.
-#[derive(Debug, Serialize)]
+/// One shard's group, as the node holding the replica that reported it sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardStatus {
     pub shard: u32,
+    /// The node whose replica this is from (the answering node's own when it holds one).
+    pub reported_by: NodeId,
     /// Voters.
     pub replicas: Vec<NodeId>,
     /// Replicas still catching up before they vote.
@@ -97,43 +100,78 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
             },
         })
         .collect();
-    let shards = node
-        .groups
-        .iter()
-        .map(|g| {
-            let m = g.raft.metrics().borrow_watched().clone();
-            let membership = m.membership_config.membership();
-            let last = m.last_log_index.unwrap_or(0);
-            let lag = m
-                .replication
-                .as_ref()
-                .map(|r| {
-                    r.iter()
-                        .map(|(id, matched)| {
-                            let matched = matched.as_ref().map(|l| l.index()).unwrap_or(0);
-                            (*id, last.saturating_sub(matched))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            ShardStatus {
-                shard: g.shard.id().0,
-                replicas: membership.voter_ids().collect(),
-                learners: membership.learner_ids().collect(),
-                leader: m.current_leader,
-                term: m.current_term,
-                commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
-                applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
-                lag,
-            }
-        })
-        .collect();
+    let shards = futures::future::join_all(
+        node.groups
+            .iter()
+            .map(|g| shard_status(node, g.shard.id().0)),
+    )
+    .await;
     ClusterStatus {
         cluster_id: node.cluster.cluster_id.clone(),
         node_id: node.cluster.me,
         metadata_leader: node.cluster.meta_leader(),
         nodes,
         shards,
+    }
+}
+
+/// A shard's status from this node's replica, or from the first of its placed replicas' nodes
+/// that answers (this node's own view, which knows nothing of the group, when none does).
+async fn shard_status(node: &Arc<Node>, shard: u32) -> ShardStatus {
+    if let Some(here) = shard_status_here(node, shard) {
+        return here;
+    }
+    let placed = node.cluster.placement(node.shard_map.shard_count());
+    for id in placed.get(shard as usize).into_iter().flatten() {
+        let Some(channel) = (*id != node.cluster.me)
+            .then(|| node.peer_channel(*id))
+            .flatten()
+        else {
+            continue;
+        };
+        let answer: Result<Option<ShardStatus>, _> =
+            super::call(channel, "shard_status", &shard, PING_TIMEOUT).await;
+        if let Ok(Some(status)) = answer {
+            return status;
+        }
+    }
+    local_status(node, &node.groups[shard as usize])
+}
+
+/// A shard's status from this node's replica, if it holds one (voter or learner).
+pub fn shard_status_here(node: &Node, shard: u32) -> Option<ShardStatus> {
+    let g = node.groups.get(shard as usize)?;
+    let status = local_status(node, g);
+    let me = node.cluster.me;
+    (status.replicas.contains(&me) || status.learners.contains(&me)).then_some(status)
+}
+
+fn local_status(node: &Node, g: &crate::node::Group) -> ShardStatus {
+    let m = g.raft.metrics().borrow_watched().clone();
+    let membership = m.membership_config.membership();
+    let last = m.last_log_index.unwrap_or(0);
+    let lag = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, matched)| {
+                    let matched = matched.as_ref().map(|l| l.index()).unwrap_or(0);
+                    (*id, last.saturating_sub(matched))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ShardStatus {
+        shard: g.shard.id().0,
+        reported_by: node.cluster.me,
+        replicas: membership.voter_ids().collect(),
+        learners: membership.learner_ids().collect(),
+        leader: m.current_leader,
+        term: m.current_term,
+        commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),
+        applied_index: m.last_applied.as_ref().map(|l| l.index()).unwrap_or(0),
+        lag,
     }
 }
 

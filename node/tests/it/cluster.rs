@@ -776,6 +776,25 @@ fn four_nodes_answer_alike_from_replicas_here_or_elsewhere() {
     // Its health is about the shards it holds: those placed elsewhere are not "lost".
     let (status, health) = get(&c.http(asker), "/api/v1/health");
     assert_eq!((status, &health["status"]), (200, &json!("ok")), "{health}");
+    // Its cluster view names every shard's replicas as a holder does: those it lacks are
+    // reported by a node that holds them.
+    let (_, through_asker) = get(&c.http(asker), "/api/v1/cluster");
+    let (_, through_first) = get(&c.http(0), "/api/v1/cluster");
+    let pairs = through_asker["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(through_first["shards"].as_array().unwrap());
+    for (a, b) in pairs {
+        assert_eq!(
+            (&a["replicas"], &a["leader"]),
+            (&b["replicas"], &b["leader"]),
+            "{a} / {b}"
+        );
+        if lacking.contains(&a["shard"].as_u64().unwrap()) {
+            assert_ne!(a["reported_by"], json!(asker_id), "{a}");
+        }
+    }
     let (status, answer) = ingest(&c.http(0), &sent).unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["accepted"], 400, "{answer}");
