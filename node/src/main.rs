@@ -1,5 +1,6 @@
 //! The `veil` binary: `veil serve` runs a node.
 
+mod admin;
 mod aggs;
 mod bench;
 mod cluster;
@@ -49,6 +50,9 @@ enum Command {
     /// Load a running node: `veil bench ingest`, `veil bench query`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Administer a cluster through any node: `veil admin cluster status`, `nodes list`,
+    /// `shards list|show`, `pii-patterns list|add|change|delete`, `compact`.
+    Admin(admin::AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +94,13 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Bench(command) => {
             bench::run(command)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("failed to start tokio")?;
+            Ok(runtime.block_on(admin::run(args)))
         }
     }
 }

@@ -4,6 +4,7 @@
 // Test helpers panic on anything unexpected: that is how a test fails.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod bad_input;
 mod bench;
 mod cluster;

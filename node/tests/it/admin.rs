@@ -1,0 +1,187 @@
+//! `veil admin` against a real node: every subcommand's table and `--json` (checked against
+//! the HTTP answers), and its exit codes and one-line errors.
+
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+
+use crate::harness::Veil;
+
+fn admin(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .expect("running veil admin")
+}
+
+fn ok_json(addr: &str, args: &[&str]) -> Value {
+    let out = admin(addr, &[args, &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "veil admin {args:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn ok_table(addr: &str, args: &[&str]) -> String {
+    let out = admin(addr, args);
+    assert!(
+        out.status.success(),
+        "veil admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn get(veil: &Veil, path: &str) -> Value {
+    reqwest::blocking::get(veil.url(path))
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+#[test]
+fn admin_tables_and_json_match_the_http_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &[]);
+    let addr = veil.http.clone();
+    let cluster = get(&veil, "/api/v1/cluster");
+
+    let nodes = ok_json(&addr, &["nodes", "list"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "{nodes}");
+    let n = &nodes[0];
+    assert_eq!(n["id"], cluster["nodes"][0]["id"]);
+    assert_eq!(n["http_addr"], addr.as_str());
+    assert_eq!(n["state"], "up");
+    assert_eq!(n["replicas"], 4, "one node holds all 4 shards: {n}");
+    assert_eq!(n["leaders"], 4, "{n}");
+    let table = ok_table(&addr, &["nodes", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("ID") && lines[0].contains("REPLICAS"),
+        "{table}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(&addr) && l.contains("up")),
+        "{table}"
+    );
+
+    let shards = ok_json(&addr, &["shards", "list"]);
+    let ids: Vec<u64> = shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["shard"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 3]);
+    for (s, h) in shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(cluster["shards"].as_array().unwrap())
+    {
+        assert_eq!(s["replicas"], h["replicas"], "{s}");
+        assert_eq!(s["leader"], h["leader"], "{s}");
+    }
+    assert!(ok_table(&addr, &["shards", "list"]).lines().count() >= 5);
+    let one = ok_json(&addr, &["shards", "show", "2"]);
+    assert_eq!(one["shard"], 2);
+    assert!(ok_table(&addr, &["shards", "show", "2"]).contains("SHARD"));
+
+    let status = ok_json(&addr, &["cluster", "status", "--no-rate"]);
+    assert_eq!(status["health"], "ok", "{status}");
+    assert_eq!(status["shards"], 4);
+    assert_eq!(status["shards_needing_attention"], json!([]));
+    assert!(status["nodes"][0]["data_bytes"].is_u64(), "{status}");
+    let table = ok_table(&addr, &["cluster", "status"]);
+    assert!(
+        table.contains("health ok") && table.contains("ENTRIES/S"),
+        "{table}"
+    );
+    assert!(
+        table.contains("every shard has its replicas and a leader"),
+        "{table}"
+    );
+
+    // PII patterns: add, list, switch off, delete; each checked against the HTTP answer.
+    let added = ok_json(
+        &addr,
+        &[
+            "pii-patterns",
+            "add",
+            "--type",
+            "badge",
+            "--regex",
+            r"\bBDG[0-9]{4}\b",
+            "--description",
+            "door badges",
+        ],
+    );
+    let id = added["pattern_id"].as_str().unwrap().to_string();
+    let listed = ok_json(&addr, &["pii-patterns", "list"]);
+    assert_eq!(listed, get(&veil, "/api/v1/admin/pii-patterns"));
+    assert_eq!(listed["patterns"][0]["pattern_id"], id.as_str());
+    let table = ok_table(&addr, &["pii-patterns", "list"]);
+    assert!(
+        table.contains(&id) && table.contains("door badges") && table.contains("email"),
+        "{table}"
+    );
+    let changed = ok_json(&addr, &["pii-patterns", "change", &id, "--active", "false"]);
+    assert_eq!(changed["is_active"], false);
+    assert_eq!(
+        get(&veil, "/api/v1/admin/pii-patterns")["patterns"][0]["is_active"],
+        false
+    );
+    assert!(ok_table(&addr, &["pii-patterns", "delete", &id]).contains("deleted"));
+    assert_eq!(
+        get(&veil, "/api/v1/admin/pii-patterns")["patterns"],
+        json!([])
+    );
+
+    assert!(ok_table(&addr, &["compact"]).contains("compacted"));
+}
+
+#[test]
+fn admin_errors_are_one_line_with_an_exit_code_that_says_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &[]);
+    let one_line = |out: &Output| {
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("veil admin: "), "{err}");
+        err
+    };
+    // Nothing listens on port 1.
+    let out = admin("127.0.0.1:1", &["nodes", "list"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(one_line(&out).contains("no Veil node answers at 127.0.0.1:1"));
+    // Refused by the node: a regex that does not compile, a pattern that is not there, a shard
+    // the cluster does not have.
+    let out = admin(
+        &veil.http,
+        &["pii-patterns", "add", "--type", "x", "--regex", "BDG[0-9"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).contains("invalid_pattern"));
+    let out = admin(
+        &veil.http,
+        &[
+            "pii-patterns",
+            "delete",
+            "0190a8c2-0000-7000-8000-000000000009",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).contains("pattern_not_found"));
+    let out = admin(&veil.http, &["shards", "show", "99"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(one_line(&out).contains("no shard 99"));
+    // Usage errors are clap's (exit 2).
+    assert_eq!(
+        admin(&veil.http, &["nodes", "frobnicate"]).status.code(),
+        Some(2)
+    );
+}
