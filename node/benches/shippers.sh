@@ -2,8 +2,9 @@
 # Issue 26's benchmark: entries/s through Veil's own NDJSON, Elasticsearch `_bulk`, OTLP/gRPC
 # and OTLP/HTTP (protobuf) into one node, in the same run, with the same generated entries
 # (`veil bench ingest --protocol`, which converts them on the client), $ROUNDS rounds of $SECS s
-# each, protocols interleaved so that drift over the run spreads over all of them. Also the
-# node's CPU per entry in each protocol (utime+stime over the protocol's runs).
+# each, protocols interleaved, each run against a fresh node (a node that already holds earlier
+# runs' entries is slower, which would favour whichever protocol ran first). Also the node's CPU
+# per entry in each protocol (its utime+stime over the run).
 # Run from the repository: `bash node/benches/shippers.sh` (release build first).
 set -euo pipefail
 SECS=${SECS:-20}
@@ -15,21 +16,26 @@ trap '[ -n "$node" ] && kill -TERM $node 2>/dev/null && wait $node; rm -rf "$WOR
 tick=$(getconf CLK_TCK)
 cpu_of() { awk '{print $14+$15}' /proc/$1/stat; }
 
-"$BIN" serve --data-dir "$WORK/one" --key-file "$WORK/keys.toml" --http-addr 127.0.0.1:19420 \
-  --grpc-addr 127.0.0.1:19421 --peer-addr 127.0.0.1:19422 > "$WORK/one.out" 2> "$WORK/one.err" &
-node=$!
-until grep -q "veil ready" "$WORK/one.out" 2>/dev/null; do
-  kill -0 $node 2>/dev/null || { cat "$WORK/one.err"; exit 1; }
-  sleep 0.2
-done
+start_node() {
+  rm -rf "$WORK/one"
+  "$BIN" serve --data-dir "$WORK/one" --key-file "$WORK/keys.toml" --http-addr 127.0.0.1:19420 \
+    --grpc-addr 127.0.0.1:19421 --peer-addr 127.0.0.1:19422 > "$WORK/one.out" 2> "$WORK/one.err" &
+  node=$!
+  until grep -q "veil ready" "$WORK/one.out" 2>/dev/null; do
+    kill -0 $node 2>/dev/null || { cat "$WORK/one.err"; exit 1; }
+    sleep 0.2
+  done
+}
 for round in $(seq 1 "$ROUNDS"); do
   for p in ndjson bulk otlp-grpc otlp-http; do
+    start_node
     c0=$(cpu_of $node)
     "$BIN" bench ingest --target 127.0.0.1:19420 --grpc-target 127.0.0.1:19421 --protocol $p \
       --duration "${SECS}s" --concurrency 4 --batch 1000 --answer summary --exceptions 20 \
       --idempotency-keys --json > "$WORK/$p-$round.json"
     c1=$(cpu_of $node)
     echo "$p $round $c0 $c1" >> "$WORK/cpu.txt"
+    kill -TERM $node; wait $node || true; node=
   done
 done
 python3 - "$WORK" "$tick" <<'PY'

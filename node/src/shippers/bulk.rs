@@ -296,9 +296,17 @@ fn action_line(line: &str) -> Result<(String, Map<String, Value>), EsError> {
     }
 }
 
-fn looks_like_action(line: &str) -> bool {
-    matches!(action_line(line), Ok((a, _)) if ACTIONS.contains(&a.as_str()))
+/// True for `{"index": {…}}` and the other actions: the shape of an action line.
+fn is_action(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| {
+        o.len() == 1
+            && o.iter()
+                .all(|(k, v)| ACTIONS.contains(&k.as_str()) && v.is_object())
+    })
 }
+
+/// A line read as a source: its JSON (or why not) and its length.
+type Source = (Result<Value, serde_json::Error>, usize);
 
 /// Splits a bulk body into operations and the entries among them. `path_index` is the index
 /// of `/{index}/_bulk`.
@@ -318,13 +326,15 @@ fn parse(
         // The next line is this operation's source unless it is the next action: an
         // unreadable or unknown action thus takes its source with it, and the rest of the
         // body is read as it was meant.
-        let take_source = |i: &mut usize| -> Option<&str> {
+        // Each line is parsed once: the source's JSON is the document.
+        let take_source = |i: &mut usize| -> Option<Source> {
             let next = lines.get(*i).copied()?;
-            if looks_like_action(next) {
+            let parsed = serde_json::from_str::<Value>(next);
+            if parsed.as_ref().is_ok_and(is_action) {
                 return None;
             }
             *i += 1;
-            Some(next)
+            Some((parsed, next.len()))
         };
         let (action, meta) = match action_line(line) {
             Ok(a) => a,
@@ -356,9 +366,8 @@ fn parse(
                     "action_request_validation_exception",
                     "index is missing: name it in the path or in _index",
                 )),
-                (Some(source), Some(index)) => match serde_json::from_str::<Value>(source) {
+                (Some((parsed, size)), Some(index)) => match parsed {
                     Ok(Value::Object(doc)) => {
-                        let size = source.len();
                         let object = map_document(mapping, &index, id.as_deref(), doc);
                         items.push(Ok((object, size)));
                         Ok(items.len() - 1)

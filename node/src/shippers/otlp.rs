@@ -97,8 +97,9 @@ pub fn entries(request: ExportLogsServiceRequest, key: &[u8]) -> Vec<Item> {
                 if let Some(scope) = scope.as_ref().filter(|s| !s.is_empty()) {
                     fields.insert("scope".into(), Value::Object(scope.clone()));
                 }
+                // The record's own size, as sent (its resource and scope are shared).
+                let size = record.encoded_len();
                 record_into(record, derived_key, &mut object, fields);
-                let size = Value::Object(object.clone()).to_string().len();
                 out.push(Ok((object, size)));
             }
         }
