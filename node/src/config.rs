@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// answers 503 [default: 10000].
     #[arg(long, env = "VEIL_FORWARD_TIMEOUT_MS")]
     pub forward_timeout_ms: Option<u64>,
+    /// How often the metadata group's leader evens out the shards' leaders over the nodes (one
+    /// leadership moved per look), in ms; 0 turns leader balance off [default: 5000].
+    #[arg(long, env = "VEIL_LEADER_BALANCE_INTERVAL_MS")]
+    pub leader_balance_interval_ms: Option<u64>,
     /// Largest request body, in bytes [default: 10 MiB].
     #[arg(long, env = "VEIL_BODY_BYTES_MAX")]
     pub body_bytes_max: Option<usize>,
@@ -268,6 +272,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// Retry bound of a write across leader changes, in ms.
     pub forward_timeout_ms: u64,
+    /// How often leaders are evened out, in ms (0: never).
+    pub leader_balance_interval_ms: u64,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
     /// Largest entry, in bytes.
@@ -377,6 +383,7 @@ impl ServeArgs {
             peer_addr: pick!(peer_addr, SocketAddr::from(([127, 0, 0, 1], 7422))),
             join: self.join.or(file.join),
             forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
+            leader_balance_interval_ms: pick!(leader_balance_interval_ms, 5_000),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
             batch_entries_max: pick!(batch_entries_max, 10_000),

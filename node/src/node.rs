@@ -380,10 +380,11 @@ impl Node {
         // The cluster's patterns, as this node has applied them, in force from here on.
         node.refresh_masker();
         let patterns = node.spawn_pattern_follower();
+        let balance = crate::cluster::leaders::spawn(node.clone());
         node.background
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([watcher, placement, patterns]);
+            .extend([watcher, placement, patterns].into_iter().chain(balance));
         Ok(node)
     }
 

@@ -63,6 +63,10 @@ impl ClusterRpc for ClusterService {
                 let request: EnsureReplicas = decode(&call.payload)?;
                 encode(&super::reconcile::ensure_replicas_here(node, request).await)
             }
+            "transfer_leader" => {
+                let m: super::leaders::LeaderMove = decode(&call.payload)?;
+                encode(&super::leaders::transfer_here(node, m).await)
+            }
             "shard_status" => {
                 let shard: u32 = decode(&call.payload)?;
                 encode(&super::status::shard_status_here(node, shard))

@@ -1063,6 +1063,20 @@ fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
     let http = format!("127.0.0.1:{}", base + 10);
     let (_, status) = get(&http, "/api/v1/cluster");
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    // The founder led every shard at first; the balancer spreads the leaders (4 shards over 3
+    // nodes: 2, 1, 1).
+    let balanced = |http: &str| {
+        wait_for("leaders spread over the nodes", 90, || {
+            let (_, status) = get(http, "/api/v1/cluster");
+            let mut counts = [0usize; 3];
+            for s in status["shards"].as_array()? {
+                counts[(s["leader"].as_u64()? - 1) as usize] += 1;
+            }
+            counts.sort_unstable();
+            (counts == [1, 1, 2]).then_some(())
+        })
+    };
+    balanced(&http);
     let (code, answer) = ingest(&http, &entries("up", 10, true)).unwrap();
     assert_eq!(code, 200, "{answer}");
     sigterm_and_wait(&mut up);
@@ -1076,5 +1090,7 @@ fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
     )
     .unwrap();
     assert_eq!(held["total"], 10, "{held}");
+    // And again after the restart.
+    balanced(&http);
     sigterm_and_wait(&mut up);
 }
