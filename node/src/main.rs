@@ -145,7 +145,8 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     let grpc = tonic::transport::Server::builder()
         .add_service(
             veil_proto::v1::veil_server::VeilServer::new(grpc::VeilService::new(node.clone()))
-                .max_decoding_message_size(node.config.body_bytes_max),
+                .max_decoding_message_size(node.config.body_bytes_max)
+                .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
         )
         .add_service(
             opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::LogsServiceServer::new(

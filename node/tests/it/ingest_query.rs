@@ -180,9 +180,11 @@ fn grpc_ingest_then_query_finds_the_entries() {
     let veil = Veil::start(dir.path(), &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
+        // Compressed, as clients often send (the node accepts gzip).
         let mut client = VeilClient::connect(format!("http://{}", veil.grpc))
             .await
-            .unwrap();
+            .unwrap()
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
         let entries = (0..20)
             .map(|i| IngestEntry {
                 timestamp: format!("2025-11-17T10:{i:02}:00Z"),
