@@ -146,6 +146,18 @@ impl VeilProcess {
         ports: &Ports,
         extra: &[&str],
     ) -> Result<VeilProcess, StartError> {
+        Self::start_with_env(bin, data_dir, ports, extra, &[])
+    }
+
+    /// Like [`VeilProcess::start_on`] with extra environment variables (a clock shifted by
+    /// libfaketime, say).
+    pub fn start_with_env(
+        bin: &Path,
+        data_dir: &Path,
+        ports: &Ports,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Result<VeilProcess, StartError> {
         let addr = |port: u16| format!("127.0.0.1:{port}");
         let mut args: Vec<String> = vec![
             "serve".into(),
@@ -161,6 +173,7 @@ impl VeilProcess {
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(bin)
             .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .env("VEIL_KEY_FILE", key_file_for(data_dir))
             .stdout(Stdio::piped())

@@ -883,14 +883,21 @@ impl Node {
         } else {
             None
         };
-        if items
+        // A keyed entry timed by its arrival routes by the hour it arrives in; a retry of it
+        // (here or on another node, maybe in another hour) finds the first copy only if this
+        // node's replicas hold everything acknowledged (catch them up first), and, for the
+        // shards it holds no replica of, by asking theirs (a strong read).
+        let arrival_keyed: Vec<uuid::Uuid> = items
             .iter()
-            .any(|i| matches!(i, Ok(p) if p.keyed && p.received_time))
-        {
-            // A keyed entry timed by its arrival routes by the hour it arrives in; a retry of
-            // it (here or on another node, maybe in another hour) finds the first copy only if
-            // this node's replicas hold everything acknowledged: catch them up first.
+            .filter_map(|i| match i {
+                Ok(p) if p.keyed && p.received_time => Some(p.entry.log_id),
+                _ => None,
+            })
+            .collect();
+        let mut found_elsewhere = HashMap::new();
+        if !arrival_keyed.is_empty() {
             self.catch_up_replicas().await;
+            found_elsewhere = self.locate_elsewhere(arrival_keyed).await?;
         }
         let mut results: Vec<Option<EntryResult>> = vec![None; items.len()];
         // Per shard, and apart by whether the node minted the log_ids (only keyed entries need
@@ -906,7 +913,8 @@ impl Node {
                 }
                 Ok(mut p) => {
                     if p.keyed {
-                        if let Some(ts) = self.lookup_timestamp(p.entry.log_id).await? {
+                        let here = self.lookup_timestamp(p.entry.log_id).await?;
+                        if let Some(ts) = here.or(found_elsewhere.get(&p.entry.log_id).copied()) {
                             // A retry: route it where the first copy went, so apply sees the
                             // duplicate whatever hour the retry arrived in.
                             p.entry.timestamp_us = ts;
@@ -993,6 +1001,55 @@ impl Node {
             }
         }
         Ok(None)
+    }
+
+    /// The timestamps under which the shards this node holds no replica of store any of
+    /// `log_ids`, asked of their replicas with a strong read (so every acknowledged entry
+    /// counts). A shard that cannot answer makes the request retryable: storing the entry
+    /// without knowing could store a retry twice.
+    async fn locate_elsewhere(
+        &self,
+        log_ids: Vec<uuid::Uuid>,
+    ) -> Result<HashMap<uuid::Uuid, i64>, ApiError> {
+        let shards: Vec<ShardId> = self
+            .groups
+            .iter()
+            .map(|g| g.shard.id())
+            .filter(|s| !self.holds_replica(*s))
+            .collect();
+        let mut found = HashMap::new();
+        if shards.is_empty() {
+            return Ok(found);
+        }
+        let ask = crate::coordinator::Ask::new(
+            &self.config,
+            Duration::from_millis(self.config.forward_timeout_ms),
+            true,
+        );
+        let request = Arc::new(crate::leaf::LeafRequest::Entries { log_ids });
+        let outcomes =
+            crate::coordinator::ask_shards(self, &shards, |_| request.clone(), &ask).await;
+        for (shard, outcome) in shards.iter().zip(outcomes) {
+            match outcome {
+                crate::coordinator::Outcome::Answered(reply) => {
+                    if let crate::leaf::LeafAnswer::Entries(entries) = reply.answer {
+                        for e in entries {
+                            found.insert(e.log_id, e.timestamp_us);
+                        }
+                    }
+                }
+                _ => {
+                    return Err(ApiError::unavailable(
+                        "idempotency_check_unavailable",
+                        format!(
+                            "shard {shard} could not be asked whether it already holds a keyed \
+                             entry of this request; retry with the same keys"
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn lookup_timestamp(&self, log_id: uuid::Uuid) -> Result<Option<i64>, ApiError> {

@@ -19,6 +19,8 @@ struct Cluster {
     key_file: PathBuf,
     ports: Vec<Ports>,
     nodes: Vec<Option<VeilProcess>>,
+    /// Extra environment of each node's process.
+    env: Vec<Vec<(String, String)>>,
 }
 
 const SHARDS: &str = "4";
@@ -65,12 +67,18 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 impl Cluster {
     /// Starts `n` nodes: the first founds the cluster, the others join through it.
     fn start(n: usize) -> Cluster {
+        Self::start_with_env(n, |_| Vec::new())
+    }
+
+    /// Like [`Cluster::start`], node `i` with the extra environment `env(i)`.
+    fn start_with_env(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("keys.toml");
         let mut c = Cluster {
             key_file,
             ports: (0..n).map(|_| Ports::free()).collect(),
             nodes: (0..n).map(|_| None).collect(),
+            env: (0..n).map(env).collect(),
             dir,
         };
         for i in 0..n {
@@ -111,8 +119,14 @@ impl Cluster {
             args.extend(["--join", &join]);
         }
         let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
-        let node = VeilProcess::start_on(bin, &self.data_dir(i), &self.ports[i], &args)
-            .unwrap_or_else(|e| panic!("node {i}: {}\n--- stderr ---\n{}", e.message, e.stderr));
+        let node = VeilProcess::start_with_env(
+            bin,
+            &self.data_dir(i),
+            &self.ports[i],
+            &args,
+            &self.env[i],
+        )
+        .unwrap_or_else(|e| panic!("node {i}: {}\n--- stderr ---\n{}", e.message, e.stderr));
         self.nodes[i] = Some(node);
     }
 
@@ -1093,4 +1107,77 @@ fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
     // And again after the restart.
     balanced(&http);
     sigterm_and_wait(&mut up);
+}
+
+/// libfaketime, which `.ci/setup` installs: a process's wall clock shifted, its monotonic clock
+/// (timers, Raft) not.
+fn clock_ahead(offset: &str) -> Vec<(String, String)> {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        std::fs::metadata(lib).is_ok(),
+        "{lib} is missing: run `bash .ci/setup` (it installs libfaketime)"
+    );
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", offset),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Issue 22: an entry without a timestamp is routed by the hour it arrives in. Its keyed retry
+/// sent to a node whose clock is an hour ahead, and which holds no replica of the shard the
+/// first copy went to, still finds that copy (asked of the shard's replicas) and is stored once.
+#[test]
+fn a_keyed_retry_to_a_node_an_hour_ahead_without_the_first_copy_s_shard_is_stored_once() {
+    let c = Cluster::start_with_env(4, |i| {
+        if i == 3 {
+            clock_ahead("+1h")
+        } else {
+            Vec::new()
+        }
+    });
+    let ahead = 3;
+    let lacking = shards_without(&c.http(0), c.node(ahead).node_id);
+    assert!(!lacking.is_empty(), "node 4 holds every shard");
+    let map = veil_shard::ShardMap::new(SHARDS.parse().unwrap());
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    let (here, there) = (
+        veil_shard::hour_of(now_us),
+        veil_shard::hour_of(now_us + 3_600_000_000),
+    );
+    // A service whose entry goes, this hour, to a shard node 4 lacks, and next hour elsewhere.
+    let service = (0..1000)
+        .map(|i| format!("skewed-{i}"))
+        .find(|s| {
+            let first = map.shard_for(s, here);
+            lacking.contains(&u64::from(first.0)) && map.shard_for(s, there) != first
+        })
+        .expect("some service name routes so");
+    let entry =
+        json!({"service": service, "message": "paid", "fields": {"idempotency_key": "pay-1"}});
+    let (status, first) = post(&c.http(0), "/api/v1/logs", &entry).unwrap();
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("accepted")),
+        "{first}"
+    );
+    let (status, retry) = post(&c.http(ahead), "/api/v1/logs", &entry).unwrap();
+    assert_eq!(status, 200, "{retry}");
+    assert_eq!(retry["status"], "duplicate", "{retry}");
+    assert_eq!(retry["log_id"], first["log_id"]);
+    for i in 0..4 {
+        let (_, held) = post(
+            &c.http(i),
+            "/api/v1/logs/query",
+            &json!({"filters": {"services": [service]}, "consistency": "strong"}),
+        )
+        .unwrap();
+        assert_eq!(held["total"], 1, "through node {}: {held}", i + 1);
+    }
 }
