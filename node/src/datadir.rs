@@ -69,11 +69,13 @@ pub const ROLLUPS_SINCE: u32 = 4;
 
 const FILE_NAME: &str = "veil.toml";
 
-/// Shards of a new data directory when `--shards` is not given. Every shard costs a Raft group,
-/// an index writer and its commits whatever its traffic: on two cores 4 shards ingested 56K
-/// entries/s where 16 took 44–48K (BENCHMARKS.md, session 5). A cluster meant to grow past a
-/// few nodes is created with more.
-pub const DEFAULT_SHARDS: u32 = 4;
+/// Shards of a new data directory (a new cluster) when `--shards` is not given; fixed for the
+/// cluster's life. 16 spreads over a dozen nodes (48 replicas, 4 a node, leaders 1–2 a node)
+/// and an idle three-node cluster of 16 shards took 3.4 % of this two-core machine (32: 5.6 %,
+/// past the 5 % bound). Every shard costs a Raft group, an index writer and its commits
+/// whatever its traffic: one node ingested 49–52K entries/s with 16 where 4 took 57–59K
+/// (BENCHMARKS.md, session 13); a store that stays on one node can be created with fewer.
+pub const DEFAULT_SHARDS: u32 = 16;
 
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding

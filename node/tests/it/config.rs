@@ -15,12 +15,13 @@ fn without_shards_a_new_directory_gets_the_default_and_an_existing_one_keeps_its
         |data: &std::path::Path| std::fs::read_to_string(data.join("veil.toml")).unwrap();
     let new = dir.path().join("new");
     start(&new, &[]);
-    assert!(recorded(&new).contains("shards = 4"), "{}", recorded(&new));
-    // A directory created with another count (an older default, or a flag) starts without one.
-    let sixteen = dir.path().join("sixteen");
-    start(&sixteen, &["--shards", "16"]);
-    start(&sixteen, &[]);
-    assert!(recorded(&sixteen).contains("shards = 16"));
+    assert!(recorded(&new).contains("shards = 16"), "{}", recorded(&new));
+    // A directory created with another count (the older default, 4, or a flag) starts without
+    // one.
+    let four = dir.path().join("four");
+    start(&four, &["--shards", "4"]);
+    start(&four, &[]);
+    assert!(recorded(&four).contains("shards = 4"));
 }
 
 #[test]
