@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// leadership moved per look), in ms; 0 turns leader balance off [default: 5000].
     #[arg(long, env = "VEIL_LEADER_BALANCE_INTERVAL_MS")]
     pub leader_balance_interval_ms: Option<u64>,
+    /// Most shards whose replicas change at once (a node joining takes its share a few shards
+    /// at a time, each a snapshot and a catch-up, so ingest goes on) [default: 2].
+    #[arg(long, env = "VEIL_REPLICA_MOVES_MAX")]
+    pub replica_moves_max: Option<usize>,
     /// Largest request body, in bytes [default: 10 MiB].
     #[arg(long, env = "VEIL_BODY_BYTES_MAX")]
     pub body_bytes_max: Option<usize>,
@@ -274,6 +278,8 @@ pub struct NodeConfig {
     pub forward_timeout_ms: u64,
     /// How often leaders are evened out, in ms (0: never).
     pub leader_balance_interval_ms: u64,
+    /// Most shards changing replicas at once.
+    pub replica_moves_max: usize,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
     /// Largest entry, in bytes.
@@ -384,6 +390,7 @@ impl ServeArgs {
             join: self.join.or(file.join),
             forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
             leader_balance_interval_ms: pick!(leader_balance_interval_ms, 5_000),
+            replica_moves_max: pick!(replica_moves_max, 2),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
             batch_entries_max: pick!(batch_entries_max, 10_000),
@@ -513,6 +520,7 @@ impl NodeConfig {
             ("body-bytes-max", self.body_bytes_max),
             ("entry-bytes-max", self.entry_bytes_max),
             ("batch-entries-max", self.batch_entries_max),
+            ("replica-moves-max", self.replica_moves_max),
             ("raft-entry-entries-max", self.raft_entry_entries_max),
             (
                 "raft-proposals-inflight-max",

@@ -704,7 +704,7 @@ impl Node {
         let placed = crate::cluster::placement::place(&members, self.shard_map.shard_count());
         let me = self.cluster.me;
         for (group, replicas) in self.groups.iter().zip(placed) {
-            if !replicas.contains(&me) && !self.holds_replica(group.shard.id()) {
+            if !replicas.contains(&me) && !self.holds_placed_replica(group.shard.id()) {
                 continue;
             }
             group
@@ -1015,7 +1015,7 @@ impl Node {
             .groups
             .iter()
             .map(|g| g.shard.id())
-            .filter(|s| !self.holds_replica(*s))
+            .filter(|s| !self.holds_placed_replica(*s))
             .collect();
         let mut found = HashMap::new();
         if shards.is_empty() {

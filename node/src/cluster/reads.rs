@@ -39,8 +39,11 @@ impl Leaves for Node {
             .borrow_watched()
             .clone();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let placement = self.cluster.placement(self.shard_map.shard_count());
         let mut order = Vec::with_capacity(4);
-        if voters.contains(&me) {
+        // A replica the placement no longer names is being moved away, or was (a removed
+        // replica may never hear that it was): it is not asked, by this node or any other.
+        if self.holds_placed_replica(shard) {
             order.push(Replica::Local);
         }
         let mut others: Vec<NodeId> = Vec::with_capacity(4);
@@ -50,7 +53,6 @@ impl Leaves for Node {
             let leader = m.current_leader.or_else(|| self.cluster.leader_hint(shard));
             others.extend(leader.filter(|id| *id != me));
         }
-        let placement = self.cluster.placement(self.shard_map.shard_count());
         let placed = placement.get(shard.0 as usize).into_iter().flatten();
         for id in placed.chain(voters.iter()) {
             if *id != me && !others.contains(id) {

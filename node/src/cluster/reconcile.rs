@@ -4,9 +4,13 @@
 //! up (a snapshot and then the log, through the transport) and only then becomes a voter, so a
 //! group never counts a member that does not hold its data.
 //!
-//! Replicas are only added here: moving one away (a fourth node taking its share) is the
-//! membership issue's work. Every change is a Raft proposal, so a crash mid-way leaves either
-//! the old or the new membership, and the next round goes on from whichever it finds.
+//! A replica the placement no longer names (a fourth node took its share) is removed, but only
+//! once every placed replica votes, so a group never has fewer than its placed voters during a
+//! move: a move is "add the new replica as a learner, let it catch up, make it a voter, then
+//! remove the old one". At most `--replica-moves-max` shards (2) are changed at a time, so a
+//! node's arrival does not stream every shard's snapshot at once while ingest goes on. Every
+//! change is a Raft proposal, so a crash mid-way leaves either the old or the new membership,
+//! and the next round goes on from whichever it finds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -32,19 +36,21 @@ const META_VOTERS: usize = 3;
 pub fn spawn(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = node.cluster.meta_store.subscribe();
+        // Shards whose replicas change at once, across rounds (a change outlives its round).
+        let moves = Arc::new(tokio::sync::Semaphore::new(node.config.replica_moves_max));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(ROUND) => {}
                 _ = changes.changed() => {}
             }
-            if let Err(e) = round(&node).await {
+            if let Err(e) = round(&node, &moves).await {
                 tracing::debug!(error = %e, "placement round");
             }
         }
     })
 }
 
-async fn round(node: &Arc<Node>) -> anyhow::Result<()> {
+async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow::Result<()> {
     let cluster = &node.cluster;
     let state = cluster.meta_store.state();
     // This node's own record: added at founding, refreshed after an address change.
@@ -101,32 +107,46 @@ async fn round(node: &Arc<Node>) -> anyhow::Result<()> {
                 .await?;
         }
     }
-    // Every shard's group.
+    // Every shard's group, as a node holding it sees it (this one's view of a group it is not
+    // in knows nothing).
     let ids: Vec<NodeId> = state.members.keys().copied().collect();
     let placed = placement::place(&ids, node.shard_map.shard_count());
-    for (shard, replicas) in placed.into_iter().enumerate() {
+    let statuses = futures::future::join_all(
+        (0..placed.len()).map(|shard| super::status::shard_status(node, shard as u32)),
+    )
+    .await;
+    for ((shard, replicas), status) in placed.into_iter().enumerate().zip(statuses) {
         let wanted: Vec<(NodeId, String)> = replicas
             .iter()
             .filter_map(|id| state.members.get(id).map(|m| (*id, m.peer_addr.clone())))
             .collect();
+        let voters: BTreeSet<NodeId> = status.replicas.iter().copied().collect();
         let group = &node.groups[shard];
         let m = group.raft.metrics().borrow_watched().clone();
-        let membership = m.membership_config.membership();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let addrs_right = membership
+        let addrs_right = m
+            .membership_config
+            .membership()
             .nodes()
             .all(|(id, n)| state.members.get(id).is_none_or(|m| m.peer_addr == n.addr));
-        if wanted.iter().all(|(id, _)| voters.contains(id)) && addrs_right {
+        let exact = voters.len() == wanted.len()
+            && status.learners.is_empty()
+            && wanted.iter().all(|(id, _)| voters.contains(id));
+        if exact && addrs_right {
             continue;
         }
+        let Ok(permit) = moves.clone().try_acquire_owned() else {
+            // Enough shards are changing this round; the rest wait for the next.
+            continue;
+        };
         let request = EnsureReplicas {
             shard: shard as u32,
             wanted,
         };
-        match m.current_leader {
+        match status.leader.or(m.current_leader) {
             Some(leader) if leader == cluster.me => {
                 let node = node.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let reply = ensure_replicas_here(&node, request).await;
                     if let EnsureReply::Failed(why) = reply {
                         tracing::warn!(shard, %why, "replica change failed; retried next round");
@@ -138,6 +158,7 @@ async fn round(node: &Arc<Node>) -> anyhow::Result<()> {
                     continue;
                 };
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let reply: Result<EnsureReply, _> = super::call(
                         channel,
                         "ensure_replicas",
@@ -220,6 +241,53 @@ pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> 
             .await
         {
             return EnsureReply::Failed(format!("change membership: {e}"));
+        }
+    }
+    // Every placed replica votes now: the ones the placement no longer names go (voters and
+    // learners alike), never below the placed voters.
+    let now = raft
+        .metrics()
+        .borrow_watched()
+        .membership_config
+        .membership()
+        .clone();
+    let wanted: BTreeSet<NodeId> = request.wanted.iter().map(|(id, _)| *id).collect();
+    let all_vote = wanted.iter().all(|id| now.voter_ids().any(|v| v == *id));
+    let extra: BTreeSet<NodeId> = now
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| !wanted.contains(id))
+        .collect();
+    if all_vote && !wanted.is_empty() && !extra.is_empty() {
+        tracing::info!(shard = request.shard, ?extra, "replicas moved away");
+        let voters_out: BTreeSet<NodeId> = extra
+            .iter()
+            .copied()
+            .filter(|id| now.voter_ids().any(|v| v == *id))
+            .collect();
+        if !voters_out.is_empty() {
+            if let Err(e) = raft
+                .change_membership(ChangeMembers::RemoveVoters(voters_out), false)
+                .await
+            {
+                return EnsureReply::Failed(format!("remove voters: {e}"));
+            }
+        }
+        let left = raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .clone();
+        let learners_out: BTreeSet<NodeId> =
+            left.learner_ids().filter(|id| extra.contains(id)).collect();
+        if !learners_out.is_empty() {
+            if let Err(e) = raft
+                .change_membership(ChangeMembers::RemoveNodes(learners_out), false)
+                .await
+            {
+                return EnsureReply::Failed(format!("remove learners: {e}"));
+            }
         }
     }
     EnsureReply::Done

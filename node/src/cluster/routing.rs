@@ -242,9 +242,12 @@ impl Node {
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 0usize;
         loop {
-            let leader = match group.raft.metrics().borrow_watched().current_leader {
-                None if !self.holds_replica(shard) => self.leader_elsewhere(shard, attempt),
-                leader => leader,
+            // A replica the placement no longer names may have been removed without hearing
+            // so: its view of the leader (itself, even) is not to be trusted.
+            let leader = if self.holds_placed_replica(shard) {
+                group.raft.metrics().borrow_watched().current_leader
+            } else {
+                self.leader_elsewhere(shard, attempt)
             };
             attempt += 1;
             let tried = match leader {
@@ -331,7 +334,7 @@ impl Node {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reply: Result<ForwardReply, CallError> =
             super::call(channel, "append", &request, left).await;
-        if !self.holds_replica(shard) {
+        if !self.holds_placed_replica(shard) {
             // What the replica said about the shard's leader, for the next try and part.
             match &reply {
                 Ok(ForwardReply::Outcomes(_)) => self.cluster.set_leader_hint(shard, Some(leader)),
@@ -523,7 +526,7 @@ impl Node {
             .iter()
             .map(|g| g.shard.id())
             // A shard placed elsewhere has nothing here to catch up (and no leader known here).
-            .filter(|s| self.holds_replica(*s) && !self.single_voter(*s))
+            .filter(|s| self.holds_placed_replica(*s) && !self.single_voter(*s))
             .map(|s| self.wait_applied(s, timeout));
         for result in futures::future::join_all(waits).await {
             if let Err(e) = result {
@@ -547,6 +550,16 @@ impl Node {
             .membership()
             .voter_ids()
             .any(|id| id == self.cluster.me)
+    }
+
+    /// True when this node votes in `shard` and the placement names it: its replica is one a
+    /// question may be asked of (a replica moved away may never hear that it was removed).
+    pub fn holds_placed_replica(&self, shard: ShardId) -> bool {
+        let placement = self.cluster.placement(self.shard_map.shard_count());
+        self.holds_replica(shard)
+            && placement
+                .get(shard.0 as usize)
+                .is_some_and(|p| p.contains(&self.cluster.me))
     }
 
     /// True when this node is `shard`'s only voter.

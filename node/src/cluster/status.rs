@@ -117,7 +117,7 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
 
 /// A shard's status from this node's replica, or from the first of its placed replicas' nodes
 /// that answers (this node's own view, which knows nothing of the group, when none does).
-async fn shard_status(node: &Arc<Node>, shard: u32) -> ShardStatus {
+pub async fn shard_status(node: &Arc<Node>, shard: u32) -> ShardStatus {
     if let Some(here) = shard_status_here(node, shard) {
         return here;
     }
@@ -138,11 +138,20 @@ async fn shard_status(node: &Arc<Node>, shard: u32) -> ShardStatus {
     local_status(node, &node.groups[shard as usize])
 }
 
-/// A shard's status from this node's replica, if it holds one (voter or learner).
+/// A shard's status from this node's replica, if it holds one (voter or learner) where the
+/// placement puts one: a replica moved away may never hear that it was removed, so its view is
+/// not the group's.
 pub fn shard_status_here(node: &Node, shard: u32) -> Option<ShardStatus> {
     let g = node.groups.get(shard as usize)?;
-    let status = local_status(node, g);
     let me = node.cluster.me;
+    let placement = node.cluster.placement(node.shard_map.shard_count());
+    if !placement
+        .get(shard as usize)
+        .is_some_and(|p| p.contains(&me))
+    {
+        return None;
+    }
+    let status = local_status(node, g);
     (status.replicas.contains(&me) || status.learners.contains(&me)).then_some(status)
 }
 
@@ -185,7 +194,7 @@ pub async fn health(node: &Arc<Node>) -> (&'static str, Vec<u32>, Vec<u32>) {
     for g in node
         .groups
         .iter()
-        .filter(|g| node.holds_replica(g.shard.id()))
+        .filter(|g| node.holds_placed_replica(g.shard.id()))
     {
         let m = g.raft.metrics().borrow_watched().clone();
         let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();

@@ -4,10 +4,13 @@
 //! node is restored; with two of three down, writes fail clearly and reads say partial. Four
 //! processes: a node that holds no replica of some shards answers every question from the
 //! replicas elsewhere, alike and as a brute-force evaluation says, moves on when one of them
-//! dies, and reads its writes with strong consistency.
+//! dies, and reads its writes with strong consistency; a fourth node joining takes its share of
+//! the replicas under keyed ingest and nothing is lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -21,6 +24,8 @@ struct Cluster {
     nodes: Vec<Option<VeilProcess>>,
     /// Extra environment of each node's process.
     env: Vec<Vec<(String, String)>>,
+    /// `--shards` of every node.
+    shards: String,
 }
 
 const SHARDS: &str = "4";
@@ -79,16 +84,15 @@ impl Cluster {
             ports: (0..n).map(|_| Ports::free()).collect(),
             nodes: (0..n).map(|_| None).collect(),
             env: (0..n).map(env).collect(),
+            shards: SHARDS.to_string(),
             dir,
         };
         for i in 0..n {
             c.start_node(i);
         }
-        if n <= 3 {
-            c.wait_replicated(n);
-        }
-        // With more nodes, shards have three voters or more (replicas are only added): each
-        // node's ready line says it votes in every shard placed on it.
+        // With more nodes, the replicas a joiner took are moved away from where they were:
+        // every shard ends with its three placed voters.
+        c.wait_replicated(n.min(3));
         c
     }
 
@@ -107,9 +111,10 @@ impl Cluster {
     fn start_node(&mut self, i: usize) {
         let key = self.key_file.display().to_string();
         let join = format!("127.0.0.1:{}", self.ports[0].peer);
+        let shards = self.shards.clone();
         let mut args = vec![
             "--shards",
-            SHARDS,
+            &shards,
             "--key-file",
             &key,
             "--forward-timeout-ms",
@@ -1180,4 +1185,156 @@ fn a_keyed_retry_to_a_node_an_hour_ahead_without_the_first_copy_s_shard_is_store
         .unwrap();
         assert_eq!(held["total"], 1, "through node {}: {held}", i + 1);
     }
+}
+
+/// Each shard's voters, learners and what `/api/v1/cluster` through `http` says.
+fn memberships(http: &str) -> Vec<(BTreeSet<u64>, usize)> {
+    let (_, status) = get(http, "/api/v1/cluster");
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let voters = s["replicas"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap());
+            (
+                voters.collect(),
+                s["learners"].as_array().map_or(0, Vec::len),
+            )
+        })
+        .collect()
+}
+
+/// Issue 24: a fourth node joins a three-node cluster of 16 shards under keyed ingest with
+/// client retries. It gets its share, about 3·16/4 = 12 replicas (each one replica moved: added
+/// as a learner, caught up, made a voter, then the old one removed), every shard ends with
+/// exactly three voters, and every acknowledged entry is there once, alike on every replica and
+/// through every node.
+#[test]
+fn a_fourth_node_takes_its_share_of_the_replicas_and_nothing_is_lost() {
+    // 16 shards, three nodes first.
+    let mut c = {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("keys.toml");
+        Cluster {
+            key_file,
+            ports: (0..4).map(|_| Ports::free()).collect(),
+            nodes: (0..4).map(|_| None).collect(),
+            env: (0..4).map(|_| Vec::new()).collect(),
+            shards: "16".into(),
+            dir,
+        }
+    };
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    c.wait_replicated(3);
+    let before = memberships(&c.http(0));
+    let targets: Vec<String> = (0..3).map(|i| c.http(i)).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut round = 0;
+        while !writing.load(Ordering::Relaxed) || round < 5 {
+            let batch = entries(&format!("m{round}"), 20, true);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut attempt = 0;
+            loop {
+                let target = &targets[(round + attempt) % targets.len()];
+                match ingest(target, &batch) {
+                    Ok((200, a)) if a["rejected"] == 0 => break,
+                    other => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "batch {round} never acked: {other:?}"
+                        );
+                        attempt += 1;
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+            acked.extend(batch);
+            round += 1;
+        }
+        acked
+    });
+    c.start_node(3);
+    let newcomer = c.node(3).node_id;
+    let after = wait_for(
+        "every shard at exactly three voters, the newcomer among some",
+        180,
+        || {
+            let m = memberships(&c.http(0));
+            let settled = m
+                .iter()
+                .all(|(voters, learners)| voters.len() == 3 && *learners == 0)
+                && m.iter().any(|(voters, _)| voters.contains(&newcomer));
+            settled.then_some(m)
+        },
+    );
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.join().unwrap();
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b.0 != a.0)
+        .count();
+    let held_by_newcomer = after.iter().filter(|(v, _)| v.contains(&newcomer)).count();
+    // Each moved shard swapped one replica for the newcomer: its share is what moved.
+    assert_eq!(moved, held_by_newcomer, "{before:?} -> {after:?}");
+    eprintln!(
+        "3 -> 4 nodes, 16 shards: {moved} replicas moved, {} entries acknowledged meanwhile",
+        acked.len()
+    );
+    assert!(
+        (1..=15).contains(&moved),
+        "{moved} replicas moved; 3·16/4 = 12, within 25 % above is at most 15"
+    );
+    // Every acknowledged entry once, through every node, with strong reads.
+    let want: BTreeSet<(String, u64)> = acked.iter().map(batch_and_n).collect();
+    for i in 0..4 {
+        let (status, keyed) = post(
+            &c.http(i),
+            "/api/v1/logs/query",
+            &json!({"filters": {"fields": {"phase": "m"}}, "limit": 10000, "consistency": "strong"}),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{keyed}");
+        let logs = keyed["logs"].as_array().unwrap();
+        let ids: BTreeSet<&str> = logs.iter().map(|l| l["log_id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids.len(),
+            logs.len(),
+            "an entry stored twice (node {})",
+            i + 1
+        );
+        let stored: BTreeSet<(String, u64)> = logs.iter().map(batch_and_n).collect();
+        assert_eq!(stored, want, "through node {}", i + 1);
+        assert_eq!(keyed["total"].as_u64(), Some(want.len() as u64));
+    }
+    // Alike on every replica: each shard's digest on each of its voters.
+    let ids: Vec<u64> = (0..4).map(|i| c.node(i).node_id).collect();
+    wait_for("every shard's voters to hold the same entries", 60, || {
+        let digests: Vec<Value> = (0..4)
+            .map(|i| get(&c.http(i), "/api/v1/admin/digests").1["shards"].clone())
+            .collect();
+        after
+            .iter()
+            .enumerate()
+            .all(|(shard, (voters, _))| {
+                let of = |id: &u64| {
+                    let i = ids.iter().position(|x| x == id).unwrap();
+                    let d = &digests[i][shard];
+                    (d["digest"].clone(), d["entries"].clone())
+                };
+                let mut v = voters.iter();
+                let first = of(v.next().unwrap());
+                v.all(|id| of(id) == first)
+            })
+            .then_some(())
+    });
 }
