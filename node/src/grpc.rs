@@ -13,7 +13,7 @@ use veil_proto::v1::{
 };
 
 use crate::error::ApiError;
-use crate::ingest::{self, RequestDefaults};
+use crate::ingest::RequestDefaults;
 use crate::node::{EntryResult, Node};
 use crate::query;
 
@@ -80,24 +80,10 @@ impl Veil for VeilService {
         request: Request<IngestRequest>,
     ) -> Result<Response<IngestResponse>, Status> {
         let node = &self.node;
-        let started = std::time::Instant::now();
         let entries = request.into_inner().entries;
-        if entries.len() > node.config.batch_entries_max {
-            return Err(Status::resource_exhausted(format!(
-                "a request holds at most {} entries",
-                node.config.batch_entries_max
-            )));
-        }
-        // Parsing and masking on a blocking thread, as the HTTP path does.
-        let parsing = node.clone();
-        let items = tokio::task::spawn_blocking(move || {
-            let node = &parsing;
-            let now = ingest::now_us();
-            let limits = node.entry_limits();
-            let defaults = RequestDefaults::default();
-            let masker = node.masker();
-            let masking = node.masking(&masker);
-            entries
+        // Read and prepared on a blocking thread, as every ingest path is.
+        let read = |_: &Node| {
+            let items = entries
                 .into_iter()
                 .enumerate()
                 .map(|(i, e)| {
@@ -107,25 +93,14 @@ impl Veil for VeilService {
                             .as_ref()
                             .map(|x| x.stack_trace.len() + x.message.len())
                             .unwrap_or(0);
-                    if size > node.config.entry_bytes_max {
-                        return Err(ApiError::new(
-                            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                            "entry_too_large",
-                            "entry is too large",
-                        )
-                        .with_line(i + 1));
-                    }
-                    let map = entry_to_json(e, i + 1)?;
-                    ingest::prepare(map, &defaults, limits, &masking, now)
-                        .map_err(|e| e.with_line(i + 1))
+                    Ok((entry_to_json(e, i + 1)?, size))
                 })
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Status::internal(format!("parsing a request: {e}")))?;
-        let results = node.ingest(items).await;
-        node.metrics.ack_latency.observe(started.elapsed());
-        let results = results.map_err(Status::from)?;
+                .collect();
+            ((), items)
+        };
+        let ((), results) = crate::shippers::ingest(node, RequestDefaults::default(), read)
+            .await
+            .map_err(Status::from)?;
         let mut response = IngestResponse::default();
         for (i, result) in results.into_iter().enumerate() {
             response.results.push(match result {

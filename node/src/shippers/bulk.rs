@@ -444,17 +444,16 @@ async fn bulk(
         Ok(b) => b,
         Err(e) => return request_error(e),
     };
-    let Ok(text) = std::str::from_utf8(&bytes) else {
+    if std::str::from_utf8(&bytes).is_err() {
         return EsError::bad("parse_exception", "the body is not UTF-8").into_response_with(None);
+    }
+    let read = move |node: &Node| {
+        let text = std::str::from_utf8(&bytes).unwrap_or_default();
+        parse(text, path_index.as_deref(), &node.config.bulk)
     };
-    let (ops, items) = parse(text, path_index.as_deref(), &node.config.bulk);
-    let results = if items.is_empty() {
-        Vec::new()
-    } else {
-        match super::ingest(&node, items, RequestDefaults::default()).await {
-            Ok(r) => r,
-            Err(e) => return request_error(e),
-        }
+    let (ops, results) = match super::ingest(&node, RequestDefaults::default(), read).await {
+        Ok(r) => r,
+        Err(e) => return request_error(e),
     };
     let mut errors = false;
     let answers: Vec<Value> = ops

@@ -22,34 +22,38 @@ use crate::node::{EntryResult, Node};
 /// request (checked against `--entry-bytes-max`), or why it could not be read.
 pub type Item = Result<(Map<String, Value>, usize), ApiError>;
 
-/// Prepares (validates and masks, on a blocking thread) and ingests `items`, answering one
-/// result per item in order. `defaults` are what the request's headers say.
-pub async fn ingest(
+/// Reads a request's entries (`read`: decoding, mapping) and prepares them (validation,
+/// masking), both on a blocking thread so the async workers keep moving Raft groups and other
+/// requests meanwhile, then ingests them: one result per item, in order, beside what `read`
+/// kept for the answer. `defaults` are what the request's headers say. Veil's own gRPC
+/// `Ingest` takes this path too.
+pub async fn ingest<T: Send + 'static>(
     node: &Arc<Node>,
-    items: Vec<Item>,
     defaults: RequestDefaults,
-) -> Result<Vec<EntryResult>, ApiError> {
-    if items.len() > node.config.batch_entries_max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_many_entries",
-            format!(
-                "a request holds at most {} entries (--batch-entries-max), this one {}",
-                node.config.batch_entries_max,
-                items.len()
-            ),
-        ));
-    }
+    read: impl FnOnce(&Node) -> (T, Vec<Item>) + Send + 'static,
+) -> Result<(T, Vec<EntryResult>), ApiError> {
     let started = std::time::Instant::now();
     let preparing = node.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
+    let (kept, prepared) = tokio::task::spawn_blocking(move || {
         let node = &preparing;
+        let (kept, items) = read(node);
+        if items.len() > node.config.batch_entries_max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_entries",
+                format!(
+                    "a request holds at most {} entries (--batch-entries-max), this one {}",
+                    node.config.batch_entries_max,
+                    items.len()
+                ),
+            ));
+        }
         let now = ingest::now_us();
         let limits = node.entry_limits();
         let entry_max = node.config.entry_bytes_max;
         let masker = node.masker();
         let masking = node.masking(&masker);
-        items
+        let prepared = items
             .into_iter()
             .enumerate()
             .map(|(i, item)| {
@@ -65,13 +69,18 @@ pub async fn ingest(
                 ingest::prepare(object, &defaults, limits, &masking, now)
                     .map_err(|e| e.with_line(i + 1))
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        Ok((kept, prepared))
     })
     .await
-    .map_err(|e| ApiError::internal("preparing entries", e))?;
+    .map_err(|e| ApiError::internal("preparing entries", e))??;
+    // Nothing to store (a bulk body of refused actions only): no ingest, so no refusal of it.
+    if prepared.is_empty() {
+        return Ok((kept, Vec::new()));
+    }
     let results = node.ingest(prepared).await;
     node.metrics.ack_latency.observe(started.elapsed());
-    results
+    Ok((kept, results?))
 }
 
 /// True for an error a later retry of the same request can fix, so the shipper should back off

@@ -267,9 +267,11 @@ pub async fn export(
     node: &Arc<Node>,
     request: ExportLogsServiceRequest,
 ) -> Result<Outcome, ApiError> {
-    let items = entries(request, node.keys.active().hmac_key());
-    let total = items.len();
-    let results = match super::ingest(node, items, RequestDefaults::default()).await {
+    let read = move |node: &Node| {
+        let items = entries(request, node.keys.active().hmac_key());
+        (items.len(), items)
+    };
+    let (total, results) = match super::ingest(node, RequestDefaults::default(), read).await {
         Ok(r) => r,
         Err(e) if super::retryable(&e) => return Ok(Outcome::Retry(e)),
         Err(e) => return Err(e),

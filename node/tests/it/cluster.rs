@@ -225,6 +225,27 @@ fn ingest(http: &str, batch: &[Value]) -> Result<(u16, Value), reqwest::Error> {
     post(http, "/api/v1/logs", &Value::Array(batch.to_vec()))
 }
 
+/// Sends batch `round` as a client with retries does: to the next target after each failure,
+/// until every entry is acknowledged (within a minute).
+fn ingest_until_acked(targets: &[String], round: usize, batch: &[Value]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempt = 0;
+    loop {
+        let target = &targets[(round + attempt) % targets.len()];
+        match ingest(target, batch) {
+            Ok((200, a)) if a["rejected"] == 0 => return,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "batch {round} never acked: {other:?}"
+                );
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
 /// Every answer a node gives to the comparison questions, without the fields that differ by
 /// construction (ids and timings).
 fn answers(http: &str, strong: bool) -> Value {
@@ -364,22 +385,7 @@ fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
         let mut acked = Vec::new();
         for round in 0..30 {
             let batch = entries(&format!("k{round}"), 20, true);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut attempt = 0;
-            loop {
-                let target = &targets[(round + attempt) % targets.len()];
-                match ingest(target, &batch) {
-                    Ok((200, a)) if a["rejected"] == 0 => break,
-                    other => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "batch {round} never acked: {other:?}"
-                        );
-                        attempt += 1;
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
+            ingest_until_acked(&targets, round, &batch);
             acked.extend(batch);
         }
         acked
@@ -1241,22 +1247,7 @@ fn a_fourth_node_takes_its_share_of_the_replicas_and_nothing_is_lost() {
         let mut round = 0;
         while !writing.load(Ordering::Relaxed) || round < 5 {
             let batch = entries(&format!("m{round}"), 20, true);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            let mut attempt = 0;
-            loop {
-                let target = &targets[(round + attempt) % targets.len()];
-                match ingest(target, &batch) {
-                    Ok((200, a)) if a["rejected"] == 0 => break,
-                    other => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "batch {round} never acked: {other:?}"
-                        );
-                        attempt += 1;
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
+            ingest_until_acked(&targets, round, &batch);
             acked.extend(batch);
             round += 1;
         }

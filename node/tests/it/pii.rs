@@ -115,6 +115,17 @@ fn pii_mask_command_scores_on_application_lines_of_six_locales() {
     score.check_with(0.995);
 }
 
+/// The `pii_detected` of an `hr` entry with `message`, ingested through `veil`.
+fn detected(veil: &Veil, message: &str) -> Value {
+    let (status, answer) = veil.post(
+        "/api/v1/logs",
+        "application/json",
+        json!({"service": "hr", "message": message}).to_string(),
+    );
+    assert_eq!(status, 200, "{answer}");
+    answer["pii_detected"].clone()
+}
+
 #[test]
 fn custom_patterns_are_validated_applied_and_durable() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,12 +179,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
         .unwrap();
     assert_eq!(list["patterns"][0]["pattern_id"], id.as_str(), "{list}");
     assert!(list["builtin"].as_array().unwrap().len() >= 7);
-    let (_, answer) = veil.post(
-        "/api/v1/logs",
-        "application/json",
-        json!({"service": "hr", "message": "EMP-654321 left"}).to_string(),
-    );
-    assert_eq!(answer["pii_detected"], json!(["employee_id"]));
+    assert_eq!(detected(&veil, "EMP-654321 left"), json!(["employee_id"]));
 
     // Inactive, then deleted: no longer applied.
     let url = veil.url("/api/v1/admin/pii-patterns");
@@ -183,12 +189,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    let (_, answer) = veil.post(
-        "/api/v1/logs",
-        "application/json",
-        json!({"service": "hr", "message": "EMP-111111 joined"}).to_string(),
-    );
-    assert_eq!(answer["pii_detected"], json!([]));
+    assert_eq!(detected(&veil, "EMP-111111 joined"), json!([]));
     let resp = client.delete(format!("{url}/{id}")).send().unwrap();
     assert_eq!(resp.status().as_u16(), 204);
     let resp = client.delete(format!("{url}/{id}")).send().unwrap();
@@ -211,12 +212,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
     )
     .unwrap();
     let mut veil = Veil::start(dir.path(), &[]);
-    let (_, answer) = veil.post(
-        "/api/v1/logs",
-        "application/json",
-        json!({"service": "hr", "message": "badge BDG1234 scanned"}).to_string(),
-    );
-    assert_eq!(answer["pii_detected"], json!(["badge"]), "{answer}");
+    assert_eq!(detected(&veil, "badge BDG1234 scanned"), json!(["badge"]));
     let list: Value = client
         .get(veil.url("/api/v1/admin/pii-patterns"))
         .send()
@@ -235,12 +231,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
         .contains("format_version = 14"));
     // Still there after another restart: the cluster's metadata keeps it now.
     let mut veil = Veil::start(dir.path(), &[]);
-    let (_, answer) = veil.post(
-        "/api/v1/logs",
-        "application/json",
-        json!({"service": "hr", "message": "badge BDG4321 scanned"}).to_string(),
-    );
-    assert_eq!(answer["pii_detected"], json!(["badge"]), "{answer}");
+    assert_eq!(detected(&veil, "badge BDG4321 scanned"), json!(["badge"]));
     veil.stop();
 }
 
