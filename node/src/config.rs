@@ -65,7 +65,9 @@ pub struct ServeArgs {
     #[arg(long, env = "VEIL_FORWARD_TIMEOUT_MS")]
     pub forward_timeout_ms: Option<u64>,
     /// How often the metadata group's leader evens out the shards' leaders over the nodes (one
-    /// leadership moved per look), in ms; 0 turns leader balance off [default: 5000].
+    /// leadership moved per look), in ms; 0 turns leader balance off. Off by default: a
+    /// transfer can hold a shard's writes for an election timeout (see `cluster/leaders.rs`)
+    /// [default: 0].
     #[arg(long, env = "VEIL_LEADER_BALANCE_INTERVAL_MS")]
     pub leader_balance_interval_ms: Option<u64>,
     /// Most shards whose replicas change at once (a node joining takes its share a few shards
@@ -389,7 +391,7 @@ impl ServeArgs {
             peer_addr: pick!(peer_addr, SocketAddr::from(([127, 0, 0, 1], 7422))),
             join: self.join.or(file.join),
             forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
-            leader_balance_interval_ms: pick!(leader_balance_interval_ms, 5_000),
+            leader_balance_interval_ms: pick!(leader_balance_interval_ms, 0),
             replica_moves_max: pick!(replica_moves_max, 2),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),

@@ -251,13 +251,22 @@ impl Node {
             };
             attempt += 1;
             let tried = match leader {
-                Some(id) if id == self.cluster.me => self.proposers[shard.0 as usize]
-                    .propose(minted, entries.clone())
-                    .await
-                    .map_err(|e| TryError::Retry {
-                        why: e.message,
-                        unknown: true,
-                    }),
+                // Bounded like a forward: a proposal whose leadership is lost before it
+                // commits may never be answered; past the deadline its outcome is unknown.
+                Some(id) if id == self.cluster.me => {
+                    let proposal =
+                        self.proposers[shard.0 as usize].propose(minted, entries.clone());
+                    match tokio::time::timeout_at(deadline, proposal).await {
+                        Ok(reply) => reply.map_err(|e| TryError::Retry {
+                            why: e.message,
+                            unknown: true,
+                        }),
+                        Err(_) => Err(TryError::Retry {
+                            why: "the proposal here was not committed in time".into(),
+                            unknown: true,
+                        }),
+                    }
+                }
                 Some(id) => self.forward(id, shard, minted, &entries, deadline).await,
                 None => Err(TryError::Retry {
                     why: format!("shard {shard} has no leader"),

@@ -1022,6 +1022,8 @@ fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
         .args(["cluster", "up", "--nodes", "3", "--dir"])
         .arg(dir)
         .args(["--base-port", &base.to_string(), "--", "--shards", SHARDS])
+        // Leader balance is off by default (see `cluster/leaders.rs`); this test turns it on.
+        .args(["--leader-balance-interval-ms", "5000"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .spawn()
