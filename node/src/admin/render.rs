@@ -78,20 +78,21 @@ pub fn nodes(nodes: &[Value], figures: bool) -> String {
 /// The shards.
 pub fn shards(shards: &[Value]) -> String {
     let mut t = table(&[
-        "SHARD", "REPLICAS", "LEARNERS", "LEADER", "TERM", "COMMIT", "APPLIED",
+        "SHARD", "REPLICAS", "LEARNERS", "PLACED", "LEADER", "TERM", "COMMIT", "APPLIED",
     ]);
     for s in shards {
         t.add_row(vec![
             text(&s["shard"]),
             text(&s["replicas"]),
             text(&s["learners"]),
+            text(&s["placed"]),
             text(&s["leader"]),
             text(&s["term"]),
             text(&s["commit_index"]),
             text(&s["applied_index"]),
         ]);
     }
-    align_right(&mut t, &[0, 3, 4, 5, 6]);
+    align_right(&mut t, &[0, 4, 5, 6, 7]);
     t.to_string()
 }
 
@@ -111,7 +112,7 @@ pub fn shard(s: &Value) -> String {
 }
 
 /// What is wrong with a shard, if anything: fewer than three voters, a voter down, no leader,
-/// or a replica still catching up (a move in progress).
+/// a replica still catching up, or voters other than the placed ones (a move in progress).
 pub fn shard_problem(s: &Value, nodes: &[Value]) -> Option<String> {
     let voters = s["replicas"].as_array().map_or(0, Vec::len);
     let down: Vec<String> = s["replicas"]
@@ -138,6 +139,20 @@ pub fn shard_problem(s: &Value, nodes: &[Value]) -> Option<String> {
     }
     if learners > 0 {
         why.push(format!("{learners} replica(s) catching up"));
+    }
+    let sorted = |v: &Value| {
+        let mut ids: Vec<u64> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let placed = sorted(&s["placed"]);
+    if !placed.is_empty() && placed != sorted(&s["replicas"]) {
+        why.push(format!("moving to {}", text(&s["placed"])));
     }
     (!why.is_empty()).then(|| why.join("; "))
 }

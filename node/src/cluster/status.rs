@@ -38,6 +38,10 @@ pub struct ShardStatus {
     pub replicas: Vec<NodeId>,
     /// Replicas still catching up before they vote.
     pub learners: Vec<NodeId>,
+    /// The replicas the placement names for the shard, in priority order, as the answering
+    /// node computes it from the members: differs from `replicas` while a move is under way.
+    /// (Filled in by the answering node; a peer's answer leaves it empty.)
+    pub placed: Vec<NodeId>,
     pub leader: Option<NodeId>,
     pub term: u64,
     /// This node's replica: committed and applied Raft index.
@@ -118,11 +122,22 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
 /// A shard's status from this node's replica, or from the first of its placed replicas' nodes
 /// that answers (this node's own view, which knows nothing of the group, when none does).
 pub async fn shard_status(node: &Arc<Node>, shard: u32) -> ShardStatus {
+    let placed = node
+        .cluster
+        .placement(node.shard_map.shard_count())
+        .get(shard as usize)
+        .cloned()
+        .unwrap_or_default();
+    let mut status = shard_status_from(node, shard, &placed).await;
+    status.placed = placed;
+    status
+}
+
+async fn shard_status_from(node: &Arc<Node>, shard: u32, placed: &[NodeId]) -> ShardStatus {
     if let Some(here) = shard_status_here(node, shard) {
         return here;
     }
-    let placed = node.cluster.placement(node.shard_map.shard_count());
-    for id in placed.get(shard as usize).into_iter().flatten() {
+    for id in placed {
         let Some(channel) = (*id != node.cluster.me)
             .then(|| node.peer_channel(*id))
             .flatten()
@@ -176,6 +191,7 @@ fn local_status(node: &Node, g: &crate::node::Group) -> ShardStatus {
         reported_by: node.cluster.me,
         replicas: membership.voter_ids().collect(),
         learners: membership.learner_ids().collect(),
+        placed: Vec::new(),
         leader: m.current_leader,
         term: m.current_term,
         commit_index: m.local_committed.as_ref().map(|l| l.index()).unwrap_or(0),

@@ -141,16 +141,14 @@ impl Cluster {
             .collect()
     }
 
-    /// Waits until every shard has `voters` voters, as the first running node sees it.
+    /// Waits until every shard has `voters` voters, the placed ones, and no move under way, as
+    /// the first running node sees it.
     fn wait_replicated(&self, voters: usize) {
         let http = self.http(self.running()[0]);
-        wait_for("every shard replicated", 120, || {
+        wait_for("every shard replicated where it is placed", 120, || {
             let (_, status) = get(&http, "/api/v1/cluster");
             let shards = status["shards"].as_array()?;
-            shards
-                .iter()
-                .all(|s| s["replicas"].as_array().is_some_and(|r| r.len() == voters))
-                .then_some(())
+            shards.iter().all(|s| settled(s, voters)).then_some(())
         });
     }
 
@@ -187,6 +185,27 @@ impl Cluster {
             })
         })
     }
+}
+
+/// True when `shard` (an element of `/api/v1/cluster`'s `shards`) has `voters` voters, exactly
+/// the placed ones, no learner, and a leader: no move is under way (a count alone also holds
+/// before one) and none has left the shard electing.
+fn settled(shard: &Value, voters: usize) -> bool {
+    let ids = |key: &str| -> BTreeSet<u64> {
+        shard[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect()
+    };
+    let replicas = ids("replicas");
+    replicas.len() == voters
+        && replicas == ids("placed")
+        && ids("learners").is_empty()
+        && shard["leader"]
+            .as_u64()
+            .is_some_and(|l| replicas.contains(&l))
 }
 
 /// The test's entries: services, levels, a searchable word in some, an email in some, an
@@ -1258,15 +1277,18 @@ fn a_fourth_node_takes_its_share_of_the_replicas_and_nothing_is_lost() {
     c.start_node(3);
     let newcomer = c.node(3).node_id;
     let after = wait_for(
-        "every shard at exactly three voters, the newcomer among some",
+        "every shard at exactly its three placed voters, the newcomer among some",
         180,
         || {
-            let m = memberships(&c.http(0));
-            let settled = m
-                .iter()
-                .all(|(voters, learners)| voters.len() == 3 && *learners == 0)
-                && m.iter().any(|(voters, _)| voters.contains(&newcomer));
-            settled.then_some(m)
+            let (_, status) = get(&c.http(0), "/api/v1/cluster");
+            let shards = status["shards"].as_array()?;
+            let placed_here = shards.iter().any(|s| {
+                s["placed"]
+                    .as_array()
+                    .is_some_and(|p| p.contains(&json!(newcomer)))
+            });
+            let done = placed_here && shards.iter().all(|s| settled(s, 3));
+            done.then(|| memberships(&c.http(0)))
         },
     );
     stop.store(true, Ordering::Relaxed);
