@@ -11,6 +11,14 @@
 //! `VEIL_CHAOS_SEED` replays a run, `VEIL_CHAOS_LONG=1` runs the long variant.
 #![warn(missing_docs)]
 
+pub mod checker;
+pub mod disk;
+pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod run;
+pub mod workload;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -108,6 +116,26 @@ pub struct StartError {
     pub stderr: String,
 }
 
+/// How to start one `veil serve` process (see [`VeilProcess::launch`]).
+#[derive(Clone, Copy)]
+pub struct Launch<'a> {
+    /// The `veil` binary.
+    pub bin: &'a Path,
+    /// Its data directory.
+    pub data_dir: &'a Path,
+    /// The address its three listeners bind (`127.0.0.1`, or a test host's address inside a
+    /// network namespace).
+    pub host: &'a str,
+    /// Its ports.
+    pub ports: &'a Ports,
+    /// Arguments after the addresses and the data directory.
+    pub extra: &'a [&'a str],
+    /// Extra environment variables.
+    pub env: &'a [(String, String)],
+    /// A command that runs `veil` (its program first), or none.
+    pub wrapper: &'a [String],
+}
+
 /// A running `veil serve` process. If the test panics while it lives, its command line, its
 /// stderr and a listing of its data directory are printed.
 pub struct VeilProcess {
@@ -158,7 +186,30 @@ impl VeilProcess {
         extra: &[&str],
         env: &[(String, String)],
     ) -> Result<VeilProcess, StartError> {
-        let addr = |port: u16| format!("127.0.0.1:{port}");
+        Self::launch(&Launch {
+            bin,
+            data_dir,
+            host: "127.0.0.1",
+            ports,
+            extra,
+            env,
+            wrapper: &[],
+        })
+    }
+
+    /// Runs `launch`: `veil serve` on its host and ports, optionally under a wrapper command
+    /// (`ip netns exec NAME`, which execs `veil` in place, so the process id is veil's own).
+    pub fn launch(launch: &Launch<'_>) -> Result<VeilProcess, StartError> {
+        let Launch {
+            bin,
+            data_dir,
+            host,
+            ports,
+            extra,
+            env,
+            wrapper,
+        } = *launch;
+        let addr = |port: u16| format!("{host}:{port}");
         let mut args: Vec<String> = vec![
             "serve".into(),
             "--http-addr".into(),
@@ -171,7 +222,15 @@ impl VeilProcess {
         ];
         args.push(data_dir.display().to_string());
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(bin)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
@@ -241,6 +300,26 @@ impl VeilProcess {
             c.kill().expect("kill -9");
             c.wait().expect("wait for killed node");
         }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the process, if it runs; true when it was sent.
+    pub fn signal(&self, signal: &str) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            // A process that exited meanwhile is not an error worth printing.
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// True while the process has not exited (a paused one runs).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Sends SIGTERM and asserts a clean exit.
