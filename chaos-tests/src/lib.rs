@@ -233,7 +233,11 @@ impl VeilProcess {
         let mut child = command
             .args(&args)
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "warn")
+            // `VEIL_NODE_LOG` (a `RUST_LOG` filter) makes the nodes say more, to debug a run.
+            .env(
+                "RUST_LOG",
+                std::env::var("VEIL_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .env("VEIL_KEY_FILE", key_file_for(data_dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -83,6 +83,41 @@ pub fn reexec_in_own_namespace() -> anyhow::Result<Option<std::process::ExitCode
     )))
 }
 
+/// For a test that needs a network namespace of its own: true when this process is in one (the
+/// test goes on); otherwise, as root, runs this very test again under `unshare -n`, asserts
+/// that it passed and answers false (the outer copy is done). Not root: says so and answers
+/// false, as the harness does without namespaces.
+pub fn test_in_own_namespace(test: &str) -> bool {
+    if in_own_namespace() {
+        return true;
+    }
+    if !is_root() {
+        eprintln!("{test}: needs root for network namespaces; not run");
+        return false;
+    }
+    let exe = std::env::current_exe().expect("the test executable");
+    let outer = namespace_of("/proc/self/ns/net").expect("this process's network namespace");
+    let out = Command::new("unshare")
+        .env(OUTER_NAMESPACE, outer)
+        .arg("-n")
+        .arg("--")
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+        .output()
+        .expect("unshare -n runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{test} in its own network namespace:\n{text}"
+    );
+    eprintln!("{text}");
+    false
+}
+
 /// Runs `program args…`; an error says what ran and what it printed.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program)
@@ -179,6 +214,24 @@ impl Net {
             run("ip", &["-n", &name, "addr", "add", &addr, "dev", "eth0"])?;
             run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+            // Connection tracking from the first packet on: a one-way cut matches connections
+            // by who opened them, and one tracking starts to see mid-way is taken to be opened
+            // by whichever side sent the first packet it saw (so an early cut let the leader's
+            // appends through). A rule that uses conntrack turns it on; it accepts nothing the
+            // chain would not.
+            net.iptables(
+                i,
+                &[
+                    "-A",
+                    "OUTPUT",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "INVALID",
+                    "-j",
+                    "ACCEPT",
+                ],
+            )?;
         }
         net.check_routes()?;
         Ok(net)

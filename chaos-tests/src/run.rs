@@ -43,6 +43,8 @@ pub struct Options {
     pub disk_mib: u64,
     /// Breaks the workload on purpose (see [`Client::unkeyed`]): the checker must catch it.
     pub unkeyed: bool,
+    /// More arguments for every node's `veil serve`.
+    pub node_args: Vec<String>,
 }
 
 impl Options {
@@ -147,6 +149,8 @@ impl Cluster {
         if i > 0 {
             extra.extend(["--join", &join]);
         }
+        let more = self.opts.node_args.clone();
+        extra.extend(more.iter().map(String::as_str));
         let clock = self.nodes[i].clock.clone();
         let mut env = Vec::new();
         if self.faketime {
@@ -281,6 +285,36 @@ fn settled(status: &Value, replicas: usize) -> bool {
                 && s["leader"].as_u64().is_some_and(|l| r.contains(&l))
         })
     })
+}
+
+/// Makes the run's places (namespaces when root in a namespace of its own, loopback
+/// otherwise, leaving out the nemeses that need root) and starts its cluster.
+pub fn setup(opts: &Options) -> anyhow::Result<Cluster> {
+    crate::net::sweep();
+    crate::disk::sweep();
+    let root = crate::net::is_root();
+    let (place, disks) = if root && crate::net::in_own_namespace() {
+        (
+            Place::Namespaces(Net::create(opts.nodes)?),
+            Disks::create(opts.nodes, opts.disk_mib)?,
+        )
+    } else {
+        (
+            Place::Loopback((0..opts.nodes).map(|_| Ports::free()).collect()),
+            Disks::plain(opts.nodes)?,
+        )
+    };
+    let mut opts = opts.clone();
+    if matches!(place, Place::Loopback(_)) {
+        let before = opts.nemeses.len();
+        opts.nemeses.retain(|n| !n.needs_root());
+        if opts.nemeses.len() != before {
+            eprintln!(
+                "chaos: not root in a namespace of its own: partitions and full disks are left out"
+            );
+        }
+    }
+    start_cluster(&opts, place, disks)
 }
 
 /// Starts the cluster: node 0 founds it, the others join; waits until every shard is
@@ -460,32 +494,9 @@ fn scan(c: &Cluster, pii: &[String], plain: &[String]) -> (Vec<String>, usize) {
 /// Runs one chaos run and returns the checker's report (an error when the harness itself could
 /// not do its work: a cluster that never started or never settled is also reported so).
 pub fn run(opts: &Options) -> anyhow::Result<Report> {
-    crate::net::sweep();
-    crate::disk::sweep();
     std::fs::create_dir_all(&opts.out)?;
-    let root = crate::net::is_root();
-    let (place, disks) = if root && crate::net::in_own_namespace() {
-        (
-            Place::Namespaces(Net::create(opts.nodes)?),
-            Disks::create(opts.nodes, opts.disk_mib)?,
-        )
-    } else {
-        (
-            Place::Loopback((0..opts.nodes).map(|_| Ports::free()).collect()),
-            Disks::plain(opts.nodes)?,
-        )
-    };
-    let mut opts = opts.clone();
-    if matches!(place, Place::Loopback(_)) {
-        let before = opts.nemeses.len();
-        opts.nemeses.retain(|n| !n.needs_root());
-        if opts.nemeses.len() != before {
-            eprintln!(
-                "chaos: not root in a namespace of its own: partitions and full disks are left out"
-            );
-        }
-    }
-    let mut c = start_cluster(&opts, place, disks)?;
+    let mut c = setup(opts)?;
+    let opts = c.opts.clone();
     let history = Arc::new(History::new(Some(&opts.out.join("history.jsonl")))?);
     history.note(&format!("seed {}", opts.seed));
     let stop = Arc::new(AtomicBool::new(false));

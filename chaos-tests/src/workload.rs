@@ -38,8 +38,13 @@ pub fn read_range() -> Value {
 
 /// An HTTP client with the workload's bounds.
 pub fn http_client() -> reqwest::blocking::Client {
+    http_client_with_timeout(REQUEST_TIMEOUT)
+}
+
+/// An HTTP client whose requests wait at most `timeout`.
+pub fn http_client_with_timeout(timeout: Duration) -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .connect_timeout(Duration::from_secs(1))
         .build()
         .expect("an HTTP client")

@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// answers 503 [default: 10000].
     #[arg(long, env = "VEIL_FORWARD_TIMEOUT_MS")]
     pub forward_timeout_ms: Option<u64>,
+    /// How long one try of a write forwarded to a shard's leader waits for its answer before
+    /// the write tries again, at the leader then known (a leader cut off or paused answers
+    /// nothing; the retry is checked, so entries the first try stored are not stored twice)
+    /// [default: 2500].
+    #[arg(long, env = "VEIL_FORWARD_TRY_TIMEOUT_MS")]
+    pub forward_try_timeout_ms: Option<u64>,
     /// How often the metadata group's leader evens out the shards' leaders over the nodes (one
     /// leadership moved per look), in ms; 0 turns leader balance off. Off by default: a
     /// transfer can hold a shard's writes for an election timeout (see `cluster/leaders.rs`)
@@ -278,6 +284,8 @@ pub struct NodeConfig {
     pub join: Option<String>,
     /// Retry bound of a write across leader changes, in ms.
     pub forward_timeout_ms: u64,
+    /// Bound of one forwarded try, in ms.
+    pub forward_try_timeout_ms: u64,
     /// How often leaders are evened out, in ms (0: never).
     pub leader_balance_interval_ms: u64,
     /// Most shards changing replicas at once.
@@ -391,6 +399,7 @@ impl ServeArgs {
             peer_addr: pick!(peer_addr, SocketAddr::from(([127, 0, 0, 1], 7422))),
             join: self.join.or(file.join),
             forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
+            forward_try_timeout_ms: pick!(forward_try_timeout_ms, 2_500),
             leader_balance_interval_ms: pick!(leader_balance_interval_ms, 0),
             replica_moves_max: pick!(replica_moves_max, 2),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
@@ -517,6 +526,9 @@ impl NodeConfig {
         }
         if self.forward_timeout_ms == 0 {
             bail!("--forward-timeout-ms must be positive");
+        }
+        if self.forward_try_timeout_ms == 0 {
+            bail!("--forward-try-timeout-ms must be positive");
         }
         for (name, value) in [
             ("body-bytes-max", self.body_bytes_max),

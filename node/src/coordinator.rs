@@ -159,7 +159,10 @@ pub async fn ask_shard<L: Leaves + ?Sized>(
             return Outcome::TimedOut;
         }
         let last = i + 1 == replicas.len();
-        let budget = if last || *replica == Replica::Local {
+        // The local replica gets the whole budget unless the answer must be strong: a local
+        // replica that cannot catch up (its leader's messages do not reach it) would hold it
+        // all, while another replica answers at once.
+        let budget = if last || (*replica == Replica::Local && !ask.strong) {
             left
         } else {
             left.min(ask.replica_timeout)

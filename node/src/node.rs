@@ -896,8 +896,8 @@ impl Node {
             .collect();
         let mut found_elsewhere = HashMap::new();
         if !arrival_keyed.is_empty() {
-            self.catch_up_replicas().await;
-            found_elsewhere = self.locate_elsewhere(arrival_keyed).await?;
+            let behind = self.catch_up_replicas().await;
+            found_elsewhere = self.locate_elsewhere(arrival_keyed, &behind).await?;
         }
         let mut results: Vec<Option<EntryResult>> = vec![None; items.len()];
         // Per shard, and apart by whether the node minted the log_ids (only keyed entries need
@@ -1003,19 +1003,20 @@ impl Node {
         Ok(None)
     }
 
-    /// The timestamps under which the shards this node holds no replica of store any of
-    /// `log_ids`, asked of their replicas with a strong read (so every acknowledged entry
-    /// counts). A shard that cannot answer makes the request retryable: storing the entry
-    /// without knowing could store a retry twice.
+    /// The timestamps under which the shards this node holds no replica of, and those in
+    /// `behind` (whose replica here did not catch up), store any of `log_ids`, asked with a
+    /// strong read (so every acknowledged entry counts). A shard that cannot answer makes the
+    /// request retryable: storing the entry without knowing could store a retry twice.
     async fn locate_elsewhere(
         &self,
         log_ids: Vec<uuid::Uuid>,
+        behind: &[ShardId],
     ) -> Result<HashMap<uuid::Uuid, i64>, ApiError> {
         let shards: Vec<ShardId> = self
             .groups
             .iter()
             .map(|g| g.shard.id())
-            .filter(|s| !self.holds_placed_replica(*s))
+            .filter(|s| !self.holds_placed_replica(*s) || behind.contains(s))
             .collect();
         let mut found = HashMap::new();
         if shards.is_empty() {
@@ -1039,13 +1040,17 @@ impl Node {
                     }
                 }
                 _ => {
-                    return Err(ApiError::unavailable(
-                        "idempotency_check_unavailable",
+                    // The same code as a part that cannot be stored: the shard has no
+                    // reachable leader or replica now.
+                    let mut e = ApiError::unavailable(
+                        "shard_unavailable",
                         format!(
                             "shard {shard} could not be asked whether it already holds a keyed \
                              entry of this request; retry with the same keys"
                         ),
-                    ))
+                    );
+                    e.retry_after_secs = Some(1);
+                    return Err(e);
                 }
             }
         }

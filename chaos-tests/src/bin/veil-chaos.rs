@@ -146,6 +146,7 @@ fn runs(args: &Args) -> anyhow::Result<bool> {
             out: base_out.join(format!("seed-{seed}")),
             disk_mib: args.disk_mib,
             unkeyed: args.unkeyed,
+            node_args: Vec::new(),
         };
         println!("chaos run: seed {seed}");
         let started = std::time::Instant::now();

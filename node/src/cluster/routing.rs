@@ -218,8 +218,9 @@ impl Node {
     }
 
     /// Stores one shard's part of a batch: proposed here when this node leads the shard,
-    /// forwarded to the leader otherwise, and retried (leader changes, lost connections) until
-    /// it is applied or `--forward-timeout-ms` passes. A try whose outcome is unknown is
+    /// forwarded to the leader otherwise, and retried (leader changes, lost connections, a try
+    /// unanswered within `--forward-try-timeout-ms`) until it is applied or
+    /// `--forward-timeout-ms` passes. A try whose outcome is unknown is
     /// retried as a checked `Append`, so entries the first try stored are not stored again.
     /// For a shard this node holds no replica of, the leader is the one its replicas name:
     /// the part goes to a placed replica, which answers "not the leader, node N is" unless it
@@ -244,11 +245,15 @@ impl Node {
         loop {
             // A replica the placement no longer names may have been removed without hearing
             // so: its view of the leader (itself, even) is not to be trusted.
+            // Where this node's replica knows no leader (it is electing, perhaps because the
+            // leader's messages stopped reaching it while its own still reach the leader), the
+            // other replicas may: ask them as a node without a replica does.
             let leader = if self.holds_placed_replica(shard) {
                 group.raft.metrics().borrow_watched().current_leader
             } else {
-                self.leader_elsewhere(shard, attempt)
-            };
+                None
+            }
+            .or_else(|| self.leader_elsewhere(shard, attempt));
             attempt += 1;
             let tried = match leader {
                 // Bounded like a forward: a proposal whose leadership is lost before it
@@ -267,7 +272,31 @@ impl Node {
                         }),
                     }
                 }
-                Some(id) => self.forward(id, shard, minted, &entries, deadline).await,
+                Some(id) => {
+                    // One try is bounded on its own: a leader cut off or paused answers
+                    // nothing, and the whole budget spent waiting on it is a write lost.
+                    let try_for = Duration::from_millis(self.config.forward_try_timeout_ms);
+                    let try_deadline = deadline.min(tokio::time::Instant::now() + try_for);
+                    let forwarded = self.forward(id, shard, minted, &entries, try_deadline);
+                    if self.holds_placed_replica(shard) {
+                        // This node's replica hears of a new leader before the old one's
+                        // silence runs out the try: go to the new one at once.
+                        let wait = group.raft.wait(None);
+                        let moved = wait.metrics(
+                            |m| m.current_leader.is_some_and(|l| l != id),
+                            "the shard's leader moved",
+                        );
+                        tokio::select! {
+                            tried = forwarded => tried,
+                            _ = moved => Err(TryError::Retry {
+                                why: format!("shard {shard}'s leader moved away from node {id}"),
+                                unknown: true,
+                            }),
+                        }
+                    } else {
+                        forwarded.await
+                    }
+                }
                 None => Err(TryError::Retry {
                     why: format!("shard {shard} has no leader"),
                     unknown: false,
@@ -300,8 +329,9 @@ impl Node {
         }
     }
 
-    /// Where to send a part of `shard`, which this node holds no replica of, at try `attempt`:
-    /// the leader a replica named last, else the shard's placed replicas in turn.
+    /// Where to send a part of `shard` that this node's replica cannot place (it holds none, or
+    /// its replica knows no leader), at try `attempt`: the leader a replica named last, else
+    /// the shard's other placed replicas in turn.
     fn leader_elsewhere(&self, shard: ShardId, attempt: usize) -> Option<NodeId> {
         if let Some(leader) = self.cluster.leader_hint(shard) {
             return Some(leader);
@@ -343,7 +373,7 @@ impl Node {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let reply: Result<ForwardReply, CallError> =
             super::call(channel, "append", &request, left).await;
-        if !self.holds_placed_replica(shard) {
+        {
             // What the replica said about the shard's leader, for the next try and part.
             match &reply {
                 Ok(ForwardReply::Outcomes(_)) => self.cluster.set_leader_hint(shard, Some(leader)),
@@ -525,26 +555,34 @@ impl Node {
         }
     }
 
-    /// Brings every replica of this node up to what its leader has committed (as a strong
-    /// read does), shards at once, within `--forward-timeout-ms`; a shard that cannot be caught
-    /// up (no leader) is looked up as it is, and its write fails on its own.
-    pub async fn catch_up_replicas(&self) {
-        let timeout = self.cluster.forward_timeout;
-        let waits = self
+    /// Catches this node's replicas up to their leaders' read index, each for at most
+    /// `--forward-try-timeout-ms`; returns the shards whose replica did not get there (its
+    /// leader's messages do not reach it, say): what they hold must be asked of the others.
+    pub async fn catch_up_replicas(&self) -> Vec<ShardId> {
+        let timeout = Duration::from_millis(self.config.forward_try_timeout_ms)
+            .min(self.cluster.forward_timeout);
+        let shards: Vec<ShardId> = self
             .groups
             .iter()
             .map(|g| g.shard.id())
             // A shard placed elsewhere has nothing here to catch up (and no leader known here).
             .filter(|s| self.holds_placed_replica(*s) && !self.single_voter(*s))
-            .map(|s| self.wait_applied(s, timeout));
-        for result in futures::future::join_all(waits).await {
-            if let Err(e) = result {
+            .collect();
+        let waits = shards.iter().map(|s| self.wait_applied(*s, timeout));
+        let results = futures::future::join_all(waits).await;
+        shards
+            .into_iter()
+            .zip(results)
+            .filter_map(|(shard, result)| {
+                let e = result.err()?;
                 tracing::debug!(
+                    shard = shard.0,
                     code = e.code,
-                    "replica not caught up before a keyed look-up"
+                    "replica not caught up before a keyed look-up: asking the others"
                 );
-            }
-        }
+                Some(shard)
+            })
+            .collect()
     }
 
     /// True when this node is one of `shard`'s voters (holds a caught-up replica). With more
