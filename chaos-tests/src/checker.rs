@@ -9,6 +9,8 @@
 //! - Privacy: a planted personal value found in plain bytes in a node's data directory or its
 //!   own log, or in an answer.
 //! - Top-K: exception counts other than a brute-force count of what is stored.
+//! - Crash: a node that exited without being killed, other than by the designed fail-stop
+//!   (a node whose WAL fsync failed stops itself; counted, not an anomaly).
 //!
 //! Availability during faults that leave a majority is a figure, not a check.
 
@@ -31,6 +33,11 @@ pub struct Final {
     /// How many of the non-personal markers the same scan found (zero would mean it cannot
     /// see plaintext at all).
     pub plain_found: usize,
+    /// Nodes that exited without being killed, other than by a fail-stop.
+    pub crashes: Vec<String>,
+    /// Nodes that stopped themselves because their WAL could not be fsynced (a full disk):
+    /// the designed fail-stop, a figure.
+    pub fail_stops: usize,
 }
 
 /// The checker's verdict on a run.
@@ -54,6 +61,8 @@ pub struct Report {
     pub strong_reads: usize,
     /// Non-personal markers the privacy scan found (it must see plaintext).
     pub plain_markers_found: usize,
+    /// Nodes that stopped themselves on a failed WAL fsync.
+    pub fail_stops: usize,
 }
 
 impl Report {
@@ -75,8 +84,13 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = format!(
             "entries sent {}, acknowledged {}; faults {}; strong reads checked {}; \
-             plain markers found by the privacy scan {}\n",
-            self.sent, self.acked, self.faults, self.strong_reads, self.plain_markers_found
+             plain markers found by the privacy scan {}; fail-stops {}\n",
+            self.sent,
+            self.acked,
+            self.faults,
+            self.strong_reads,
+            self.plain_markers_found,
+            self.fail_stops
         );
         for (k, v) in &self.ops {
             out.push_str(&format!("  {k}: {v}\n"));
@@ -122,6 +136,7 @@ pub fn check(sent: &[Sent], ops: &[Op], faults: &[Fault], fin: &Final) -> Report
         faults: faults.len(),
         faults_by,
         plain_markers_found: fin.plain_found,
+        fail_stops: fin.fail_stops,
         ..Report::default()
     };
     // Per entry: when it was first acknowledged, and whether any attempt may have stored it.
@@ -334,6 +349,9 @@ pub fn check(sent: &[Sent], ops: &[Op], faults: &[Fault], fin: &Final) -> Report
     for p in &fin.pii_found {
         r.flag("privacy", p.clone());
     }
+    for c in &fin.crashes {
+        r.flag("crash", c.clone());
+    }
     if fin.plain_found == 0 && !sent.is_empty() {
         r.flag(
             "privacy",
@@ -415,6 +433,8 @@ mod tests {
             digests: BTreeMap::new(),
             pii_found: Vec::new(),
             plain_found: 1,
+            crashes: Vec::new(),
+            fail_stops: 0,
         }
     }
 

@@ -326,6 +326,13 @@ impl VeilProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// How the process ended, once it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// Sends SIGTERM and asserts a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -264,11 +264,13 @@ pub fn schedule(
     }
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(1000 + rng.below(2000)));
+        c.restart_crashed(history)?;
         let nemesis = nemeses[rng.below(nemeses.len() as u64) as usize];
         let (held, f) = inject(c, history, rng, nemesis)?;
         std::thread::sleep(Duration::from_millis(2000 + rng.below(4000)));
         heal(c, held)?;
         history.healed(f);
+        c.restart_crashed(history)?;
     }
     Ok(())
 }

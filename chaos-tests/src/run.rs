@@ -90,6 +90,8 @@ pub struct NodeSlot {
     pub clock: PathBuf,
     /// What it printed before its last restart (a killed process's log is kept).
     pub old_logs: String,
+    /// It exited on its own and has not been restarted yet.
+    pub down_since_crash: bool,
 }
 
 /// The cluster under test.
@@ -103,6 +105,11 @@ pub struct Cluster {
     opts: Options,
     key_file: PathBuf,
     faketime: bool,
+    /// Nodes that exited without being killed, other than by a fail-stop, with the end of
+    /// what they printed.
+    pub crashes: Vec<String>,
+    /// Nodes that stopped themselves because their WAL could not be fsynced.
+    pub fail_stops: usize,
 }
 
 /// libfaketime's library (installed by `.ci/setup`).
@@ -196,6 +203,42 @@ impl Cluster {
             p.kill9();
             self.nodes[i].old_logs.push_str(&p.stderr());
         }
+    }
+
+    /// Restarts every node that exited without being killed (as a supervisor would). A node
+    /// that stopped itself because its WAL could not be fsynced (a full disk) is a fail-stop,
+    /// counted; one that ended any other way (a signal, a panic) is a crash, with the end of
+    /// what it printed. A restart that fails (the disk is still full) is tried again later.
+    pub fn restart_crashed(&mut self, history: &History) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            let status = self.nodes[i].process.as_mut().and_then(|p| p.exit_status());
+            if let Some(status) = status {
+                self.kill(i);
+                let log = &self.nodes[i].old_logs;
+                let fail_stop = status.code() == Some(1)
+                    && log.contains("stopped because the Raft log could not be fsynced");
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let what = format!(
+                    "node {i} exited on its own ({status}) at {:.1}s: {}",
+                    history.now(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                );
+                history.note(&what);
+                if fail_stop {
+                    self.fail_stops += 1;
+                } else {
+                    self.crashes.push(what);
+                }
+                self.nodes[i].down_since_crash = true;
+            }
+            if self.nodes[i].down_since_crash && self.nodes[i].process.is_none() {
+                match self.start(i) {
+                    Ok(()) => self.nodes[i].down_since_crash = false,
+                    Err(e) => history.note(&format!("node {i} did not restart yet: {e:#}")),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The index of the node with cluster id `id`.
@@ -332,6 +375,7 @@ fn start_cluster(opts: &Options, place: Place, disks: Disks) -> anyhow::Result<C
             data_dir: disks.data_dir(i),
             clock: disks.root().join(format!("clock-{i}")),
             old_logs: String::new(),
+            down_since_crash: false,
         })
         .collect();
     let mut c = Cluster {
@@ -341,6 +385,8 @@ fn start_cluster(opts: &Options, place: Place, disks: Disks) -> anyhow::Result<C
         disks,
         opts: opts.clone(),
         faketime,
+        crashes: Vec::new(),
+        fail_stops: 0,
     };
     for i in 0..opts.nodes {
         c.start(i)?;
@@ -368,10 +414,9 @@ fn settle_and_read(c: &mut Cluster, history: &History) -> anyhow::Result<Final> 
     if let Place::Namespaces(net) = &c.place {
         net.heal()?;
     }
+    c.restart_crashed(history)?;
     for i in 0..c.nodes.len() {
-        let running = c.nodes[i].process.as_mut().is_some_and(|p| p.is_running());
-        if !running {
-            c.kill(i);
+        if c.nodes[i].process.is_none() {
             c.start(i)?;
         }
     }
@@ -434,6 +479,8 @@ fn settle_and_read(c: &mut Cluster, history: &History) -> anyhow::Result<Final> 
         digests,
         pii_found: Vec::new(),
         plain_found: 0,
+        crashes: c.crashes.clone(),
+        fail_stops: c.fail_stops,
     })
 }
 

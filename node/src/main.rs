@@ -198,7 +198,27 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         .context("failed to write the ready line")?;
     tracing::info!(%http_addr, %grpc_addr, "ready");
 
-    shutdown.await;
+    // A WAL fsync that failed (a full disk, an I/O error) leaves nothing that may be
+    // acknowledged: the node stops, and a restart recovers from what is on disk.
+    let wal_failed = async {
+        loop {
+            if let Some(why) = veil_raft::wal_failure() {
+                return why;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let failed = tokio::select! {
+        _ = shutdown => None,
+        why = wal_failed => Some(why),
+    };
+    if let Some(why) = failed {
+        tracing::error!(
+            error = %why,
+            "the Raft log could not be fsynced: stopping (nothing that fsync covered was \
+             acknowledged); restart the node once its disk is writable"
+        );
+    }
     tracing::info!("shutting down");
     // The receivers may all be gone already if both servers failed; then there is nothing to stop.
     let _ = stop_tx.send(true);
@@ -207,6 +227,12 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     node.close().await;
     // After the node: its groups talk to peers until they stop.
     peer_task.await.context("peer task panicked")??;
+    if let Some(why) = failed {
+        anyhow::bail!(
+            "stopped because the Raft log could not be fsynced ({why}); restart the node once \
+             its disk is writable (a full disk: free space first)"
+        );
+    }
     tracing::info!("stopped");
     Ok(())
 }

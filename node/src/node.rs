@@ -1193,7 +1193,7 @@ impl Node {
                 tracing::error!(shard_id = %group.shard.id(), error = %e, "index flush failed");
             }
         }
-        if let Err(e) = self.db.flush_wal(true) {
+        if let Err(e) = veil_raft::sync_wal(&self.db) {
             tracing::warn!(error = %e, "final wal sync failed");
         }
         stop_syncer(self.syncer.clone()).await;

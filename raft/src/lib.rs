@@ -26,8 +26,8 @@ mod types;
 
 pub use error::{Error, Result};
 pub use log_store::{
-    column_families, log_cf_name, move_key_range, move_shared_log, LogStore, LogSyncer,
-    CF_RAFT_LOG, CF_RAFT_META,
+    column_families, log_cf_name, move_key_range, move_shared_log, sync_wal, wal_failure, LogStore,
+    LogSyncer, CF_RAFT_LOG, CF_RAFT_META,
 };
 pub use peer::{endpoint, PeerNetwork, Peers, PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
 pub use router::{GroupEndpoint, Router};

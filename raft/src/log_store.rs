@@ -140,6 +140,33 @@ impl LogKeys {
 
 type SyncCallback = Box<dyn FnOnce(io::Result<()>) + Send>;
 
+/// Why the WAL could not be made durable, once it could not (for the rest of the process).
+static WAL_FAILURE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Fsyncs the RocksDB WAL of `db` (every write before it is then durable). Once an fsync has
+/// failed (a full disk, an I/O error), every later call fails with that first error without
+/// touching the WAL again: what the failed fsync covered is not known to be on disk, so
+/// nothing may be acknowledged on it ("fsyncgate": retrying an fsync does not bring back
+/// what the kernel dropped), and RocksDB's WAL writer, after an error, asserts on a second
+/// flush instead of answering one (the node aborted in the chaos harness's full-disk runs).
+/// The node stops once it sees [`wal_failure`] and is restarted to recover from what is on
+/// disk.
+pub fn sync_wal(db: &DB) -> std::result::Result<(), String> {
+    if let Some(why) = WAL_FAILURE.get() {
+        return Err(format!("the WAL failed earlier: {why}"));
+    }
+    db.flush_wal(true).map_err(|e| {
+        let why = e.to_string();
+        let _ = WAL_FAILURE.set(why.clone());
+        why
+    })
+}
+
+/// The first failed WAL fsync of this process, if one failed (see [`sync_wal`]).
+pub fn wal_failure() -> Option<&'static str> {
+    WAL_FAILURE.get().map(String::as_str)
+}
+
 /// Fsyncs the shared RocksDB WAL on behalf of every Raft group and completes their writes.
 ///
 /// One thread loops: it takes every callback queued since the last round, fsyncs the WAL once,
@@ -167,7 +194,7 @@ impl LogSyncer {
                     while let Ok(next) = rx.try_recv() {
                         pending.push(next);
                     }
-                    let result = db.flush_wal(true).map_err(|e| e.to_string());
+                    let result = sync_wal(&db);
                     if let Err(message) = &result {
                         tracing::error!(error = %message, "raft log fsync failed");
                     }

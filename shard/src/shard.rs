@@ -1882,7 +1882,8 @@ impl Shard {
             keys::meta_key(self.id, META_SNAPSHOT_FILE),
         );
         self.db.write(batch)?;
-        self.db.flush_wal(true)?;
+        veil_raft::sync_wal(&self.db)
+            .map_err(|why| crate::Error::io("fsyncing the WAL", std::io::Error::other(why)))?;
         if let Some(old) = previous {
             // No record names it any more; failing to delete it only wastes disk.
             let _ = std::fs::remove_file(old.file);

@@ -184,7 +184,7 @@ fn runs(args: &Args) -> anyhow::Result<bool> {
                 "seed": seed, "nodes": opts.nodes, "time": args.time,
                 "nemeses": args.nemesis, "sent": report.sent, "acked": report.acked,
                 "faults": report.faults, "faults_by": report.faults_by, "ops": report.ops,
-                "strong_reads": report.strong_reads,
+                "strong_reads": report.strong_reads, "fail_stops": report.fail_stops,
                 "availability": report.availability.iter().map(|(k, (ok, all))| (k.to_string(), serde_json::json!([ok, all]))).collect::<serde_json::Map<_, _>>(),
                 "anomalies": report.anomalies.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v.len()))).collect::<serde_json::Map<_, _>>(),
                 "seconds": started.elapsed().as_secs(),
