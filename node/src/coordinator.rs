@@ -46,6 +46,8 @@ pub struct Ask {
     /// Longest wait for a replica on another node while another replica is left to ask (and
     /// for the local replica's strong read to be confirmed).
     pub replica_timeout: Duration,
+    /// Shards whose local replica is not to be asked (it could not catch up just now).
+    pub skip_local: Vec<ShardId>,
 }
 
 impl Ask {
@@ -56,6 +58,7 @@ impl Ask {
             strong,
             clock: QueryClock::start(),
             replica_timeout: Duration::from_millis(config.query_replica_timeout_ms),
+            skip_local: Vec::new(),
         }
     }
 }
@@ -149,7 +152,10 @@ pub async fn ask_shard<L: Leaves + ?Sized>(
     request: &Arc<LeafRequest>,
     ask: &Ask,
 ) -> Outcome {
-    let replicas = leaves.replicas(shard, ask.strong);
+    let mut replicas = leaves.replicas(shard, ask.strong);
+    if ask.skip_local.contains(&shard) {
+        replicas.retain(|r| *r != Replica::Local);
+    }
     let mut outcome = Outcome::Failed(LeafError::Unavailable(format!(
         "no replica of shard {shard} is known"
     )));
@@ -308,6 +314,7 @@ mod tests {
             strong: false,
             clock: QueryClock::start(),
             replica_timeout: Duration::from_millis(replica_timeout_ms),
+            skip_local: Vec::new(),
         }
     }
 
@@ -390,6 +397,26 @@ mod tests {
 
     /// The budget each replica was given, in ms, when `replicas` are asked under a 1.2 s
     /// deadline and a 200 ms replica bound; the shard must time out.
+    #[test]
+    fn a_local_replica_to_skip_is_not_asked_and_a_strong_local_one_is_bounded() {
+        let fake = Fake::new(&[(Local, Hang), (Remote(2), Answer)]);
+        let request = Arc::new(LeafRequest::Entries { log_ids: vec![] });
+        let mut a = ask(5_000, 200);
+        a.skip_local = vec![ShardId(0)];
+        let outcome = runtime().block_on(ask_shard(&fake, ShardId(0), &request, &a));
+        assert!(matches!(outcome, Outcome::Answered(_)), "{outcome:?}");
+        assert_eq!(fake.asked(), [Remote(2)]);
+        // Strong: a local replica that cannot catch up is left after one replica timeout.
+        let fake = Fake::new(&[(Local, Hang), (Remote(2), Answer)]);
+        let mut a = ask(5_000, 200);
+        a.strong = true;
+        let outcome = runtime().block_on(ask_shard(&fake, ShardId(0), &request, &a));
+        assert!(matches!(outcome, Outcome::Answered(_)), "{outcome:?}");
+        assert_eq!(fake.asked(), [Local, Remote(2)]);
+        let local_budget = fake.asked.lock().unwrap()[0].1.as_millis();
+        assert_eq!(local_budget, 200);
+    }
+
     fn budgets(replicas: &[(Replica, Act)]) -> Vec<u128> {
         let fake = Fake::new(replicas);
         let request = Arc::new(LeafRequest::Entries { log_ids: vec![] });

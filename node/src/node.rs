@@ -1022,11 +1022,13 @@ impl Node {
         if shards.is_empty() {
             return Ok(found);
         }
-        let ask = crate::coordinator::Ask::new(
+        let mut ask = crate::coordinator::Ask::new(
             &self.config,
             Duration::from_millis(self.config.forward_timeout_ms),
             true,
         );
+        // The local replica of a shard that did not catch up would only wait again.
+        ask.skip_local = behind.to_vec();
         let request = Arc::new(crate::leaf::LeafRequest::Entries { log_ids });
         let outcomes =
             crate::coordinator::ask_shards(self, &shards, |_| request.clone(), &ask).await;
