@@ -225,6 +225,7 @@ fn table(path: &std::path::Path) -> anyhow::Result<String> {
         all: u64,
     }
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut by_kind: BTreeMap<String, u64> = BTreeMap::new();
     let (mut runs, mut errors, mut ops, mut acked, mut faults, mut anomalies, mut failing) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64, Vec::new());
     for l in &lines {
@@ -245,6 +246,9 @@ fn table(path: &std::path::Path) -> anyhow::Result<String> {
         let found: u64 = l["anomalies"]
             .as_object()
             .map_or(0, |o| o.values().filter_map(|v| v.as_u64()).sum());
+        for (kind, n) in l["anomalies"].as_object().into_iter().flatten() {
+            *by_kind.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
         if found > 0 {
             failing.push(format!("seed {}: {}", l["seed"], l["anomalies"]));
         }
@@ -275,7 +279,19 @@ fn table(path: &std::path::Path) -> anyhow::Result<String> {
         ));
     }
     out.push_str(&format!(
-        "\n{runs} runs ({errors} the harness could not finish), {ops} operations, {acked} entries acknowledged, {faults} faults, {anomalies} anomalies.\n"
+        "\n{runs} runs ({errors} the harness could not finish), {ops} operations, {acked} entries acknowledged, {faults} faults, {anomalies} anomalies{}.\n",
+        if by_kind.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({})",
+                by_kind
+                    .iter()
+                    .map(|(k, n)| format!("{k}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     ));
     for f in failing {
         out.push_str(&format!("- {f}\n"));
