@@ -268,6 +268,7 @@ enum Kind {
     Ssn,
     PhoneNa,
     PhoneNational,
+    PhonePhrase,
     PhoneIntl,
     Ipv6,
     Ipv4,
@@ -402,10 +403,17 @@ fn builtin_patterns() -> Vec<(Kind, String)> {
                 // or dash, maybe an extension (Germany's 030 12345678, 0221/1234567,
                 // 089 1234567-12; Britain's 01632 960001 and 03615 39990; India's 022-23456789).
                 r"\b0[1-9][0-9]{1,3}[ /-][0-9]{5,8}(?:-[0-9]{1,4})?\b",
-                // India: a mobile in two groups of five (98765 43210).
-                r"\b[6-9][0-9]{4} [0-9]{5}\b",
+                // India: a mobile in two groups of five (98765 43210, 98765-43210).
+                r"\b[6-9][0-9]{4}[ -][0-9]{5}\b",
             ]
             .join("|"),
+        ),
+        (
+            // India: a mobile without a label or grouping (9876543210, 09876543210), or in the
+            // national format with its trunk 0 (098765 43210), which are ids and a time and a
+            // pid as often: only after a phrase that dials or texts it (`OTP sent to …`).
+            Kind::PhonePhrase,
+            r"\b0?[6-9][0-9]{9}\b|\b0[6-9][0-9]{4} [0-9]{5}\b".into(),
         ),
         (
             Kind::PhoneIntl,
@@ -734,6 +742,13 @@ impl Masker {
                     Verdict::Reject
                 } else {
                     builtin(PiiType::Phone, r)
+                }
+            }
+            Kind::PhonePhrase => {
+                if !v::in_numeric_run(text, r.clone()) && v::dialled_after(&text[..r.start]) {
+                    builtin(PiiType::Phone, r)
+                } else {
+                    Verdict::Reject
                 }
             }
             Kind::PhoneNa => {
