@@ -10,8 +10,9 @@
 //! The forms are drawn as they are written, from a seed, and not from the engine's patterns:
 //! when the engine misses one, the engine changes. Two rules keep the oracle honest about what
 //! text can tell: a number whose shape alone is ambiguous (ten bare digits, three groups
-//! separated by spaces) is only planted after a word that says it is a phone number, and a card
-//! number outside the issuers' ranges only after a word that says it is a card.
+//! separated by spaces) is only planted after a word that says it is a phone number (or, for an
+//! Indian mobile, in a phrase that does: `OTP sent to 9876543210`), and a card number outside
+//! the issuers' ranges only after a word that says it is a card.
 
 use super::corpus::{looks_clean, Planted, Rng, Sample};
 use super::PiiType;
@@ -238,6 +239,19 @@ impl AppGenerator {
         let (number, ambiguous) = self.phone_number(locale);
         let name = *self.rng.pick(NAMES);
         let r = &mut self.rng;
+        if ambiguous && locale == Locale::EnIn && r.chance(0.4) {
+            // What Indian services log when they text or call a customer: no label word, but
+            // the phrase says the number is dialled.
+            let phrase = match r.below(6) {
+                0 => format!("OTP sent to {number}"),
+                1 => format!("sending OTP to {number}"),
+                2 => format!("SMS sent successfully to {number}"),
+                3 => format!("missed call from {number}"),
+                4 => format!("IVR call placed to {number} for {name}"),
+                _ => format!("callback requested to {number}"),
+            };
+            return (phrase, number);
+        }
         if ambiguous || r.chance(0.6) {
             let label = *r.pick(phone_labels(locale));
             let phrase = match r.below(7) {
@@ -634,7 +648,12 @@ fn fr_phone(r: &mut Rng) -> (String, bool) {
 /// An Indian number (10-digit mobile, +91, trunk 0 landline), and whether it is ambiguous.
 fn in_phone(r: &mut Rng) -> (String, bool) {
     let mobile = format!("{}{}", r.range(6, 9), digits(r, 9));
-    match r.below(11) {
+    match r.below(13) {
+        // The national format of a mobile with its trunk 0, as formatting libraries write it:
+        // ambiguous, since a time and a process id (`060015 21733`, LogHub's HDFS lines) have
+        // the same shape.
+        11 => (format!("0{} {}", &mobile[..5], &mobile[5..]), true),
+        12 => (format!("{}-{}", &mobile[..5], &mobile[5..]), false),
         0 => (format!("+91 {mobile}"), false),
         1 => (format!("+91-{mobile}"), false),
         2 => (format!("+91{mobile}"), false),
@@ -655,7 +674,25 @@ fn in_phone(r: &mut Rng) -> (String, bool) {
 /// A trap beside phone numbers: order numbers, durations, dates, counters, Chromium's
 /// `[MMDD/HHMMSS:LEVEL:…]`, SMS gateway figures.
 fn phone_trap(r: &mut Rng, locale: Locale) -> String {
-    match r.below(8) {
+    if locale == Locale::EnIn && r.chance(0.3) {
+        // Ten digits from 6 to 9 that are ids, not mobiles: no phone phrase before them.
+        let id = format!("{}{}", r.range(6, 9), digits(r, 9));
+        return match r.below(4) {
+            0 => format!("txn {id} settled"),
+            1 => format!("request {id} sent to upstream"),
+            2 => format!("uploaded {id} bytes to bucket"),
+            _ => format!("awb no. {id} dispatched"),
+        };
+    }
+    match r.below(9) {
+        // A time and a process id, as HDFS writes them after the date.
+        8 => format!(
+            "{:02}{:02}{:02} {}",
+            r.below(24),
+            r.below(60),
+            r.below(60),
+            r.range(10_000, 99_999)
+        ),
         0 => format!("order #{}", r.range(100_000_000, 999_999_999)),
         1 => format!("sms gateway answered in {} ms", r.range(1, 9999)),
         2 => match locale {

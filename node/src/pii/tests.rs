@@ -62,6 +62,10 @@ fn detects_every_documented_form() {
         ("phone=9399912276 tel: 0131079128 mobile 09876543210", "phone=***-***-**** tel: ***-***-**** mobile ***-***-****"),
         ("customer_phone=5159276970 Telefonnummer: 030 1234567", "customer_phone=***-***-**** Telefonnummer: ***-***-****"),
         ("Tél : 06 12 34 56 78, Mobile No. 9876543210", "Tél : ***-***-****, Mobile No. ***-***-****"),
+        // Indian mobiles without a label: grouped, or after a phrase that dials or texts them.
+        ("in 98765-43210 ok", "in ***-***-**** ok"),
+        ("OTP sent to 9876543210", "OTP sent to ***-***-****"),
+        ("missed call from 098765 43210, SMS sent successfully to 09876543210", "missed call from ***-***-****, SMS sent successfully to ***-***-****"),
         // SSN.
         ("ssn 123-45-6789 ok", "ssn ***-**-**** ok"),
         ("SSN: 123456789", "SSN: ***-**-****"),
@@ -143,6 +147,10 @@ fn leaves_ids_times_and_numbers_untouched() {
         "card ending 4242 expires 08/27 ts=1769421758029 tid 140679817126410",
         "payment-4ba0afc81c-b7qjg 1714463860238018 ISBN 978-3-16-148410-0",
         "version 10.1.2.3 v1.2.3.4 oid 1.3.6.1.4.1.2021.4 Chrome/120.0.6099.109 build 10.0.19045.3803",
+        // Ten digits from 6 to 9 that no phrase dials, and HDFS's time and pid in the shape of
+        // an Indian mobile's national format.
+        "txn 9876543210 settled; request 6995900822 sent to upstream; sent to 9876543210.5",
+        "081111 060015 21733 INFO dfs.DataNode: uploaded 7123456789 bytes to bucket",
     ] {
         let (out, types) = mask(&m, text);
         assert_eq!(out, text, "changed; found {types:?}");
