@@ -198,7 +198,10 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         .context("failed to write the ready line")?;
     tracing::info!(%http_addr, %grpc_addr, "ready");
 
-    shutdown.await;
+    let removed = tokio::select! {
+        _ = shutdown => None,
+        _ = node.cluster.wait_removed() => Some((node.cluster.me, node.cluster.cluster_id.clone())),
+    };
     tracing::info!("shutting down");
     // The receivers may all be gone already if both servers failed; then there is nothing to stop.
     let _ = stop_tx.send(true);
@@ -208,21 +211,38 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     // After the node: its groups talk to peers until they stop.
     peer_task.await.context("peer task panicked")??;
     tracing::info!("stopped");
+    if let Some((id, cluster_id)) = removed {
+        // Its replicas moved away first (a decommission) or were rebuilt elsewhere (a
+        // removal): stopping is the end of its work, not a failure.
+        eprintln!("veil: node {id} was removed from cluster {cluster_id}; stopped");
+    }
     Ok(())
 }
 
 /// Before the node opens its directory: a node started with `--join` and no directory yet
 /// asks the cluster to admit it and records the identity it is given (nothing is written when
 /// the cluster cannot be reached or refuses); one with a directory checks, when the address
-/// answers, that it is the cluster the directory belongs to.
+/// answers, that it is the cluster the directory belongs to, and any node with a directory
+/// refuses to start when a member says it was removed from the cluster.
 async fn resolve_identity(
     config: &config::NodeConfig,
     member: &cluster::Member,
 ) -> anyhow::Result<()> {
+    let info = datadir::read_info(&config.data_dir)?;
+    if let Some(info) = &info {
+        // A removed node is refused before its groups start campaigning among the members.
+        cluster::membership::refuse_if_removed(
+            &config.data_dir,
+            &info.cluster_id,
+            info.node_id,
+            config.join.as_deref(),
+        )
+        .await?;
+    }
     let Some(join) = &config.join else {
         return Ok(());
     };
-    match datadir::read_info(&config.data_dir)? {
+    match info {
         None => {
             let keys = match veil_node::pii::keys::KeyRing::from_env()? {
                 Some(k) => k,

@@ -381,10 +381,15 @@ impl Node {
         node.refresh_masker();
         let patterns = node.spawn_pattern_follower();
         let balance = crate::cluster::leaders::spawn(node.clone());
+        let removal = crate::cluster::membership::spawn_removal_watch(node.clone());
         node.background
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([watcher, placement, patterns].into_iter().chain(balance));
+            .extend(
+                [watcher, placement, patterns, removal]
+                    .into_iter()
+                    .chain(balance),
+            );
         Ok(node)
     }
 
@@ -693,17 +698,9 @@ impl Node {
         // node is added as a learner first and catches up before it votes) and knows their
         // leaders. A shard placed elsewhere (clusters of more than three nodes) needs nothing
         // here: questions about it go to its replicas.
-        let members: Vec<veil_raft::NodeId> = self
-            .cluster
-            .meta_store
-            .state()
-            .members
-            .keys()
-            .copied()
-            .collect();
-        let placed = crate::cluster::placement::place(&members, self.shard_map.shard_count());
+        let placed = self.cluster.placement(self.shard_map.shard_count());
         let me = self.cluster.me;
-        for (group, replicas) in self.groups.iter().zip(placed) {
+        for (group, replicas) in self.groups.iter().zip(placed.iter()) {
             if !replicas.contains(&me) && !self.holds_placed_replica(group.shard.id()) {
                 continue;
             }

@@ -26,6 +26,9 @@ pub struct NodeStatus {
     pub peer_addr: String,
     /// `up` when it answered now, `down` otherwise.
     pub state: &'static str,
+    /// `active` (placed, holding its share) or `leaving` (being decommissioned: its replicas
+    /// move away, then it is removed).
+    pub membership: &'static str,
 }
 
 /// One shard's group, as the node holding the replica that reported it sees it.
@@ -60,6 +63,8 @@ pub struct ClusterStatus {
     pub node_id: NodeId,
     pub metadata_leader: Option<NodeId>,
     pub nodes: Vec<NodeStatus>,
+    /// Former members (decommissioned or removed): refused if they come back.
+    pub removed_nodes: Vec<NodeId>,
     pub shards: Vec<ShardStatus>,
 }
 
@@ -89,8 +94,9 @@ async fn states(node: &Arc<Node>) -> BTreeMap<NodeId, bool> {
 /// The status of the cluster as this node sees it.
 pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
     let up = states(node).await;
-    let members = node.cluster.meta_store.state().members;
-    let nodes = members
+    let state = node.cluster.meta_store.state();
+    let nodes = state
+        .members
         .iter()
         .map(|(id, m)| NodeStatus {
             id: *id,
@@ -102,6 +108,9 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
             } else {
                 "down"
             },
+            membership: state
+                .member_state(*id)
+                .map_or("active", super::meta::MemberState::as_str),
         })
         .collect();
     let shards = futures::future::join_all(
@@ -115,6 +124,7 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
         node_id: node.cluster.me,
         metadata_leader: node.cluster.meta_leader(),
         nodes,
+        removed_nodes: state.removed.keys().copied().collect(),
         shards,
     }
 }

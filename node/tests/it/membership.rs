@@ -1,0 +1,206 @@
+//! Shrinking and repairing a cluster of real `veil serve` processes (issue 24), each under keyed
+//! ingest with client retries and each ending with every acknowledged entry stored once,
+//! through every node with strong reads, and the replicas' digests agreeing: four nodes drained
+//! to three by `veil admin nodes decommission --wait` (the drained node stops by itself and is
+//! refused when it comes back with its directory).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use veil_chaos_tests::{Ports, VeilProcess};
+
+use crate::cluster::{
+    batch_and_n, entries, get, ingest_until_acked, post, settled, wait_for, Cluster,
+};
+
+fn admin(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .expect("running veil admin")
+}
+
+/// Keyed ingest with client retries over `targets` until stopped (at least five batches);
+/// answers every acknowledged entry.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Value>>,
+}
+
+impl Writer {
+    fn start(tag: &'static str, targets: Vec<String>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut round = 0;
+            while !writing.load(Ordering::Relaxed) || round < 5 {
+                let batch = entries(&format!("{tag}{round}"), 20, true);
+                ingest_until_acked(&targets, round, &batch);
+                acked.extend(batch);
+                round += 1;
+            }
+            acked
+        });
+        Writer { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Value> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the writer")
+    }
+}
+
+/// Every acknowledged entry of phase `phase` once, through every running node, with strong
+/// reads; then every running node's replicas alike.
+fn check_nothing_lost(c: &Cluster, phase: &str, acked: &[Value]) {
+    let want: BTreeSet<(String, u64)> = acked.iter().map(batch_and_n).collect();
+    for i in c.running() {
+        let (status, found) = post(
+            &c.http(i),
+            "/api/v1/logs/query",
+            &json!({"filters": {"fields": {"phase": phase}}, "limit": 10000, "consistency": "strong"}),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{found}");
+        let logs = found["logs"].as_array().unwrap();
+        let ids: BTreeSet<&str> = logs.iter().map(|l| l["log_id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), logs.len(), "an entry stored twice (node {i})");
+        let stored: BTreeSet<(String, u64)> = logs.iter().map(batch_and_n).collect();
+        assert_eq!(stored, want, "through node {i}");
+        assert_eq!(found["total"].as_u64(), Some(want.len() as u64));
+    }
+    let per_shard = c.wait_digests_agree();
+    assert_eq!(per_shard.iter().sum::<u64>(), want.len() as u64);
+}
+
+/// The shards whose group names `id` (voter or learner), through `http`.
+fn shards_naming(http: &str, id: u64) -> usize {
+    let (_, status) = get(http, "/api/v1/cluster");
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["replicas"].as_array().unwrap().contains(&json!(id))
+                || s["learners"].as_array().unwrap().contains(&json!(id))
+        })
+        .count()
+}
+
+/// Waits until every shard has its three placed voters and a leader, none of them `gone`, and
+/// `gone` is among the removed nodes, through `http`.
+fn wait_settled_without(http: &str, gone: u64) -> Value {
+    wait_for(
+        "every shard at its placed voters without the removed node",
+        120,
+        || {
+            let (_, status) = get(http, "/api/v1/cluster");
+            let shards = status["shards"].as_array()?;
+            let done = shards.iter().all(|s| settled(s, 3))
+                && shards
+                    .iter()
+                    .all(|s| !s["replicas"].as_array().unwrap().contains(&json!(gone)))
+                && status["removed_nodes"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!(gone)));
+            done.then_some(status)
+        },
+    )
+}
+
+/// Starts `bin serve` expecting it to refuse to start; answers its stderr.
+fn refused_start(c: &Cluster, data_dir: &Path, extra: &[&str]) -> String {
+    let key = c.key_file.display().to_string();
+    let mut args = vec!["--shards", &c.shards, "--key-file", &key];
+    args.extend(extra);
+    let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
+    match VeilProcess::start_on(bin, data_dir, &Ports::free(), &args) {
+        Ok(p) => panic!("node {} started where it must be refused", p.node_id),
+        Err(e) => e.stderr,
+    }
+}
+
+/// Issue 24: four nodes to three. `veil admin nodes decommission --wait` returns once the
+/// node's replicas have moved to the other three (learner, caught up, voter, then it leaves
+/// each shard) and it is removed; its process stops by itself; it cannot come back with its old
+/// directory; with three members left, a further decommission is refused (exit code 6).
+#[test]
+fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anything() {
+    let mut c = Cluster::start(4);
+    let leaving = 2;
+    let id = c.node(leaving).node_id;
+    let held = shards_naming(&c.http(0), id);
+    assert!(held >= 1, "node {id} holds replicas before it leaves");
+    let writer = Writer::start("d", (0..4).map(|i| c.http(i)).collect());
+    let out = admin(
+        &c.http(0),
+        &["nodes", "decommission", &id.to_string(), "--wait", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(done["node_id"], id, "{done}");
+    assert_eq!(done["membership"], "removed", "{done}");
+    assert_eq!(done["replicas_moved"], held, "{done}");
+    // What the command waited for is what the cluster says.
+    let status = wait_settled_without(&c.http(0), id);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    let exited = c.nodes[leaving]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    let stderr = c.node(leaving).stderr();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the removed node stops by itself: {exited:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("node {id} was removed from cluster")),
+        "{stderr}"
+    );
+    c.nodes[leaving] = None;
+    let acked = writer.finish();
+    check_nothing_lost(&c, "d", &acked);
+
+    // Three active members: another decommission would leave a shard two replicas.
+    let other = c.node(1).node_id.to_string();
+    let out = admin(&c.http(0), &["nodes", "decommission", &other]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("veil admin: ") && err.contains("too_few_members"),
+        "{err}"
+    );
+    // The HTTP answer says the same, typed: 409 too_few_members.
+    let (code, refusal) = post(
+        &c.http(1),
+        &format!("/api/v1/admin/nodes/{other}/decommission"),
+        &json!({}),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{refusal}");
+    assert_eq!(refusal["error"]["code"], "too_few_members", "{refusal}");
+
+    // The removed node, started again from its directory, is told and stops.
+    let join = format!("127.0.0.1:{}", c.ports[0].peer);
+    let stderr = refused_start(&c, &c.data_dir(leaving), &["--join", &join]);
+    assert!(
+        stderr.contains(&format!("node {id} was removed from cluster")),
+        "{stderr}"
+    );
+    // And the members did not take it back.
+    let (_, status) = get(&c.http(0), "/api/v1/cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+}
