@@ -88,6 +88,12 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
     )
     .await;
     for ((shard, replicas), status) in placed.into_iter().enumerate().zip(&statuses) {
+        if !status.placed.contains(&status.reported_by) {
+            // No placed replica answered: this node's own view of a group it may have been
+            // moved out of (it may even think it still leads) is no ground for a change.
+            tracing::debug!(shard, "no placed replica reported the shard; next round");
+            continue;
+        }
         let wanted: Vec<(NodeId, String)> = replicas
             .iter()
             .filter_map(|id| state.members.get(id).map(|m| (*id, m.peer_addr.clone())))

@@ -50,8 +50,10 @@ pub struct ShardStatus {
     /// This node's replica: committed and applied Raft index.
     pub commit_index: u64,
     pub applied_index: u64,
-    /// On the leader: how far each replica's log is behind the leader's (entries).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// On the leader: how far each replica's log is behind the leader's (entries); empty
+    /// elsewhere. (Always written: the `shard_status` call carries this type in bincode, which
+    /// cannot read a struct with a field left out — a follower's answer was undecodable, so a
+    /// shard whose leader was not a placed replica was reported from a stale view.)
     pub lag: BTreeMap<NodeId, u64>,
 }
 
@@ -354,4 +356,29 @@ pub fn render_raft_metrics(node: &Node, out: &mut String) {
                 .load(std::sync::atomic::Ordering::Relaxed),
         )],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_s_shard_status_crosses_the_peer_call() {
+        let follower = ShardStatus {
+            shard: 2,
+            reported_by: 4,
+            replicas: vec![2, 3, 4],
+            learners: vec![],
+            placed: vec![],
+            leader: Some(3),
+            term: 2,
+            commit_index: 10,
+            applied_index: 10,
+            lag: BTreeMap::new(),
+        };
+        let answer: Option<ShardStatus> = Some(follower);
+        let bytes = bincode::serialize(&answer).unwrap();
+        let back: Option<ShardStatus> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back.unwrap().leader, Some(3));
+    }
 }
