@@ -2,7 +2,9 @@
 //! ingest with client retries and each ending with every acknowledged entry stored once,
 //! through every node with strong reads, and the replicas' digests agreeing: four nodes drained
 //! to three by `veil admin nodes decommission --wait` (the drained node stops by itself and is
-//! refused when it comes back with its directory).
+//! refused when it comes back with its directory); a dead node (killed, its directory deleted)
+//! replaced by a new one with `veil admin nodes replace`, its old id refused; the metadata
+//! group's leader killed in the middle of a move.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -141,7 +143,15 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     let writer = Writer::start("d", (0..4).map(|i| c.http(i)).collect());
     let out = admin(
         &c.http(0),
-        &["nodes", "decommission", &id.to_string(), "--wait", "--json"],
+        &[
+            "nodes",
+            "decommission",
+            &id.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+            "--json",
+        ],
     );
     assert!(
         out.status.success(),
@@ -203,4 +213,132 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     // And the members did not take it back.
     let (_, status) = get(&c.http(0), "/api/v1/cluster");
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+}
+
+/// Adds a slot for one more node to `c` (fresh ports, its own data directory); answers its index.
+fn add_slot(c: &mut Cluster) -> usize {
+    c.ports.push(Ports::free());
+    c.nodes.push(None);
+    c.env.push(Vec::new());
+    c.nodes.len() - 1
+}
+
+/// Issue 24: a dead node (killed, its directory deleted) replaced by a new one. The new node
+/// joins and takes its share by itself; `veil admin nodes replace DEAD --by NEW --wait` removes
+/// the dead one and returns once its replicas are rebuilt from the live ones; the dead id,
+/// asked for again, is refused.
+#[test]
+fn a_dead_node_is_replaced_its_replicas_rebuilt_and_its_id_refused_when_it_returns() {
+    let mut c = Cluster::start(3);
+    let dead = 1;
+    let dead_id = c.node(dead).node_id;
+    let writer = Writer::start("r", vec![c.http(0), c.http(2)]);
+    c.nodes[dead].as_mut().unwrap().kill9();
+    c.nodes[dead] = None;
+    std::fs::remove_dir_all(c.data_dir(dead)).unwrap();
+    let new = add_slot(&mut c);
+    c.start_node(new);
+    let new_id = c.node(new).node_id;
+    assert_ne!(new_id, dead_id, "a new node gets a new id");
+    let out = admin(
+        &c.http(0),
+        &[
+            "nodes",
+            "replace",
+            &dead_id.to_string(),
+            "--by",
+            &new_id.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(done["membership"], "removed", "{done}");
+    let status = wait_settled_without(&c.http(0), dead_id);
+    let ids: BTreeSet<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.contains(&new_id) && !ids.contains(&dead_id), "{status}");
+    assert_eq!(
+        shards_naming(&c.http(0), new_id),
+        4,
+        "three members: the new one holds every shard"
+    );
+    let acked = writer.finish();
+    check_nothing_lost(&c, "r", &acked);
+
+    // The old id again, from a new directory: refused, and told why.
+    let join = format!("127.0.0.1:{}", c.ports[0].peer);
+    let fresh = c.dir.path().join("comeback");
+    let stderr = refused_start(
+        &c,
+        &fresh,
+        &["--join", &join, "--node-id", &dead_id.to_string()],
+    );
+    assert!(
+        stderr.contains(&format!("node {dead_id} was removed from this cluster")),
+        "{stderr}"
+    );
+    let (_, status) = get(&c.http(0), "/api/v1/cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+}
+
+/// Issue 24: the metadata group's leader killed (SIGKILL) in the middle of a move: another node
+/// takes the metadata group over and goes on from the memberships the proposals left; once
+/// the killed node is back, every move finishes and nothing acknowledged is lost.
+#[test]
+fn killing_the_metadata_leader_in_the_middle_of_a_move_loses_nothing() {
+    let mut c = Cluster::start(4);
+    let status = get(&c.http(0), "/api/v1/cluster").1;
+    let meta_leader = status["metadata_leader"].as_u64().unwrap();
+    let index_of = |c: &Cluster, id: u64| {
+        c.running()
+            .into_iter()
+            .find(|i| c.node(*i).node_id == id)
+            .unwrap()
+    };
+    let killed = index_of(&c, meta_leader);
+    let leaving = (0..4).find(|i| *i != killed).unwrap();
+    let leaving_id = c.node(leaving).node_id;
+    let asked = (0..4).find(|i| *i != killed && *i != leaving).unwrap();
+    let writer = Writer::start("k", (0..4).map(|i| c.http(i)).collect());
+    let (code, answer) = post(
+        &c.http(asked),
+        &format!("/api/v1/admin/nodes/{leaving_id}/decommission"),
+        &json!({}),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{answer}");
+    // The move has begun (the placement no longer names the node) and is not done.
+    let moving = shards_naming(&c.http(asked), leaving_id);
+    assert!(moving >= 1, "the move ended before the kill");
+    c.nodes[killed].as_mut().unwrap().kill9();
+    c.nodes[killed] = None;
+    wait_for("another metadata leader", 60, || {
+        let leader = get(&c.http(asked), "/api/v1/cluster").1["metadata_leader"].as_u64()?;
+        (leader != meta_leader).then_some(())
+    });
+    // The killed node is a placed member: the moves that put a replica on it finish once it
+    // is back.
+    c.start_node(killed);
+    wait_settled_without(&c.http(asked), leaving_id);
+    let exited = c.nodes[leaving]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    c.nodes[leaving] = None;
+    let acked = writer.finish();
+    check_nothing_lost(&c, "k", &acked);
 }
