@@ -30,6 +30,9 @@ use crate::node::Node;
 /// How often the leader of the metadata group compares memberships with the placement.
 const ROUND: Duration = Duration::from_millis(500);
 
+/// How long one shard's replica change may take (a learner's catch-up included).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Voters of the metadata group.
 const META_VOTERS: usize = 3;
 
@@ -125,9 +128,17 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
                 let node = node.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let reply = ensure_replicas_here(&node, request).await;
-                    if let EnsureReply::Failed(why) = reply {
-                        tracing::warn!(shard, %why, "replica change failed; retried next round");
+                    // Bounded like the call to another leader: a leadership lost mid-change
+                    // must not hold the shard's claim and a move slot for good.
+                    let change = ensure_replicas_here(&node, request);
+                    match tokio::time::timeout(CHANGE_TIMEOUT, change).await {
+                        Ok(EnsureReply::Failed(why)) => {
+                            tracing::warn!(shard, %why, "replica change failed; retried next round")
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            tracing::warn!(shard, "replica change timed out; retried next round")
+                        }
                     }
                 });
             }
@@ -137,13 +148,8 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
                 };
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let reply: Result<EnsureReply, _> = super::call(
-                        channel,
-                        "ensure_replicas",
-                        &request,
-                        Duration::from_secs(600),
-                    )
-                    .await;
+                    let reply: Result<EnsureReply, _> =
+                        super::call(channel, "ensure_replicas", &request, CHANGE_TIMEOUT).await;
                     if let Ok(EnsureReply::Failed(why)) = reply {
                         tracing::warn!(shard, %why, "replica change failed; retried next round");
                     }
