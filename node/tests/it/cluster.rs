@@ -1023,7 +1023,7 @@ fn a_wiped_node_is_restored_through_a_snapshot() {
 
 /// A `veil cluster up` process; if the test fails first, it is sent SIGTERM (so it stops its
 /// nodes, which a SIGKILL would leave running) and waited for.
-struct Up(std::process::Child);
+pub(crate) struct Up(pub(crate) std::process::Child);
 
 impl Drop for Up {
     fn drop(&mut self) {
@@ -1038,7 +1038,7 @@ impl Drop for Up {
 }
 
 /// Runs `veil cluster up` until it says `cluster ready`; returns the process and its node lines.
-fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
+pub(crate) fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
     use std::io::BufRead;
     let mut child = Up(std::process::Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["cluster", "up", "--nodes", "3", "--dir"])
@@ -1072,7 +1072,7 @@ fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
     }
 }
 
-fn sigterm_and_wait(up: &mut Up) {
+pub(crate) fn sigterm_and_wait(up: &mut Up) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &up.0.id().to_string()])
         .status()
@@ -1082,11 +1082,10 @@ fn sigterm_and_wait(up: &mut Up) {
     assert!(exit.success(), "veil cluster up exited with {exit}");
 }
 
-#[test]
-fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
-    let dir = tempfile::tempdir().unwrap();
-    // Nine ports: base, base+10 and base+20, each with the next two.
-    let base = loop {
+/// A base port for `cluster up`'s three nodes: base, base+10 and base+20, each with the next
+/// two, all free now.
+pub(crate) fn free_base() -> u16 {
+    loop {
         let p = Ports::free();
         let free = [10u16, 11, 12, 20, 21, 22]
             .iter()
@@ -1094,7 +1093,13 @@ fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
         if free {
             break p.http;
         }
-    };
+    }
+}
+
+#[test]
+fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
     let (mut up, lines) = cluster_up(dir.path(), base);
     assert_eq!(lines.len(), 3, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {

@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use veil_chaos_tests::{Ports, VeilProcess};
 
 use crate::cluster::{
-    batch_and_n, entries, get, ingest_until_acked, post, settled, wait_for, Cluster,
+    batch_and_n, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
+    sigterm_and_wait, wait_for, Cluster,
 };
 
 fn admin(addr: &str, args: &[&str]) -> Output {
@@ -341,4 +342,46 @@ fn killing_the_metadata_leader_in_the_middle_of_a_move_loses_nothing() {
     c.nodes[leaving] = None;
     let acked = writer.finish();
     check_nothing_lost(&c, "k", &acked);
+}
+
+/// A node of `veil cluster up` that is decommissioned stops by itself; `cluster up` says so
+/// and keeps the others running (any other exit of a node stops them all). Three nodes, so
+/// the decommission needs `--force` and leaves two replicas per shard.
+#[test]
+fn cluster_up_keeps_the_other_nodes_when_one_is_decommissioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (mut up, _) = cluster_up(dir.path(), base);
+    let http = format!("127.0.0.1:{base}");
+    let out = admin(&http, &["nodes", "decommission", "3"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let out = admin(
+        &http,
+        &[
+            "nodes",
+            "decommission",
+            "3",
+            "--force",
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let two = wait_for("every shard on the two nodes left", 60, || {
+        let (_, status) = get(&http, "/api/v1/cluster");
+        let shards = status["shards"].as_array()?;
+        shards
+            .iter()
+            .all(|s| s["replicas"] == json!([1, 2]) && s["leader"].is_u64())
+            .then_some(status)
+    });
+    assert_eq!(two["removed_nodes"], json!([3]), "{two}");
+    let (code, answer) = crate::cluster::ingest(&http, &entries("up", 10, true)).unwrap();
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        up.0.try_wait().unwrap().is_none(),
+        "cluster up stopped with a node"
+    );
+    sigterm_and_wait(&mut up);
 }
