@@ -64,6 +64,8 @@ pub struct ClusterStatus {
     /// The node that answered.
     pub node_id: NodeId,
     pub metadata_leader: Option<NodeId>,
+    /// The metadata group's voters, as this node's view of the group has them.
+    pub metadata_voters: Vec<NodeId>,
     pub nodes: Vec<NodeStatus>,
     /// Former members (decommissioned or removed): refused if they come back.
     pub removed_nodes: Vec<NodeId>,
@@ -125,6 +127,15 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
         cluster_id: node.cluster.cluster_id.clone(),
         node_id: node.cluster.me,
         metadata_leader: node.cluster.meta_leader(),
+        metadata_voters: node
+            .cluster
+            .meta_raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect(),
         nodes,
         removed_nodes: state.removed.keys().copied().collect(),
         shards,

@@ -137,13 +137,22 @@ fn refused_start(c: &Cluster, data_dir: &Path, extra: &[&str]) -> String {
 #[test]
 fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anything() {
     let mut c = Cluster::start(4);
-    let leaving = 2;
+    // The metadata group's leader and voter: the hardest one to let go (another member becomes
+    // a voter, the leadership is handed over, then it is dropped from the group).
+    let meta_leader = get(&c.http(0), "/api/v1/cluster").1["metadata_leader"]
+        .as_u64()
+        .unwrap();
+    let leaving = (0..4).find(|i| c.node(*i).node_id == meta_leader).unwrap();
+    let (asked, other) = {
+        let mut rest = (0..4).filter(|i| *i != leaving);
+        (rest.next().unwrap(), rest.next().unwrap())
+    };
     let id = c.node(leaving).node_id;
-    let held = shards_naming(&c.http(0), id);
+    let held = shards_naming(&c.http(asked), id);
     assert!(held >= 1, "node {id} holds replicas before it leaves");
     let writer = Writer::start("d", (0..4).map(|i| c.http(i)).collect());
     let out = admin(
-        &c.http(0),
+        &c.http(asked),
         &[
             "nodes",
             "decommission",
@@ -165,7 +174,21 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     assert_eq!(done["membership"], "removed", "{done}");
     assert_eq!(done["replicas_moved"], held, "{done}");
     // What the command waited for is what the cluster says.
-    let status = wait_settled_without(&c.http(0), id);
+    let status = wait_settled_without(&c.http(asked), id);
+    assert_ne!(status["metadata_leader"], json!(id), "{status}");
+    // The metadata group keeps three voters, none of them the removed node.
+    let voters = wait_for("three metadata voters without the removed node", 30, || {
+        let voters = get(&c.http(asked), "/api/v1/cluster").1["metadata_voters"].clone();
+        let v = voters.as_array()?;
+        (v.len() == 3 && !v.contains(&json!(id))).then_some(voters)
+    });
+    let members: Vec<Value> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].clone())
+        .collect();
+    assert_eq!(voters, json!(members), "{status}");
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
     let exited = c.nodes[leaving]
         .as_mut()
@@ -185,8 +208,8 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     check_nothing_lost(&c, "d", &acked);
 
     // Three active members: another decommission would leave a shard two replicas.
-    let other = c.node(1).node_id.to_string();
-    let out = admin(&c.http(0), &["nodes", "decommission", &other]);
+    let other = c.node(other).node_id.to_string();
+    let out = admin(&c.http(asked), &["nodes", "decommission", &other]);
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -196,7 +219,7 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     );
     // The HTTP answer says the same, typed: 409 too_few_members.
     let (code, refusal) = post(
-        &c.http(1),
+        &c.http(asked),
         &format!("/api/v1/admin/nodes/{other}/decommission"),
         &json!({}),
     )
@@ -205,14 +228,14 @@ fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anyth
     assert_eq!(refusal["error"]["code"], "too_few_members", "{refusal}");
 
     // The removed node, started again from its directory, is told and stops.
-    let join = format!("127.0.0.1:{}", c.ports[0].peer);
+    let join = format!("127.0.0.1:{}", c.ports[asked].peer);
     let stderr = refused_start(&c, &c.data_dir(leaving), &["--join", &join]);
     assert!(
         stderr.contains(&format!("node {id} was removed from cluster")),
         "{stderr}"
     );
     // And the members did not take it back.
-    let (_, status) = get(&c.http(0), "/api/v1/cluster");
+    let (_, status) = get(&c.http(asked), "/api/v1/cluster");
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
 }
 
