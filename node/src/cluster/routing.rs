@@ -126,8 +126,13 @@ impl ClusterHandle {
         hints.get(&shard.0).copied()
     }
 
-    /// Records (or, with None, forgets) the leader a replica of `shard` named.
+    /// Records (or, with None, forgets) the leader a replica of `shard` named. A replica that
+    /// names this node (a stale one, from before this node's replica was moved away) is not
+    /// recorded: this node holds no replica of the shard, so it leads nothing there, and a
+    /// hint naming it sent every later part to its own deposed Raft instance until the
+    /// deadline (seen while a fourth node joined with 1 GB).
     pub fn set_leader_hint(&self, shard: ShardId, leader: Option<NodeId>) {
+        let leader = leader.filter(|id| *id != self.me);
         let mut hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
         match leader {
             Some(id) => hints.insert(shard.0, id),
