@@ -350,3 +350,57 @@ pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> 
     }
     EnsureReply::Done
 }
+
+impl Node {
+    /// Waits until this node votes in, and knows the leader of, every shard placed on it (a
+    /// joining node is added as a learner first and catches up before it votes). A shard
+    /// placed elsewhere needs nothing here: questions about it go to its replicas. A joining
+    /// node's replicas arrive one move at a time, snapshot then log, which with a gigabyte
+    /// takes minutes: the wait fails only when no placed shard made progress (became a voter
+    /// here, or applied more) for `stall` (`--startup-timeout-ms`). A bound on the whole wait
+    /// made a node joining a cluster with 1 GB give up after 60 s, a voter of some shards
+    /// already, and stop.
+    pub async fn wait_placed_replicas(&self, stall: Duration) -> anyhow::Result<()> {
+        let me = self.cluster.me;
+        let mut seen: Option<(usize, u64)> = None;
+        let mut progressed = std::time::Instant::now();
+        loop {
+            let placed = self.cluster.placement(self.shard_map.shard_count());
+            let mut waiting = Vec::new();
+            let (mut voting, mut applied) = (0usize, 0u64);
+            for (group, replicas) in self.groups.iter().zip(placed.iter()) {
+                if !replicas.contains(&me) && !self.holds_placed_replica(group.shard.id()) {
+                    continue;
+                }
+                let m = group.raft.metrics().borrow_watched().clone();
+                applied += m.last_applied.map_or(0, |l| l.index());
+                let votes = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == me);
+                if votes && m.current_leader.is_some() {
+                    voting += 1;
+                } else {
+                    waiting.push(group.shard.id());
+                }
+            }
+            let Some(first) = waiting.first() else {
+                return Ok(());
+            };
+            if seen != Some((voting, applied)) {
+                seen = Some((voting, applied));
+                progressed = std::time::Instant::now();
+            }
+            if progressed.elapsed() > stall {
+                anyhow::bail!(
+                    "shard {first} has no leader or this node is not yet its voter, and none of \
+                     the {} shards placed here still waiting made progress for {} ms",
+                    waiting.len(),
+                    stall.as_millis()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
