@@ -110,14 +110,20 @@ async fn remove_http(
     let id = node_id(&id)?;
     let force = force_param(force)?;
     let state = node.cluster.meta_store.state();
-    if state.member_state(id) == Some(MemberState::Active) && node.member_answers(id).await {
+    let member = state.member_state(id);
+    if matches!(member, Some(MemberState::Active | MemberState::Leaving))
+        && node.member_answers(id).await
+    {
+        let what = if member == Some(MemberState::Leaving) {
+            "it is being decommissioned and is removed once its replicas have moved; \
+             wait for that, or stop it and remove it then"
+        } else {
+            "decommission it (its replicas move first), or stop it and remove it then"
+        };
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "node_up",
-            format!(
-                "node {id} is up; decommission it (its replicas move first), or stop it and \
-                 remove it then"
-            ),
+            format!("node {id} is up; {what}"),
         ));
     }
     let state = node
