@@ -333,6 +333,23 @@ impl VeilProcess {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Waits up to `timeout` for the process to exit by itself; returns its status, or None
+    /// when it still runs (or was already reaped).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            if let Ok(Some(status)) = c.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends SIGTERM and asserts a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -2,7 +2,9 @@
 //! N `veil serve` processes, each with its own ports and data directory under `--dir`; the
 //! ports are recorded there on the first run, so running it again restarts the same nodes on
 //! the same addresses. One line per node once all are ready, then `cluster ready`; Ctrl-C or
-//! SIGTERM stops them all (each hands its leaderships over and closes its storage).
+//! SIGTERM stops them all (each hands its leaderships over and closes its storage). A node that
+//! stops by itself with success was removed from the cluster (decommissioned): the others go
+//! on; any other exit stops them all.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -155,7 +157,11 @@ fn spawn(
 }
 
 fn stop_all(children: &mut [Child]) {
-    for child in children.iter() {
+    for child in children.iter_mut() {
+        // One that exited already is not signalled: its pid may belong to another process now.
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            continue;
+        }
         if let Ok(pid) = i32::try_from(child.id()) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -251,15 +257,32 @@ pub fn run(command: ClusterCommand) -> anyhow::Result<()> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // A node that exits cleanly by itself was removed from the cluster (decommissioned):
+        // the others go on. Any other exit stops them all.
+        let mut gone = vec![false; children.len()];
         loop {
             tokio::select! {
                 _ = interrupt.recv() => return Ok::<_, std::io::Error>(None),
                 _ = terminate.recv() => return Ok(None),
                 _ = tick.tick() => {
                     for (i, c) in children.iter_mut().enumerate() {
-                        if let Ok(Some(status)) = c.try_wait() {
-                            return Ok(Some((i, status)));
+                        if gone[i] {
+                            continue;
                         }
+                        match c.try_wait() {
+                            Ok(Some(status)) if status.success() => {
+                                gone[i] = true;
+                                eprintln!(
+                                    "veil: node {} stopped by itself (removed from the cluster); the others go on",
+                                    i + 1
+                                );
+                            }
+                            Ok(Some(status)) => return Ok(Some((i, status))),
+                            _ => {}
+                        }
+                    }
+                    if gone.iter().all(|g| *g) {
+                        return Ok(None);
                     }
                 }
             }

@@ -46,7 +46,10 @@ use serde::{Deserialize, Serialize};
 ///    instead of each node's own `pii-patterns.json`; an older directory's file is moved there
 ///    before the node is ready (`cluster/patterns.rs`), and a format-13 build, which would
 ///    mask without them, cannot open the directory.
-pub const FORMAT_VERSION: u32 = 14;
+/// 15: the metadata (`cluster/state.bin`) records leaving and removed members, which a
+///    format-14 build would ignore (it would place replicas on a decommissioned node and
+///    admit a removed one again); a format-14 file opens as it is.
+pub const FORMAT_VERSION: u32 = 15;
 
 /// The first format whose Raft logs live in one column family per group (older ones get theirs
 /// moved there at open).
@@ -80,7 +83,7 @@ pub const DEFAULT_SHARDS: u32 = 16;
 /// Older formats this build upgrades in place (2 and 3 by rebuilding the hourly exception
 /// rollups; up to 8 by building the hourly rollups per dimensions; all of them by rebuilding
 /// the shards' indexes).
-pub const UPGRADABLE: [u32; 12] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+pub const UPGRADABLE: [u32; 13] = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14];
 
 /// What the data directory records about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

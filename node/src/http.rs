@@ -42,6 +42,7 @@ pub fn router(node: Arc<Node>) -> Router {
             delete(delete_pii_pattern).patch(patch_pii_pattern),
         )
         .merge(crate::shippers::bulk::router())
+        .merge(crate::cluster::membership::router())
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
 }

@@ -199,7 +199,8 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
     tracing::info!(%http_addr, %grpc_addr, "ready");
 
     // A WAL fsync that failed (a full disk, an I/O error) leaves nothing that may be
-    // acknowledged: the node stops, and a restart recovers from what is on disk.
+    // acknowledged: the node stops, and a restart recovers from what is on disk. A node
+    // removed from the cluster stops too.
     let wal_failed = async {
         loop {
             if let Some(why) = veil_raft::wal_failure() {
@@ -208,9 +209,12 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     };
-    let failed = tokio::select! {
-        _ = shutdown => None,
-        why = wal_failed => Some(why),
+    let (failed, removed) = tokio::select! {
+        _ = shutdown => (None, None),
+        why = wal_failed => (Some(why), None),
+        _ = node.cluster.wait_removed() => {
+            (None, Some((node.cluster.me, node.cluster.cluster_id.clone())))
+        }
     };
     if let Some(why) = failed {
         tracing::error!(
@@ -234,21 +238,38 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         );
     }
     tracing::info!("stopped");
+    if let Some((id, cluster_id)) = removed {
+        // Its replicas moved away first (a decommission) or were rebuilt elsewhere (a
+        // removal): stopping is the end of its work, not a failure.
+        eprintln!("veil: node {id} was removed from cluster {cluster_id}; stopped");
+    }
     Ok(())
 }
 
 /// Before the node opens its directory: a node started with `--join` and no directory yet
 /// asks the cluster to admit it and records the identity it is given (nothing is written when
 /// the cluster cannot be reached or refuses); one with a directory checks, when the address
-/// answers, that it is the cluster the directory belongs to.
+/// answers, that it is the cluster the directory belongs to, and any node with a directory
+/// refuses to start when a member says it was removed from the cluster.
 async fn resolve_identity(
     config: &config::NodeConfig,
     member: &cluster::Member,
 ) -> anyhow::Result<()> {
+    let info = datadir::read_info(&config.data_dir)?;
+    if let Some(info) = &info {
+        // A removed node is refused before its groups start campaigning among the members.
+        cluster::membership::refuse_if_removed(
+            &config.data_dir,
+            &info.cluster_id,
+            info.node_id,
+            config.join.as_deref(),
+        )
+        .await?;
+    }
     let Some(join) = &config.join else {
         return Ok(());
     };
-    match datadir::read_info(&config.data_dir)? {
+    match info {
         None => {
             let keys = match veil_node::pii::keys::KeyRing::from_env()? {
                 Some(k) => k,

@@ -381,10 +381,15 @@ impl Node {
         node.refresh_masker();
         let patterns = node.spawn_pattern_follower();
         let balance = crate::cluster::leaders::spawn(node.clone());
+        let removal = crate::cluster::membership::spawn_removal_watch(node.clone());
         node.background
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .extend([watcher, placement, patterns].into_iter().chain(balance));
+            .extend(
+                [watcher, placement, patterns, removal]
+                    .into_iter()
+                    .chain(balance),
+            );
         Ok(node)
     }
 
@@ -689,45 +694,8 @@ impl Node {
                 }
             }
         }
-        // The shards placed on this node: it is ready once it votes in each of them (a joining
-        // node is added as a learner first and catches up before it votes) and knows their
-        // leaders. A shard placed elsewhere (clusters of more than three nodes) needs nothing
-        // here: questions about it go to its replicas.
-        let members: Vec<veil_raft::NodeId> = self
-            .cluster
-            .meta_store
-            .state()
-            .members
-            .keys()
-            .copied()
-            .collect();
-        let placed = crate::cluster::placement::place(&members, self.shard_map.shard_count());
-        let me = self.cluster.me;
-        for (group, replicas) in self.groups.iter().zip(placed) {
-            if !replicas.contains(&me) && !self.holds_placed_replica(group.shard.id()) {
-                continue;
-            }
-            group
-                .raft
-                .wait(Some(deadline))
-                .metrics(
-                    |m| {
-                        m.current_leader.is_some()
-                            && m.membership_config
-                                .membership()
-                                .voter_ids()
-                                .any(|id| id == me)
-                    },
-                    "shard leader known and this node voting where placed",
-                )
-                .await
-                .with_context(|| {
-                    format!(
-                        "shard {} has no leader or this node is not yet its voter in time",
-                        group.shard.id()
-                    )
-                })?;
-        }
+        // The shards placed on this node: it is ready once it votes in each of them.
+        self.wait_placed_replicas(deadline).await?;
         self.ready.store(true, Ordering::SeqCst);
         Ok(())
     }

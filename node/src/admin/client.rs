@@ -16,7 +16,14 @@ pub enum AdminError {
     /// The node failed, cannot do it now, or answered something Veil does not.
     #[error("{0}")]
     Failed(String),
+    /// The cluster refused a membership change that would cost a shard a replica (too few
+    /// members left, the last member, a removal of a node that is up).
+    #[error("{0}")]
+    MembershipRefused(String),
 }
+
+/// The error codes of a refused membership change (exit code 6).
+const MEMBERSHIP_REFUSALS: [&str; 3] = ["too_few_members", "last_member", "node_up"];
 
 impl AdminError {
     /// The exit code (see the module's documentation).
@@ -25,6 +32,7 @@ impl AdminError {
             AdminError::Refused(_) => 1,
             AdminError::Unreachable(_) => 3,
             AdminError::Failed(_) => 4,
+            AdminError::MembershipRefused(_) => 6,
         }
     }
 }
@@ -98,7 +106,9 @@ impl Client {
         let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
         let code = value["error"]["code"].as_str().unwrap_or("error");
         let text = format!("{} refused: {code}: {message} (HTTP {status})", self.addr);
-        Err(if (400..500).contains(&status) {
+        Err(if MEMBERSHIP_REFUSALS.contains(&code) {
+            AdminError::MembershipRefused(text)
+        } else if (400..500).contains(&status) {
             AdminError::Refused(text)
         } else {
             AdminError::Failed(format!("{text}; retry, or ask another node with --addr"))
@@ -125,6 +135,19 @@ impl Client {
     pub async fn patch(&self, path: &str, body: &Value) -> Result<Value, AdminError> {
         self.expect_ok(self.http.patch(self.url(path)).json(body))
             .await
+    }
+
+    /// A client of another node, with the same settings.
+    pub fn at(&self, addr: &str) -> Client {
+        Client {
+            http: self.http.clone(),
+            addr: addr.to_string(),
+        }
+    }
+
+    /// The address this client asks.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// `DELETE path`.

@@ -2,11 +2,15 @@
 //! `VEIL_ADDR`) and prints aligned tables for people or `--json` for scripts.
 //!
 //! Exit codes say what failed: 0 done; 1 the node refused the request (a 4xx: bad input, no
-//! such pattern); 2 wrong usage (clap's own); 3 no node answers at `--addr`; 4 the node failed
-//! or cannot do it now (a 5xx, or an answer that is not what Veil answers); 5 `cluster status`
-//! found the cluster degraded or unavailable. Errors are one line on stderr with what to do.
+//! such pattern or node); 2 wrong usage (clap's own); 3 no node answers at `--addr`; 4 the node
+//! failed or cannot do it now (a 5xx, an answer that is not what Veil answers, a `--wait` that
+//! ran out of time); 5 `cluster status` found the cluster degraded or unavailable; 6 the
+//! cluster refused a decommission or removal that would cost a shard a replica (fewer than
+//! three active members left, the last member, or a removal of a node that is up). Errors are
+//! one line on stderr with what to do.
 
 mod client;
+mod membership;
 mod render;
 
 use std::process::ExitCode;
@@ -47,6 +51,9 @@ enum AdminCommand {
     /// The shards' Raft groups.
     #[command(subcommand)]
     Shards(ShardsCommand),
+    /// Shard leaderships.
+    #[command(subcommand)]
+    Leaders(LeadersCommand),
     /// Custom PII patterns (the cluster's: a change through any node reaches every node).
     #[command(subcommand, name = "pii-patterns")]
     PiiPatterns(PatternsCommand),
@@ -70,6 +77,48 @@ enum ClusterCommand {
 enum NodesCommand {
     /// Every member: id, addresses, state, replicas and leaders it holds.
     List,
+    /// Drains a member: its replicas move to the others, then it is removed (and its process
+    /// stops). Refused when fewer than three active members would be left, unless --force.
+    Decommission {
+        /// The member's node id (`veil admin nodes list`).
+        id: u64,
+        /// Even when a shard would be left with fewer than three replicas.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: membership::WaitArgs,
+    },
+    /// Removes a member that is down (its process gone, its disk lost): its replicas are
+    /// rebuilt from the live ones where the placement now puts them, and it is refused if it
+    /// comes back. Refused while it answers (decommission it instead).
+    Remove {
+        /// The dead member's node id.
+        id: u64,
+        /// Even when a shard would be left with fewer than three replicas.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        wait: membership::WaitArgs,
+    },
+    /// Replaces a dead member by a new one: start the new node with `veil serve --join` first
+    /// (it joins and takes its share by itself), then this checks it is up and removes the
+    /// dead one, whose replicas are rebuilt on the new node and the others.
+    Replace {
+        /// The dead member's node id.
+        dead: u64,
+        /// The new member's node id (already joined and up).
+        #[arg(long)]
+        by: u64,
+        #[command(flatten)]
+        wait: membership::WaitArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum LeadersCommand {
+    /// One look of the leader balancer now: when a node leads more than its share, one of its
+    /// leaderships moves to the shard's voter leading fewest (run again until "balanced").
+    Balance,
 }
 
 #[derive(clap::Subcommand)]
@@ -131,6 +180,18 @@ pub async fn run(args: AdminArgs) -> ExitCode {
             cluster_status(&client, args.json, !no_rate).await
         }
         AdminCommand::Nodes(NodesCommand::List) => nodes_list(&client, args.json).await,
+        AdminCommand::Nodes(NodesCommand::Decommission { id, force, wait }) => {
+            membership::decommission(&client, args.json, id, force, &wait).await
+        }
+        AdminCommand::Nodes(NodesCommand::Remove { id, force, wait }) => {
+            membership::remove(&client, args.json, id, force, &wait).await
+        }
+        AdminCommand::Nodes(NodesCommand::Replace { dead, by, wait }) => {
+            membership::replace(&client, args.json, dead, by, &wait).await
+        }
+        AdminCommand::Leaders(LeadersCommand::Balance) => {
+            membership::balance(&client, args.json).await
+        }
         AdminCommand::Shards(ShardsCommand::List) => shards_list(&client, args.json).await,
         AdminCommand::Shards(ShardsCommand::Show { shard }) => {
             shard_show(&client, args.json, shard).await
@@ -156,7 +217,7 @@ fn fail(e: &AdminError) -> ExitCode {
     ExitCode::from(e.exit_code())
 }
 
-fn print_json_or(json: bool, value: &Value, text: impl FnOnce() -> String) {
+pub(crate) fn print_json_or(json: bool, value: &Value, text: impl FnOnce() -> String) {
     if json {
         println!(
             "{}",

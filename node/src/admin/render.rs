@@ -48,7 +48,15 @@ fn bytes(v: &Value) -> String {
 /// The members; `figures` adds data size and ingest rate columns (`cluster status`).
 pub fn nodes(nodes: &[Value], figures: bool) -> String {
     let mut header = vec![
-        "ID", "HTTP", "GRPC", "PEER", "STATE", "REPLICAS", "LEARNING", "LEADERS",
+        "ID",
+        "HTTP",
+        "GRPC",
+        "PEER",
+        "STATE",
+        "MEMBERSHIP",
+        "REPLICAS",
+        "LEARNING",
+        "LEADERS",
     ];
     if figures {
         header.extend(["DATA", "ENTRIES/S"]);
@@ -61,6 +69,7 @@ pub fn nodes(nodes: &[Value], figures: bool) -> String {
             text(&n["grpc_addr"]),
             text(&n["peer_addr"]),
             text(&n["state"]),
+            text(&n["membership"]),
             text(&n["replicas"]),
             text(&n["learners"]),
             text(&n["leaders"]),
@@ -71,7 +80,7 @@ pub fn nodes(nodes: &[Value], figures: bool) -> String {
         }
         t.add_row(row);
     }
-    align_right(&mut t, &[0, 5, 6, 7, 8, 9]);
+    align_right(&mut t, &[0, 6, 7, 8, 9, 10]);
     t.to_string()
 }
 

@@ -129,60 +129,78 @@ pub fn spawn(node: Arc<Node>) -> Option<tokio::task::JoinHandle<()>> {
             if !node.is_ready() || node.cluster.meta_leader() != Some(node.cluster.me) {
                 continue;
             }
-            let status = super::status::cluster(&node).await;
-            let up: Vec<NodeId> = status
-                .nodes
-                .iter()
-                .filter(|n| n.state == "up")
-                .map(|n| n.id)
-                .collect();
-            // Not while replicas move: a voter about to be removed must not be handed a
-            // leadership, and moves change the counts anyway.
-            let placed = node.cluster.placement(node.shard_map.shard_count());
-            let settled = status.shards.iter().zip(placed.iter()).all(|(s, p)| {
-                s.learners.is_empty()
-                    && s.replicas.len() == p.len()
-                    && p.iter().all(|id| s.replicas.contains(id))
-            });
-            if !settled {
-                continue;
-            }
-            let shards: Vec<ShardLeadership> = status
-                .shards
-                .iter()
-                .map(|s| ShardLeadership {
-                    shard: s.shard,
-                    voters: s.replicas.clone(),
-                    leader: s.leader,
-                })
-                .collect();
-            let Some(m) = next_move(&shards, &up) else {
-                continue;
-            };
-            tracing::info!(
-                shard = m.shard,
-                from = m.from,
-                to = m.to,
-                "moving a leadership for balance"
-            );
-            let outcome = if m.from == node.cluster.me {
-                transfer_here(&node, m).await
-            } else {
-                match node.peer_channel(m.from) {
-                    Some(channel) => {
-                        super::call::<_, Result<(), String>>(channel, "transfer_leader", &m, every)
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r)
-                    }
-                    None => Err(format!("no address for node {}", m.from)),
-                }
-            };
-            if let Err(why) = outcome {
+            if let Err(why) = balance_once(&node, every).await {
                 tracing::debug!(%why, "leader balance move not made; the next look tries again");
             }
         }
     }))
+}
+
+/// What one look of the balancer did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum BalanceOutcome {
+    /// One leadership was handed over.
+    Moved(LeaderMove),
+    /// Every node leads within one of the mean: nothing to do.
+    Balanced,
+    /// Replicas are moving (or a shard has no leader); the look waits for them.
+    Unsettled,
+}
+
+/// One look: reads the cluster's status and, when some node leads more than its share, hands
+/// one of its leaderships to the shard's voter leading fewest (the balancer's loop and
+/// `POST /api/v1/admin/leaders/balance` both run it). `Err` when the move was refused or its
+/// leader could not be reached.
+pub async fn balance_once(node: &Arc<Node>, timeout: Duration) -> Result<BalanceOutcome, String> {
+    let status = super::status::cluster(node).await;
+    let up: Vec<NodeId> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == "up")
+        .map(|n| n.id)
+        .collect();
+    // Not while replicas move: a voter about to be removed must not be handed a
+    // leadership, and moves change the counts anyway.
+    let placed = node.cluster.placement(node.shard_map.shard_count());
+    let settled = status.shards.iter().zip(placed.iter()).all(|(s, p)| {
+        s.learners.is_empty()
+            && s.leader.is_some()
+            && s.replicas.len() == p.len()
+            && p.iter().all(|id| s.replicas.contains(id))
+    });
+    if !settled {
+        return Ok(BalanceOutcome::Unsettled);
+    }
+    let shards: Vec<ShardLeadership> = status
+        .shards
+        .iter()
+        .map(|s| ShardLeadership {
+            shard: s.shard,
+            voters: s.replicas.clone(),
+            leader: s.leader,
+        })
+        .collect();
+    let Some(m) = next_move(&shards, &up) else {
+        return Ok(BalanceOutcome::Balanced);
+    };
+    tracing::info!(
+        shard = m.shard,
+        from = m.from,
+        to = m.to,
+        "moving a leadership for balance"
+    );
+    if m.from == node.cluster.me {
+        transfer_here(node, m).await?;
+    } else {
+        let channel = node
+            .peer_channel(m.from)
+            .ok_or_else(|| format!("no address for node {}", m.from))?;
+        super::call::<_, Result<(), String>>(channel, "transfer_leader", &m, timeout)
+            .await
+            .map_err(|e| e.to_string())??;
+    }
+    Ok(BalanceOutcome::Moved(m))
 }
 
 #[cfg(test)]

@@ -1,14 +1,15 @@
-//! The metadata Raft group: the cluster's members and their addresses (placement is computed
-//! from them, see `placement.rs`) and the settings every node must share: the custom PII
-//! patterns, so that a value is masked alike whichever node receives it. Every node runs it; the
-//! first three members are its voters, later ones learners.
+//! The metadata Raft group: the cluster's members, their addresses and whether each is active,
+//! leaving (being decommissioned) or removed (placement is computed from the active ones, see
+//! `placement.rs`), and the settings every node must share: the custom PII patterns, so that a
+//! value is masked alike whichever node receives it. Every node runs it; three members are its
+//! voters, later ones learners.
 //!
 //! Its state is small and changes rarely (a node joins, a node's addresses change), so each
 //! apply writes the whole record — state, applied log id, membership — to one file, replaced
 //! atomically (write, fsync, rename, fsync the directory). That file is also the snapshot: a
 //! copy is written only when one must travel, like a shard's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -21,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use veil_node::pii::custom::{CustomPattern, PATTERNS_MAX};
 use veil_raft::alias::{LogId, SnapshotMeta, StoredMembership as Membership};
 use veil_raft::{CommandResponse, GroupId, LiveState, NodeId, SnapshotData, TypeConfig};
+
+use super::placement::REPLICAS;
 
 /// The metadata group's id: shard groups are numbered from 0, so it takes the last id.
 pub const META_GROUP: GroupId = GroupId(u32::MAX);
@@ -43,15 +46,76 @@ pub struct ClusterState {
     pub members: BTreeMap<NodeId, Member>,
     /// The custom PII patterns, in the order they were added (at most `PATTERNS_MAX`).
     pub pii_patterns: Vec<CustomPattern>,
+    /// Members being decommissioned: the placement names them for no shard, so their
+    /// replicas move to the others; each is removed once no shard's group names it.
+    pub leaving: BTreeSet<NodeId>,
+    /// Former members, with the addresses they last had: their ids are never given again, and
+    /// a removed node that comes back is refused.
+    pub removed: BTreeMap<NodeId, Member>,
 }
 
-/// The state as data format 14 and older wrote it (members only), read once and then
+/// The state as data format 13 and older wrote it (members only), read once and then
 /// rewritten in today's form by the next apply.
 #[derive(Deserialize)]
 struct LegacyRecord {
     last_applied: Option<LogId>,
     membership: Membership,
     members: BTreeMap<NodeId, Member>,
+}
+
+/// The state as data format 14 wrote it (members and patterns, no leaving or removed ones).
+#[derive(Deserialize)]
+struct Format14Record {
+    last_applied: Option<LogId>,
+    membership: Membership,
+    members: BTreeMap<NodeId, Member>,
+    pii_patterns: Vec<CustomPattern>,
+}
+
+/// Why a membership change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MembershipRefusal {
+    /// No member has this id.
+    #[error("node {0} is not a member of this cluster")]
+    NotMember(NodeId),
+    /// The node was removed already.
+    #[error("node {0} was removed from this cluster already")]
+    Removed(NodeId),
+    /// Too few active members would be left for every shard's replicas on distinct nodes.
+    #[error(
+        "removing node {id} would leave {active_after} active members for {replicas} replicas          per shard, so some shard would lose a replica; add a node first, or force it"
+    )]
+    TooFewMembers {
+        id: NodeId,
+        active_after: usize,
+        replicas: usize,
+    },
+    /// The last active member cannot go, forced or not.
+    #[error("node {0} is the last active member; a cluster cannot remove all of its nodes")]
+    LastMember(NodeId),
+}
+
+/// What a member is, in the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberState {
+    /// Placed, holding its share of the replicas.
+    Active,
+    /// Being decommissioned: its replicas move away, then it is removed.
+    Leaving,
+    /// No longer a member (its id is not reused; it is refused if it comes back).
+    Removed,
+}
+
+impl MemberState {
+    /// The lowercase word the HTTP API and `veil admin` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Active => "active",
+            MemberState::Leaving => "leaving",
+            MemberState::Removed => "removed",
+        }
+    }
 }
 
 /// Why a pattern change was refused.
@@ -82,6 +146,17 @@ pub enum MetaCommand {
     /// cluster's (a directory from an older build): those whose id is not here yet, up to the
     /// bound.
     SeedPiiPatterns(Vec<CustomPattern>),
+    /// Marks a member leaving: the placement drops it, so its replicas move to the others
+    /// (learner, catch up, voter, then it is removed from the shard), and the metadata leader
+    /// removes it once no shard's group names it. Refused when fewer active members than
+    /// [`REPLICAS`] would be left, unless `force`.
+    Decommission { id: NodeId, force: bool },
+    /// Removes a member now (a dead one, or a leaving one whose replicas have all moved): it
+    /// leaves the placement, its replicas are rebuilt from the live ones where the placement
+    /// now puts them, and it is refused if it comes back. Refused like a decommission when it
+    /// would leave too few active members, unless `force` (a leaving member was counted out
+    /// already).
+    RemoveNode { id: NodeId, force: bool },
 }
 
 /// The answer to a [`MetaCommand`].
@@ -93,9 +168,57 @@ pub enum MetaReply {
     Refused(String),
     /// A pattern change: the pattern as it now is (none for a delete or a seed), or why not.
     Pattern(Result<Option<CustomPattern>, PatternRefusal>),
+    /// A decommission or removal: the member's state now, or why not.
+    Membership(Result<MemberState, MembershipRefusal>),
 }
 
 impl ClusterState {
+    /// The members the placement puts replicas on: every member not leaving.
+    pub fn placed_members(&self) -> Vec<NodeId> {
+        self.members
+            .keys()
+            .filter(|id| !self.leaving.contains(id))
+            .copied()
+            .collect()
+    }
+
+    /// What node `id` is, if it ever was a member.
+    pub fn member_state(&self, id: NodeId) -> Option<MemberState> {
+        if self.removed.contains_key(&id) {
+            Some(MemberState::Removed)
+        } else if self.leaving.contains(&id) {
+            Some(MemberState::Leaving)
+        } else {
+            self.members
+                .contains_key(&id)
+                .then_some(MemberState::Active)
+        }
+    }
+
+    /// Checks that member `id` may stop holding replicas: it is a member, and unless `force`,
+    /// enough active members stay for every shard's replicas on distinct nodes.
+    fn may_leave(&self, id: NodeId, force: bool) -> Result<(), MembershipRefusal> {
+        match self.member_state(id) {
+            None => return Err(MembershipRefusal::NotMember(id)),
+            Some(MemberState::Removed) => return Err(MembershipRefusal::Removed(id)),
+            // Counted out when it started leaving.
+            Some(MemberState::Leaving) => return Ok(()),
+            Some(MemberState::Active) => {}
+        }
+        let active_after = self.placed_members().len() - 1;
+        if active_after == 0 {
+            return Err(MembershipRefusal::LastMember(id));
+        }
+        if active_after < REPLICAS && !force {
+            return Err(MembershipRefusal::TooFewMembers {
+                id,
+                active_after,
+                replicas: REPLICAS,
+            });
+        }
+        Ok(())
+    }
+
     /// Applies `command`; `in_group` are the metadata group's own members (voters and
     /// learners), whose ids a new node never gets even before they are on record here.
     fn apply(&mut self, command: MetaCommand, in_group: &[NodeId]) -> MetaReply {
@@ -118,9 +241,20 @@ impl ClusterState {
                     (Some(id), None) if self.members.contains_key(&id) => MetaReply::Refused(
                         format!("node id {id} is taken by another node of this cluster"),
                     ),
+                    (Some(id), None) if self.removed.contains_key(&id) => {
+                        MetaReply::Refused(format!(
+                            "node {id} was removed from this cluster and its id is not reused; \
+                             join without --node-id (or with another) to get a new one"
+                        ))
+                    }
                     (id, None) => {
                         let id = id.unwrap_or_else(|| {
-                            let highest = self.members.keys().chain(in_group).max();
+                            let highest = self
+                                .members
+                                .keys()
+                                .chain(self.removed.keys())
+                                .chain(in_group)
+                                .max();
                             highest.copied().unwrap_or(0) + 1
                         });
                         self.members.insert(id, member);
@@ -173,6 +307,21 @@ impl ClusterState {
                 }
                 MetaReply::Pattern(Ok(None))
             }
+            MetaCommand::Decommission { id, force } => {
+                MetaReply::Membership(self.may_leave(id, force).map(|()| {
+                    self.leaving.insert(id);
+                    MemberState::Leaving
+                }))
+            }
+            MetaCommand::RemoveNode { id, force } => {
+                MetaReply::Membership(self.may_leave(id, force).map(|()| {
+                    self.leaving.remove(&id);
+                    if let Some(member) = self.members.remove(&id) {
+                        self.removed.insert(id, member);
+                    }
+                    MemberState::Removed
+                }))
+            }
         }
     }
 }
@@ -196,6 +345,63 @@ pub struct MetaStore {
 
 const STATE_FILE: &str = "state.bin";
 
+/// Reads a state file of today's form, or of an older one (which the next apply rewrites).
+fn decode_record(bytes: &[u8]) -> bincode::Result<MetaRecord> {
+    let error = match bincode::deserialize::<MetaRecord>(bytes) {
+        Ok(record) => return Ok(record),
+        Err(e) => e,
+    };
+    // An older form only when it is the whole file (bincode ignores trailing bytes).
+    let whole = |size: bincode::Result<u64>| size.ok() == Some(bytes.len() as u64);
+    if let Ok(old) = bincode::deserialize::<Format14Record>(bytes) {
+        let size = bincode::serialized_size(&(
+            &old.last_applied,
+            &old.membership,
+            &old.members,
+            &old.pii_patterns,
+        ));
+        if whole(size) {
+            return Ok(MetaRecord {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: ClusterState {
+                    members: old.members,
+                    pii_patterns: old.pii_patterns,
+                    ..ClusterState::default()
+                },
+            });
+        }
+    }
+    if let Ok(old) = bincode::deserialize::<LegacyRecord>(bytes) {
+        let size = bincode::serialized_size(&(&old.last_applied, &old.membership, &old.members));
+        if whole(size) {
+            return Ok(MetaRecord {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: ClusterState {
+                    members: old.members,
+                    ..ClusterState::default()
+                },
+            });
+        }
+    }
+    Err(error)
+}
+
+/// The metadata as the state file under `dir` holds it (empty when there is none), read
+/// without opening the store (a starting node's look before its groups run).
+pub fn read_state(dir: &Path) -> anyhow::Result<ClusterState> {
+    use anyhow::Context;
+    let path = dir.join(STATE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(decode_record(&bytes)
+            .with_context(|| format!("unreadable cluster metadata {}", path.display()))?
+            .state),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterState::default()),
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
 impl MetaStore {
     /// Opens (or starts empty) the metadata under `dir`.
     pub fn open(dir: &Path) -> anyhow::Result<Arc<MetaStore>> {
@@ -204,34 +410,8 @@ impl MetaStore {
             .with_context(|| format!("failed to create {}", dir.display()))?;
         let path = dir.join(STATE_FILE);
         let record = match std::fs::read(&path) {
-            Ok(bytes) => match bincode::deserialize::<MetaRecord>(&bytes) {
-                Ok(record) => record,
-                Err(e) => match bincode::deserialize::<LegacyRecord>(&bytes) {
-                    Ok(old)
-                        if bincode::serialized_size(&(
-                            &old.last_applied,
-                            &old.membership,
-                            &old.members,
-                        ))
-                        .ok()
-                            == Some(bytes.len() as u64) =>
-                    {
-                        MetaRecord {
-                            last_applied: old.last_applied,
-                            membership: old.membership,
-                            state: ClusterState {
-                                members: old.members,
-                                pii_patterns: Vec::new(),
-                            },
-                        }
-                    }
-                    _ => {
-                        return Err(e).with_context(|| {
-                            format!("unreadable cluster metadata {}", path.display())
-                        })
-                    }
-                },
-            },
+            Ok(bytes) => decode_record(&bytes)
+                .with_context(|| format!("unreadable cluster metadata {}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => MetaRecord::default(),
             Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
         };
@@ -488,6 +668,90 @@ mod tests {
         assert_eq!(s.members[&3], member(7400));
     }
 
+    #[test]
+    fn a_decommission_or_removal_keeps_three_active_members_unless_forced() {
+        let mut s = ClusterState::default();
+        for (id, port) in [(1, 7000), (2, 7100), (3, 7200), (4, 7300)] {
+            s.apply(
+                MetaCommand::AddNode {
+                    id: Some(id),
+                    member: member(port),
+                },
+                &[1],
+            );
+        }
+        let decommission = |id, force| MetaCommand::Decommission { id, force };
+        let remove = |id, force| MetaCommand::RemoveNode { id, force };
+        let membership = |r: MetaReply| match r {
+            MetaReply::Membership(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            membership(s.apply(decommission(4, false), &[1])),
+            Ok(MemberState::Leaving)
+        );
+        assert_eq!(s.placed_members(), vec![1, 2, 3]);
+        // Again: still leaving, nothing else changes.
+        assert_eq!(
+            membership(s.apply(decommission(4, false), &[1])),
+            Ok(MemberState::Leaving)
+        );
+        // Three active members are left: a fourth could not go, nor be removed, unforced.
+        assert_eq!(
+            membership(s.apply(decommission(3, false), &[1])),
+            Err(MembershipRefusal::TooFewMembers {
+                id: 3,
+                active_after: 2,
+                replicas: 3
+            })
+        );
+        assert!(membership(s.apply(remove(2, false), &[1])).is_err());
+        // The leaving one is removed without a count (it was counted out).
+        assert_eq!(
+            membership(s.apply(remove(4, false), &[1])),
+            Ok(MemberState::Removed)
+        );
+        assert_eq!(s.member_state(4), Some(MemberState::Removed));
+        assert_eq!(s.members.len(), 3);
+        assert_eq!(
+            membership(s.apply(decommission(4, false), &[1])),
+            Err(MembershipRefusal::Removed(4))
+        );
+        assert_eq!(
+            membership(s.apply(remove(9, true), &[1])),
+            Err(MembershipRefusal::NotMember(9))
+        );
+        // Forced: down to one member, never to none.
+        assert!(membership(s.apply(remove(3, true), &[1])).is_ok());
+        assert!(membership(s.apply(decommission(2, true), &[1])).is_ok());
+        assert_eq!(
+            membership(s.apply(remove(1, true), &[1])),
+            Err(MembershipRefusal::LastMember(1))
+        );
+        // A removed id is never given again, asked for or not.
+        assert!(matches!(
+            s.apply(
+                MetaCommand::AddNode {
+                    id: Some(4),
+                    member: member(7400)
+                },
+                &[1]
+            ),
+            MetaReply::Refused(_)
+        ));
+        assert_eq!(
+            s.apply(
+                MetaCommand::AddNode {
+                    id: None,
+                    member: member(7300)
+                },
+                &[1]
+            ),
+            MetaReply::Member(5),
+            "a removed node's wiped directory joins again as a new node"
+        );
+    }
+
     fn pattern(n: u128) -> CustomPattern {
         CustomPattern {
             pattern_id: uuid::Uuid::from_u128(n),
@@ -539,7 +803,7 @@ mod tests {
     }
 
     #[test]
-    fn a_state_file_of_the_previous_format_opens_with_no_patterns() {
+    fn state_files_of_older_formats_open_with_what_they_held() {
         #[derive(Serialize)]
         struct Old {
             last_applied: Option<LogId>,
@@ -561,6 +825,30 @@ mod tests {
         let store = MetaStore::open(dir.path()).unwrap();
         assert_eq!(store.state().members, members);
         assert!(store.state().pii_patterns.is_empty());
+        // Format 14: members and patterns, no leaving or removed members.
+        #[derive(Serialize)]
+        struct Format14 {
+            last_applied: Option<LogId>,
+            membership: Membership,
+            members: BTreeMap<NodeId, Member>,
+            pii_patterns: Vec<CustomPattern>,
+        }
+        let format_14 = Format14 {
+            last_applied: None,
+            membership: Membership::default(),
+            members: members.clone(),
+            pii_patterns: vec![pattern(1)],
+        };
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            bincode::serialize(&format_14).unwrap(),
+        )
+        .unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(store.state().members, members);
+        assert_eq!(store.state().pii_patterns, vec![pattern(1)]);
+        assert!(store.state().leaving.is_empty() && store.state().removed.is_empty());
+        assert_eq!(read_state(dir.path()).unwrap(), store.state());
         // Bytes that are neither form are an error, not an empty cluster.
         std::fs::write(dir.path().join(STATE_FILE), b"\x01\x02").unwrap();
         assert!(MetaStore::open(dir.path()).is_err());

@@ -74,20 +74,22 @@ impl Node {
         // Read before the patterns: a change meanwhile leaves the engine "not yet checked".
         let version = self.cluster.meta_store.version();
         let next = self.pii_patterns();
+        if *in_force != next {
+            match self.build_masker(&next) {
+                Ok(masker) => {
+                    self.swap_masker(masker);
+                    tracing::info!(patterns = next.len(), "PII patterns in force changed");
+                    *in_force = next;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the cluster's PII patterns do not compile here; keeping the engine in force")
+                }
+            }
+        }
+        // Only once the engine in force is the one for `version`: published earlier, an entry
+        // arriving while the new engine was being built skipped the check and was masked with
+        // the old one (the wiped-node test saw a deleted pattern still applied).
         self.patterns.checked_at.store(version, Ordering::Release);
-        if *in_force == next {
-            return;
-        }
-        match self.build_masker(&next) {
-            Ok(masker) => {
-                self.swap_masker(masker);
-                tracing::info!(patterns = next.len(), "PII patterns in force changed");
-                *in_force = next;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "the cluster's PII patterns do not compile here; keeping the engine in force")
-            }
-        }
     }
 
     /// Rebuilds the engine first if the metadata changed since it was last checked, so that no

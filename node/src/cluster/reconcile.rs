@@ -1,6 +1,8 @@
 //! Keeps the Raft memberships equal to what the metadata says, from the metadata group's leader:
-//! every member is in the metadata group (the first three as voters, the rest learners), and
-//! every shard's group has its placed replicas as voters. A replica enters as a learner, catches
+//! every member is in the metadata group (three as voters, the rest learners; a removed one
+//! leaves it once another voter took its place), and every shard's group has its placed
+//! replicas as voters (a leaving member is placed nowhere, so its replicas move away; a removed
+//! one's are rebuilt from the live replicas where the placement now puts them). A replica enters as a learner, catches
 //! up (a snapshot and then the log, through the transport) and only then becomes a voter, so a
 //! group never counts a member that does not hold its data.
 //!
@@ -28,6 +30,9 @@ use crate::node::Node;
 /// How often the leader of the metadata group compares memberships with the placement.
 const ROUND: Duration = Duration::from_millis(500);
 
+/// How long one shard's replica change may take (a learner's catch-up included).
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Voters of the metadata group.
 const META_VOTERS: usize = 3;
 
@@ -53,6 +58,11 @@ pub fn spawn(node: Arc<Node>) -> tokio::task::JoinHandle<()> {
 async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow::Result<()> {
     let cluster = &node.cluster;
     let state = cluster.meta_store.state();
+    if state.removed.contains_key(&cluster.me) {
+        // Removed from the cluster: it proposes nothing (`membership::spawn_removal_watch`
+        // stops it).
+        return Ok(());
+    }
     // This node's own record: added at founding, refreshed after an address change.
     if state.members.get(&cluster.me) != Some(&cluster.member) {
         let command = if state.members.contains_key(&cluster.me) {
@@ -72,50 +82,21 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
     if meta_metrics.current_leader != Some(cluster.me) {
         return Ok(());
     }
-    // The metadata group itself.
-    let membership = meta_metrics.membership_config.membership().clone();
-    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-    for (id, member) in &state.members {
-        if !known.contains(id) {
-            let node_info = BasicNode {
-                addr: member.peer_addr.clone(),
-            };
-            cluster.meta_raft.add_learner(*id, node_info, false).await?;
-        }
-    }
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    if voters.len() < META_VOTERS {
-        let caught_up = |id: &NodeId| {
-            meta_metrics
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(id))
-                .is_some_and(|matched| matched.is_some())
-        };
-        let promote: BTreeSet<NodeId> = state
-            .members
-            .keys()
-            .filter(|id| !voters.contains(id) && known.contains(id) && caught_up(id))
-            .take(META_VOTERS - voters.len())
-            .copied()
-            .collect();
-        if !promote.is_empty() {
-            tracing::info!(?promote, "metadata group: new voters");
-            cluster
-                .meta_raft
-                .change_membership(ChangeMembers::AddVoterIds(promote), false)
-                .await?;
-        }
-    }
+    meta_group(node, &state, &meta_metrics).await?;
     // Every shard's group, as a node holding it sees it (this one's view of a group it is not
     // in knows nothing).
-    let ids: Vec<NodeId> = state.members.keys().copied().collect();
-    let placed = placement::place(&ids, node.shard_map.shard_count());
+    let placed = placement::place(&state.placed_members(), node.shard_map.shard_count());
     let statuses = futures::future::join_all(
         (0..placed.len()).map(|shard| super::status::shard_status(node, shard as u32)),
     )
     .await;
-    for ((shard, replicas), status) in placed.into_iter().enumerate().zip(statuses) {
+    for ((shard, replicas), status) in placed.into_iter().enumerate().zip(&statuses) {
+        if !status.placed.contains(&status.reported_by) {
+            // No placed replica answered: this node's own view of a group it may have been
+            // moved out of (it may even think it still leads) is no ground for a change.
+            tracing::debug!(shard, "no placed replica reported the shard; next round");
+            continue;
+        }
         let wanted: Vec<(NodeId, String)> = replicas
             .iter()
             .filter_map(|id| state.members.get(id).map(|m| (*id, m.peer_addr.clone())))
@@ -147,9 +128,17 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
                 let node = node.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let reply = ensure_replicas_here(&node, request).await;
-                    if let EnsureReply::Failed(why) = reply {
-                        tracing::warn!(shard, %why, "replica change failed; retried next round");
+                    // Bounded like the call to another leader: a leadership lost mid-change
+                    // must not hold the shard's claim and a move slot for good.
+                    let change = ensure_replicas_here(&node, request);
+                    match tokio::time::timeout(CHANGE_TIMEOUT, change).await {
+                        Ok(EnsureReply::Failed(why)) => {
+                            tracing::warn!(shard, %why, "replica change failed; retried next round")
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            tracing::warn!(shard, "replica change timed out; retried next round")
+                        }
                     }
                 });
             }
@@ -159,13 +148,8 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
                 };
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let reply: Result<EnsureReply, _> = super::call(
-                        channel,
-                        "ensure_replicas",
-                        &request,
-                        Duration::from_secs(600),
-                    )
-                    .await;
+                    let reply: Result<EnsureReply, _> =
+                        super::call(channel, "ensure_replicas", &request, CHANGE_TIMEOUT).await;
                     if let Ok(EnsureReply::Failed(why)) = reply {
                         tracing::warn!(shard, %why, "replica change failed; retried next round");
                     }
@@ -173,6 +157,80 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
             }
             None => {}
         }
+    }
+    super::membership::finish_leaving(node, &state, &statuses).await
+}
+
+/// The metadata group itself: every member in it (a learner first), [`META_VOTERS`] voters
+/// among the members when there are that many (a leaving one is not promoted), and a removed
+/// member out of it, once another voter took its place where one can.
+async fn meta_group(
+    node: &Arc<Node>,
+    state: &super::meta::ClusterState,
+    meta_metrics: &openraft::RaftMetrics<veil_raft::TypeConfig>,
+) -> anyhow::Result<()> {
+    let cluster = &node.cluster;
+    let membership = meta_metrics.membership_config.membership().clone();
+    let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+    for (id, member) in &state.members {
+        if !known.contains(id) {
+            let node_info = BasicNode {
+                addr: member.peer_addr.clone(),
+            };
+            cluster.meta_raft.add_learner(*id, node_info, false).await?;
+        }
+    }
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    let staying: BTreeSet<NodeId> = voters
+        .iter()
+        .filter(|id| !state.removed.contains_key(id))
+        .copied()
+        .collect();
+    if staying.len() < META_VOTERS {
+        let caught_up = |id: &NodeId| {
+            meta_metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id))
+                .is_some_and(|matched| matched.is_some())
+        };
+        let promote: BTreeSet<NodeId> = state
+            .members
+            .keys()
+            .filter(|id| !voters.contains(id) && known.contains(id) && caught_up(id))
+            .filter(|id| !state.leaving.contains(id))
+            .take(META_VOTERS - staying.len())
+            .copied()
+            .collect();
+        if !promote.is_empty() {
+            tracing::info!(?promote, "metadata group: new voters");
+            cluster
+                .meta_raft
+                .change_membership(ChangeMembers::AddVoterIds(promote), false)
+                .await?;
+            // The removal waits for the next round, which sees the new voters.
+            return Ok(());
+        }
+    }
+    let gone_voters: BTreeSet<NodeId> = voters.difference(&staying).copied().collect();
+    if !gone_voters.is_empty() && !staying.is_empty() {
+        tracing::info!(?gone_voters, "metadata group: removed members stop voting");
+        cluster
+            .meta_raft
+            .change_membership(ChangeMembers::RemoveVoters(gone_voters), false)
+            .await?;
+        return Ok(());
+    }
+    let gone_learners: BTreeSet<NodeId> = membership
+        .learner_ids()
+        .filter(|id| state.removed.contains_key(id))
+        .collect();
+    if !gone_learners.is_empty() {
+        tracing::info!(?gone_learners, "metadata group: removed members leave");
+        cluster
+            .meta_raft
+            .change_membership(ChangeMembers::RemoveNodes(gone_learners), false)
+            .await?;
     }
     Ok(())
 }
@@ -291,4 +349,58 @@ pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> 
         }
     }
     EnsureReply::Done
+}
+
+impl Node {
+    /// Waits until this node votes in, and knows the leader of, every shard placed on it (a
+    /// joining node is added as a learner first and catches up before it votes). A shard
+    /// placed elsewhere needs nothing here: questions about it go to its replicas. A joining
+    /// node's replicas arrive one move at a time, snapshot then log, which with a gigabyte
+    /// takes minutes: the wait fails only when no placed shard made progress (became a voter
+    /// here, or applied more) for `stall` (`--startup-timeout-ms`). A bound on the whole wait
+    /// made a node joining a cluster with 1 GB give up after 60 s, a voter of some shards
+    /// already, and stop.
+    pub async fn wait_placed_replicas(&self, stall: Duration) -> anyhow::Result<()> {
+        let me = self.cluster.me;
+        let mut seen: Option<(usize, u64)> = None;
+        let mut progressed = std::time::Instant::now();
+        loop {
+            let placed = self.cluster.placement(self.shard_map.shard_count());
+            let mut waiting = Vec::new();
+            let (mut voting, mut applied) = (0usize, 0u64);
+            for (group, replicas) in self.groups.iter().zip(placed.iter()) {
+                if !replicas.contains(&me) && !self.holds_placed_replica(group.shard.id()) {
+                    continue;
+                }
+                let m = group.raft.metrics().borrow_watched().clone();
+                applied += m.last_applied.map_or(0, |l| l.index());
+                let votes = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|id| id == me);
+                if votes && m.current_leader.is_some() {
+                    voting += 1;
+                } else {
+                    waiting.push(group.shard.id());
+                }
+            }
+            let Some(first) = waiting.first() else {
+                return Ok(());
+            };
+            if seen != Some((voting, applied)) {
+                seen = Some((voting, applied));
+                progressed = std::time::Instant::now();
+            }
+            if progressed.elapsed() > stall {
+                anyhow::bail!(
+                    "shard {first} has no leader or this node is not yet its voter, and none of \
+                     the {} shards placed here still waiting made progress for {} ms",
+                    waiting.len(),
+                    stall.as_millis()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }

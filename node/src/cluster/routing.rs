@@ -53,6 +53,8 @@ pub struct ClusterHandle {
     /// Per shard this node holds no replica of: its leader as a replica last named it (this
     /// node's own Raft instance of such a shard never hears from the group).
     leader_hints: Mutex<std::collections::HashMap<u32, NodeId>>,
+    /// Set once this node applied its own removal from the cluster (the process stops).
+    removed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Every shard's placed replicas (`placement::place`) over a member list.
@@ -102,7 +104,20 @@ impl ClusterHandle {
             leaders_seen: Mutex::default(),
             placed: Mutex::default(),
             leader_hints: Mutex::default(),
+            removed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Records that this node was removed from the cluster: [`Self::wait_removed`] returns.
+    pub fn mark_removed(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Returns once this node was removed from the cluster and should stop.
+    pub async fn wait_removed(&self) {
+        let mut removed = self.removed.subscribe();
+        // An error means the sender is gone, which happens only as the node itself goes.
+        let _ = removed.wait_for(|r| *r).await;
     }
 
     /// The leader of a shard this node holds no replica of, as a replica last named it.
@@ -111,8 +126,13 @@ impl ClusterHandle {
         hints.get(&shard.0).copied()
     }
 
-    /// Records (or, with None, forgets) the leader a replica of `shard` named.
+    /// Records (or, with None, forgets) the leader a replica of `shard` named. A replica that
+    /// names this node (a stale one, from before this node's replica was moved away) is not
+    /// recorded: this node holds no replica of the shard, so it leads nothing there, and a
+    /// hint naming it sent every later part to its own deposed Raft instance until the
+    /// deadline (seen while a fourth node joined with 1 GB).
     pub fn set_leader_hint(&self, shard: ShardId, leader: Option<NodeId>) {
+        let leader = leader.filter(|id| *id != self.me);
         let mut hints = self.leader_hints.lock().unwrap_or_else(|p| p.into_inner());
         match leader {
             Some(id) => hints.insert(shard.0, id),
@@ -120,10 +140,11 @@ impl ClusterHandle {
         };
     }
 
-    /// Every shard's placed replicas over the members the metadata holds now, in priority
-    /// order (computed again only when the members change).
+    /// Every shard's placed replicas over the active members the metadata holds now (a
+    /// leaving one is placed nowhere), in priority order (computed again only when they
+    /// change).
     pub fn placement(&self, shards: u32) -> Arc<Vec<Vec<NodeId>>> {
-        let members: Vec<NodeId> = self.meta_store.state().members.keys().copied().collect();
+        let members = self.meta_store.state().placed_members();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, placement)) = &*placed {
             if *known == members {

@@ -1,5 +1,5 @@
 //! The receiving side of the nodes' own calls (`veil.peer.v1.Cluster`), served on the peer
-//! address beside the Raft transport: `hello`, `join`, `meta_propose`, `append`,
+//! address beside the Raft transport: `hello`, `member_state`, `join`, `meta_propose`, `append`,
 //! `ensure_replicas`, `read_index` and `leaf` (a question about one shard, answered from this
 //! node's replica: `reads.rs`).
 
@@ -47,6 +47,10 @@ impl ClusterRpc for ClusterService {
                 cluster_id: node.cluster.cluster_id.clone(),
                 node_id: node.cluster.me,
             }),
+            "member_state" => {
+                let query: super::membership::MemberQuery = decode(&call.payload)?;
+                encode(&node.answer_member_query(&query))
+            }
             "join" => {
                 let request: JoinRequest = decode(&call.payload)?;
                 encode(&node.handle_join(request).await)

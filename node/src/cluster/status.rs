@@ -26,6 +26,9 @@ pub struct NodeStatus {
     pub peer_addr: String,
     /// `up` when it answered now, `down` otherwise.
     pub state: &'static str,
+    /// `active` (placed, holding its share) or `leaving` (being decommissioned: its replicas
+    /// move away, then it is removed).
+    pub membership: &'static str,
 }
 
 /// One shard's group, as the node holding the replica that reported it sees it.
@@ -47,8 +50,10 @@ pub struct ShardStatus {
     /// This node's replica: committed and applied Raft index.
     pub commit_index: u64,
     pub applied_index: u64,
-    /// On the leader: how far each replica's log is behind the leader's (entries).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// On the leader: how far each replica's log is behind the leader's (entries); empty
+    /// elsewhere. (Always written: the `shard_status` call carries this type in bincode, which
+    /// cannot read a struct with a field left out — a follower's answer was undecodable, so a
+    /// shard whose leader was not a placed replica was reported from a stale view.)
     pub lag: BTreeMap<NodeId, u64>,
 }
 
@@ -59,7 +64,11 @@ pub struct ClusterStatus {
     /// The node that answered.
     pub node_id: NodeId,
     pub metadata_leader: Option<NodeId>,
+    /// The metadata group's voters, as this node's view of the group has them.
+    pub metadata_voters: Vec<NodeId>,
     pub nodes: Vec<NodeStatus>,
+    /// Former members (decommissioned or removed): refused if they come back.
+    pub removed_nodes: Vec<NodeId>,
     pub shards: Vec<ShardStatus>,
 }
 
@@ -89,8 +98,9 @@ async fn states(node: &Arc<Node>) -> BTreeMap<NodeId, bool> {
 /// The status of the cluster as this node sees it.
 pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
     let up = states(node).await;
-    let members = node.cluster.meta_store.state().members;
-    let nodes = members
+    let state = node.cluster.meta_store.state();
+    let nodes = state
+        .members
         .iter()
         .map(|(id, m)| NodeStatus {
             id: *id,
@@ -102,6 +112,9 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
             } else {
                 "down"
             },
+            membership: state
+                .member_state(*id)
+                .map_or("active", super::meta::MemberState::as_str),
         })
         .collect();
     let shards = futures::future::join_all(
@@ -114,7 +127,17 @@ pub async fn cluster(node: &Arc<Node>) -> ClusterStatus {
         cluster_id: node.cluster.cluster_id.clone(),
         node_id: node.cluster.me,
         metadata_leader: node.cluster.meta_leader(),
+        metadata_voters: node
+            .cluster
+            .meta_raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect(),
         nodes,
+        removed_nodes: state.removed.keys().copied().collect(),
         shards,
     }
 }
@@ -344,4 +367,29 @@ pub fn render_raft_metrics(node: &Node, out: &mut String) {
                 .load(std::sync::atomic::Ordering::Relaxed),
         )],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_s_shard_status_crosses_the_peer_call() {
+        let follower = ShardStatus {
+            shard: 2,
+            reported_by: 4,
+            replicas: vec![2, 3, 4],
+            learners: vec![],
+            placed: vec![],
+            leader: Some(3),
+            term: 2,
+            commit_index: 10,
+            applied_index: 10,
+            lag: BTreeMap::new(),
+        };
+        let answer: Option<ShardStatus> = Some(follower);
+        let bytes = bincode::serialize(&answer).unwrap();
+        let back: Option<ShardStatus> = bincode::deserialize(&bytes).unwrap();
+        assert_eq!(back.unwrap().leader, Some(3));
+    }
 }

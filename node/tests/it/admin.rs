@@ -56,6 +56,8 @@ fn admin_tables_and_json_match_the_http_answers() {
     assert_eq!(n["id"], cluster["nodes"][0]["id"]);
     assert_eq!(n["http_addr"], addr.as_str());
     assert_eq!(n["state"], "up");
+    assert_eq!(n["membership"], "active");
+    assert_eq!(n["membership"], cluster["nodes"][0]["membership"]);
     assert_eq!(n["replicas"], 4, "one node holds all 4 shards: {n}");
     assert_eq!(n["leaders"], 4, "{n}");
     let table = ok_table(&addr, &["nodes", "list"]);
@@ -142,6 +144,78 @@ fn admin_tables_and_json_match_the_http_answers() {
     );
 
     assert!(ok_table(&addr, &["compact"]).contains("compacted"));
+
+    // One look of the leader balancer: one node leads everything, which is its share.
+    let balanced = ok_json(&addr, &["leaders", "balance"]);
+    assert_eq!(balanced["outcome"], "balanced", "{balanced}");
+    let http: Value = reqwest::blocking::Client::new()
+        .post(veil.url("/api/v1/admin/leaders/balance"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(balanced, http);
+    assert!(ok_table(&addr, &["leaders", "balance"]).contains("balanced"));
+}
+
+/// A membership change the cluster must refuse: a one-line error with its own exit code (6)
+/// and the HTTP answer's typed code; a node that is not there is a plain refusal (1).
+#[test]
+fn admin_refuses_membership_changes_that_would_cost_a_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let veil = Veil::start(dir.path(), &[]);
+    let id = get(&veil, "/api/v1/cluster")["node_id"].to_string();
+    let refused = |args: &[&str], code: i32, needle: &str| {
+        let out = admin(&veil.http, args);
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    };
+    refused(&["nodes", "decommission", &id], 6, "last_member");
+    refused(&["nodes", "decommission", &id, "--force"], 6, "last_member");
+    refused(&["nodes", "remove", &id], 6, "node_up");
+    refused(&["nodes", "decommission", "99"], 1, "node_not_found");
+    refused(
+        &["nodes", "replace", &id, "--by", "99"],
+        1,
+        "veil serve --join",
+    );
+    let client = reqwest::blocking::Client::new();
+    let answer =
+        |resp: reqwest::blocking::Response| (resp.status().as_u16(), resp.json::<Value>().unwrap());
+    let (status, body) = answer(
+        client
+            .post(veil.url(&format!("/api/v1/admin/nodes/{id}/decommission")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("last_member"))
+    );
+    let (status, body) = answer(
+        client
+            .delete(veil.url(&format!("/api/v1/admin/nodes/{id}")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((status, &body["error"]["code"]), (409, &json!("node_up")));
+    let (status, body) = answer(
+        client
+            .post(veil.url("/api/v1/admin/nodes/x/decommission"))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_node_id"))
+    );
+    // Still the cluster's only, active member.
+    assert_eq!(
+        get(&veil, "/api/v1/cluster")["nodes"][0]["membership"],
+        "active"
+    );
 }
 
 #[test]

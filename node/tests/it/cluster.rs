@@ -17,28 +17,28 @@ use serde_json::{json, Value};
 use veil_chaos_tests::{Ports, VeilProcess};
 
 /// A cluster under test: its nodes' directories, ports and processes.
-struct Cluster {
-    dir: tempfile::TempDir,
-    key_file: PathBuf,
-    ports: Vec<Ports>,
-    nodes: Vec<Option<VeilProcess>>,
+pub(crate) struct Cluster {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) key_file: PathBuf,
+    pub(crate) ports: Vec<Ports>,
+    pub(crate) nodes: Vec<Option<VeilProcess>>,
     /// Extra environment of each node's process.
-    env: Vec<Vec<(String, String)>>,
+    pub(crate) env: Vec<Vec<(String, String)>>,
     /// `--shards` of every node.
-    shards: String,
+    pub(crate) shards: String,
 }
 
 const SHARDS: &str = "4";
 const FORWARD_TIMEOUT_MS: &str = "4000";
 
-fn client() -> reqwest::blocking::Client {
+pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
 }
 
-fn get(http: &str, path: &str) -> (u16, Value) {
+pub(crate) fn get(http: &str, path: &str) -> (u16, Value) {
     let resp = client()
         .get(format!("http://{http}{path}"))
         .send()
@@ -47,7 +47,7 @@ fn get(http: &str, path: &str) -> (u16, Value) {
     (status, resp.json().unwrap_or(Value::Null))
 }
 
-fn post(http: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
+pub(crate) fn post(http: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::Error> {
     let resp = client()
         .post(format!("http://{http}{path}"))
         .header("content-type", "application/json")
@@ -58,7 +58,7 @@ fn post(http: &str, path: &str, body: &Value) -> Result<(u16, Value), reqwest::E
 }
 
 /// Polls `f` until it returns Some, or panics naming `what` after `secs`.
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         if let Some(v) = f() {
@@ -71,12 +71,15 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
 
 impl Cluster {
     /// Starts `n` nodes: the first founds the cluster, the others join through it.
-    fn start(n: usize) -> Cluster {
+    pub(crate) fn start(n: usize) -> Cluster {
         Self::start_with_env(n, |_| Vec::new())
     }
 
     /// Like [`Cluster::start`], node `i` with the extra environment `env(i)`.
-    fn start_with_env(n: usize, env: impl Fn(usize) -> Vec<(String, String)>) -> Cluster {
+    pub(crate) fn start_with_env(
+        n: usize,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("keys.toml");
         let mut c = Cluster {
@@ -96,19 +99,19 @@ impl Cluster {
         c
     }
 
-    fn data_dir(&self, i: usize) -> PathBuf {
+    pub(crate) fn data_dir(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("n{i}"))
     }
 
-    fn node(&self, i: usize) -> &VeilProcess {
+    pub(crate) fn node(&self, i: usize) -> &VeilProcess {
         self.nodes[i].as_ref().expect("node is running")
     }
 
-    fn http(&self, i: usize) -> String {
+    pub(crate) fn http(&self, i: usize) -> String {
         self.node(i).http.clone()
     }
 
-    fn start_node(&mut self, i: usize) {
+    pub(crate) fn start_node(&mut self, i: usize) {
         let key = self.key_file.display().to_string();
         let join = format!("127.0.0.1:{}", self.ports[0].peer);
         let shards = self.shards.clone();
@@ -135,7 +138,7 @@ impl Cluster {
         self.nodes[i] = Some(node);
     }
 
-    fn running(&self) -> Vec<usize> {
+    pub(crate) fn running(&self) -> Vec<usize> {
         (0..self.nodes.len())
             .filter(|i| self.nodes[*i].is_some())
             .collect()
@@ -143,7 +146,7 @@ impl Cluster {
 
     /// Waits until every shard has `voters` voters, the placed ones, and no move under way, as
     /// the first running node sees it.
-    fn wait_replicated(&self, voters: usize) {
+    pub(crate) fn wait_replicated(&self, voters: usize) {
         let http = self.http(self.running()[0]);
         wait_for("every shard replicated where it is placed", 120, || {
             let (_, status) = get(&http, "/api/v1/cluster");
@@ -153,7 +156,7 @@ impl Cluster {
     }
 
     /// The node that leads `shard`, by index.
-    fn leader_of(&self, shard: usize) -> usize {
+    pub(crate) fn leader_of(&self, shard: usize) -> usize {
         let http = self.http(self.running()[0]);
         let id = wait_for("a leader", 60, || {
             let (_, status) = get(&http, "/api/v1/cluster");
@@ -167,7 +170,7 @@ impl Cluster {
 
     /// Waits until every running node's replicas hold the same entries at the same applied
     /// index, shard by shard; returns the entries per shard.
-    fn wait_digests_agree(&self) -> Vec<u64> {
+    pub(crate) fn wait_digests_agree(&self) -> Vec<u64> {
         wait_for("replica digests to agree", 60, || {
             let per_node: Vec<Value> = self
                 .running()
@@ -190,7 +193,7 @@ impl Cluster {
 /// True when `shard` (an element of `/api/v1/cluster`'s `shards`) has `voters` voters, exactly
 /// the placed ones, no learner, and a leader: no move is under way (a count alone also holds
 /// before one) and none has left the shard electing.
-fn settled(shard: &Value, voters: usize) -> bool {
+pub(crate) fn settled(shard: &Value, voters: usize) -> bool {
     let ids = |key: &str| -> BTreeSet<u64> {
         shard[key]
             .as_array()
@@ -210,7 +213,7 @@ fn settled(shard: &Value, voters: usize) -> bool {
 
 /// The test's entries: services, levels, a searchable word in some, an email in some, an
 /// exception in some; keyed when `keyed`.
-fn entries(tag: &str, n: usize, keyed: bool) -> Vec<Value> {
+pub(crate) fn entries(tag: &str, n: usize, keyed: bool) -> Vec<Value> {
     (0..n)
         .map(|i| {
             let level = ["INFO", "WARN", "ERROR"][i % 3];
@@ -233,20 +236,20 @@ fn entries(tag: &str, n: usize, keyed: bool) -> Vec<Value> {
 }
 
 /// What identifies one of the test's entries, sent or stored: its batch and position.
-fn batch_and_n(e: &Value) -> (String, u64) {
+pub(crate) fn batch_and_n(e: &Value) -> (String, u64) {
     (
         e["fields"]["batch"].as_str().unwrap().to_string(),
         e["fields"]["n"].as_u64().unwrap(),
     )
 }
 
-fn ingest(http: &str, batch: &[Value]) -> Result<(u16, Value), reqwest::Error> {
+pub(crate) fn ingest(http: &str, batch: &[Value]) -> Result<(u16, Value), reqwest::Error> {
     post(http, "/api/v1/logs", &Value::Array(batch.to_vec()))
 }
 
 /// Sends batch `round` as a client with retries does: to the next target after each failure,
 /// until every entry is acknowledged (within a minute).
-fn ingest_until_acked(targets: &[String], round: usize, batch: &[Value]) {
+pub(crate) fn ingest_until_acked(targets: &[String], round: usize, batch: &[Value]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut attempt = 0;
     loop {
@@ -1022,7 +1025,7 @@ fn a_wiped_node_is_restored_through_a_snapshot() {
 
 /// A `veil cluster up` process; if the test fails first, it is sent SIGTERM (so it stops its
 /// nodes, which a SIGKILL would leave running) and waited for.
-struct Up(std::process::Child);
+pub(crate) struct Up(pub(crate) std::process::Child);
 
 impl Drop for Up {
     fn drop(&mut self) {
@@ -1037,7 +1040,7 @@ impl Drop for Up {
 }
 
 /// Runs `veil cluster up` until it says `cluster ready`; returns the process and its node lines.
-fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
+pub(crate) fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
     use std::io::BufRead;
     let mut child = Up(std::process::Command::new(env!("CARGO_BIN_EXE_veil"))
         .args(["cluster", "up", "--nodes", "3", "--dir"])
@@ -1071,7 +1074,7 @@ fn cluster_up(dir: &Path, base: u16) -> (Up, Vec<String>) {
     }
 }
 
-fn sigterm_and_wait(up: &mut Up) {
+pub(crate) fn sigterm_and_wait(up: &mut Up) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &up.0.id().to_string()])
         .status()
@@ -1081,11 +1084,10 @@ fn sigterm_and_wait(up: &mut Up) {
     assert!(exit.success(), "veil cluster up exited with {exit}");
 }
 
-#[test]
-fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
-    let dir = tempfile::tempdir().unwrap();
-    // Nine ports: base, base+10 and base+20, each with the next two.
-    let base = loop {
+/// A base port for `cluster up`'s three nodes: base, base+10 and base+20, each with the next
+/// two, all free now.
+pub(crate) fn free_base() -> u16 {
+    loop {
         let p = Ports::free();
         let free = [10u16, 11, 12, 20, 21, 22]
             .iter()
@@ -1093,7 +1095,13 @@ fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
         if free {
             break p.http;
         }
-    };
+    }
+}
+
+#[test]
+fn cluster_up_starts_three_nodes_and_restarts_them_on_the_same_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
     let (mut up, lines) = cluster_up(dir.path(), base);
     assert_eq!(lines.len(), 3, "{lines:?}");
     for (i, line) in lines.iter().enumerate() {
@@ -1217,7 +1225,7 @@ fn a_keyed_retry_to_a_node_an_hour_ahead_without_the_first_copy_s_shard_is_store
 }
 
 /// Each shard's voters, learners and what `/api/v1/cluster` through `http` says.
-fn memberships(http: &str) -> Vec<(BTreeSet<u64>, usize)> {
+pub(crate) fn memberships(http: &str) -> Vec<(BTreeSet<u64>, usize)> {
     let (_, status) = get(http, "/api/v1/cluster");
     status["shards"]
         .as_array()

@@ -34,7 +34,7 @@ fn toml_config_sets_the_shard_count_and_the_data_dir_records_it() {
     veil.stop();
     let recorded = std::fs::read_to_string(data.join("veil.toml")).unwrap();
     assert!(recorded.contains("shards = 3"), "{recorded}");
-    assert!(recorded.contains("format_version = 14"), "{recorded}");
+    assert!(recorded.contains("format_version = 15"), "{recorded}");
 
     // A flag wins over the file, and must still agree with what the directory recorded.
     let err = Veil::try_start(
@@ -58,7 +58,7 @@ fn an_unknown_on_disk_format_is_a_clear_error() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 14", "format_version = 99");
+        .replace("format_version = 15", "format_version = 99");
     std::fs::write(&path, text).unwrap();
     let err = Veil::try_start(dir.path(), &[])
         .err()
@@ -184,7 +184,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     let path = dir.path().join("veil.toml");
     let text = std::fs::read_to_string(&path)
         .unwrap()
-        .replace("format_version = 14", "format_version = 2");
+        .replace("format_version = 15", "format_version = 2");
     std::fs::write(&path, text).unwrap();
     // The index goes with the old format: only a rebuild from the entries can answer.
     let index = dir.path().join("index");
@@ -213,7 +213,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
     veil.stop();
     assert!(raft_logs_moved(dir.path(), &logs_shared));
     let recorded = std::fs::read_to_string(&path).unwrap();
-    assert!(recorded.contains("format_version = 14"), "{recorded}");
+    assert!(recorded.contains("format_version = 15"), "{recorded}");
 
     // Formats 4 to 12 differ in what newer builds may write, in the hourly rollups per
     // dimensions (built at open before 9), in the index (rebuilt at open before 10; format
@@ -230,7 +230,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         "format_version = 11",
         "format_version = 12",
     ] {
-        std::fs::write(&path, recorded.replace("format_version = 14", old)).unwrap();
+        std::fs::write(&path, recorded.replace("format_version = 15", old)).unwrap();
         // As a directory of those formats: before 9, no hourly rollups per dimensions.
         if ![
             "format_version = 9",
@@ -256,7 +256,7 @@ fn a_format_2_directory_is_upgraded_with_its_hourly_rollups_rebuilt() {
         assert_eq!(shared_entries(dir.path()), 0, "{old}: moved, not copied");
         assert!(raft_logs_moved(dir.path(), &logs_shared), "{old}");
         let recorded = std::fs::read_to_string(&path).unwrap();
-        assert!(recorded.contains("format_version = 14"), "{recorded}");
+        assert!(recorded.contains("format_version = 15"), "{recorded}");
     }
 }
 

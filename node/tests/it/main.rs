@@ -12,6 +12,7 @@ mod compact;
 mod config;
 mod harness;
 mod ingest_query;
+mod membership;
 mod pii;
 mod privacy;
 mod query_api;

@@ -197,7 +197,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
     veil.stop();
 
     // A directory of format 13 kept its patterns in its own file: at the next start they
-    // become the cluster's (listed, applied, and the file gone), and the directory is format 14.
+    // become the cluster's (listed, applied, and the file gone), and the directory is format 15.
     let legacy = json!([{"pattern_id": "0190a8c2-0000-7000-8000-000000000001",
         "pattern_type": "badge", "regex_pattern": r"\bBDG[0-9]{4}\b",
         "masking_strategy": "REDACT", "description": null, "is_active": true,
@@ -208,7 +208,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
     let text = std::fs::read_to_string(&recorded).unwrap();
     std::fs::write(
         &recorded,
-        text.replace("format_version = 14", "format_version = 13"),
+        text.replace("format_version = 15", "format_version = 13"),
     )
     .unwrap();
     let mut veil = Veil::start(dir.path(), &[]);
@@ -228,7 +228,7 @@ fn custom_patterns_are_validated_applied_and_durable() {
     veil.stop();
     assert!(std::fs::read_to_string(&recorded)
         .unwrap()
-        .contains("format_version = 14"));
+        .contains("format_version = 15"));
     // Still there after another restart: the cluster's metadata keeps it now.
     let mut veil = Veil::start(dir.path(), &[]);
     assert_eq!(detected(&veil, "badge BDG4321 scanned"), json!(["badge"]));

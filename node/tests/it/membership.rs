@@ -1,0 +1,410 @@
+//! Shrinking and repairing a cluster of real `veil serve` processes (issue 24), each under keyed
+//! ingest with client retries and each ending with every acknowledged entry stored once,
+//! through every node with strong reads, and the replicas' digests agreeing: four nodes drained
+//! to three by `veil admin nodes decommission --wait` (the drained node stops by itself and is
+//! refused when it comes back with its directory); a dead node (killed, its directory deleted)
+//! replaced by a new one with `veil admin nodes replace`, its old id refused; the metadata
+//! group's leader killed in the middle of a move.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use veil_chaos_tests::{Ports, VeilProcess};
+
+use crate::cluster::{
+    batch_and_n, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
+    sigterm_and_wait, wait_for, Cluster,
+};
+
+fn admin(addr: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["admin", "--addr", addr])
+        .args(args)
+        .output()
+        .expect("running veil admin")
+}
+
+/// Keyed ingest with client retries over `targets` until stopped (at least five batches);
+/// answers every acknowledged entry.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Value>>,
+}
+
+impl Writer {
+    fn start(tag: &'static str, targets: Vec<String>) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writing = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut round = 0;
+            while !writing.load(Ordering::Relaxed) || round < 5 {
+                let batch = entries(&format!("{tag}{round}"), 20, true);
+                ingest_until_acked(&targets, round, &batch);
+                acked.extend(batch);
+                round += 1;
+            }
+            acked
+        });
+        Writer { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Value> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the writer")
+    }
+}
+
+/// Every acknowledged entry of phase `phase` once, through every running node, with strong
+/// reads; then every running node's replicas alike.
+fn check_nothing_lost(c: &Cluster, phase: &str, acked: &[Value]) {
+    let want: BTreeSet<(String, u64)> = acked.iter().map(batch_and_n).collect();
+    for i in c.running() {
+        let (status, found) = post(
+            &c.http(i),
+            "/api/v1/logs/query",
+            &json!({"filters": {"fields": {"phase": phase}}, "limit": 10000, "consistency": "strong"}),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{found}");
+        let logs = found["logs"].as_array().unwrap();
+        let ids: BTreeSet<&str> = logs.iter().map(|l| l["log_id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), logs.len(), "an entry stored twice (node {i})");
+        let stored: BTreeSet<(String, u64)> = logs.iter().map(batch_and_n).collect();
+        assert_eq!(stored, want, "through node {i}");
+        assert_eq!(found["total"].as_u64(), Some(want.len() as u64));
+    }
+    let per_shard = c.wait_digests_agree();
+    assert_eq!(per_shard.iter().sum::<u64>(), want.len() as u64);
+}
+
+/// The shards whose group names `id` (voter or learner), through `http`.
+fn shards_naming(http: &str, id: u64) -> usize {
+    let (_, status) = get(http, "/api/v1/cluster");
+    status["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["replicas"].as_array().unwrap().contains(&json!(id))
+                || s["learners"].as_array().unwrap().contains(&json!(id))
+        })
+        .count()
+}
+
+/// Waits until every shard has its three placed voters and a leader, none of them `gone`, and
+/// `gone` is among the removed nodes, through `http`.
+fn wait_settled_without(http: &str, gone: u64) -> Value {
+    wait_for(
+        "every shard at its placed voters without the removed node",
+        120,
+        || {
+            let (_, status) = get(http, "/api/v1/cluster");
+            let shards = status["shards"].as_array()?;
+            let done = shards.iter().all(|s| settled(s, 3))
+                && shards
+                    .iter()
+                    .all(|s| !s["replicas"].as_array().unwrap().contains(&json!(gone)))
+                && status["removed_nodes"]
+                    .as_array()
+                    .is_some_and(|r| r.contains(&json!(gone)));
+            done.then_some(status)
+        },
+    )
+}
+
+/// Starts `bin serve` expecting it to refuse to start; answers its stderr.
+fn refused_start(c: &Cluster, data_dir: &Path, extra: &[&str]) -> String {
+    let key = c.key_file.display().to_string();
+    let mut args = vec!["--shards", &c.shards, "--key-file", &key];
+    args.extend(extra);
+    let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
+    match VeilProcess::start_on(bin, data_dir, &Ports::free(), &args) {
+        Ok(p) => panic!("node {} started where it must be refused", p.node_id),
+        Err(e) => e.stderr,
+    }
+}
+
+/// Issue 24: four nodes to three. `veil admin nodes decommission --wait` returns once the
+/// node's replicas have moved to the other three (learner, caught up, voter, then it leaves
+/// each shard) and it is removed; its process stops by itself; it cannot come back with its old
+/// directory; with three members left, a further decommission is refused (exit code 6).
+#[test]
+fn a_decommissioned_node_hands_its_replicas_over_and_leaves_without_losing_anything() {
+    let mut c = Cluster::start(4);
+    // The metadata group's leader and voter: the hardest one to let go (another member becomes
+    // a voter, the leadership is handed over, then it is dropped from the group).
+    let meta_leader = get(&c.http(0), "/api/v1/cluster").1["metadata_leader"]
+        .as_u64()
+        .unwrap();
+    let leaving = (0..4).find(|i| c.node(*i).node_id == meta_leader).unwrap();
+    let (asked, other) = {
+        let mut rest = (0..4).filter(|i| *i != leaving);
+        (rest.next().unwrap(), rest.next().unwrap())
+    };
+    let id = c.node(leaving).node_id;
+    let held = shards_naming(&c.http(asked), id);
+    assert!(held >= 1, "node {id} holds replicas before it leaves");
+    let writer = Writer::start("d", (0..4).map(|i| c.http(i)).collect());
+    let out = admin(
+        &c.http(asked),
+        &[
+            "nodes",
+            "decommission",
+            &id.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(done["node_id"], id, "{done}");
+    assert_eq!(done["membership"], "removed", "{done}");
+    assert_eq!(done["replicas_moved"], held, "{done}");
+    // What the command waited for is what the cluster says.
+    let status = wait_settled_without(&c.http(asked), id);
+    assert_ne!(status["metadata_leader"], json!(id), "{status}");
+    // The metadata group keeps three voters, none of them the removed node.
+    let voters = wait_for("three metadata voters without the removed node", 30, || {
+        let voters = get(&c.http(asked), "/api/v1/cluster").1["metadata_voters"].clone();
+        let v = voters.as_array()?;
+        (v.len() == 3 && !v.contains(&json!(id))).then_some(voters)
+    });
+    let members: Vec<Value> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].clone())
+        .collect();
+    assert_eq!(voters, json!(members), "{status}");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    let exited = c.nodes[leaving]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    let stderr = c.node(leaving).stderr();
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the removed node stops by itself: {exited:?}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("node {id} was removed from cluster")),
+        "{stderr}"
+    );
+    c.nodes[leaving] = None;
+    let acked = writer.finish();
+    check_nothing_lost(&c, "d", &acked);
+
+    // Three active members: another decommission would leave a shard two replicas.
+    let other = c.node(other).node_id.to_string();
+    let out = admin(&c.http(asked), &["nodes", "decommission", &other]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("veil admin: ") && err.contains("too_few_members"),
+        "{err}"
+    );
+    // The HTTP answer says the same, typed: 409 too_few_members.
+    let (code, refusal) = post(
+        &c.http(asked),
+        &format!("/api/v1/admin/nodes/{other}/decommission"),
+        &json!({}),
+    )
+    .unwrap();
+    assert_eq!(code, 409, "{refusal}");
+    assert_eq!(refusal["error"]["code"], "too_few_members", "{refusal}");
+
+    // The removed node, started again from its directory, is told and stops.
+    let join = format!("127.0.0.1:{}", c.ports[asked].peer);
+    let stderr = refused_start(&c, &c.data_dir(leaving), &["--join", &join]);
+    assert!(
+        stderr.contains(&format!("node {id} was removed from cluster")),
+        "{stderr}"
+    );
+    // And the members did not take it back.
+    let (_, status) = get(&c.http(asked), "/api/v1/cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+}
+
+/// Adds a slot for one more node to `c` (fresh ports, its own data directory); answers its index.
+fn add_slot(c: &mut Cluster) -> usize {
+    c.ports.push(Ports::free());
+    c.nodes.push(None);
+    c.env.push(Vec::new());
+    c.nodes.len() - 1
+}
+
+/// Issue 24: a dead node (killed, its directory deleted) replaced by a new one. The new node
+/// joins and takes its share by itself; `veil admin nodes replace DEAD --by NEW --wait` removes
+/// the dead one and returns once its replicas are rebuilt from the live ones; the dead id,
+/// asked for again, is refused.
+#[test]
+fn a_dead_node_is_replaced_its_replicas_rebuilt_and_its_id_refused_when_it_returns() {
+    let mut c = Cluster::start(3);
+    let dead = 1;
+    let dead_id = c.node(dead).node_id;
+    let writer = Writer::start("r", vec![c.http(0), c.http(2)]);
+    c.nodes[dead].as_mut().unwrap().kill9();
+    c.nodes[dead] = None;
+    std::fs::remove_dir_all(c.data_dir(dead)).unwrap();
+    let new = add_slot(&mut c);
+    c.start_node(new);
+    let new_id = c.node(new).node_id;
+    assert_ne!(new_id, dead_id, "a new node gets a new id");
+    let out = admin(
+        &c.http(0),
+        &[
+            "nodes",
+            "replace",
+            &dead_id.to_string(),
+            "--by",
+            &new_id.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(done["membership"], "removed", "{done}");
+    let status = wait_settled_without(&c.http(0), dead_id);
+    let ids: BTreeSet<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert!(ids.contains(&new_id) && !ids.contains(&dead_id), "{status}");
+    assert_eq!(
+        shards_naming(&c.http(0), new_id),
+        4,
+        "three members: the new one holds every shard"
+    );
+    let acked = writer.finish();
+    check_nothing_lost(&c, "r", &acked);
+
+    // The old id again, from a new directory: refused, and told why.
+    let join = format!("127.0.0.1:{}", c.ports[0].peer);
+    let fresh = c.dir.path().join("comeback");
+    let stderr = refused_start(
+        &c,
+        &fresh,
+        &["--join", &join, "--node-id", &dead_id.to_string()],
+    );
+    assert!(
+        stderr.contains(&format!("node {dead_id} was removed from this cluster")),
+        "{stderr}"
+    );
+    let (_, status) = get(&c.http(0), "/api/v1/cluster");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+}
+
+/// Issue 24: the metadata group's leader killed (SIGKILL) in the middle of a move: another node
+/// takes the metadata group over and goes on from the memberships the proposals left; once
+/// the killed node is back, every move finishes and nothing acknowledged is lost.
+#[test]
+fn killing_the_metadata_leader_in_the_middle_of_a_move_loses_nothing() {
+    let mut c = Cluster::start(4);
+    let status = get(&c.http(0), "/api/v1/cluster").1;
+    let meta_leader = status["metadata_leader"].as_u64().unwrap();
+    let index_of = |c: &Cluster, id: u64| {
+        c.running()
+            .into_iter()
+            .find(|i| c.node(*i).node_id == id)
+            .unwrap()
+    };
+    let killed = index_of(&c, meta_leader);
+    let leaving = (0..4).find(|i| *i != killed).unwrap();
+    let leaving_id = c.node(leaving).node_id;
+    let asked = (0..4).find(|i| *i != killed && *i != leaving).unwrap();
+    let writer = Writer::start("k", (0..4).map(|i| c.http(i)).collect());
+    let (code, answer) = post(
+        &c.http(asked),
+        &format!("/api/v1/admin/nodes/{leaving_id}/decommission"),
+        &json!({}),
+    )
+    .unwrap();
+    assert_eq!(code, 202, "{answer}");
+    // The move has begun (the placement no longer names the node) and is not done.
+    let moving = shards_naming(&c.http(asked), leaving_id);
+    assert!(moving >= 1, "the move ended before the kill");
+    c.nodes[killed].as_mut().unwrap().kill9();
+    c.nodes[killed] = None;
+    wait_for("another metadata leader", 60, || {
+        let leader = get(&c.http(asked), "/api/v1/cluster").1["metadata_leader"].as_u64()?;
+        (leader != meta_leader).then_some(())
+    });
+    // The killed node is a placed member: the moves that put a replica on it finish once it
+    // is back.
+    c.start_node(killed);
+    wait_settled_without(&c.http(asked), leaving_id);
+    let exited = c.nodes[leaving]
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(60));
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    c.nodes[leaving] = None;
+    let acked = writer.finish();
+    check_nothing_lost(&c, "k", &acked);
+}
+
+/// A node of `veil cluster up` that is decommissioned stops by itself; `cluster up` says so
+/// and keeps the others running (any other exit of a node stops them all). Three nodes, so
+/// the decommission needs `--force` and leaves two replicas per shard.
+#[test]
+fn cluster_up_keeps_the_other_nodes_when_one_is_decommissioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (mut up, _) = cluster_up(dir.path(), base);
+    let http = format!("127.0.0.1:{base}");
+    let out = admin(&http, &["nodes", "decommission", "3"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let out = admin(
+        &http,
+        &[
+            "nodes",
+            "decommission",
+            "3",
+            "--force",
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let two = wait_for("every shard on the two nodes left", 60, || {
+        let (_, status) = get(&http, "/api/v1/cluster");
+        let shards = status["shards"].as_array()?;
+        shards
+            .iter()
+            .all(|s| s["replicas"] == json!([1, 2]) && s["leader"].is_u64())
+            .then_some(status)
+    });
+    assert_eq!(two["removed_nodes"], json!([3]), "{two}");
+    let (code, answer) = crate::cluster::ingest(&http, &entries("up", 10, true)).unwrap();
+    assert_eq!(code, 200, "{answer}");
+    assert!(
+        up.0.try_wait().unwrap().is_none(),
+        "cluster up stopped with a node"
+    );
+    sigterm_and_wait(&mut up);
+}
