@@ -11,7 +11,7 @@ set -u
 B=$1; R=$2; shift 2
 TOTAL=${SECONDS_TOTAL:-60}; IV=${INTERVAL:-10}; N=$((TOTAL / IV))
 rm -rf "$R"; mkdir -p "$R"
-"$B" serve --data-dir "$R/data" --http-addr 127.0.0.1:17450 --grpc-addr 127.0.0.1:17451 "$@" > "$R/serve.log" 2>&1 &
+"$B" serve --data-dir "$R/data" --http-addr 127.0.0.1:17450 --grpc-addr 127.0.0.1:17451 --rocksdb-log-level info "$@" > "$R/serve.log" 2>&1 &
 PID=$!
 for _ in $(seq 1 300); do grep -q "veil ready" "$R/serve.log" && break; sleep 0.2; done
 snap() {

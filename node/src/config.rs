@@ -27,6 +27,32 @@ pub fn default_key_file() -> anyhow::Result<PathBuf> {
 /// it is left for the call's framing.
 pub const SHARD_ANSWER_BYTES_LIMIT: usize = veil_raft::PEER_MESSAGE_BYTES_MAX - (1 << 20);
 
+/// `--rocksdb-log-level`: RocksDB's info-log severities, least to most severe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RocksdbLogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Fatal,
+    Header,
+}
+
+impl RocksdbLogLevel {
+    /// RocksDB's own name for it.
+    pub fn rocksdb(self) -> rocksdb::LogLevel {
+        match self {
+            RocksdbLogLevel::Debug => rocksdb::LogLevel::Debug,
+            RocksdbLogLevel::Info => rocksdb::LogLevel::Info,
+            RocksdbLogLevel::Warn => rocksdb::LogLevel::Warn,
+            RocksdbLogLevel::Error => rocksdb::LogLevel::Error,
+            RocksdbLogLevel::Fatal => rocksdb::LogLevel::Fatal,
+            RocksdbLogLevel::Header => rocksdb::LogLevel::Header,
+        }
+    }
+}
+
 /// Flags of `veil serve`. Unset flags fall back to the TOML file, then to the defaults below.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,6 +208,13 @@ pub struct ServeArgs {
     /// RocksDB's own small cache [default: 1 GiB].
     #[arg(long, env = "VEIL_BLOCK_CACHE_BYTES")]
     pub block_cache_bytes: Option<u64>,
+    /// Least severity RocksDB writes to its own `LOG` file in the data directory: debug, info,
+    /// warn, error, fatal or header (the options at open, nothing after). Below `header`, a
+    /// full disk can end the node: Debian's librocksdb asserts when a log line follows one the
+    /// disk refused, so the default writes nothing once the node runs; `info` is what the
+    /// compaction profiles in BENCHMARKS.md read [default: header].
+    #[arg(long, env = "VEIL_ROCKSDB_LOG_LEVEL", value_enum)]
+    pub rocksdb_log_level: Option<RocksdbLogLevel>,
     /// Free bytes the data directory's filesystem must keep: below it, ingest answers 507
     /// (queries go on) until space is freed, instead of RocksDB failing mid-write; 0 turns the
     /// check off [default: 1 GiB].
@@ -346,6 +379,8 @@ pub struct NodeConfig {
     pub wal_bytes_max: u64,
     /// RocksDB block cache bytes (0: RocksDB's per-family default).
     pub block_cache_bytes: u64,
+    /// Least severity of RocksDB's own `LOG` lines.
+    pub rocksdb_log_level: RocksdbLogLevel,
     /// Free bytes below which ingest is refused (0: no check).
     pub disk_free_bytes_min: u64,
     /// Start-up leader election deadline, in ms.
@@ -433,6 +468,7 @@ impl ServeArgs {
             raft_logs_kept: pick!(raft_logs_kept, 1_000),
             wal_bytes_max: pick!(wal_bytes_max, 512 << 20),
             block_cache_bytes: pick!(block_cache_bytes, 1 << 30),
+            rocksdb_log_level: pick!(rocksdb_log_level, RocksdbLogLevel::Header),
             disk_free_bytes_min: pick!(disk_free_bytes_min, 1 << 30),
             startup_timeout_ms: pick!(startup_timeout_ms, 60_000),
             fields_per_entry_max: pick!(fields_per_entry_max, 256),

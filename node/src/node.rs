@@ -183,6 +183,9 @@ fn open_db(
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
     opts.set_max_total_wal_size(config.wal_bytes_max);
+    // RocksDB's LOG writer aborts the process on the line after one a full disk refused
+    // (an assertion Debian's build keeps), so by default nothing is logged once open.
+    opts.set_log_level(config.rocksdb_log_level.rocksdb());
     let cache = match config.block_cache_bytes {
         0 => None,
         bytes => Some(
