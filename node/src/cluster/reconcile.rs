@@ -23,7 +23,6 @@ use openraft::impls::BasicNode;
 use openraft::ChangeMembers;
 use veil_raft::NodeId;
 
-use super::placement;
 use super::{EnsureReplicas, EnsureReply, MetaCommand};
 use crate::node::Node;
 
@@ -85,7 +84,7 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
     meta_group(node, &state, &meta_metrics).await?;
     // Every shard's group, as a node holding it sees it (this one's view of a group it is not
     // in knows nothing).
-    let placed = placement::place(&state.placed_members(), node.shard_map.shard_count());
+    let placed = state.placement(node.shard_map.shard_count());
     let statuses = futures::future::join_all(
         (0..placed.len()).map(|shard| super::status::shard_status(node, shard as u32)),
     )
