@@ -5,7 +5,7 @@
 //! refused when it comes back with its directory); a dead node (killed, its directory deleted)
 //! replaced by a new one with `veil admin nodes replace`, its old id refused; the metadata
 //! group's leader killed in the middle of a move; one replica moved by hand with `veil admin
-//! shards move`, and the moves it refuses.
+//! shards move`, and the moves it refuses; a move's snapshot sent no faster than its bound.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use veil_chaos_tests::{Ports, VeilProcess};
 
 use crate::cluster::{
-    batch_and_n, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
+    batch_and_n, client, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
     sigterm_and_wait, wait_for, Cluster,
 };
 
@@ -663,4 +663,115 @@ fn a_moved_replica_votes_before_the_old_one_leaves_and_nothing_is_lost() {
         assert_eq!(ids_of(s, "replicas"), left, "{s}");
     }
     refused_move(&http, "0", left[0], to, 409, "node_not_active");
+}
+
+/// The snapshot bytes the node at `http` has sent, from its `/metrics`.
+fn snapshot_bytes_sent(http: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("veil_raft_snapshot_bytes_sent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no snapshot bytes in the metrics:\n{text}")) as u64
+}
+
+/// `n` entries whose messages are `bytes` lowercase letters from a xorshift (zstd cannot
+/// shrink them much, and no PII pattern matches letters alone).
+fn bulky_entries(tag: &str, n: usize, bytes: usize, seed: u64) -> Vec<Value> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            let message: String = (0..bytes)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            json!({"service": "bulk", "level": "INFO", "message": message,
+                "fields": {"batch": tag, "phase": "bulk", "n": i, "idempotency_key": format!("{tag}-{i}")}})
+        })
+        .collect()
+}
+
+/// Issue 24: a move's snapshot streams no faster than `--snapshot-send-bytes-per-sec` (here
+/// through its `VEIL_` twin): one shard with a few MiB, its Raft logs purged so the new
+/// replica must get a snapshot, moved at 128 KiB/s, takes at least the bytes sent over the rate
+/// less the bucket's burst (one 1 MiB chunk). Unbounded, the same move takes well under a
+/// second on loopback.
+#[test]
+fn a_moves_snapshot_is_sent_no_faster_than_the_bound() {
+    const RATE: u64 = 128 << 10;
+    const BURST: u64 = 1 << 20;
+    let rate = [(
+        "VEIL_SNAPSHOT_SEND_BYTES_PER_SEC".to_string(),
+        RATE.to_string(),
+    )];
+    let c = Cluster::start_with_shards(4, "1", |_| rate.to_vec());
+    let http = c.http(0);
+    for round in 0..10 {
+        let batch = bulky_entries(&format!("bulk{round}"), 250, 2000, round as u64 + 7);
+        ingest_until_acked(std::slice::from_ref(&http), round, &batch);
+    }
+    // Every node snapshots and purges its log: the new replica cannot catch up from the log.
+    for i in 0..4 {
+        let (code, answer) = post(&c.http(i), "/api/v1/admin/compact", &json!({})).unwrap();
+        assert_eq!(code, 200, "{answer}");
+    }
+    let status = get(&http, "/api/v1/cluster").1;
+    let voters = ids_of(&status["shards"][0], "replicas");
+    let leader = status["shards"][0]["leader"].as_u64().unwrap();
+    let from = *voters.iter().find(|id| **id != leader).unwrap();
+    let to = (1..=4).find(|id| !voters.contains(id)).unwrap();
+    let sent_before: Vec<u64> = (0..4).map(|i| snapshot_bytes_sent(&c.http(i))).collect();
+    let started = std::time::Instant::now();
+    let out = admin(
+        &http,
+        &[
+            "shards",
+            "move",
+            "0",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "300",
+            "--json",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = (0..4)
+        .map(|i| snapshot_bytes_sent(&c.http(i)) - sent_before[i])
+        .max()
+        .unwrap();
+    assert!(
+        sent >= BURST + (512 << 10),
+        "only {sent} snapshot bytes sent: a test of nothing"
+    );
+    let floor = Duration::from_secs_f64((sent - BURST) as f64 / RATE as f64);
+    assert!(
+        took >= floor,
+        "{sent} bytes at {RATE} B/s moved in {took:?}, under {floor:?}"
+    );
+    c.wait_replicated(3);
+    let (_, found) = post(
+        &http,
+        "/api/v1/logs/query",
+        &json!({"filters": {"fields": {"phase": "bulk"}}, "limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(found["total"], 2500, "{found}");
+    wait_voter_digests_agree(&c);
 }
