@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// at a time, each a snapshot and a catch-up, so ingest goes on) [default: 2].
     #[arg(long, env = "VEIL_REPLICA_MOVES_MAX")]
     pub replica_moves_max: Option<usize>,
+    /// Most bytes per second of snapshots this node sends, every shard's together (a replica
+    /// moving here or there, a replica rebuilt), so moves leave the network and disk to ingest;
+    /// 0 is no bound. The default leaves half of a 1 Gbit/s link and most of a disk's
+    /// bandwidth to the rest, and moves a 1 GiB replica in 16 s (CockroachDB bounds its
+    /// rebalancing snapshots at 32 MiB/s, TiKV at 100 MB/s) [default: 64 MiB].
+    #[arg(long, env = "VEIL_SNAPSHOT_SEND_BYTES_PER_SEC")]
+    pub snapshot_send_bytes_per_sec: Option<u64>,
     /// Largest request body, in bytes [default: 10 MiB].
     #[arg(long, env = "VEIL_BODY_BYTES_MAX")]
     pub body_bytes_max: Option<usize>,
@@ -323,6 +330,8 @@ pub struct NodeConfig {
     pub leader_balance_interval_ms: u64,
     /// Most shards changing replicas at once.
     pub replica_moves_max: usize,
+    /// Bound on the snapshot bytes this node sends per second (0: none).
+    pub snapshot_send_bytes_per_sec: u64,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
     /// Largest entry, in bytes.
@@ -437,6 +446,7 @@ impl ServeArgs {
             forward_try_timeout_ms: pick!(forward_try_timeout_ms, 2_500),
             leader_balance_interval_ms: pick!(leader_balance_interval_ms, 0),
             replica_moves_max: pick!(replica_moves_max, 2),
+            snapshot_send_bytes_per_sec: pick!(snapshot_send_bytes_per_sec, 64 << 20),
             body_bytes_max: pick!(body_bytes_max, 10 << 20),
             entry_bytes_max: pick!(entry_bytes_max, 256 << 10),
             batch_entries_max: pick!(batch_entries_max, 10_000),

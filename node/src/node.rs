@@ -227,7 +227,11 @@ impl Node {
         let (db, column_families, block_cache) = open_db(&config, info.shards)?;
         let syncer = LogSyncer::start(db.clone(), 4096)?;
         let shard_map = ShardMap::new(info.shards);
-        let peers = Peers::default();
+        // One bucket for every group's snapshot sends, a chunk's worth of burst.
+        let peers = Peers::new(veil_raft::RateLimit::new(
+            config.snapshot_send_bytes_per_sec,
+            veil_raft::SNAPSHOT_CHUNK_BYTES as u64,
+        ));
         let router = Router::new(config.data_dir.join("snapshots-received"));
         let raft_config = Arc::new(
             openraft::Config {

@@ -1,8 +1,9 @@
 //! Veil's Raft layer: the openraft type configuration every group uses, the RocksDB-backed
 //! Raft log store that all groups of a node share (one WAL, one fsync per group commit), and the
 //! transport between nodes: [`Peers`] (one gRPC connection per peer, carrying every group),
-//! [`PeerNetwork`] (a group's openraft network over it) and [`Router`] (the receiving side,
-//! which hands each message to its group).
+//! [`PeerNetwork`] (a group's openraft network over it), [`Router`] (the receiving side,
+//! which hands each message to its group) and [`RateLimit`] (the bound on the bytes of
+//! snapshots a node sends).
 //!
 //! This crate knows nothing of what a state machine stores: a command is opaque bytes
 //! ([`Command`]) and so is its answer ([`CommandResponse`]). The `shard` crate encodes its batches
@@ -20,6 +21,7 @@
 mod error;
 mod log_store;
 mod peer;
+mod rate_limit;
 mod router;
 mod snapshot;
 mod types;
@@ -30,6 +32,7 @@ pub use log_store::{
     LogSyncer, CF_RAFT_LOG, CF_RAFT_META,
 };
 pub use peer::{endpoint, PeerNetwork, Peers, PEER_MESSAGE_BYTES_MAX, SNAPSHOT_CHUNK_BYTES};
+pub use rate_limit::RateLimit;
 pub use router::{GroupEndpoint, Router};
 pub use snapshot::{LiveState, SnapshotData};
 pub use types::{Command, CommandResponse, GroupId, NodeId, TypeConfig};

@@ -5,11 +5,13 @@
 //! Messages are openraft's own request and answer types encoded with bincode inside the
 //! `veil.peer.v1.RaftTransport` service; both ends are the same build. Snapshots travel as a
 //! client stream of chunks ([`SNAPSHOT_CHUNK_BYTES`] each, at most two queued), checksummed,
-//! as their own HTTP/2 stream, so the group's appends and votes keep flowing beside them.
+//! as their own HTTP/2 stream, so the group's appends and votes keep flowing beside them; the
+//! chunks of every group's snapshots together go no faster than the node's [`RateLimit`].
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ use veil_proto::peer::raft_transport_client::RaftTransportClient;
 use veil_proto::peer::{RaftCall, RaftKind, RaftReply, SnapshotChunk};
 
 use crate::alias::Vote;
-use crate::{GroupId, NodeId, SnapshotData, TypeConfig};
+use crate::{GroupId, NodeId, RateLimit, SnapshotData, TypeConfig};
 
 /// The size of one snapshot chunk on the wire.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
@@ -48,6 +50,10 @@ pub struct Peers {
     /// Every member's peer address as the cluster's metadata has it: preferred over the address
     /// a group's membership recorded (which may be older).
     book: Arc<Mutex<HashMap<NodeId, String>>>,
+    /// The bound on the bytes of snapshots sent, shared by every group's sends.
+    snapshot_send: RateLimit,
+    /// Snapshot bytes sent so far (for metrics).
+    snapshot_bytes_sent: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -57,6 +63,20 @@ impl std::fmt::Debug for Peers {
 }
 
 impl Peers {
+    /// Peers whose snapshot sends, all groups together, take at most what `snapshot_send`
+    /// allows (`Peers::default()` has no bound).
+    pub fn new(snapshot_send: RateLimit) -> Peers {
+        Peers {
+            snapshot_send,
+            ..Peers::default()
+        }
+    }
+
+    /// Bytes of snapshot data sent to peers since the node started.
+    pub fn snapshot_bytes_sent(&self) -> u64 {
+        self.snapshot_bytes_sent.load(Ordering::Relaxed)
+    }
+
     /// The channel to node `id` at `addr` (`HOST:PORT`), made on first use; a new address
     /// replaces the old channel.
     pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, String> {
@@ -129,6 +149,8 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             group: self.group,
             target,
             channel: self.peers.channel(target, &addr),
+            snapshot_send: self.peers.snapshot_send.clone(),
+            snapshot_bytes_sent: self.peers.snapshot_bytes_sent.clone(),
         }
     }
 }
@@ -138,6 +160,8 @@ pub struct PeerClient {
     group: GroupId,
     target: NodeId,
     channel: Result<Channel, String>,
+    snapshot_send: RateLimit,
+    snapshot_bytes_sent: Arc<AtomicU64>,
 }
 
 fn unreachable(target: NodeId, why: impl std::fmt::Display) -> Unreachable<TypeConfig> {
@@ -343,6 +367,11 @@ impl PeerClient {
                     break;
                 }
                 hasher.update(&buf[..n]);
+                // The bound on snapshot sends, taken before the chunk goes: a move streams no
+                // faster than `--snapshot-send-bytes-per-sec`, whatever the file's size.
+                self.snapshot_send.take(n as u64).await;
+                self.snapshot_bytes_sent
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 let chunk = SnapshotChunk {
                     data: buf[..n].to_vec(),
                     ..Default::default()

@@ -1,7 +1,8 @@
-//! `veil admin nodes decommission | remove | replace` and `leaders balance`: the membership
-//! changes of `/api/v1/admin/nodes/...`, and `--wait`, which follows the change through
-//! `GET /api/v1/cluster` (asking another member when the one at `--addr` stops, as a
-//! decommissioned node does) with a progress bar of the replicas still to move.
+//! `veil admin nodes decommission | remove | replace`, `shards move` and `leaders balance`: the
+//! membership changes of `/api/v1/admin/nodes/...` and `/api/v1/admin/shards/{shard}/move`,
+//! and `--wait`, which follows the change through `GET /api/v1/cluster` (asking another member
+//! when the one at `--addr` stops, as a decommissioned node does) with a progress bar of the
+//! replicas still to move.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -14,8 +15,8 @@ use super::print_json_or;
 /// `--wait` / `--no-wait` and the bound of a wait.
 #[derive(clap::Args)]
 pub struct WaitArgs {
-    /// Return once the change is done: every replica moved or rebuilt and the node removed
-    /// (a progress bar on a terminal).
+    /// Return once the change is done: every replica moved or rebuilt (and a decommissioned
+    /// or removed node gone), with a progress bar on a terminal.
     #[arg(long, overrides_with = "no_wait")]
     wait: bool,
     /// Return once the change is accepted (the default); `veil admin cluster status` shows
@@ -123,6 +124,149 @@ pub async fn balance(client: &Client, json: bool) -> Result<ExitCode, AdminError
         _ => "replicas are moving (or a shard has no leader); try again once they settle".into(),
     });
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn shard_move(
+    client: &Client,
+    json: bool,
+    shard: u32,
+    from: u64,
+    to: u64,
+    wait: &WaitArgs,
+) -> Result<ExitCode, AdminError> {
+    let answer = client
+        .post(
+            &format!("/api/v1/admin/shards/{shard}/move"),
+            &json!({"from": from, "to": to}),
+        )
+        .await?;
+    if !wait.wait {
+        print_json_or(json, &answer, || {
+            format!(
+                "shard {shard}'s replica is moving from node {from} to node {to} (placed on \
+                 nodes {}); `veil admin shards show {shard}` shows the move",
+                ids_text(&answer["placed"])
+            )
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = wait_until_moved(client, shard, from, to, json, wait).await?;
+    print_json_or(json, &done, || {
+        format!(
+            "shard {shard}'s replica moved from node {from} to node {to} in {} s; its voters \
+             are nodes {}",
+            done["seconds"],
+            ids_text(&done["replicas"])
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ids_text(ids: &Value) -> String {
+    ids.as_array()
+        .into_iter()
+        .flatten()
+        .map(Value::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// How far a move of `shard` from `from` to `to` has come, in the cluster's answer: 0 `to`
+/// not yet in the group, 1 a learner catching up, 2 a voter beside `from`, 3 done (`from` gone,
+/// the voters exactly the placed ones, a leader); with the shard's voters.
+fn move_step(cluster: &Value, shard: u32, from: u64, to: u64) -> (u64, Vec<u64>) {
+    let Some(s) = cluster["shards"].as_array().and_then(|s| {
+        s.iter()
+            .find(|s| s["shard"].as_u64() == Some(u64::from(shard)))
+    }) else {
+        return (0, Vec::new());
+    };
+    let ids = |key: &str| -> Vec<u64> {
+        let mut v: Vec<u64> = s[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    let (voters, learners, placed) = (ids("replicas"), ids("learners"), ids("placed"));
+    let step = if voters.contains(&to) {
+        let settled = !voters.contains(&from)
+            && !learners.contains(&from)
+            && voters == placed
+            && learners.is_empty()
+            && s["leader"].is_u64();
+        if settled {
+            3
+        } else {
+            2
+        }
+    } else if learners.contains(&to) {
+        1
+    } else {
+        0
+    };
+    (step, voters)
+}
+
+/// Follows a move until [`move_step`] says it is done; answers the shard's voters then.
+async fn wait_until_moved(
+    client: &Client,
+    shard: u32,
+    from: u64,
+    to: u64,
+    json: bool,
+    wait: &WaitArgs,
+) -> Result<Value, AdminError> {
+    const STEPS: [&str; 4] = [
+        "adding the new replica",
+        "the new replica catches up (a learner)",
+        "the new replica votes; removing the old one",
+        "done",
+    ];
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(wait.wait_timeout_secs);
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(3)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} shard {shard}, node \
+             {from} -> {to}: {{msg}}"
+        ))
+        .map_err(|e| AdminError::Failed(format!("progress bar: {e}")))?,
+    );
+    loop {
+        let cluster = client.get("/api/v1/cluster").await?;
+        let (step, voters) = move_step(&cluster, shard, from, to);
+        bar.set_position(step);
+        bar.set_message(STEPS[step as usize]);
+        if step == 3 {
+            bar.finish_and_clear();
+            return Ok(json!({
+                "shard": shard,
+                "from": from,
+                "to": to,
+                "replicas": voters,
+                "seconds": started.elapsed().as_secs(),
+            }));
+        }
+        if Instant::now() >= deadline {
+            bar.abandon();
+            return Err(AdminError::Failed(format!(
+                "shard {shard}'s replica did not move from node {from} to node {to} within {} \
+                 s; it goes on in the cluster (`veil admin shards show {shard}` shows it), or \
+                 wait longer with --wait-timeout-secs",
+                wait.wait_timeout_secs
+            )));
+        }
+        bar.tick();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The shards whose group still names `id` (voter or learner) or does not yet have exactly its

@@ -130,6 +130,21 @@ enum ShardsCommand {
         /// The shard number.
         shard: u32,
     },
+    /// Moves one replica of a shard from one member to another: the new replica enters as a
+    /// learner, catches up, becomes a voter, and only then is the old one removed. The shard
+    /// keeps this placement until a member it names is decommissioned or removed.
+    Move {
+        /// The shard number.
+        shard: u32,
+        /// The member holding the replica now.
+        #[arg(long)]
+        from: u64,
+        /// The active member to move it to (holding no replica of the shard yet).
+        #[arg(long)]
+        to: u64,
+        #[command(flatten)]
+        wait: membership::WaitArgs,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -196,6 +211,12 @@ pub async fn run(args: AdminArgs) -> ExitCode {
         AdminCommand::Shards(ShardsCommand::Show { shard }) => {
             shard_show(&client, args.json, shard).await
         }
+        AdminCommand::Shards(ShardsCommand::Move {
+            shard,
+            from,
+            to,
+            wait,
+        }) => membership::shard_move(&client, args.json, shard, from, to, &wait).await,
         AdminCommand::PiiPatterns(c) => patterns(&client, args.json, c).await,
         AdminCommand::Compact => {
             client

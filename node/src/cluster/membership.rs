@@ -193,7 +193,7 @@ impl Node {
     }
 
     /// True when member `id` answers a hello as itself now.
-    async fn member_answers(&self, id: NodeId) -> bool {
+    pub(crate) async fn member_answers(&self, id: NodeId) -> bool {
         if id == self.cluster.me {
             return true;
         }

@@ -52,6 +52,24 @@ pub struct ClusterState {
     /// Former members, with the addresses they last had: their ids are never given again, and
     /// a removed node that comes back is refused.
     pub removed: BTreeMap<NodeId, Member>,
+    /// Placement overrides, by shard: the shard's replicas as an operator moved them (`veil
+    /// admin shards move`), in priority order, used instead of the ring's. An override lasts
+    /// until a member it names leaves (decommissioned or removed): it is then dropped and the
+    /// shard falls back to the ring over the members left. A member joining changes nothing
+    /// here (the ring moves the other shards' replicas).
+    pub placement_overrides: BTreeMap<u32, Vec<NodeId>>,
+}
+
+/// The state as format 15 wrote it (no placement overrides), read once and then rewritten in
+/// today's form by the next apply.
+#[derive(Deserialize)]
+struct Format15Record {
+    last_applied: Option<LogId>,
+    membership: Membership,
+    members: BTreeMap<NodeId, Member>,
+    pii_patterns: Vec<CustomPattern>,
+    leaving: BTreeSet<NodeId>,
+    removed: BTreeMap<NodeId, Member>,
 }
 
 /// The state as data format 13 and older wrote it (members only), read once and then
@@ -93,6 +111,38 @@ pub enum MembershipRefusal {
     /// The last active member cannot go, forced or not.
     #[error("node {0} is the last active member; a cluster cannot remove all of its nodes")]
     LastMember(NodeId),
+}
+
+/// Why a replica move (`MetaCommand::MoveReplica`) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MoveRefusal {
+    /// No shard has this number.
+    #[error("the cluster has no shard {shard} (it has {shards}: 0 to {})", shards.saturating_sub(1))]
+    UnknownShard { shard: u32, shards: u32 },
+    /// No member has this id (now or ever).
+    #[error("node {0} is not a member of this cluster")]
+    NotMember(NodeId),
+    /// The node to move from holds no replica of the shard.
+    #[error(
+        "node {from} holds no replica of shard {shard} (its replicas are on nodes {placed:?})"
+    )]
+    NotAReplica {
+        shard: u32,
+        from: NodeId,
+        placed: Vec<NodeId>,
+    },
+    /// The node to move to holds one already.
+    #[error(
+        "node {to} holds a replica of shard {shard} already (its replicas are on nodes {placed:?})"
+    )]
+    AlreadyAReplica {
+        shard: u32,
+        to: NodeId,
+        placed: Vec<NodeId>,
+    },
+    /// The node to move to is leaving or removed: it would hold the replica for no time.
+    #[error("node {to} is {} and takes no replicas; move to an active member", state.as_str())]
+    NotActive { to: NodeId, state: MemberState },
 }
 
 /// What a member is, in the metadata.
@@ -157,6 +207,17 @@ pub enum MetaCommand {
     /// would leave too few active members, unless `force` (a leaving member was counted out
     /// already).
     RemoveNode { id: NodeId, force: bool },
+    /// Moves shard `shard`'s replica from member `from` to member `to`: records the shard's
+    /// placement with `to` in `from`'s place as an override (see
+    /// [`ClusterState::placement_overrides`]), which reconcile then makes the group's
+    /// membership (learner, caught up, voter, then `from` removed). `shards` is the cluster's
+    /// shard count, for the check that the shard exists.
+    MoveReplica {
+        shard: u32,
+        from: NodeId,
+        to: NodeId,
+        shards: u32,
+    },
 }
 
 /// The answer to a [`MetaCommand`].
@@ -170,6 +231,8 @@ pub enum MetaReply {
     Pattern(Result<Option<CustomPattern>, PatternRefusal>),
     /// A decommission or removal: the member's state now, or why not.
     Membership(Result<MemberState, MembershipRefusal>),
+    /// A replica move: the shard's placed replicas now, or why not.
+    Move(Result<Vec<NodeId>, MoveRefusal>),
 }
 
 impl ClusterState {
@@ -180,6 +243,23 @@ impl ClusterState {
             .filter(|id| !self.leaving.contains(id))
             .copied()
             .collect()
+    }
+
+    /// Every shard's replicas, in priority order: the ring's over [`Self::placed_members`], or
+    /// the shard's override where it has one.
+    pub fn placement(&self, shards: u32) -> Vec<Vec<NodeId>> {
+        let mut placed = super::placement::place(&self.placed_members(), shards);
+        for (shard, replicas) in &self.placement_overrides {
+            // Overrides naming a member no longer placed are dropped when it leaves; one
+            // that still did would put a replica nowhere, so the ring's placement stands.
+            let all_placed = replicas
+                .iter()
+                .all(|id| self.member_state(*id) == Some(MemberState::Active));
+            if let (Some(slot), true) = (placed.get_mut(*shard as usize), all_placed) {
+                slot.clone_from(replicas);
+            }
+        }
+        placed
     }
 
     /// What node `id` is, if it ever was a member.
@@ -217,6 +297,52 @@ impl ClusterState {
             });
         }
         Ok(())
+    }
+
+    /// Checks a move of `shard`'s replica from `from` to `to` and answers the shard's
+    /// placement after it.
+    fn moved(
+        &self,
+        shard: u32,
+        from: NodeId,
+        to: NodeId,
+        shards: u32,
+    ) -> Result<Vec<NodeId>, MoveRefusal> {
+        if shard >= shards {
+            return Err(MoveRefusal::UnknownShard { shard, shards });
+        }
+        for id in [from, to] {
+            if self.member_state(id).is_none() {
+                return Err(MoveRefusal::NotMember(id));
+            }
+        }
+        let placed = self.placement(shards)[shard as usize].clone();
+        if !placed.contains(&from) {
+            return Err(MoveRefusal::NotAReplica {
+                shard,
+                from,
+                placed,
+            });
+        }
+        if placed.contains(&to) {
+            return Err(MoveRefusal::AlreadyAReplica { shard, to, placed });
+        }
+        match self.member_state(to) {
+            Some(MemberState::Active) => {}
+            Some(state) => return Err(MoveRefusal::NotActive { to, state }),
+            None => return Err(MoveRefusal::NotMember(to)),
+        }
+        Ok(placed
+            .into_iter()
+            .map(|id| if id == from { to } else { id })
+            .collect())
+    }
+
+    /// Drops the placement overrides naming `id` (it leaves): those shards fall back to the
+    /// ring.
+    fn drop_overrides_naming(&mut self, id: NodeId) {
+        self.placement_overrides
+            .retain(|_, replicas| !replicas.contains(&id));
     }
 
     /// Applies `command`; `in_group` are the metadata group's own members (voters and
@@ -310,18 +436,28 @@ impl ClusterState {
             MetaCommand::Decommission { id, force } => {
                 MetaReply::Membership(self.may_leave(id, force).map(|()| {
                     self.leaving.insert(id);
+                    self.drop_overrides_naming(id);
                     MemberState::Leaving
                 }))
             }
             MetaCommand::RemoveNode { id, force } => {
                 MetaReply::Membership(self.may_leave(id, force).map(|()| {
                     self.leaving.remove(&id);
+                    self.drop_overrides_naming(id);
                     if let Some(member) = self.members.remove(&id) {
                         self.removed.insert(id, member);
                     }
                     MemberState::Removed
                 }))
             }
+            MetaCommand::MoveReplica {
+                shard,
+                from,
+                to,
+                shards,
+            } => MetaReply::Move(self.moved(shard, from, to, shards).inspect(|placed| {
+                self.placement_overrides.insert(shard, placed.clone());
+            })),
         }
     }
 }
@@ -353,6 +489,29 @@ fn decode_record(bytes: &[u8]) -> bincode::Result<MetaRecord> {
     };
     // An older form only when it is the whole file (bincode ignores trailing bytes).
     let whole = |size: bincode::Result<u64>| size.ok() == Some(bytes.len() as u64);
+    if let Ok(old) = bincode::deserialize::<Format15Record>(bytes) {
+        let size = bincode::serialized_size(&(
+            &old.last_applied,
+            &old.membership,
+            &old.members,
+            &old.pii_patterns,
+            &old.leaving,
+            &old.removed,
+        ));
+        if whole(size) {
+            return Ok(MetaRecord {
+                last_applied: old.last_applied,
+                membership: old.membership,
+                state: ClusterState {
+                    members: old.members,
+                    pii_patterns: old.pii_patterns,
+                    leaving: old.leaving,
+                    removed: old.removed,
+                    placement_overrides: BTreeMap::new(),
+                },
+            });
+        }
+    }
     if let Ok(old) = bincode::deserialize::<Format14Record>(bytes) {
         let size = bincode::serialized_size(&(
             &old.last_applied,
@@ -752,6 +911,131 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_move_overrides_the_ring_until_a_node_it_names_leaves() {
+        let mut s = ClusterState::default();
+        for (id, port) in [(1, 7000), (2, 7100), (3, 7200), (4, 7300), (5, 7400)] {
+            s.apply(
+                MetaCommand::AddNode {
+                    id: Some(id),
+                    member: member(port),
+                },
+                &[1],
+            );
+        }
+        let shards = 4;
+        let ring = s.placement(shards);
+        let placed = ring[1].clone();
+        let from = placed[0];
+        let to = (1..=5).find(|id| !placed.contains(id)).unwrap();
+        let elsewhere = (1..=5)
+            .find(|id| *id != to && !placed.contains(id))
+            .unwrap();
+        let mv = |from, to, shard| MetaCommand::MoveReplica {
+            shard,
+            from,
+            to,
+            shards,
+        };
+        let moved = |r: MetaReply| match r {
+            MetaReply::Move(m) => m,
+            other => panic!("{other:?}"),
+        };
+        // Refusals first: nothing changes.
+        assert_eq!(
+            moved(s.apply(mv(from, to, 4), &[1])),
+            Err(MoveRefusal::UnknownShard { shard: 4, shards })
+        );
+        assert_eq!(
+            moved(s.apply(mv(9, to, 1), &[1])),
+            Err(MoveRefusal::NotMember(9))
+        );
+        assert_eq!(
+            moved(s.apply(mv(to, elsewhere, 1), &[1])),
+            Err(MoveRefusal::NotAReplica {
+                shard: 1,
+                from: to,
+                placed: placed.clone()
+            })
+        );
+        assert_eq!(
+            moved(s.apply(mv(from, placed[1], 1), &[1])),
+            Err(MoveRefusal::AlreadyAReplica {
+                shard: 1,
+                to: placed[1],
+                placed: placed.clone()
+            })
+        );
+        assert!(s.placement_overrides.is_empty());
+        // The move: `to` in `from`'s place, the other shards as the ring has them.
+        let want: Vec<NodeId> = placed
+            .iter()
+            .map(|id| if *id == from { to } else { *id })
+            .collect();
+        assert_eq!(moved(s.apply(mv(from, to, 1), &[1])), Ok(want.clone()));
+        let now = s.placement(shards);
+        assert_eq!(now[1], want);
+        for shard in [0, 2, 3] {
+            assert_eq!(now[shard], ring[shard], "shard {shard}");
+        }
+        // A node joining leaves the override alone.
+        s.apply(
+            MetaCommand::AddNode {
+                id: None,
+                member: member(7500),
+            },
+            &[1],
+        );
+        assert_eq!(s.placement(shards)[1], want);
+        // A leaving node cannot take a replica.
+        s.apply(
+            MetaCommand::Decommission {
+                id: elsewhere,
+                force: false,
+            },
+            &[1],
+        );
+        assert_eq!(
+            moved(s.apply(mv(want[1], elsewhere, 1), &[1])),
+            Err(MoveRefusal::NotActive {
+                to: elsewhere,
+                state: MemberState::Leaving
+            })
+        );
+        assert_eq!(
+            s.placement(shards)[1],
+            want,
+            "the leaving node is not named"
+        );
+        // The node the replica moved to leaves: the shard falls back to the ring.
+        s.apply(
+            MetaCommand::Decommission {
+                id: to,
+                force: false,
+            },
+            &[1],
+        );
+        assert!(s.placement_overrides.is_empty());
+        let ring_now = super::super::placement::place(&s.placed_members(), shards);
+        assert_eq!(s.placement(shards), ring_now);
+        // Removal drops an override too.
+        let placed = s.placement(shards)[0].clone();
+        let free = s
+            .placed_members()
+            .into_iter()
+            .find(|id| !placed.contains(id))
+            .unwrap();
+        assert!(moved(s.apply(mv(placed[2], free, 0), &[1])).is_ok());
+        s.apply(
+            MetaCommand::RemoveNode {
+                id: free,
+                force: false,
+            },
+            &[1],
+        );
+        assert!(s.placement_overrides.is_empty());
+    }
+
     fn pattern(n: u128) -> CustomPattern {
         CustomPattern {
             pattern_id: uuid::Uuid::from_u128(n),
@@ -849,6 +1133,34 @@ mod tests {
         assert_eq!(store.state().pii_patterns, vec![pattern(1)]);
         assert!(store.state().leaving.is_empty() && store.state().removed.is_empty());
         assert_eq!(read_state(dir.path()).unwrap(), store.state());
+        // Format 15: no placement overrides.
+        #[derive(Serialize)]
+        struct Format15 {
+            last_applied: Option<LogId>,
+            membership: Membership,
+            members: BTreeMap<NodeId, Member>,
+            pii_patterns: Vec<CustomPattern>,
+            leaving: BTreeSet<NodeId>,
+            removed: BTreeMap<NodeId, Member>,
+        }
+        let format_15 = Format15 {
+            last_applied: None,
+            membership: Membership::default(),
+            members: members.clone(),
+            pii_patterns: vec![pattern(1)],
+            leaving: BTreeSet::from([1]),
+            removed: BTreeMap::from([(2, member(7100))]),
+        };
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            bincode::serialize(&format_15).unwrap(),
+        )
+        .unwrap();
+        let store = MetaStore::open(dir.path()).unwrap();
+        assert_eq!(store.state().members, members);
+        assert_eq!(store.state().leaving, BTreeSet::from([1]));
+        assert_eq!(store.state().removed.len(), 1);
+        assert!(store.state().placement_overrides.is_empty());
         // Bytes that are neither form are an error, not an empty cluster.
         std::fs::write(dir.path().join(STATE_FILE), b"\x01\x02").unwrap();
         assert!(MetaStore::open(dir.path()).is_err());

@@ -4,7 +4,7 @@
 //! changes, questions to a shard's replica: `service.rs` serves them), reads of any shard from
 //! its replicas here or elsewhere (`reads.rs`), the loop that keeps every shard's Raft
 //! membership equal to its placement (`reconcile.rs`), decommissioning and removing members
-//! (`membership.rs`), and leader balance (`leaders.rs`).
+//! (`membership.rs`), moving one replica by hand (`moves.rs`), and leader balance (`leaders.rs`).
 //!
 //! Every call travels over the node's [`veil_raft::Peers`]: one connection per pair of nodes
 //! carries Raft messages of every group and these calls alike.
@@ -12,6 +12,7 @@
 pub mod leaders;
 pub mod membership;
 pub mod meta;
+pub mod moves;
 pub mod patterns;
 pub mod placement;
 pub mod reads;

@@ -23,7 +23,6 @@ use openraft::impls::BasicNode;
 use openraft::ChangeMembers;
 use veil_raft::NodeId;
 
-use super::placement;
 use super::{EnsureReplicas, EnsureReply, MetaCommand};
 use crate::node::Node;
 
@@ -85,7 +84,7 @@ async fn round(node: &Arc<Node>, moves: &Arc<tokio::sync::Semaphore>) -> anyhow:
     meta_group(node, &state, &meta_metrics).await?;
     // Every shard's group, as a node holding it sees it (this one's view of a group it is not
     // in knows nothing).
-    let placed = placement::place(&state.placed_members(), node.shard_map.shard_count());
+    let placed = state.placement(node.shard_map.shard_count());
     let statuses = futures::future::join_all(
         (0..placed.len()).map(|shard| super::status::shard_status(node, shard as u32)),
     )
@@ -292,6 +291,11 @@ pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> 
         .map(|(id, _)| *id)
         .filter(|id| !voters.contains(id))
         .collect();
+    for id in &promote {
+        if let Err(why) = wait_caught_up(raft, node.cluster.me, *id).await {
+            return why;
+        }
+    }
     if !promote.is_empty() {
         tracing::info!(shard = request.shard, ?promote, "replicas become voters");
         if let Err(e) = raft
@@ -349,6 +353,40 @@ pub async fn ensure_replicas_here(node: &Arc<Node>, request: EnsureReplicas) -> 
         }
     }
     EnsureReply::Done
+}
+
+/// On a shard's leader: waits until learner `id` holds the leader's log up to where it ends
+/// now. openraft's blocking `add_learner` returns at once when the learner needs a snapshot
+/// (the log behind it purged), so a replica without the shard's data was made a voter and the
+/// one it replaced removed while the snapshot was still on its way (seen once snapshots were
+/// rate-limited: the move "finished" seconds before the data arrived).
+async fn wait_caught_up(
+    raft: &crate::proposer::ShardRaft,
+    me: NodeId,
+    id: NodeId,
+) -> Result<(), EnsureReply> {
+    let target = raft.metrics().borrow_watched().last_log_index.unwrap_or(0);
+    let matched = |m: &openraft::RaftMetrics<veil_raft::TypeConfig>| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id))
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.index())
+    };
+    let waited = raft
+        .wait(Some(CHANGE_TIMEOUT))
+        .metrics(
+            |m| matched(m) >= target || m.current_leader != Some(me),
+            "learner caught up",
+        )
+        .await;
+    match waited {
+        Ok(m) if m.current_leader != Some(me) => Err(EnsureReply::NotLeader),
+        Ok(_) => Ok(()),
+        Err(e) => Err(EnsureReply::Failed(format!(
+            "learner {id} did not catch up to index {target}: {e}"
+        ))),
+    }
 }
 
 impl Node {

@@ -57,8 +57,12 @@ pub struct ClusterHandle {
     removed: tokio::sync::watch::Sender<bool>,
 }
 
-/// Every shard's placed replicas (`placement::place`) over a member list.
-type Placed = (Vec<NodeId>, Arc<Vec<Vec<NodeId>>>);
+/// Every shard's placed replicas (`ClusterState::placement`) over a member list and the
+/// placement overrides.
+type Placed = (
+    (Vec<NodeId>, std::collections::BTreeMap<u32, Vec<NodeId>>),
+    Arc<Vec<Vec<NodeId>>>,
+);
 
 /// Releases a shard's change claim when dropped.
 pub struct ChangeClaim<'a> {
@@ -141,18 +145,19 @@ impl ClusterHandle {
     }
 
     /// Every shard's placed replicas over the active members the metadata holds now (a
-    /// leaving one is placed nowhere), in priority order (computed again only when they
-    /// change).
+    /// leaving one is placed nowhere), or a shard's placement override, in priority order
+    /// (computed again only when either changes).
     pub fn placement(&self, shards: u32) -> Arc<Vec<Vec<NodeId>>> {
-        let members = self.meta_store.state().placed_members();
+        let state = self.meta_store.state();
+        let key = (state.placed_members(), state.placement_overrides.clone());
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, placement)) = &*placed {
-            if *known == members {
+            if *known == key {
                 return placement.clone();
             }
         }
-        let placement = Arc::new(super::placement::place(&members, shards));
-        *placed = Some((members, placement.clone()));
+        let placement = Arc::new(state.placement(shards));
+        *placed = Some((key, placement.clone()));
         placement
     }
 

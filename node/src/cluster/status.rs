@@ -367,6 +367,12 @@ pub fn render_raft_metrics(node: &Node, out: &mut String) {
                 .load(std::sync::atomic::Ordering::Relaxed),
         )],
     );
+    lines(
+        "veil_raft_snapshot_bytes_sent_total",
+        "Bytes of snapshots this node sent to others (bounded by --snapshot-send-bytes-per-sec).",
+        "counter",
+        vec![(String::new(), node.cluster.peers.snapshot_bytes_sent())],
+    );
 }
 
 #[cfg(test)]

@@ -80,6 +80,15 @@ impl Cluster {
         n: usize,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> Cluster {
+        Self::start_with_shards(n, SHARDS, env)
+    }
+
+    /// Like [`Cluster::start_with_env`], with `shards` shards.
+    pub(crate) fn start_with_shards(
+        n: usize,
+        shards: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let key_file = dir.path().join("keys.toml");
         let mut c = Cluster {
@@ -87,7 +96,7 @@ impl Cluster {
             ports: (0..n).map(|_| Ports::free()).collect(),
             nodes: (0..n).map(|_| None).collect(),
             env: (0..n).map(env).collect(),
-            shards: SHARDS.to_string(),
+            shards: shards.to_string(),
             dir,
         };
         for i in 0..n {

@@ -4,7 +4,8 @@
 //! to three by `veil admin nodes decommission --wait` (the drained node stops by itself and is
 //! refused when it comes back with its directory); a dead node (killed, its directory deleted)
 //! replaced by a new one with `veil admin nodes replace`, its old id refused; the metadata
-//! group's leader killed in the middle of a move.
+//! group's leader killed in the middle of a move; one replica moved by hand with `veil admin
+//! shards move`, and the moves it refuses; a move's snapshot sent no faster than its bound.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use veil_chaos_tests::{Ports, VeilProcess};
 
 use crate::cluster::{
-    batch_and_n, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
+    batch_and_n, client, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
     sigterm_and_wait, wait_for, Cluster,
 };
 
@@ -79,8 +80,44 @@ fn check_nothing_lost(c: &Cluster, phase: &str, acked: &[Value]) {
         assert_eq!(stored, want, "through node {i}");
         assert_eq!(found["total"].as_u64(), Some(want.len() as u64));
     }
-    let per_shard = c.wait_digests_agree();
+    let per_shard = wait_voter_digests_agree(c);
     assert_eq!(per_shard.iter().sum::<u64>(), want.len() as u64);
+}
+
+/// Waits until, shard by shard, every voter's replica holds the same entries at the same
+/// applied index (a node holding no replica of a shard, as one of four does, is not asked of
+/// it); returns the entries per shard.
+fn wait_voter_digests_agree(c: &Cluster) -> Vec<u64> {
+    wait_for("the voters' digests to agree", 60, || {
+        let status = get(&c.http(c.running()[0]), "/api/v1/cluster").1;
+        let http_of = |id: &Value| {
+            status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["id"] == *id)
+                .map(|n| n["http_addr"].as_str().unwrap().to_string())
+        };
+        let mut digests = std::collections::BTreeMap::new();
+        let mut per_shard = Vec::new();
+        for (shard, s) in status["shards"].as_array()?.iter().enumerate() {
+            let mut seen = BTreeSet::new();
+            let mut entries = None;
+            for voter in s["replicas"].as_array()? {
+                let http = http_of(voter)?;
+                let lines = digests
+                    .entry(http.clone())
+                    .or_insert_with(|| get(&http, "/api/v1/admin/digests").1["shards"].clone());
+                seen.insert(lines[shard].to_string());
+                entries = lines[shard]["entries"].as_u64();
+            }
+            if seen.len() != 1 {
+                return None;
+            }
+            per_shard.push(entries?);
+        }
+        Some(per_shard)
+    })
 }
 
 /// The shards whose group names `id` (voter or learner), through `http`.
@@ -407,4 +444,334 @@ fn cluster_up_keeps_the_other_nodes_when_one_is_decommissioned() {
         "cluster up stopped with a node"
     );
     sigterm_and_wait(&mut up);
+}
+
+/// The ids in `shard[key]` of a `/api/v1/cluster` answer, sorted.
+fn ids_of(shard: &Value, key: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = shard[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Polls shard `shard`'s voters through `http` until stopped; answers the fewest seen.
+fn watch_voters(
+    http: String,
+    shard: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut fewest = usize::MAX;
+        while !stop.load(Ordering::Relaxed) {
+            let (code, status) = get(&http, "/api/v1/cluster");
+            if code == 200 {
+                let voters = status["shards"][shard]["replicas"]
+                    .as_array()
+                    .unwrap()
+                    .len();
+                fewest = fewest.min(voters);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        fewest
+    })
+}
+
+/// Runs `veil admin` expecting a refusal (exit code 1, one line naming `code`), and the same
+/// request over HTTP, expecting `status` and `code`.
+fn refused_move(http: &str, shard: &str, from: u64, to: u64, status: u16, code: &str) {
+    let out = admin(
+        http,
+        &[
+            "shards",
+            "move",
+            shard,
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(out.status.code(), Some(1), "{code}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("veil admin: ") && err.contains(code),
+        "{err}"
+    );
+    let (got, answer) = post(
+        http,
+        &format!("/api/v1/admin/shards/{shard}/move"),
+        &json!({"from": from, "to": to}),
+    )
+    .unwrap();
+    assert_eq!(got, status, "{answer}");
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+}
+
+/// Issue 24: `veil admin shards move` under keyed ingest with retries. The shard's leader's
+/// replica moves to the node that held none: the new replica votes before the old one leaves
+/// (the shard never has fewer than three voters), the placement keeps it there, and nothing
+/// acknowledged is lost or stored twice. Unknown shards and nodes, a `--from` holding no
+/// replica, a `--to` holding one or no longer active, are refused with their reasons; the
+/// override is dropped when the node it names is decommissioned.
+#[test]
+fn a_moved_replica_votes_before_the_old_one_leaves_and_nothing_is_lost() {
+    let c = Cluster::start(4);
+    let http = c.http(0);
+    let status = get(&http, "/api/v1/cluster").1;
+    let all: Vec<u64> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    let before = ids_of(&status["shards"][0], "replicas");
+    let from = status["shards"][0]["leader"].as_u64().unwrap();
+    let to = *all.iter().find(|id| !before.contains(id)).unwrap();
+    let mut want: Vec<u64> = before
+        .iter()
+        .map(|id| if *id == from { to } else { *id })
+        .collect();
+    want.sort_unstable();
+
+    let writer = Writer::start("m", (0..4).map(|i| c.http(i)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_voters(c.http(1), 0, stop.clone());
+    let out = admin(
+        &http,
+        &[
+            "shards",
+            "move",
+            "0",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+            "--json",
+        ],
+    );
+    stop.store(true, Ordering::Relaxed);
+    let fewest = watcher.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(done["shard"], 0, "{done}");
+    assert_eq!(
+        (done["from"].as_u64(), done["to"].as_u64()),
+        (Some(from), Some(to)),
+        "{done}"
+    );
+    assert_eq!(done["replicas"], json!(want), "{done}");
+    assert!(fewest >= 3, "shard 0 had {fewest} voters during the move");
+    // What the command waited for is what every node says, and the placement keeps it there.
+    c.wait_replicated(3);
+    for i in 0..4 {
+        let status = get(&c.http(i), "/api/v1/cluster").1;
+        let s0 = &status["shards"][0];
+        assert_eq!(ids_of(s0, "replicas"), want, "through node {i}: {s0}");
+        assert_eq!(ids_of(s0, "placed"), want, "through node {i}: {s0}");
+    }
+    let acked = writer.finish();
+    check_nothing_lost(&c, "m", &acked);
+
+    // Refusals, each with its reason, over the CLI (exit code 1) and HTTP alike.
+    refused_move(&http, "99", from, to, 404, "shard_not_found");
+    refused_move(&http, "0", want[0], 42, 404, "node_not_found");
+    refused_move(&http, "0", from, want[0], 409, "not_a_replica");
+    let other = *want.iter().find(|id| **id != to).unwrap();
+    refused_move(&http, "0", to, other, 409, "already_a_replica");
+    let (code, answer) = post(&http, "/api/v1/admin/shards/0/move", &json!({"from": 1})).unwrap();
+    assert_eq!(
+        (code, answer["error"]["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{answer}"
+    );
+
+    // `--no-wait --json` prints the HTTP answer: the shard's placement after the move.
+    let s1 = get(&http, "/api/v1/cluster").1["shards"][1].clone();
+    let s1_voters = ids_of(&s1, "replicas");
+    let s1_to = *all.iter().find(|id| !s1_voters.contains(id)).unwrap();
+    let s1_from = s1_voters[0];
+    let out = admin(
+        &http,
+        &[
+            "shards",
+            "move",
+            "1",
+            "--from",
+            &s1_from.to_string(),
+            "--to",
+            &s1_to.to_string(),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accepted: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert_eq!(accepted["shard"], 1, "{accepted}");
+    let placed = accepted["placed"].as_array().unwrap();
+    assert!(
+        placed.contains(&json!(s1_to)) && !placed.contains(&json!(s1_from)),
+        "{accepted}"
+    );
+    let settled_s1 = wait_for("shard 1 at its new placement", 120, || {
+        let s = get(&http, "/api/v1/cluster").1["shards"][1].clone();
+        (settled(&s, 3) && s["placed"] == accepted["placed"]).then_some(s)
+    });
+    assert!(
+        ids_of(&settled_s1, "replicas").contains(&s1_to),
+        "{settled_s1}"
+    );
+
+    // The node shard 0 moved to is decommissioned: the override is dropped, every shard falls
+    // back to the ring over the three members left (each holds every shard), and a move to the
+    // removed node is refused.
+    let out = admin(
+        &http,
+        &[
+            "nodes",
+            "decommission",
+            &to.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "120",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = wait_settled_without(&http, to);
+    let left: Vec<u64> = all.iter().copied().filter(|id| *id != to).collect();
+    for s in status["shards"].as_array().unwrap() {
+        assert_eq!(ids_of(s, "replicas"), left, "{s}");
+    }
+    refused_move(&http, "0", left[0], to, 409, "node_not_active");
+}
+
+/// The snapshot bytes the node at `http` has sent, from its `/metrics`.
+fn snapshot_bytes_sent(http: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{http}/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("veil_raft_snapshot_bytes_sent_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no snapshot bytes in the metrics:\n{text}")) as u64
+}
+
+/// `n` entries whose messages are `bytes` lowercase letters from a xorshift (zstd cannot
+/// shrink them much, and no PII pattern matches letters alone).
+fn bulky_entries(tag: &str, n: usize, bytes: usize, seed: u64) -> Vec<Value> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|i| {
+            let message: String = (0..bytes)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            json!({"service": "bulk", "level": "INFO", "message": message,
+                "fields": {"batch": tag, "phase": "bulk", "n": i, "idempotency_key": format!("{tag}-{i}")}})
+        })
+        .collect()
+}
+
+/// Issue 24: a move's snapshot streams no faster than `--snapshot-send-bytes-per-sec` (here
+/// through its `VEIL_` twin): one shard with a few MiB, its Raft logs purged so the new
+/// replica must get a snapshot, moved at 128 KiB/s, takes at least the bytes sent over the rate
+/// less the bucket's burst (one 1 MiB chunk). Unbounded, the same move takes well under a
+/// second on loopback.
+#[test]
+fn a_moves_snapshot_is_sent_no_faster_than_the_bound() {
+    const RATE: u64 = 128 << 10;
+    const BURST: u64 = 1 << 20;
+    let rate = [(
+        "VEIL_SNAPSHOT_SEND_BYTES_PER_SEC".to_string(),
+        RATE.to_string(),
+    )];
+    let c = Cluster::start_with_shards(4, "1", |_| rate.to_vec());
+    let http = c.http(0);
+    for round in 0..10 {
+        let batch = bulky_entries(&format!("bulk{round}"), 250, 2000, round as u64 + 7);
+        ingest_until_acked(std::slice::from_ref(&http), round, &batch);
+    }
+    // Every node snapshots and purges its log: the new replica cannot catch up from the log.
+    for i in 0..4 {
+        let (code, answer) = post(&c.http(i), "/api/v1/admin/compact", &json!({})).unwrap();
+        assert_eq!(code, 200, "{answer}");
+    }
+    let status = get(&http, "/api/v1/cluster").1;
+    let voters = ids_of(&status["shards"][0], "replicas");
+    let leader = status["shards"][0]["leader"].as_u64().unwrap();
+    let from = *voters.iter().find(|id| **id != leader).unwrap();
+    let to = (1..=4).find(|id| !voters.contains(id)).unwrap();
+    let sent_before: Vec<u64> = (0..4).map(|i| snapshot_bytes_sent(&c.http(i))).collect();
+    let started = std::time::Instant::now();
+    let out = admin(
+        &http,
+        &[
+            "shards",
+            "move",
+            "0",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &to.to_string(),
+            "--wait",
+            "--wait-timeout-secs",
+            "300",
+            "--json",
+        ],
+    );
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = (0..4)
+        .map(|i| snapshot_bytes_sent(&c.http(i)) - sent_before[i])
+        .max()
+        .unwrap();
+    assert!(
+        sent >= BURST + (512 << 10),
+        "only {sent} snapshot bytes sent: a test of nothing"
+    );
+    let floor = Duration::from_secs_f64((sent - BURST) as f64 / RATE as f64);
+    assert!(
+        took >= floor,
+        "{sent} bytes at {RATE} B/s moved in {took:?}, under {floor:?}"
+    );
+    c.wait_replicated(3);
+    let (_, found) = post(
+        &http,
+        "/api/v1/logs/query",
+        &json!({"filters": {"fields": {"phase": "bulk"}}, "limit": 0, "consistency": "strong"}),
+    )
+    .unwrap();
+    assert_eq!(found["total"], 2500, "{found}");
+    wait_voter_digests_agree(&c);
 }
