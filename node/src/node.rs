@@ -438,7 +438,7 @@ impl Node {
             raft_config,
             PeerNetwork::new(META_GROUP, context.peers.clone()),
             log,
-            crate::cluster::meta::MetaStateMachine::new(store.clone()),
+            crate::cluster::meta_store::MetaStateMachine::new(store.clone()),
         )
         .await
         .context("failed to start the metadata group")?;

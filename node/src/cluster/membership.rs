@@ -303,7 +303,7 @@ pub async fn refuse_if_removed(
     node_id: NodeId,
     join: Option<&str>,
 ) -> anyhow::Result<()> {
-    let own = super::meta::read_state(&data_dir.join("cluster"))?;
+    let own = super::meta_store::read_state(&data_dir.join("cluster"))?;
     let removed = |why: &str| {
         anyhow::anyhow!(
             "node {node_id} was removed from cluster {cluster_id} ({why}); a removed node \

@@ -12,6 +12,7 @@
 pub mod leaders;
 pub mod membership;
 pub mod meta;
+pub mod meta_store;
 pub mod moves;
 pub mod patterns;
 pub mod placement;
@@ -30,11 +31,12 @@ use veil_proto::peer::cluster_client::ClusterClient;
 use veil_proto::peer::ClusterCall;
 use veil_raft::NodeId;
 
-pub use meta::{Member, MetaCommand, MetaReply, MetaStore, META_GROUP};
+pub use meta::{Member, MetaCommand, MetaReply, META_GROUP};
+pub use meta_store::MetaStore;
 pub use routing::ClusterHandle;
 
 /// The metadata group's Raft handle.
-pub type MetaRaft = veil_raft::alias::Raft<meta::MetaStateMachine>;
+pub type MetaRaft = veil_raft::alias::Raft<meta_store::MetaStateMachine>;
 
 /// A node asking to join, sent to any member's peer address (forwarded to the metadata
 /// group's leader by whoever receives it).
