@@ -181,17 +181,7 @@ fn move_step(cluster: &Value, shard: u32, from: u64, to: u64) -> (u64, Vec<u64>)
     }) else {
         return (0, Vec::new());
     };
-    let ids = |key: &str| -> Vec<u64> {
-        let mut v: Vec<u64> = s[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_u64)
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    let (voters, learners, placed) = (ids("replicas"), ids("learners"), ids("placed"));
+    let (voters, learners, placed) = (ids(s, "replicas"), ids(s, "learners"), ids(s, "placed"));
     let step = if voters.contains(&to) {
         let settled = !voters.contains(&from)
             && !learners.contains(&from)
@@ -272,16 +262,6 @@ async fn wait_until_moved(
 /// The shards whose group still names `id` (voter or learner) or does not yet have exactly its
 /// placed voters.
 fn unsettled(cluster: &Value, id: u64) -> (usize, usize) {
-    let ids = |s: &Value, key: &str| -> Vec<u64> {
-        let mut v: Vec<u64> = s[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_u64)
-            .collect();
-        v.sort_unstable();
-        v
-    };
     let shards = cluster["shards"].as_array().cloned().unwrap_or_default();
     let naming = shards
         .iter()
@@ -370,4 +350,16 @@ async fn wait_until_gone(
         bar.tick();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The node ids of a shard status's `key` (`replicas`, `learners`, `placed`), sorted.
+fn ids(shard: &Value, key: &str) -> Vec<u64> {
+    let mut v: Vec<u64> = shard[key]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
+    v.sort_unstable();
+    v
 }
