@@ -78,64 +78,52 @@ fn decode_record(bytes: &[u8]) -> bincode::Result<MetaRecord> {
         Ok(record) => return Ok(record),
         Err(e) => e,
     };
-    // An older form only when it is the whole file (bincode ignores trailing bytes).
-    let whole = |size: bincode::Result<u64>| size.ok() == Some(bytes.len() as u64);
-    if let Ok(old) = bincode::deserialize::<Format15Record>(bytes) {
-        let size = bincode::serialized_size(&(
-            &old.last_applied,
-            &old.membership,
-            &old.members,
-            &old.pii_patterns,
-            &old.leaving,
-            &old.removed,
-        ));
-        if whole(size) {
-            return Ok(MetaRecord {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                state: ClusterState {
-                    members: old.members,
-                    pii_patterns: old.pii_patterns,
-                    leaving: old.leaving,
-                    removed: old.removed,
-                    placement_overrides: BTreeMap::new(),
-                },
-            });
-        }
+    if let Some(old) = whole::<Format15Record>(bytes) {
+        return Ok(MetaRecord {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            state: ClusterState {
+                members: old.members,
+                pii_patterns: old.pii_patterns,
+                leaving: old.leaving,
+                removed: old.removed,
+                placement_overrides: BTreeMap::new(),
+            },
+        });
     }
-    if let Ok(old) = bincode::deserialize::<Format14Record>(bytes) {
-        let size = bincode::serialized_size(&(
-            &old.last_applied,
-            &old.membership,
-            &old.members,
-            &old.pii_patterns,
-        ));
-        if whole(size) {
-            return Ok(MetaRecord {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                state: ClusterState {
-                    members: old.members,
-                    pii_patterns: old.pii_patterns,
-                    ..ClusterState::default()
-                },
-            });
-        }
+    if let Some(old) = whole::<Format14Record>(bytes) {
+        return Ok(MetaRecord {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            state: ClusterState {
+                members: old.members,
+                pii_patterns: old.pii_patterns,
+                ..ClusterState::default()
+            },
+        });
     }
-    if let Ok(old) = bincode::deserialize::<LegacyRecord>(bytes) {
-        let size = bincode::serialized_size(&(&old.last_applied, &old.membership, &old.members));
-        if whole(size) {
-            return Ok(MetaRecord {
-                last_applied: old.last_applied,
-                membership: old.membership,
-                state: ClusterState {
-                    members: old.members,
-                    ..ClusterState::default()
-                },
-            });
-        }
+    if let Some(old) = whole::<LegacyRecord>(bytes) {
+        return Ok(MetaRecord {
+            last_applied: old.last_applied,
+            membership: old.membership,
+            state: ClusterState {
+                members: old.members,
+                ..ClusterState::default()
+            },
+        });
     }
     Err(error)
+}
+
+/// `bytes` as a `T` when they are exactly one (`bincode::deserialize`'s encoding, but trailing
+/// bytes refused): a newer, longer record must not pass for an older one it begins like.
+fn whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .reject_trailing_bytes()
+        .deserialize(bytes)
+        .ok()
 }
 
 /// The metadata as the state file under `dir` holds it (empty when there is none), read

@@ -57,12 +57,9 @@ pub struct ClusterHandle {
     removed: tokio::sync::watch::Sender<bool>,
 }
 
-/// Every shard's placed replicas (`ClusterState::placement`) over a member list and the
-/// placement overrides.
-type Placed = (
-    (Vec<NodeId>, std::collections::BTreeMap<u32, Vec<NodeId>>),
-    Arc<Vec<Vec<NodeId>>>,
-);
+/// Every shard's placed replicas (`ClusterState::placement`), with the metadata version
+/// they were computed from.
+type Placed = (u64, Arc<Vec<Vec<NodeId>>>);
 
 /// Releases a shard's change claim when dropped.
 pub struct ChangeClaim<'a> {
@@ -146,18 +143,19 @@ impl ClusterHandle {
 
     /// Every shard's placed replicas over the active members the metadata holds now (a
     /// leaving one is placed nowhere), or a shard's placement override, in priority order
-    /// (computed again only when either changes).
+    /// (computed again only when the metadata changes, not on every question or write).
     pub fn placement(&self, shards: u32) -> Arc<Vec<Vec<NodeId>>> {
-        let state = self.meta_store.state();
-        let key = (state.placed_members(), state.placement_overrides.clone());
+        // The version before the state: a change between the two is then computed again on
+        // the next call, never kept under the newer version.
+        let version = self.meta_store.version();
         let mut placed = self.placed.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((known, placement)) = &*placed {
-            if *known == key {
+            if *known == version {
                 return placement.clone();
             }
         }
-        let placement = Arc::new(state.placement(shards));
-        *placed = Some((key, placement.clone()));
+        let placement = Arc::new(self.meta_store.state().placement(shards));
+        *placed = Some((version, placement.clone()));
         placement
     }
 
