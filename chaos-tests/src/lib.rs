@@ -104,6 +104,13 @@ impl Ports {
     }
 }
 
+/// The `name=value` word of a ready (or awaiting) line.
+fn line_field(line: &str, name: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")).map(String::from))
+        .unwrap_or_else(|| panic!("the ready line names {name}: {line}"))
+}
+
 /// How long a node may take to print its ready line (a cold debug build on two cores is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -146,12 +153,15 @@ pub struct VeilProcess {
     pub grpc: String,
     /// The peer (node-to-node) address from the ready line.
     pub peer: String,
-    /// The node's id in its cluster, from the ready line.
+    /// The node's id in its cluster, from the ready line (0 while a node started with
+    /// `--await-add` awaits its invitation: see [`VeilProcess::wait_ready`]).
     pub node_id: u64,
     /// The data directory.
     pub data_dir: PathBuf,
     stderr: Arc<Mutex<String>>,
     args: Vec<String>,
+    /// The ready line to come, while the node awaits its invitation.
+    ready: Option<std::sync::mpsc::Receiver<String>>,
 }
 
 impl VeilProcess {
@@ -262,7 +272,7 @@ impl VeilProcess {
         let stdout = child.stdout.take().expect("stdout is piped");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with("veil ready ") {
+                if line.starts_with("veil ready ") || line.starts_with("veil awaiting add ") {
                     // The receiver may have given up already; nothing to do then.
                     let _ = tx.send(line);
                 }
@@ -281,21 +291,44 @@ impl VeilProcess {
                 stderr,
             });
         };
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")).map(String::from))
-                .unwrap_or_else(|| panic!("the ready line names {name}: {line}"))
-        };
+        let awaiting = line.starts_with("veil awaiting add ");
         Ok(VeilProcess {
-            http: field("http"),
-            grpc: field("grpc"),
-            peer: field("peer"),
-            node_id: field("node").parse().expect("a numeric node id"),
+            http: line_field(&line, "http"),
+            grpc: line_field(&line, "grpc"),
+            peer: line_field(&line, "peer"),
+            node_id: if awaiting {
+                0
+            } else {
+                line_field(&line, "node")
+                    .parse()
+                    .expect("a numeric node id")
+            },
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             stderr,
             args,
+            ready: awaiting.then_some(rx),
         })
+    }
+
+    /// For a node started with `--await-add`: waits for its ready line once a member added it,
+    /// and takes its node id from it. A node that printed its ready line at start returns at
+    /// once.
+    pub fn wait_ready(&mut self) -> Result<(), StartError> {
+        let Some(rx) = self.ready.take() else {
+            return Ok(());
+        };
+        let line = rx.recv_timeout(READY_TIMEOUT).map_err(|_| StartError {
+            message: format!(
+                "veil {:?} printed no ready line after it was added",
+                self.args
+            ),
+            stderr: self.stderr(),
+        })?;
+        self.node_id = line_field(&line, "node")
+            .parse()
+            .expect("a numeric node id");
+        Ok(())
     }
 
     /// Kills the process with SIGKILL and waits for it.

@@ -86,6 +86,12 @@ pub struct ServeArgs {
     /// it a node founds a new cluster, or reopens its own.
     #[arg(long, env = "VEIL_JOIN")]
     pub join: Option<String>,
+    /// Starts a node with no data directory yet that waits, serving only its invitation, until
+    /// a member adds it (`veil admin nodes add THIS_HTTP_ADDR`); it then joins through that
+    /// member as `--join` does. A node with a directory starts as usual.
+    #[arg(long, env = "VEIL_AWAIT_ADD", conflicts_with = "join")]
+    #[serde(default)]
+    pub await_add: bool,
     /// How long a write keeps retrying a shard whose leader is moving or unreachable before it
     /// answers 503 [default: 10000].
     #[arg(long, env = "VEIL_FORWARD_TIMEOUT_MS")]
@@ -322,6 +328,8 @@ pub struct NodeConfig {
     pub peer_addr: SocketAddr,
     /// A member's peer address to join through.
     pub join: Option<String>,
+    /// Wait for a member's invitation instead of founding a cluster.
+    pub await_add: bool,
     /// Retry bound of a write across leader changes, in ms.
     pub forward_timeout_ms: u64,
     /// Bound of one forwarded try, in ms.
@@ -442,6 +450,7 @@ impl ServeArgs {
             node_id: self.node_id.or(file.node_id),
             peer_addr: pick!(peer_addr, SocketAddr::from(([127, 0, 0, 1], 7422))),
             join: self.join.or(file.join),
+            await_add: self.await_add || file.await_add,
             forward_timeout_ms: pick!(forward_timeout_ms, 10_000),
             forward_try_timeout_ms: pick!(forward_try_timeout_ms, 2_500),
             leader_balance_interval_ms: pick!(leader_balance_interval_ms, 0),
@@ -633,6 +642,11 @@ impl NodeConfig {
             bail!(
                 "--query-age-weight must be a number 0 or more, got {}",
                 self.query_age_weight
+            );
+        }
+        if self.await_add && self.join.is_some() {
+            bail!(
+                "--await-add waits for a member to add this node; --join joins one now: give one"
             );
         }
         if self.index_commit_interval_ms == 0 {

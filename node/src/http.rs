@@ -43,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .merge(crate::shippers::bulk::router())
         .merge(crate::cluster::membership::router())
+        .merge(crate::cluster::adding::router())
         .merge(crate::cluster::moves::router())
         .layer(DefaultBodyLimit::disable())
         .with_state(node)

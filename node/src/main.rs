@@ -50,7 +50,7 @@ enum Command {
     /// Load a running node: `veil bench ingest`, `veil bench query`.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Administer a cluster through any node: `veil admin cluster status`, `nodes list`,
+    /// Administer a cluster through any node: `veil admin cluster status`, `nodes list|add`,
     /// `shards list|show`, `pii-patterns list|add|change|delete`, `compact`.
     Admin(admin::AdminArgs),
 }
@@ -123,6 +123,13 @@ async fn serve(config: config::NodeConfig) -> anyhow::Result<()> {
         http_addr: http_addr.to_string(),
         grpc_addr: grpc_addr.to_string(),
         peer_addr: peer_addr.to_string(),
+    };
+    // A node to be added by a member waits for its invitation, which makes it a member with
+    // a directory; one with a directory already (an added node restarted) starts as usual.
+    let http_listener = if config.await_add && datadir::read_info(&config.data_dir)?.is_none() {
+        cluster::adding::await_add(&config, &member, http_listener).await?
+    } else {
+        http_listener
     };
     resolve_identity(&config, &member).await?;
     let node = node::Node::start(config, member).await?;
@@ -271,22 +278,8 @@ async fn resolve_identity(
     };
     match info {
         None => {
-            let keys = match veil_node::pii::keys::KeyRing::from_env()? {
-                Some(k) => k,
-                None => veil_node::pii::keys::KeyRing::load_or_create(&config.key_file)?,
-            };
-            let request = cluster::JoinRequest {
-                member: member.clone(),
-                key_fingerprint: keys.fingerprint(),
-                node_id: config.node_id,
-            };
             let timeout = std::time::Duration::from_millis(config.startup_timeout_ms);
-            let (cluster_id, node_id, shards) = cluster::join(join, &request, timeout).await?;
-            if let Some(asked) = config.shards.filter(|s| *s != shards) {
-                anyhow::bail!("--shards {asked} differs from the cluster's {shards} shards");
-            }
-            datadir::create_joined(&config.data_dir, cluster_id.clone(), node_id, shards)?;
-            tracing::info!(%cluster_id, node_id, shards, "joined the cluster");
+            cluster::adding::join_and_record(config, member, join, timeout).await?;
         }
         Some(info) => {
             let hello: Result<cluster::HelloReply, _> =

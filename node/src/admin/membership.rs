@@ -1,5 +1,5 @@
-//! `veil admin nodes decommission | remove | replace`, `shards move` and `leaders balance`: the
-//! membership changes of `/api/v1/admin/nodes/...` and `/api/v1/admin/shards/{shard}/move`,
+//! `veil admin nodes add | decommission | remove | replace`, `shards move` and `leaders balance`:
+//! the membership changes of `/api/v1/admin/nodes...` and `/api/v1/admin/shards/{shard}/move`,
 //! and `--wait`, which follows the change through `GET /api/v1/cluster` (asking another member
 //! when the one at `--addr` stops, as a decommissioned node does) with a progress bar of the
 //! replicas still to move.
@@ -26,6 +26,95 @@ pub struct WaitArgs {
     /// How long `--wait` waits, in seconds.
     #[arg(long, default_value_t = 1800)]
     wait_timeout_secs: u64,
+}
+
+pub async fn add(
+    client: &Client,
+    json: bool,
+    http_addr: &str,
+    wait: &WaitArgs,
+) -> Result<ExitCode, AdminError> {
+    let answer = client
+        .post("/api/v1/admin/nodes", &json!({"http_addr": http_addr}))
+        .await?;
+    let id = answer["node_id"]
+        .as_u64()
+        .ok_or_else(|| AdminError::Failed(format!("the node answered no node_id: {answer}")))?;
+    if !wait.wait {
+        print_json_or(json, &answer, || {
+            format!(
+                "node {id} at {http_addr} joined cluster {}: it takes its share of the \
+                 replicas (`veil admin cluster status` shows the moves)",
+                answer["cluster_id"].as_str().unwrap_or_default()
+            )
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut done = wait_until_placed(client, id, json, wait).await?;
+    done["http_addr"] = json!(http_addr);
+    done["cluster_id"] = answer["cluster_id"].clone();
+    print_json_or(json, &done, || {
+        format!(
+            "node {id} at {http_addr} added: {} replicas moved to it in {} s; every shard has \
+             its placed replicas and a leader",
+            done["replicas"], done["seconds"]
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a node that joined until it votes in every shard placed on it, every shard has
+/// exactly its placed voters and a leader, and the node is up; answers what it holds then.
+async fn wait_until_placed(
+    client: &Client,
+    id: u64,
+    json: bool,
+    wait: &WaitArgs,
+) -> Result<Value, AdminError> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(wait.wait_timeout_secs);
+    let bar = progress_bar(json, 0, &format!("{BAR} replicas moved to node {id}"))?;
+    loop {
+        let cluster = client.get("/api/v1/cluster").await?;
+        let shards = cluster["shards"].as_array().cloned().unwrap_or_default();
+        let placed = shards
+            .iter()
+            .filter(|s| ids(s, "placed").contains(&id))
+            .count();
+        let voting = shards
+            .iter()
+            .filter(|s| ids(s, "placed").contains(&id) && ids(s, "replicas").contains(&id))
+            .count();
+        bar.set_length(placed as u64);
+        bar.set_position(voting as u64);
+        let (_, moving) = unsettled(&cluster, id);
+        let up = cluster["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|n| n["id"].as_u64() == Some(id) && n["state"] == "up");
+        // Up means the member asked knows it, so its placement counts the new node.
+        if up && voting == placed && moving == 0 {
+            bar.finish_and_clear();
+            return Ok(json!({
+                "node_id": id,
+                "membership": "active",
+                "replicas": voting,
+                "seconds": started.elapsed().as_secs(),
+            }));
+        }
+        if Instant::now() >= deadline {
+            bar.abandon();
+            return Err(AdminError::Failed(format!(
+                "node {id} joined but did not take its share within {} s ({voting} of \
+                 {placed} replicas); it goes on in the cluster (`veil admin cluster status` \
+                 shows the moves), or wait longer with --wait-timeout-secs",
+                wait.wait_timeout_secs
+            )));
+        }
+        bar.tick();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn decommission(
@@ -105,7 +194,8 @@ pub async fn replace(
     if !ready {
         return Err(AdminError::Refused(format!(
             "node {by} is not an up, active member; start the new node with `veil serve --join \
-             MEMBER_PEER_ADDR` first and wait for its ready line, then replace node {dead} by it"
+             MEMBER_PEER_ADDR` (or `--await-add`, then `veil admin nodes add`) first and wait \
+             for its ready line, then replace node {dead} by it"
         )));
     }
     remove(client, json, dead, false, wait).await
@@ -218,18 +308,11 @@ async fn wait_until_moved(
     ];
     let started = Instant::now();
     let deadline = started + Duration::from_secs(wait.wait_timeout_secs);
-    let bar = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(3)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{spinner}} [{{elapsed_precise}}] {{bar:30}} {{pos}}/{{len}} shard {shard}, node \
-             {from} -> {to}: {{msg}}"
-        ))
-        .map_err(|e| AdminError::Failed(format!("progress bar: {e}")))?,
-    );
+    let bar = progress_bar(
+        json,
+        3,
+        &format!("{BAR} shard {shard}, node {from} -> {to}: {{msg}}"),
+    )?;
     loop {
         let cluster = client.get("/api/v1/cluster").await?;
         let (step, voters) = move_step(&cluster, shard, from, to);
@@ -298,18 +381,11 @@ async fn wait_until_gone(
             addrs.push(addr.to_string());
         }
     }
-    let bar = if json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(total as u64)
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} replicas moved off node {msg}",
-        )
-        .map_err(|e| AdminError::Failed(format!("progress bar: {e}")))?,
-    );
-    bar.set_message(id.to_string());
+    let bar = progress_bar(
+        json,
+        total as u64,
+        &format!("{BAR} replicas moved off node {id}"),
+    )?;
     let mut at = 0;
     loop {
         let asked = client
@@ -350,6 +426,27 @@ async fn wait_until_gone(
         bar.tick();
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The start of every `--wait` bar's template.
+const BAR: &str = "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len}";
+
+/// A `--wait` progress bar of `len` steps drawn by `template` (hidden with `--json`).
+fn progress_bar(
+    json: bool,
+    len: u64,
+    template: &str,
+) -> Result<indicatif::ProgressBar, AdminError> {
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(len)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .map_err(|e| AdminError::Failed(format!("progress bar: {e}")))?,
+    );
+    Ok(bar)
 }
 
 /// The node ids of a shard status's `key` (`replicas`, `learners`, `placed`), sorted.

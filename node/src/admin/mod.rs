@@ -77,6 +77,15 @@ enum ClusterCommand {
 enum NodesCommand {
     /// Every member: id, addresses, state, replicas and leaders it holds.
     List,
+    /// Adds the node awaiting at HTTP_ADDR (started with `veil serve --await-add` and no data
+    /// directory): it joins through the member at --addr and takes its share of the replicas,
+    /// each a learner that catches up, then a voter, then the replica it replaces leaves.
+    Add {
+        /// The new node's HTTP address (its --http-addr).
+        http_addr: String,
+        #[command(flatten)]
+        wait: membership::WaitArgs,
+    },
     /// Drains a member: its replicas move to the others, then it is removed (and its process
     /// stops). Refused when fewer than three active members would be left, unless --force.
     Decommission {
@@ -195,6 +204,9 @@ pub async fn run(args: AdminArgs) -> ExitCode {
             cluster_status(&client, args.json, !no_rate).await
         }
         AdminCommand::Nodes(NodesCommand::List) => nodes_list(&client, args.json).await,
+        AdminCommand::Nodes(NodesCommand::Add { http_addr, wait }) => {
+            membership::add(&client, args.json, &http_addr, &wait).await
+        }
         AdminCommand::Nodes(NodesCommand::Decommission { id, force, wait }) => {
             membership::decommission(&client, args.json, id, force, &wait).await
         }

@@ -4,11 +4,13 @@
 //! changes, questions to a shard's replica: `service.rs` serves them), reads of any shard from
 //! its replicas here or elsewhere (`reads.rs`), the loop that keeps every shard's Raft
 //! membership equal to its placement (`reconcile.rs`), decommissioning and removing members
-//! (`membership.rs`), moving one replica by hand (`moves.rs`), and leader balance (`leaders.rs`).
+//! (`membership.rs`), adding a node by invitation (`veil serve --await-add`, `adding.rs`), moving
+//! one replica by hand (`moves.rs`), and leader balance (`leaders.rs`).
 //!
 //! Every call travels over the node's [`veil_raft::Peers`]: one connection per pair of nodes
 //! carries Raft messages of every group and these calls alike.
 
+pub mod adding;
 pub mod leaders;
 pub mod membership;
 pub mod meta;
@@ -192,14 +194,29 @@ pub async fn call_addr<Req: Serialize, Resp: DeserializeOwned>(
     call(channel, kind, request, timeout).await
 }
 
+/// Why a join did not admit this node.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The cluster said no (another cluster's keys, an id or address taken, a removed id).
+    #[error("the cluster at {at} refused this node: {why}")]
+    Refused { at: String, why: String },
+    /// Its metadata group had no leader until the bound ran out; a retry can work.
+    #[error("the cluster at {at} could not admit this node in time: {why}")]
+    Unavailable { at: String, why: String },
+    /// Nothing that speaks Veil's peer protocol answers at the address.
+    #[error("cannot join through {at}: {why} (is a member's --peer-addr there?)")]
+    Unreachable { at: String, why: String },
+}
+
 /// Asks the cluster behind `join` (any member's peer address) to admit this node, retrying
 /// while its metadata group has no leader, up to `timeout`.
 pub async fn join(
     join: &str,
     request: &JoinRequest,
     timeout: Duration,
-) -> anyhow::Result<(String, NodeId, u32)> {
+) -> Result<(String, NodeId, u32), JoinError> {
     let deadline = tokio::time::Instant::now() + timeout;
+    let at = join.to_string();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let answer: Result<JoinReply, CallError> =
@@ -210,19 +227,18 @@ pub async fn join(
                 node_id,
                 shards,
             }) => return Ok((cluster_id, node_id, shards)),
-            Ok(JoinReply::Refused(why)) => {
-                anyhow::bail!("the cluster at {join} refused this node: {why}")
-            }
+            Ok(JoinReply::Refused(why)) => return Err(JoinError::Refused { at, why }),
             Ok(JoinReply::Unavailable(why)) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(%why, "join: retrying");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Ok(JoinReply::Unavailable(why)) => {
-                anyhow::bail!("the cluster at {join} could not admit this node in time: {why}")
+            Ok(JoinReply::Unavailable(why)) => return Err(JoinError::Unavailable { at, why }),
+            Err(e) => {
+                return Err(JoinError::Unreachable {
+                    at,
+                    why: e.to_string(),
+                })
             }
-            Err(e) => anyhow::bail!(
-                "cannot join through --join {join}: {e} (is a member's --peer-addr there?)"
-            ),
         }
     }
 }

@@ -253,6 +253,48 @@ fn admin_errors_are_one_line_with_an_exit_code_that_says_what_failed() {
     let out = admin(&veil.http, &["shards", "show", "99"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(one_line(&out).contains("no shard 99"));
+    // `nodes add` with nothing awaiting at the address: exit 4 (retry once it is started).
+    let out = admin(&veil.http, &["nodes", "add", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(one_line(&out).contains("node_unreachable"));
+    // A node awaiting with other PII keys (each data directory here has its own key file): the
+    // cluster refuses it (exit 1), and it goes on awaiting with its directory unwritten.
+    let others = tempfile::tempdir().unwrap();
+    let stranger = Veil::start(&others.path().join("keys"), &["--await-add"]);
+    assert_eq!(stranger.node_id, 0, "not a member yet");
+    let out = admin(&veil.http, &["nodes", "add", &stranger.http]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = one_line(&out);
+    assert!(
+        err.contains("join_refused") && err.contains("PII keys"),
+        "{err}"
+    );
+    let health = reqwest::blocking::get(stranger.url("/api/v1/health")).unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.json::<Value>().unwrap()["status"], "awaiting_add");
+    assert!(!others.path().join("keys/veil.toml").try_exists().unwrap());
+    // One started with another shard count is refused before it joins.
+    let other_shards = Veil::start(
+        &others.path().join("shards"),
+        &["--await-add", "--shards", "8"],
+    );
+    let out = admin(&veil.http, &["nodes", "add", &other_shards.http]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(one_line(&out).contains("shards_differ"));
+    // The node itself is a member: asked to join, it says so; not an address, a 400.
+    let out = admin(&veil.http, &["nodes", "add", &veil.http]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(one_line(&out).contains("already_a_member"));
+    let answer = reqwest::blocking::Client::new()
+        .post(veil.url("/api/v1/admin/nodes"))
+        .json(&json!({"http_addr": "no-port"}))
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert_eq!(
+        answer.json::<Value>().unwrap()["error"]["code"],
+        "invalid_http_addr"
+    );
     // Usage errors are clap's (exit 2).
     assert_eq!(
         admin(&veil.http, &["nodes", "frobnicate"]).status.code(),

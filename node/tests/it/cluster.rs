@@ -121,8 +121,19 @@ impl Cluster {
     }
 
     pub(crate) fn start_node(&mut self, i: usize) {
-        let key = self.key_file.display().to_string();
         let join = format!("127.0.0.1:{}", self.ports[0].peer);
+        let how: &[&str] = if i > 0 { &["--join", &join] } else { &[] };
+        self.start_node_with(i, how);
+    }
+
+    /// Starts node `i` with `--await-add`: it waits, serving only its invitation, until a
+    /// member adds it (`veil admin nodes add`); then [`VeilProcess::wait_ready`].
+    pub(crate) fn start_awaiting(&mut self, i: usize) {
+        self.start_node_with(i, &["--await-add"]);
+    }
+
+    fn start_node_with(&mut self, i: usize, how: &[&str]) {
+        let key = self.key_file.display().to_string();
         let shards = self.shards.clone();
         let mut args = vec![
             "--shards",
@@ -132,9 +143,7 @@ impl Cluster {
             "--forward-timeout-ms",
             FORWARD_TIMEOUT_MS,
         ];
-        if i > 0 {
-            args.extend(["--join", &join]);
-        }
+        args.extend(how);
         let bin = Path::new(env!("CARGO_BIN_EXE_veil"));
         let node = VeilProcess::start_with_env(
             bin,
@@ -1254,8 +1263,8 @@ pub(crate) fn memberships(http: &str) -> Vec<(BTreeSet<u64>, usize)> {
         .collect()
 }
 
-/// Issue 24: a fourth node joins a three-node cluster of 16 shards under keyed ingest with
-/// client retries. It gets its share, about 3·16/4 = 12 replicas (each one replica moved: added
+/// Issue 24: a fourth node, started with `--await-add`, is added to a three-node cluster of 16
+/// shards by `veil admin nodes add --wait` under keyed ingest with client retries. It gets its share, about 3·16/4 = 12 replicas (each one replica moved: added
 /// as a learner, caught up, made a voter, then the old one removed), every shard ends with
 /// exactly three voters, and every acknowledged entry is there once, alike on every replica and
 /// through every node.
@@ -1293,8 +1302,45 @@ fn a_fourth_node_takes_its_share_of_the_replicas_and_nothing_is_lost() {
         }
         acked
     });
-    c.start_node(3);
+    // The fourth node awaits its invitation: not serving yet, and saying so.
+    c.start_awaiting(3);
+    let awaiting = c.http(3);
+    let (code, health) = get(&awaiting, "/api/v1/health");
+    assert_eq!(
+        (code, health["status"].as_str()),
+        (503, Some("awaiting_add")),
+        "{health}"
+    );
+    let (code, asked) = get(&awaiting, "/api/v1/cluster");
+    assert_eq!(
+        (code, asked["error"]["code"].as_str()),
+        (503, Some("awaiting_add")),
+        "{asked}"
+    );
+    // `veil admin nodes add` through another member: it joins, takes its share, and the
+    // command returns once every shard has its placed voters.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["admin", "--addr", &c.http(1), "nodes", "add", &awaiting])
+        .args(["--wait", "--wait-timeout-secs", "180", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    c.nodes[3].as_mut().unwrap().wait_ready().unwrap();
     let newcomer = c.node(3).node_id;
+    assert_eq!(added["node_id"], newcomer, "{added}");
+    assert_eq!(added["http_addr"], awaiting, "{added}");
+    assert_eq!(added["membership"], "active", "{added}");
+    assert_eq!(
+        added["cluster_id"],
+        get(&c.http(0), "/api/v1/cluster").1["cluster_id"],
+        "{added}"
+    );
     let after = wait_for(
         "every shard at exactly its three placed voters, the newcomer among some",
         180,
@@ -1318,8 +1364,10 @@ fn a_fourth_node_takes_its_share_of_the_replicas_and_nothing_is_lost() {
         .filter(|(b, a)| b.0 != a.0)
         .count();
     let held_by_newcomer = after.iter().filter(|(v, _)| v.contains(&newcomer)).count();
-    // Each moved shard swapped one replica for the newcomer: its share is what moved.
+    // Each moved shard swapped one replica for the newcomer: its share is what moved, and
+    // what `nodes add --wait` reported.
     assert_eq!(moved, held_by_newcomer, "{before:?} -> {after:?}");
+    assert_eq!(added["replicas"], held_by_newcomer, "{added}");
     eprintln!(
         "3 -> 4 nodes, 16 shards: {moved} replicas moved, {} entries acknowledged meanwhile",
         acked.len()

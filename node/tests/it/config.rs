@@ -470,3 +470,25 @@ fn a_negative_query_age_weight_is_refused() {
         );
     }
 }
+
+#[test]
+fn await_add_and_join_are_refused_together() {
+    let dir = tempfile::tempdir().unwrap();
+    // On the command line, clap refuses the pair.
+    let err = Veil::try_start(dir.path(), &["--await-add", "--join", "127.0.0.1:1"])
+        .err()
+        .expect("--await-add with --join started");
+    assert!(err.stderr.contains("cannot be used with"), "{}", err.stderr);
+    // A config file's join with the flag is refused by the node's own check.
+    let file = dir.path().join("veil.conf.toml");
+    std::fs::write(&file, "join = \"127.0.0.1:1\"\n").unwrap();
+    let config = file.display().to_string();
+    let err = Veil::try_start(&dir.path().join("d"), &["--config", &config, "--await-add"])
+        .err()
+        .expect("--await-add with a config file's join started");
+    assert!(
+        err.stderr.contains("--await-add waits for a member"),
+        "{}",
+        err.stderr
+    );
+}

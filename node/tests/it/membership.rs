@@ -284,8 +284,8 @@ fn add_slot(c: &mut Cluster) -> usize {
     c.nodes.len() - 1
 }
 
-/// Issue 24: a dead node (killed, its directory deleted) replaced by a new one. The new node
-/// joins and takes its share by itself; `veil admin nodes replace DEAD --by NEW --wait` removes
+/// Issue 24: a dead node (killed, its directory deleted) replaced by a new one. The new node,
+/// started with `--await-add`, is added by `veil admin nodes add` and takes its share by itself; `veil admin nodes replace DEAD --by NEW --wait` removes
 /// the dead one and returns once its replicas are rebuilt from the live ones; the dead id,
 /// asked for again, is refused.
 #[test]
@@ -297,10 +297,48 @@ fn a_dead_node_is_replaced_its_replicas_rebuilt_and_its_id_refused_when_it_retur
     c.nodes[dead].as_mut().unwrap().kill9();
     c.nodes[dead] = None;
     std::fs::remove_dir_all(c.data_dir(dead)).unwrap();
+    // The new node awaits; `veil admin nodes add` (a sentence for people, no wait) makes it a
+    // member, named as the cluster names it.
     let new = add_slot(&mut c);
-    c.start_node(new);
+    c.start_awaiting(new);
+    let awaiting = c.http(new);
+    let out = admin(&c.http(2), &["nodes", "add", &awaiting]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    c.nodes[new].as_mut().unwrap().wait_ready().unwrap();
     let new_id = c.node(new).node_id;
     assert_ne!(new_id, dead_id, "a new node gets a new id");
+    let status = get(&c.http(0), "/api/v1/cluster").1;
+    let listed = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == new_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("node {new_id} is a member: {status}"));
+    assert_eq!(listed["http_addr"], awaiting, "{listed}");
+    assert_eq!(listed["membership"], "active", "{listed}");
+    let cluster_id = status["cluster_id"].as_str().unwrap();
+    assert_eq!(
+        said,
+        format!(
+            "node {new_id} at {awaiting} joined cluster {cluster_id}: it takes its share of the \
+             replicas (`veil admin cluster status` shows the moves)"
+        )
+    );
+    // Added once: the same address again is refused, with the reason.
+    let out = admin(&c.http(0), &["nodes", "add", &awaiting]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(
+        err.lines().count() == 1 && err.contains("already_a_member"),
+        "{err}"
+    );
     let out = admin(
         &c.http(0),
         &[
@@ -636,6 +674,46 @@ fn a_moved_replica_votes_before_the_old_one_leaves_and_nothing_is_lost() {
     assert!(
         ids_of(&settled_s1, "replicas").contains(&s1_to),
         "{settled_s1}"
+    );
+    // For people, the same acceptance is a sentence naming the placement the cluster then has.
+    let s2_voters = ids_of(&get(&http, "/api/v1/cluster").1["shards"][2], "replicas");
+    let s2_to = *all.iter().find(|id| !s2_voters.contains(id)).unwrap();
+    let s2_from = s2_voters[0];
+    let out = admin(
+        &http,
+        &[
+            "shards",
+            "move",
+            "2",
+            "--from",
+            &s2_from.to_string(),
+            "--to",
+            &s2_to.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let settled_s2 = wait_for("shard 2 at its new placement", 120, || {
+        let s = get(&http, "/api/v1/cluster").1["shards"][2].clone();
+        (settled(&s, 3) && ids_of(&s, "placed").contains(&s2_to)).then_some(s)
+    });
+    let placed: Vec<String> = settled_s2["placed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    assert_eq!(
+        said,
+        format!(
+            "shard 2's replica is moving from node {s2_from} to node {s2_to} (placed on nodes \
+             {}); `veil admin shards show 2` shows the move",
+            placed.join(",")
+        )
     );
 
     // The node shard 0 moved to is decommissioned: the override is dropped, every shard falls
