@@ -272,8 +272,20 @@ impl Node {
             // Where this node's replica knows no leader (it is electing, perhaps because the
             // leader's messages stopped reaching it while its own still reach the leader), the
             // other replicas may: ask them as a node without a replica does.
-            let leader = if self.holds_placed_replica(shard) {
-                group.raft.metrics().borrow_watched().current_leader
+            let placed = self.holds_placed_replica(shard);
+            let local = group.raft.metrics().borrow_watched().current_leader;
+            // A leader whose replica is being moved away (the placement names its successor
+            // already, which is still catching up) leads until it hands over: it takes the
+            // writes meanwhile. Every other try asks the others, in case it was deposed
+            // without hearing so. Sending them elsewhere made every part of such a shard wait
+            // out the forward deadline while the move lasted, since the replicas name this
+            // node as the leader (seen while a fourth node joined a cluster holding 1 GB).
+            let leading_while_moving = !placed
+                && local == Some(self.cluster.me)
+                && self.holds_replica(shard)
+                && attempt.is_multiple_of(2);
+            let leader = if placed || leading_while_moving {
+                local
             } else {
                 None
             }
@@ -285,7 +297,13 @@ impl Node {
                 Some(id) if id == self.cluster.me => {
                     let proposal =
                         self.proposers[shard.0 as usize].propose(minted, entries.clone());
-                    match tokio::time::timeout_at(deadline, proposal).await {
+                    let until = if placed {
+                        deadline
+                    } else {
+                        let try_for = Duration::from_millis(self.config.forward_try_timeout_ms);
+                        deadline.min(tokio::time::Instant::now() + try_for)
+                    };
+                    match tokio::time::timeout_at(until, proposal).await {
                         Ok(reply) => reply.map_err(|e| TryError::Retry {
                             why: e.message,
                             unknown: true,

@@ -781,7 +781,9 @@ fn bulky_entries(tag: &str, n: usize, bytes: usize, seed: u64) -> Vec<Value> {
 /// through its `VEIL_` twin): one shard with a few MiB, its Raft logs purged so the new
 /// replica must get a snapshot, moved at 128 KiB/s, takes at least the bytes sent over the rate
 /// less the bucket's burst (one 1 MiB chunk). Unbounded, the same move takes well under a
-/// second on loopback.
+/// second on loopback. The replica moved is the leader's, and writes sent to the leader while
+/// its successor catches up are all acknowledged: the leader takes them until it hands over
+/// (it once sent them to the other replicas, which named it, until the forward deadline).
 #[test]
 fn a_moves_snapshot_is_sent_no_faster_than_the_bound() {
     const RATE: u64 = 128 << 10;
@@ -803,28 +805,47 @@ fn a_moves_snapshot_is_sent_no_faster_than_the_bound() {
     }
     let status = get(&http, "/api/v1/cluster").1;
     let voters = ids_of(&status["shards"][0], "replicas");
-    let leader = status["shards"][0]["leader"].as_u64().unwrap();
-    let from = *voters.iter().find(|id| **id != leader).unwrap();
+    let from = status["shards"][0]["leader"].as_u64().unwrap();
+    let leader_http = c.http((0..4).find(|i| c.node(*i).node_id == from).unwrap());
     let to = (1..=4).find(|id| !voters.contains(id)).unwrap();
     let sent_before: Vec<u64> = (0..4).map(|i| snapshot_bytes_sent(&c.http(i))).collect();
     let started = std::time::Instant::now();
-    let out = admin(
-        &http,
-        &[
-            "shards",
-            "move",
-            "0",
-            "--from",
-            &from.to_string(),
-            "--to",
-            &to.to_string(),
-            "--wait",
-            "--wait-timeout-secs",
-            "300",
-            "--json",
-        ],
-    );
+    let mover = std::thread::spawn({
+        let (http, from, to) = (http.clone(), from.to_string(), to.to_string());
+        move || {
+            admin(
+                &http,
+                &[
+                    "shards",
+                    "move",
+                    "0",
+                    "--from",
+                    &from,
+                    "--to",
+                    &to,
+                    "--wait",
+                    "--wait-timeout-secs",
+                    "300",
+                    "--json",
+                ],
+            )
+        }
+    });
+    // Writes through the leader whose replica moves, while its successor takes the snapshot.
+    let mut during = 0;
+    while !mover.is_finished() {
+        let tag = format!("during{during}");
+        let batch = bulky_entries(&tag, 5, 100, during as u64 + 101);
+        let (code, answer) = crate::cluster::ingest(&leader_http, &batch).unwrap();
+        assert!(
+            code == 200 && answer["rejected"] == 0,
+            "a write to the moving shard's leader during the move: {code} {answer}"
+        );
+        during += 1;
+    }
+    let out = mover.join().unwrap();
     let took = started.elapsed();
+    assert!(during >= 3, "only {during} writes during the move");
     assert!(
         out.status.success(),
         "{}",
@@ -850,6 +871,6 @@ fn a_moves_snapshot_is_sent_no_faster_than_the_bound() {
         &json!({"filters": {"fields": {"phase": "bulk"}}, "limit": 0, "consistency": "strong"}),
     )
     .unwrap();
-    assert_eq!(found["total"], 2500, "{found}");
+    assert_eq!(found["total"], 2500 + 5 * during, "{found}");
     wait_voter_digests_agree(&c);
 }
