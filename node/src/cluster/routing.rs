@@ -291,18 +291,17 @@ impl Node {
             }
             .or_else(|| self.leader_elsewhere(shard, attempt));
             attempt += 1;
+            // One try is bounded on its own: a leader cut off or paused answers nothing, and
+            // the whole budget spent waiting on it is a write lost.
+            let try_for = Duration::from_millis(self.config.forward_try_timeout_ms);
+            let try_deadline = deadline.min(tokio::time::Instant::now() + try_for);
             let tried = match leader {
                 // Bounded like a forward: a proposal whose leadership is lost before it
                 // commits may never be answered; past the deadline its outcome is unknown.
                 Some(id) if id == self.cluster.me => {
                     let proposal =
                         self.proposers[shard.0 as usize].propose(minted, entries.clone());
-                    let until = if placed {
-                        deadline
-                    } else {
-                        let try_for = Duration::from_millis(self.config.forward_try_timeout_ms);
-                        deadline.min(tokio::time::Instant::now() + try_for)
-                    };
+                    let until = if placed { deadline } else { try_deadline };
                     match tokio::time::timeout_at(until, proposal).await {
                         Ok(reply) => reply.map_err(|e| TryError::Retry {
                             why: e.message,
@@ -315,12 +314,8 @@ impl Node {
                     }
                 }
                 Some(id) => {
-                    // One try is bounded on its own: a leader cut off or paused answers
-                    // nothing, and the whole budget spent waiting on it is a write lost.
-                    let try_for = Duration::from_millis(self.config.forward_try_timeout_ms);
-                    let try_deadline = deadline.min(tokio::time::Instant::now() + try_for);
                     let forwarded = self.forward(id, shard, minted, &entries, try_deadline);
-                    if self.holds_placed_replica(shard) {
+                    if placed {
                         // This node's replica hears of a new leader before the old one's
                         // silence runs out the try: go to the new one at once.
                         let wait = group.raft.wait(None);
