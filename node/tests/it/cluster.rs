@@ -790,7 +790,7 @@ fn shards_without(http: &str, id: u64) -> Vec<u64> {
 }
 
 /// A counter of `http`'s `/metrics`.
-fn metric(http: &str, name: &str) -> u64 {
+pub(crate) fn metric(http: &str, name: &str) -> u64 {
     let text = client()
         .get(format!("http://{http}/metrics"))
         .send()

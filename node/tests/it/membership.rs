@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use veil_chaos_tests::{Ports, VeilProcess};
 
 use crate::cluster::{
-    batch_and_n, client, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
+    batch_and_n, cluster_up, entries, free_base, get, ingest_until_acked, post, settled,
     sigterm_and_wait, wait_for, Cluster,
 };
 
@@ -745,16 +745,7 @@ fn a_moved_replica_votes_before_the_old_one_leaves_and_nothing_is_lost() {
 
 /// The snapshot bytes the node at `http` has sent, from its `/metrics`.
 fn snapshot_bytes_sent(http: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{http}/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("veil_raft_snapshot_bytes_sent_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no snapshot bytes in the metrics:\n{text}")) as u64
+    crate::cluster::metric(http, "veil_raft_snapshot_bytes_sent_total")
 }
 
 /// `n` entries whose messages are `bytes` lowercase letters from a xorshift (zstd cannot
