@@ -1,11 +1,13 @@
 //! The PII engine: finds personal data in text and masks it, before an entry goes anywhere.
 //!
 //! One pass of one multi-pattern [`regex_automata::meta::Regex`] over the text finds
-//! candidates; a validator per kind (Luhn and issuer rules for cards, the SSA's rules for SSNs,
-//! mod-97 for IBANs, a real parse for IPv6, context words for bare digit runs) accepts or
-//! rejects each. When a validator rejects a candidate, the patterns after it are retried
-//! anchored at the same position, so a rejected card can still be a phone number. Word
-//! boundaries are ASCII (`(?-u:\b)`), which keeps the regex on its lazy DFA.
+//! candidates (a keyword-led pattern by its keyword, the whole of it then run anchored where
+//! the keyword is: see [`patterns`]); a validator per kind (Luhn and issuer rules for cards,
+//! the SSA's rules for SSNs, mod-97 for IBANs, a real parse for IPv6, context words for bare
+//! digit runs) accepts or rejects each. When a validator rejects a candidate, the patterns
+//! after it are retried anchored at the same position, so a rejected card can still be a
+//! phone number. Word boundaries are ASCII (`(?-u:\b)`), which keeps the regex on its lazy
+//! DFA.
 //!
 //! Each accepted span is replaced according to its type's [`Strategy`]: the seed's REDACT forms,
 //! a keyed HMAC token (`<email:5f3a9c1e2b4d>`) that is stable for one value and so still
@@ -16,6 +18,7 @@ pub mod app_corpus;
 pub mod corpus;
 pub mod custom;
 pub mod keys;
+mod patterns;
 mod validate;
 
 use std::borrow::Cow;
@@ -30,6 +33,7 @@ use sha2::Sha256;
 
 use custom::CustomPattern;
 use keys::KeyRing;
+use patterns::{ascii_boundaries, builtin_patterns, Kind};
 
 /// Text that may hold personal data. It cannot be printed: its `Debug` shows `<redacted>` and
 /// it has no `Display`, so it never reaches Veil's own logs by accident.
@@ -247,195 +251,6 @@ pub struct Detection {
     pub replacement: String,
 }
 
-/// The kind of each built-in pattern; the order is the priority at one position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Output of an earlier masking: skipped, so masking twice changes nothing.
-    Masked,
-    Pem,
-    Jwt,
-    AuthHeader,
-    Bearer,
-    UrlPassword,
-    CloudKey,
-    SecretPair,
-    SsnContext,
-    PhoneContext,
-    Email,
-    Iban,
-    CardContext,
-    Card,
-    Ssn,
-    PhoneNa,
-    PhoneNational,
-    PhonePhrase,
-    PhoneIntl,
-    Ipv6,
-    Ipv4,
-    Custom(usize),
-}
-
-/// Names of secrets in `key=value` / `key: value` pairs (any prefix: `db_password`, `x-api-key`).
-const SECRET_KEYS: &str = r"(?:password|passwd|pwd|passphrase|secret|client[_-]?secret|api[_-]?key|apikey|access[_-]?key|secret[_-]?key|private[_-]?key|access[_-]?token|refresh[_-]?token|auth[_-]?token|id[_-]?token|session[_-]?token|token|credentials?|accountkey|sharedaccesskey|signature)";
-
-/// Words that say a number is a phone number, in the six locales' spellings (`tél`,
-/// `Rufnummer`, `Handy`, `portable`).
-const PHONE_WORDS: &str = "phone|phones|telephone|tel|t[ée]l[ée]phone|t[ée]l|telefon|rufnummer|mobile|mobil|mob|handy|cell|cellphone|fax|sms|whatsapp|call|callback|portable|ph|msisdn|contact[ _-]?(?:number|no|num|nr)";
-
-/// Words that, right before a number, say it is a payment card.
-const CARD_LABELS: &str = "card|cc|ccn|pan|carte(?:[ _-]?bancaire)?|karte|kreditkarte|kartennummer|cb|visa|mastercard|amex|maestro|rupay";
-
-/// Built-in patterns, in priority order. `\b` is ASCII (rewritten below).
-fn builtin_patterns() -> Vec<(Kind, String)> {
-    let octet = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
-    vec![
-        (
-            Kind::Masked,
-            r"<[a-z][a-z0-9_]*:[0-9a-f]{12}>|\[REDACTED(?::[a-z0-9_]+)?\]".into(),
-        ),
-        (
-            Kind::Pem,
-            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:[A-Za-z0-9+/=\s\\:,-]|\\n)*?(?:-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=]\z|[A-Za-z0-9+/=](?:\s|\\n)*\z)".into(),
-        ),
-        (
-            Kind::Jwt,
-            r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*".into(),
-        ),
-        (
-            Kind::AuthHeader,
-            r#"(?i:\b(?:proxy-)?authorization)["']?\s*[:=]\s*["']?(?:(?i:bearer|basic|digest|token|negotiate|apikey|sharedkey|aws4-hmac-sha256)\s+)?[^\s"',;\[<][^\s"',;]*"#.into(),
-        ),
-        (
-            Kind::Bearer,
-            r"(?i:\bbearer)\s+[A-Za-z0-9\-._~+/]{8,}=*".into(),
-        ),
-        (
-            Kind::UrlPassword,
-            r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:[^\s@/]+@".into(),
-        ),
-        (
-            Kind::CloudKey,
-            [
-                r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|ABIA|ACCA)[A-Z0-9]{16}\b",
-                r"\bAIza[0-9A-Za-z_-]{35}",
-                r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
-                r"\bgithub_pat_[A-Za-z0-9_]{22,}\b",
-                r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
-                r"\b[rs]k_(?:live|test)_[A-Za-z0-9]{16,}\b",
-                r"\bya29\.[0-9A-Za-z_-]{20,}",
-                r"\bglpat-[0-9A-Za-z_-]{20,}",
-                r"\bnpm_[A-Za-z0-9]{36}\b",
-                r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}",
-            ]
-            .join("|"),
-        ),
-        (
-            Kind::SecretPair,
-            format!(
-                r#"(?i:\b(?:[a-z0-9]+[_.-])*{SECRET_KEYS})["']?\s*[=:]\s*(?:"[^"\n]+"|'[^'\n]+'|[^\s,;&"'\[<{{(][^\s,;&"']*)"#
-            ),
-        ),
-        (
-            Kind::SsnContext,
-            r"(?i:\b(?:ssn|social security(?: number| no\.?)?|ss#))[ \t:=#'()-]{0,6}[0-9]{9}\b".into(),
-        ),
-        (
-            Kind::PhoneContext,
-            // A phone word, alone or as the end of a key (`customer_phone`, `phoneNumber`,
-            // `Mobile No.`), in the locales' spellings, then the number. A key's start is not
-            // matched: `(?:\b|_)` keeps the automaton out of every word that does not hold a
-            // phone word (`\b(?:[a-z]+_)?` followed each one, ~2 % of the mixed bench).
-            format!(
-                r#"(?i:(?:\b|_)(?:{PHONE_WORDS})(?:[ _-]?(?:number|num|no|nr|nummer))?\b(?:[ \t:=#'()-]{{1,4}}(?:to|is|number|no|nr|at|on|from|of)\b)?)[ \t.:=#'"\\-]{{0,6}}\+?\(?[0-9][0-9 ()./-]{{5,22}}[0-9]"#
-            ),
-        ),
-        (
-            Kind::Email,
-            r"\b[A-Za-z0-9._%+-]+(?:@|%40)(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}\b".into(),
-        ),
-        (
-            Kind::Iban,
-            r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4})+(?: ?[A-Z0-9]{1,4})?\b".into(),
-        ),
-        (
-            // A number right after a card word (`card no. 3591…`, `{"cardNumber":"…"}`,
-            // `numéro de carte …`): any Luhn-valid 12 to 19 digits, whatever the prefix.
-            Kind::CardContext,
-            format!(
-                r#"(?i:\b(?:{CARD_LABELS})(?:[ _-]?(?:number|num|no|nr|nummer))?\b)[ \t.:=#'"\\-]{{0,6}}[0-9][0-9 -]{{10,22}}[0-9]"#
-            ),
-        ),
-        (
-            Kind::Card,
-            // The issuers' first digits (and Maestro's `0604`, JCB's `1800`, RuPay's `81`/`82`):
-            // any first digit would make every long number a candidate (2,600 more on LogHub).
-            [
-                r"\b(?:[2-6][0-9]|0604|1800|8[12])[0-9]{10,17}\b",
-                r"\b(?:[2-6][0-9]{3}|0604|1800|8[12][0-9]{2})(?: [0-9]{4}){2,3}(?: [0-9]{1,4})?\b",
-                r"\b(?:[2-6][0-9]{3}|0604|1800|8[12][0-9]{2})(?:-[0-9]{4}){2,3}(?:-[0-9]{1,4})?\b",
-                r"\b(?:[2-6][0-9]{3}|1800)[ -][0-9]{6}[ -][0-9]{4,5}\b",
-            ]
-            .join("|"),
-        ),
-        (
-            Kind::Ssn,
-            r"\b[0-9]{3}-[0-9]{2}-[0-9]{4}\b|\b[0-9]{3} [0-9]{2} [0-9]{4}\b|\b[0-9]{3}\.[0-9]{2}\.[0-9]{4}\b".into(),
-        ),
-        (
-            Kind::PhoneNa,
-            // Any area code and exchange in the shapes only phone numbers have (`(132)
-            // 291-0534`, `378.259.4449`); an assigned-looking one when only spaces separate
-            // the groups. An extension may be glued on (`2189x44901`).
-            r"(?:\+1[ .-]?|\b1[ .-]|\b001[ .-])?(?:\([0-9]{3}\)[ .-]?|\b[0-9]{3}[.-]|\b[2-9][0-9]{2} )[0-9]{3}[ .-][0-9]{4}(?:[ ,]*(?i:x|ext\.?|extension|\#)[ ]?[0-9]{1,6}\b|\b)".into(),
-        ),
-        (
-            Kind::PhoneNational,
-            [
-                // France: 01 23 45 67 89 (also with dots or dashes).
-                r"\b0[1-9](?: [0-9]{2}){4}\b",
-                r"\b0[1-9](?:\.[0-9]{2}){4}\b",
-                r"\b0[1-9](?:-[0-9]{2}){4}\b",
-                // United Kingdom: 0113 496 0123, 020 7946 0958, 07700 900123, (0161) 496 0123.
-                r"\b0[1-9][0-9]{2} [0-9]{3} [0-9]{4}\b",
-                r"\b0[1-9][0-9] [0-9]{4} [0-9]{4}\b",
-                r"\(0[1-9][0-9]{1,4}\) ?[0-9]{3,8}(?: [0-9]{3,4})?\b",
-                // Trunk 0, an area code of 2 to 5 digits, the subscriber after a space, slash
-                // or dash, maybe an extension (Germany's 030 12345678, 0221/1234567,
-                // 089 1234567-12; Britain's 01632 960001 and 03615 39990; India's 022-23456789).
-                r"\b0[1-9][0-9]{1,3}[ /-][0-9]{5,8}(?:-[0-9]{1,4})?\b",
-                // India: a mobile in two groups of five (98765 43210, 98765-43210).
-                r"\b[6-9][0-9]{4}[ -][0-9]{5}\b",
-            ]
-            .join("|"),
-        ),
-        (
-            // India: a mobile without a label or grouping (9876543210, 09876543210), or in the
-            // national format with its trunk 0 (098765 43210), which are ids and a time and a
-            // pid as often: only after a phrase that dials or texts it (`OTP sent to …`).
-            Kind::PhonePhrase,
-            r"\b0?[6-9][0-9]{9}\b|\b0[6-9][0-9]{4} [0-9]{5}\b".into(),
-        ),
-        (
-            Kind::PhoneIntl,
-            // `+` or the international prefix `00` and a separator (`0049 30 …`).
-            r"(?:\+[1-9][0-9]{0,3}|\b00[1-9][0-9]{0,2}[ .-])(?:[ .-]?\(0\))?(?:[ .-]?\(?[0-9]+\)?)+(?:[ ,]*(?i:x|ext\.?|extension)[ ]?[0-9]{1,6}\b)?".into(),
-        ),
-        (
-            Kind::Ipv6,
-            format!(
-                r"(?:\b{h}(?::{h}){{7}}\b|(?:\b{h}(?::{h})*)?::(?:{h}(?::{h})*)?(?:\.[0-9]{{1,3}}){{0,3}}|\b{h}(?::{h}){{5}}:[0-9]{{1,3}}(?:\.[0-9]{{1,3}}){{3}}\b)(?:%[0-9A-Za-z._-]+)?",
-                h = "[0-9A-Fa-f]{1,4}"
-            ),
-        ),
-        // An address glued to `_` or an encoded `/` (`%2F10.1.2.3`, `conn_10.1.2.3_80`) is
-        // still one: the glue is matched (a `\b` cannot be there) and trimmed by the judge.
-        (
-            Kind::Ipv4,
-            format!(r"(?:\b|_|%2[Ff]){octet}(?:\.{octet}){{3}}(?:\b|_)"),
-        ),
-    ]
-}
-
 /// Most extra passes [`Masker::mask`] makes to reach a fixpoint.
 const FIXPOINT_PASSES_MAX: usize = 3;
 
@@ -453,8 +268,14 @@ pub enum BuildError {
 
 /// Finds and masks personal data. Cheap to share (`Arc`); rebuilt when custom patterns change.
 pub struct Masker {
+    /// Every pattern, a keyword-led one by its head: the one pass over the text.
     regex: Regex,
+    /// What each pattern of `regex` is.
     kinds: Vec<Kind>,
+    /// The keyword-led patterns whole, run anchored where `regex` found a head.
+    keyword_led: Regex,
+    /// For each pattern of `regex` that is a head, its whole pattern in `keyword_led`.
+    wholes: Vec<Option<PatternID>>,
     custom: Vec<CustomPattern>,
     strategies: Strategies,
     hmac: Hmac<Sha256>,
@@ -487,38 +308,67 @@ impl Masker {
         keys: &KeyRing,
         custom: &[CustomPattern],
     ) -> Result<Masker, BuildError> {
+        Masker::with_patterns(strategies, keys, custom, builtin_patterns())
+    }
+
+    /// [`Masker::new`] with these built-in patterns.
+    fn with_patterns(
+        strategies: Strategies,
+        keys: &KeyRing,
+        custom: &[CustomPattern],
+        builtins: Vec<patterns::Pattern>,
+    ) -> Result<Masker, BuildError> {
         let mut kinds = Vec::new();
         let mut patterns = Vec::new();
+        let mut wholes = Vec::new();
+        let mut keyword_led = Vec::new();
         // Custom patterns come first: an operator's rule wins over a built-in at one position.
         let custom: Vec<CustomPattern> = custom.iter().filter(|p| p.is_active).cloned().collect();
         for (i, p) in custom.iter().enumerate() {
             kinds.push(Kind::Custom(i));
             patterns.push(p.regex_pattern.clone());
+            wholes.push(None);
         }
-        for (kind, p) in builtin_patterns() {
+        for p in builtins {
+            let whole = ascii_boundaries(&p.whole);
+            let (scanned, whole) = match &p.head {
+                Some(head) => {
+                    keyword_led.push(whole);
+                    let id = PatternID::new_unchecked(keyword_led.len() - 1);
+                    (ascii_boundaries(head), Some(id))
+                }
+                None => (whole, None),
+            };
             // `Masked` must stay first of all, so output tokens are skipped before a custom
             // pattern could see them.
-            if kind == Kind::Masked {
-                kinds.insert(0, kind);
-                patterns.insert(0, ascii_boundaries(&p));
+            let at = if p.kind == Kind::Masked {
+                0
             } else {
-                kinds.push(kind);
-                patterns.push(ascii_boundaries(&p));
-            }
+                kinds.len()
+            };
+            kinds.insert(at, p.kind);
+            patterns.insert(at, scanned);
+            wholes.insert(at, whole);
         }
-        let regex = Regex::builder()
-            .configure(
-                Regex::config()
-                    .nfa_size_limit(Some(NFA_SIZE_MAX))
-                    .hybrid_cache_capacity(DFA_CACHE_BYTES),
-            )
-            .build_many(&patterns)
-            .map_err(|e| BuildError::Regex(e.to_string()))?;
+        let build = |patterns: &[String]| {
+            Regex::builder()
+                .configure(
+                    Regex::config()
+                        .nfa_size_limit(Some(NFA_SIZE_MAX))
+                        .hybrid_cache_capacity(DFA_CACHE_BYTES),
+                )
+                .build_many(patterns)
+                .map_err(|e| BuildError::Regex(e.to_string()))
+        };
+        let regex = build(&patterns)?;
+        let keyword_led = build(&keyword_led)?;
         let hmac = Hmac::<Sha256>::new_from_slice(keys.active().hmac_key())
             .expect("HMAC takes a key of any length");
         Ok(Masker {
             regex,
             kinds,
+            keyword_led,
+            wholes,
             custom,
             strategies,
             hmac,
@@ -633,7 +483,7 @@ impl Masker {
             let Some(m) = self.regex.search(&Input::new(text).span(pos..len)) else {
                 break;
             };
-            let mut verdict = self.judge(self.kinds[m.pattern().as_usize()], text, m.range());
+            let mut verdict = self.verdict(m.pattern().as_usize(), text, m.range());
             if matches!(verdict, Verdict::Reject) {
                 // Another pattern may still match here (a rejected card can be a phone).
                 for pid in m.pattern().as_usize() + 1..self.kinds.len() {
@@ -641,7 +491,7 @@ impl Masker {
                         .span(m.start()..len)
                         .anchored(Anchored::Pattern(PatternID::new_unchecked(pid)));
                     if let Some(m2) = self.regex.search(&input) {
-                        verdict = self.judge(self.kinds[pid], text, m2.range());
+                        verdict = self.verdict(pid, text, m2.range());
                         if !matches!(verdict, Verdict::Reject) {
                             break;
                         }
@@ -657,6 +507,22 @@ impl Masker {
                 Verdict::Skip(end) if end > m.start() => end,
                 _ => next_char(text, m.start()),
             };
+        }
+    }
+
+    /// What pattern `pid` of the scanning automaton found at `r`: for a keyword-led pattern's
+    /// head, what its whole pattern finds from the same start, if it matches there.
+    fn verdict(&self, pid: usize, text: &str, r: Range<usize>) -> Verdict {
+        let kind = self.kinds[pid];
+        let Some(whole) = self.wholes[pid] else {
+            return self.judge(kind, text, r);
+        };
+        let input = Input::new(text)
+            .span(r.start..text.len())
+            .anchored(Anchored::Pattern(whole));
+        match self.keyword_led.search(&input) {
+            Some(m) => self.judge(kind, text, m.range()),
+            None => Verdict::Reject,
         }
     }
 
@@ -795,7 +661,7 @@ impl Masker {
                     _ => 0,
                 };
                 let r = r.start + lead..r.end - usize::from(s.ends_with('_'));
-                if v::ipv4_kept(text, r.clone()) {
+                if !v::ipv4_octets(&text[r.clone()]) || v::ipv4_kept(text, r.clone()) {
                     Verdict::Reject
                 } else {
                     builtin(PiiType::IpAddress, r)
@@ -969,28 +835,6 @@ fn keeps_edge_class(label: Label, value: &str) -> bool {
     let kind = matches!(label, Label::Builtin(PiiType::Email))
         || (label == Label::Builtin(PiiType::IpAddress) && !value.contains(':'));
     kind && alnum(value.as_bytes().first()) && alnum(value.as_bytes().last())
-}
-
-/// Rewrites `\b` as the ASCII word boundary `(?-u:\b)`, which the lazy DFA handles on any
-/// input (a Unicode `\b` makes it give up on non-ASCII text).
-fn ascii_boundaries(p: &str) -> String {
-    let mut out = String::with_capacity(p.len() + 32);
-    let mut chars = p.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.next() {
-                Some('b') => out.push_str(r"(?-u:\b)"),
-                Some(n) => {
-                    out.push('\\');
-                    out.push(n);
-                }
-                None => out.push('\\'),
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn next_char(text: &str, i: usize) -> usize {

@@ -554,3 +554,77 @@ fn key_types_at_the_length_bound() {
     assert_eq!(key_type("E-MAIL"), Some(PiiType::Email));
     assert_eq!(key_type("emails"), None);
 }
+
+/// The one automaton scans for the keyword-led patterns' heads and for IPv4 octets of up to
+/// three digits; what it finds must be what one automaton of every pattern whole, with the
+/// octets spelled out as the ranges 0 to 255, finds: the same spans, types and replacements on
+/// LogHub's lines, both generators' lines and pairs of them.
+#[test]
+fn heads_and_loose_octets_find_what_the_whole_patterns_find() {
+    let octet = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])";
+    let whole: Vec<patterns::Pattern> = patterns::builtin_patterns()
+        .into_iter()
+        .map(|p| match p.kind {
+            Kind::Ipv4 => patterns::Pattern {
+                whole: format!(r"(?:\b|_|%2[Ff]){octet}(?:\.{octet}){{3}}(?:\b|_)"),
+                head: None,
+                ..p
+            },
+            _ => patterns::Pattern { head: None, ..p },
+        })
+        .collect();
+    assert!(
+        whole.len() > 6,
+        "the reference holds every built-in pattern"
+    );
+    let keys = KeyRing::throwaway().unwrap();
+    let fast = Masker::new(Strategies::default(), &keys, &[]).unwrap();
+    assert!(
+        fast.wholes.iter().filter(|w| w.is_some()).count() >= 6,
+        "the keyword-led patterns are scanned for by their heads"
+    );
+    let reference = Masker::with_patterns(Strategies::default(), &keys, &[], whole).unwrap();
+    let loghub = corpus::load_loghub(&corpus::loghub_dir()).unwrap();
+    let mut lines = loghub.clone();
+    let mut g = Generator::new(7, loghub.clone()).with_pii_share(0.5);
+    let mut a = super::app_corpus::AppGenerator::new(7, loghub.clone());
+    for _ in 0..10_000 {
+        lines.push(g.sample().line);
+        lines.push(a.sample().line);
+    }
+    // Dotted numbers the octet ranges refuse, beside ones they take.
+    for t in [
+        "999.1.2.3",
+        "10.0.0.256",
+        "01.2.3.4",
+        "192.168.001.1",
+        "1.2.3.2555",
+        "300.1.2.3.4",
+        "10.1.2.3:256.1.1.1",
+        "_256.1.2.3_",
+        "%2F10.1.2.300",
+        "conn_10.1.2.3_80",
+        "0.0.0.0",
+    ] {
+        lines.push(format!("peer {t} up"));
+        lines.push(format!("/{t}:8080"));
+    }
+    let n = lines.len();
+    for i in 0..5_000 {
+        lines.push(format!(
+            "{} {}",
+            lines[(i * 7919) % n],
+            lines[(i * 104_729 + 13) % n]
+        ));
+    }
+    let mut found = 0;
+    for line in &lines {
+        let got = fast.scan(line);
+        found += got.len();
+        assert_eq!(got, reference.scan(line), "in {line:?}");
+    }
+    assert!(
+        found > 20_000,
+        "the lines hold personal data ({found} spans)"
+    );
+}

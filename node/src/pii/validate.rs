@@ -737,6 +737,13 @@ pub(super) fn ipv6(text: &str, r: Range<usize>) -> Option<Range<usize>> {
     (!kept).then_some(r.start..r.start + addr_len)
 }
 
+/// True when each dot-separated group is a decimal octet as an address writes it: 0 to 255,
+/// without a leading zero.
+pub(super) fn ipv4_octets(s: &str) -> bool {
+    s.split('.')
+        .all(|o| o.len() == 1 || (!o.starts_with('0') && o.parse::<u16>().is_ok_and(|n| n <= 255)))
+}
+
 /// True for IPv4 addresses that are kept: loopback, 0.0.0.0/8, netmasks (255.…), and dotted
 /// numbers that are versions (`v1.2.3.4`, `version 1.2.3.4`) or part of a longer run.
 pub(super) fn ipv4_kept(text: &str, r: Range<usize>) -> bool {
