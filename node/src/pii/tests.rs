@@ -284,6 +284,34 @@ fn inputs_found_by_fuzzing_mask_idempotently() {
     }
 }
 
+/// Values planted just before a line's own number, which masking once changed and masking
+/// again changed more: a partial mask's kept digits glued to its stars read as a number of their
+/// own (`IT52****0840 25746` as a phone), and a redacted card no longer stood between a card word
+/// and the next number (`card ****-****-****-**** size=569884252770` as a second card).
+#[test]
+fn values_before_a_number_mask_idempotently_under_every_strategy() {
+    let lines = [
+        "2017-05-16 00:04:15.044 refund to IBAN IT52K5990303865148701980840 25746 INFO nova",
+        "iban: FR44 3717 5457 0855 0002 1950 696 25790 INFO nova.metadata.wsgi.server",
+        "SEPA transfer to DE22923047867543580655 081109 171406",
+        "payout IBAN GB07NWBK16789275230672 25743 INFO",
+        "Getting a snapshot from leader payment with card 6263533818465492006 size=569884252770",
+        "dockedStackBounds=Rect(0, 0 - 0, 0) pan 5590213909679312 txn=4395414706685763",
+    ];
+    for strategy in [Strategy::Redact, Strategy::Hash, Strategy::PartialMask] {
+        let mut s = Strategies::default();
+        for t in PiiType::ALL {
+            s.set(t, strategy);
+        }
+        let m = masker_with(s);
+        for line in lines {
+            let (once, found) = mask(&m, line);
+            assert!(!found.is_empty(), "{strategy:?}: nothing found in {line:?}");
+            assert_eq!(mask(&m, &once).0, once, "{strategy:?}: {line:?}");
+        }
+    }
+}
+
 #[test]
 fn unmasked_text_does_not_print() {
     assert_eq!(

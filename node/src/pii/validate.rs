@@ -217,7 +217,10 @@ pub(super) fn in_numeric_run(text: &str, r: Range<usize>) -> bool {
     let joined_before =
         before.len() >= 2 && joins(before[before.len() - 1], before[before.len() - 2]);
     let joined_after = after.len() >= 2 && joins(after[0], after[1]);
-    joined_before || joined_after
+    // A partial mask keeps a value's last digits glued to its stars (`IT52****0840`): digits
+    // right against a star were inside that value, not a number of their own.
+    let glued = before.last() == Some(&b'*') || after.first() == Some(&b'*');
+    joined_before || joined_after || glued
 }
 
 /// True for the bytes Veil's own masked forms end or start with (`<email:…>`, `[REDACTED]`,
@@ -346,10 +349,11 @@ fn card_word_labels(before: &str) -> bool {
     }
     let near = before[from..].to_ascii_lowercase();
     let mut labelled = false;
-    for w in near.split(|c: char| !c.is_ascii_alphanumeric()) {
+    // A masked form stands for the number it replaced (`card ****-****-****-**** size=…`).
+    for w in near.split(|c: char| !c.is_ascii_alphanumeric() && c != '*') {
         if CARD_WORDS.contains(&w) {
             labelled = true;
-        } else if w.bytes().any(|b| b.is_ascii_digit()) {
+        } else if w.bytes().any(|b| b.is_ascii_digit() || b == b'*') {
             labelled = false;
         }
     }
@@ -422,7 +426,8 @@ fn last_words(before: &str) -> [String; 2] {
         tail_start += 1;
     }
     let tail = before[tail_start..].trim_end_matches([' ', ':', '=', '#', '"', '\'', '(', '[']);
-    let mut words = tail.rsplit(|c: char| !c.is_ascii_alphanumeric());
+    // A masked form (`****-****-****-1234`) is a word: it stands for the value it replaced.
+    let mut words = tail.rsplit(|c: char| !c.is_ascii_alphanumeric() && c != '*');
     let last = words.next().unwrap_or("").to_ascii_lowercase();
     let previous = words
         .find(|w| !w.is_empty())
