@@ -239,9 +239,9 @@ impl AppGenerator {
         let (number, ambiguous) = self.phone_number(locale);
         let name = *self.rng.pick(NAMES);
         let r = &mut self.rng;
-        if ambiguous && locale == Locale::EnIn && r.chance(0.4) {
-            // What Indian services log when they text or call a customer: no label word, but
-            // the phrase says the number is dialled.
+        if ambiguous && r.chance(0.4) {
+            // What services log when they text or call a customer: no label word, but the
+            // phrase says the number is dialled.
             let phrase = match r.below(6) {
                 0 => format!("OTP sent to {number}"),
                 1 => format!("sending OTP to {number}"),
@@ -612,7 +612,7 @@ fn de_phone(r: &mut Rng) -> (String, bool) {
     let sub_len = r.range(5, (10 - area_len).min(8));
     let area = format!("{lead}{}", digits(r, area_len as usize));
     let sub = digits(r, sub_len as usize);
-    match r.below(11) {
+    match r.below(13) {
         0 | 1 => (format!("0{area} {sub}"), false),
         2 => (format!("0{area}/{sub}"), false),
         3 => (format!("0{area}-{sub}"), false),
@@ -625,7 +625,9 @@ fn de_phone(r: &mut Rng) -> (String, bool) {
             format!("01{}{} {}", r.range(5, 7), digits(r, 1), digits(r, 8)),
             false,
         ),
-        _ => (format!("0{area} {}-{}", sub, digits(r, 2)), false),
+        10 => (format!("0{area} {}-{}", sub, digits(r, 2)), false),
+        11 => (format!("0049{area}{sub}"), true),
+        _ => (format!("0{area}{sub}"), true),
     }
 }
 
@@ -674,6 +676,17 @@ fn in_phone(r: &mut Rng) -> (String, bool) {
 /// A trap beside phone numbers: order numbers, durations, dates, counters, Chromium's
 /// `[MMDD/HHMMSS:LEVEL:…]`, SMS gateway figures.
 fn phone_trap(r: &mut Rng, locale: Locale) -> String {
+    if r.chance(0.15) {
+        // A trunk-0 national number's shape that is an id: no phone phrase before it, or the
+        // number before the phrase.
+        let (lead, len) = (r.range(1, 9), r.range(8, 10) as usize);
+        let id = format!("0{lead}{}", digits(r, len));
+        return match r.below(3) {
+            0 => format!("ticket {id} escalated"),
+            1 => format!("parcel {id} sent to depot"),
+            _ => format!("archive moved to {id}"),
+        };
+    }
     if locale == Locale::EnIn && r.chance(0.3) {
         // Ten digits from 6 to 9 that are ids, not mobiles: no phone phrase before them.
         let id = format!("{}{}", r.range(6, 9), digits(r, 9));

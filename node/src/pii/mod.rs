@@ -611,8 +611,10 @@ impl Masker {
                 }
             }
             Kind::PhonePhrase => {
-                if !v::in_numeric_run(text, r.clone()) && v::dialled_after(&text[..r.start]) {
-                    builtin(PiiType::Phone, r)
+                // The phrase holds no digit: the number starts at the first one.
+                let start = r.start + s.find(|c: char| c.is_ascii_digit()).unwrap_or(0);
+                if !v::in_numeric_run(text, start..r.end) {
+                    builtin(PiiType::Phone, start..r.end)
                 } else {
                     Verdict::Reject
                 }

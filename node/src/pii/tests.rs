@@ -66,6 +66,10 @@ fn detects_every_documented_form() {
         ("in 98765-43210 ok", "in ***-***-**** ok"),
         ("OTP sent to 9876543210", "OTP sent to ***-***-****"),
         ("missed call from 098765 43210, SMS sent successfully to 09876543210", "missed call from ***-***-****, SMS sent successfully to ***-***-****"),
+        // Other locales' numbers without a label or a gap, dialled by the phrase before them.
+        ("IVR call placed to 01632960001 for Oliver", "IVR call placed to ***-***-**** for Oliver"),
+        ("OTP sent to 0612345678 / callback requested to 0049301234567", "OTP sent to ***-***-**** / callback requested to ***-***-****"),
+        ("sending OTP to 4155550132; missed call from 037 059 1144", "sending OTP to ***-***-****; missed call from ***-***-****"),
         // SSN.
         ("ssn 123-45-6789 ok", "ssn ***-**-**** ok"),
         ("SSN: 123456789", "SSN: ***-**-****"),
@@ -151,6 +155,10 @@ fn leaves_ids_times_and_numbers_untouched() {
         // an Indian mobile's national format.
         "txn 9876543210 settled; request 6995900822 sent to upstream; sent to 9876543210.5",
         "081111 060015 21733 INFO dfs.DataNode: uploaded 7123456789 bytes to bucket",
+        // Trunk-0 and bare numbers that no phrase dials: the number before the phrase, a word
+        // with a digit in between, a phrase without a dialling word.
+        "ticket 0123456789 escalated; parcel 03294671280 sent to depot; archive moved to 0853702745",
+        "IPC Server handler 4 on 62270; call 2 from 4155550132x; sms gateway answered in 6384 ms",
     ] {
         let (out, types) = mask(&m, text);
         assert_eq!(out, text, "changed; found {types:?}");

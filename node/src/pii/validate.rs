@@ -368,41 +368,6 @@ pub(super) fn port_or_pid_before(before: &str) -> bool {
     matches!(last.as_str(), "port" | "pid" | "tid" | "ppid")
 }
 
-/// Words that, shortly before `to`, `from` or `on`, say the number after it is dialled or
-/// texted (`OTP sent to`, `missed call from`, `IVR call placed to`).
-const DIAL_WORDS: &[&str] = &[
-    "otp", "sms", "call", "calls", "called", "calling", "callback", "missed", "ivr", "dial",
-    "dialled", "dialed", "dialling", "text", "texted", "whatsapp", "ring", "rang",
-];
-
-/// True when the text before a bare number ends in a phrase that dials or texts it: `to`,
-/// `from` or `on` and a space, with a dialling word among the three words before the
-/// preposition and no number between them (`OTP sent to `, `SMS sent successfully to `; not
-/// `request 6995900822 sent to `, where the number is before the phrase).
-pub(super) fn dialled_after(before: &str) -> bool {
-    let t = before.trim_end_matches(' ');
-    if t.len() == before.len() || !t.ends_with(|c: char| c.is_ascii_alphabetic()) {
-        return false;
-    }
-    let mut from = t.len().saturating_sub(48);
-    while !t.is_char_boundary(from) {
-        from += 1;
-    }
-    let mut words = t[from..]
-        .rsplit(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty());
-    let preposition = words.next().is_some_and(|w| {
-        ["to", "from", "on"]
-            .iter()
-            .any(|p| w.eq_ignore_ascii_case(p))
-    });
-    preposition
-        && words
-            .take(3)
-            .take_while(|w| !w.bytes().any(|b| b.is_ascii_digit()))
-            .any(|w| DIAL_WORDS.iter().any(|d| w.eq_ignore_ascii_case(d)))
-}
-
 /// The card number after a card word (`card no. 3591792033238578`): the longest printed,
 /// Luhn-valid prefix of 12 to 19 digits of the digits that follow, whatever its issuer, ending
 /// where the number ends. The range is absolute.
