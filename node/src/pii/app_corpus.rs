@@ -242,12 +242,18 @@ impl AppGenerator {
         if ambiguous && r.chance(0.4) {
             // What services log when they text or call a customer: no label word, but the
             // phrase says the number is dialled.
-            let phrase = match r.below(6) {
-                0 => format!("OTP sent to {number}"),
-                1 => format!("sending OTP to {number}"),
-                2 => format!("SMS sent successfully to {number}"),
-                3 => format!("missed call from {number}"),
-                4 => format!("IVR call placed to {number} for {name}"),
+            let phrase = match (locale, r.below(9)) {
+                (Locale::DeDe, 6) => format!("Anruf von {number} verpasst"),
+                (Locale::DeDe, 7) => format!("SMS an {number} gesendet"),
+                (Locale::DeDe, 8) => format!("Rückruf an {number} eingeplant"),
+                (Locale::FrFr, 6) => format!("appel de {number} manqué"),
+                (Locale::FrFr, 7) => format!("SMS envoyé au {number}"),
+                (Locale::FrFr, 8) => format!("rappel programmé au {number}"),
+                (_, 0 | 6) => format!("OTP sent to {number}"),
+                (_, 1 | 7) => format!("sending OTP to {number}"),
+                (_, 2 | 8) => format!("SMS sent successfully to {number}"),
+                (_, 3) => format!("missed call from {number}"),
+                (_, 4) => format!("IVR call placed to {number} for {name}"),
                 _ => format!("callback requested to {number}"),
             };
             return (phrase, number);

@@ -42,8 +42,12 @@ const SECRET_KEYS: &str = r"(?:password|passwd|pwd|passphrase|secret|client[_-]?
 /// `Rufnummer`, `Handy`, `portable`).
 const PHONE_WORDS: &str = "phone|phones|telephone|tel|t[ée]l[ée]phone|t[ée]l|telefon|rufnummer|mobile|mobil|mob|handy|cell|cellphone|fax|sms|whatsapp|call|callback|portable|ph|msisdn|contact[ _-]?(?:number|no|num|nr)";
 
-/// Words that dial or text the number a phrase ends with (`OTP sent to …`).
-const DIAL_WORDS: &str = "otp|sms|call|calls|called|calling|callback|missed|ivr|dial|dialled|dialed|dialling|text|texted|whatsapp|ring|rang";
+/// Words that dial or text the number a phrase ends with (`OTP sent to …`, `Anruf von …`,
+/// `appel de …`), in English, German and French.
+const DIAL_WORDS: &str = "otp|sms|call|calls|called|calling|callback|missed|ivr|dial|dialled|dialed|dialling|text|texted|whatsapp|ring|rang|anruf|anrufe|anrufen|angerufen|rückruf|appel|appels|appelez|appeler|rappel|rappelez|rappeler";
+
+/// The words a dialling phrase ends with, right before the number.
+const DIAL_PREPOSITIONS: &str = "to|from|on|an|von|au|de|le|vers";
 
 /// Words that, right before a number, say it is a payment card.
 const CARD_LABELS: &str = "card|cc|ccn|pan|carte(?:[ _-]?bancaire)?|karte|kreditkarte|kartennummer|cb|visa|mastercard|amex|maestro|rupay";
@@ -203,7 +207,8 @@ pub(super) fn builtin_patterns() -> Vec<Pattern> {
             // A number without a label in shapes that are ids, times and pids as often: only
             // after a phrase that dials or texts it, a dialling word, at most two more words
             // and `to`, `from` or `on` (`OTP sent to …`, `SMS sent successfully to …`,
-            // `missed call from …`). India's mobiles bare (9876543210, 09876543210) or in the
+            // `missed call from …`; in German and French `an`, `von`, `au`, `de`, `le`,
+            // `vers`: `Anruf von …`, `SMS envoyé au …`). India's mobiles bare (9876543210, 09876543210) or in the
             // national format with its trunk 0 (098765 43210, also HDFS's time and pid); North
             // American numbers in groups of 3, 3 and 4 with any area code; 8 to 12 digits
             // without a gap (Britain's 01632960001, France's 0612345678, Germany's
@@ -212,7 +217,7 @@ pub(super) fn builtin_patterns() -> Vec<Pattern> {
             // phrase as the digits it replaced did. The judge keeps the number alone.
             Kind::PhonePhrase,
             format!(r"(?i:\b(?:{DIAL_WORDS})\b)"),
-            r"(?:[^A-Za-z0-9\n*<>\[\]]+[A-Za-z]+){0,2}[^A-Za-z0-9\n*<>\[\]]+(?i:to|from|on) +(?:[0-9]{8,12}|0[6-9][0-9]{4} [0-9]{5}|[0-9]{3} [0-9]{3} [0-9]{4}|00[1-9][0-9]{8,13})\b",
+            &format!(r"(?:[^A-Za-z0-9\n*<>\[\]]+[A-Za-z]+){{0,2}}[^A-Za-z0-9\n*<>\[\]]+(?i:{DIAL_PREPOSITIONS}) +(?:[0-9]{{8,12}}|0[6-9][0-9]{{4}} [0-9]{{5}}|[0-9]{{3}} [0-9]{{3}} [0-9]{{4}}|00[1-9][0-9]{{8,13}})\b"),
         ),
         plain(
             Kind::PhoneIntl,

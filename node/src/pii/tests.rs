@@ -70,6 +70,8 @@ fn detects_every_documented_form() {
         ("IVR call placed to 01632960001 for Oliver", "IVR call placed to ***-***-**** for Oliver"),
         ("OTP sent to 0612345678 / callback requested to 0049301234567", "OTP sent to ***-***-**** / callback requested to ***-***-****"),
         ("sending OTP to 4155550132; missed call from 037 059 1144", "sending OTP to ***-***-****; missed call from ***-***-****"),
+        ("Anruf von 0301234567 verpasst, Rückruf an 0049301234567", "Anruf von ***-***-**** verpasst, Rückruf an ***-***-****"),
+        ("appel de 0612345678 manqué; SMS envoyé au 0612345678", "appel de ***-***-**** manqué; SMS envoyé au ***-***-****"),
         // SSN.
         ("ssn 123-45-6789 ok", "ssn ***-**-**** ok"),
         ("SSN: 123456789", "SSN: ***-**-****"),
