@@ -270,12 +270,10 @@ pub enum BuildError {
 pub struct Masker {
     /// Every pattern, a keyword-led one by its head: the one pass over the text.
     regex: Regex,
-    /// What each pattern of `regex` is.
-    kinds: Vec<Kind>,
+    /// What each pattern of `regex` is, and for a head, its whole pattern in `keyword_led`.
+    kinds: Vec<(Kind, Option<PatternID>)>,
     /// The keyword-led patterns whole, run anchored where `regex` found a head.
     keyword_led: Regex,
-    /// For each pattern of `regex` that is a head, its whole pattern in `keyword_led`.
-    wholes: Vec<Option<PatternID>>,
     custom: Vec<CustomPattern>,
     strategies: Strategies,
     hmac: Hmac<Sha256>,
@@ -320,14 +318,12 @@ impl Masker {
     ) -> Result<Masker, BuildError> {
         let mut kinds = Vec::new();
         let mut patterns = Vec::new();
-        let mut wholes = Vec::new();
         let mut keyword_led = Vec::new();
         // Custom patterns come first: an operator's rule wins over a built-in at one position.
         let custom: Vec<CustomPattern> = custom.iter().filter(|p| p.is_active).cloned().collect();
         for (i, p) in custom.iter().enumerate() {
-            kinds.push(Kind::Custom(i));
+            kinds.push((Kind::Custom(i), None));
             patterns.push(p.regex_pattern.clone());
-            wholes.push(None);
         }
         for p in builtins {
             let whole = ascii_boundaries(&p.whole);
@@ -346,9 +342,8 @@ impl Masker {
             } else {
                 kinds.len()
             };
-            kinds.insert(at, p.kind);
+            kinds.insert(at, (p.kind, whole));
             patterns.insert(at, scanned);
-            wholes.insert(at, whole);
         }
         let build = |patterns: &[String]| {
             Regex::builder()
@@ -368,7 +363,6 @@ impl Masker {
             regex,
             kinds,
             keyword_led,
-            wholes,
             custom,
             strategies,
             hmac,
@@ -513,8 +507,8 @@ impl Masker {
     /// What pattern `pid` of the scanning automaton found at `r`: for a keyword-led pattern's
     /// head, what its whole pattern finds from the same start, if it matches there.
     fn verdict(&self, pid: usize, text: &str, r: Range<usize>) -> Verdict {
-        let kind = self.kinds[pid];
-        let Some(whole) = self.wholes[pid] else {
+        let (kind, whole) = self.kinds[pid];
+        let Some(whole) = whole else {
             return self.judge(kind, text, r);
         };
         let input = Input::new(text)

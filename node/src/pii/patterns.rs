@@ -206,15 +206,15 @@ pub(super) fn builtin_patterns() -> Vec<Pattern> {
         keyword_led(
             // A number without a label in shapes that are ids, times and pids as often: only
             // after a phrase that dials or texts it, a dialling word, at most two more words
-            // and `to`, `from` or `on` (`OTP sent to …`, `SMS sent successfully to …`,
-            // `missed call from …`; in German and French `an`, `von`, `au`, `de`, `le`,
-            // `vers`: `Anruf von …`, `SMS envoyé au …`). India's mobiles bare (9876543210, 09876543210) or in the
-            // national format with its trunk 0 (098765 43210, also HDFS's time and pid); North
-            // American numbers in groups of 3, 3 and 4 with any area code; 8 to 12 digits
-            // without a gap (Britain's 01632960001, France's 0612345678, Germany's
-            // 0301234567, North America's 4155550132); one dialled with `00` (0049301234567).
-            // The words are letters only, and a masked form (`***`, `<phone:…>`) ends the
-            // phrase as the digits it replaced did. The judge keeps the number alone.
+            // and a preposition (`OTP sent to …`, `SMS sent successfully to …`, `missed call
+            // from …`, `Anruf von …`, `SMS envoyé au …`). India's mobiles bare (9876543210,
+            // 09876543210) or in the national format with its trunk 0 (098765 43210, also
+            // HDFS's time and pid); North American numbers in groups of 3, 3 and 4 with any
+            // area code; 8 to 12 digits without a gap (Britain's 01632960001, France's
+            // 0612345678, Germany's 0301234567, North America's 4155550132); one dialled with
+            // `00` (0049301234567). The words are letters only, and a masked form (`***`,
+            // `<phone:…>`) ends the phrase as the digits it replaced did. The judge keeps the
+            // number alone.
             Kind::PhonePhrase,
             format!(r"(?i:\b(?:{DIAL_WORDS})\b)"),
             &format!(r"(?:[^A-Za-z0-9\n*<>\[\]]+[A-Za-z]+){{0,2}}[^A-Za-z0-9\n*<>\[\]]+(?i:{DIAL_PREPOSITIONS}) +(?:[0-9]{{8,12}}|0[6-9][0-9]{{4}} [0-9]{{5}}|[0-9]{{3}} [0-9]{{3}} [0-9]{{4}}|00[1-9][0-9]{{8,13}})\b"),

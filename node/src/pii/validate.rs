@@ -219,8 +219,18 @@ pub(super) fn in_numeric_run(text: &str, r: Range<usize>) -> bool {
     let joined_after = after.len() >= 2 && joins(after[0], after[1]);
     // A partial mask keeps a value's last digits glued to its stars (`IT52****0840`): digits
     // right against a star were inside that value, not a number of their own.
-    let glued = before.last() == Some(&b'*') || after.first() == Some(&b'*');
+    let glued = before.last() == Some(&MASK_STAR) || after.first() == Some(&MASK_STAR);
     joined_before || joined_after || glued
+}
+
+/// The character Veil's redacted and partially masked forms are made of (`***-**-****`).
+const MASK_STAR: u8 = b'*';
+
+/// True for a character of a word as the context rules read words: a letter, a digit, or a
+/// masked form's star, since a masked form stands for the value it replaced
+/// (`card ****-****-****-**** size=…` has a number between the card word and `size`).
+fn word_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == char::from(MASK_STAR)
 }
 
 /// True for the bytes Veil's own masked forms end or start with (`<email:…>`, `[REDACTED]`,
@@ -349,11 +359,10 @@ fn card_word_labels(before: &str) -> bool {
     }
     let near = before[from..].to_ascii_lowercase();
     let mut labelled = false;
-    // A masked form stands for the number it replaced (`card ****-****-****-**** size=…`).
-    for w in near.split(|c: char| !c.is_ascii_alphanumeric() && c != '*') {
+    for w in near.split(|c: char| !word_char(c)) {
         if CARD_WORDS.contains(&w) {
             labelled = true;
-        } else if w.bytes().any(|b| b.is_ascii_digit() || b == b'*') {
+        } else if w.bytes().any(|b| b.is_ascii_digit() || b == MASK_STAR) {
             labelled = false;
         }
     }
@@ -391,8 +400,7 @@ fn last_words(before: &str) -> [String; 2] {
         tail_start += 1;
     }
     let tail = before[tail_start..].trim_end_matches([' ', ':', '=', '#', '"', '\'', '(', '[']);
-    // A masked form (`****-****-****-1234`) is a word: it stands for the value it replaced.
-    let mut words = tail.rsplit(|c: char| !c.is_ascii_alphanumeric() && c != '*');
+    let mut words = tail.rsplit(|c: char| !word_char(c));
     let last = words.next().unwrap_or("").to_ascii_lowercase();
     let previous = words
         .find(|w| !w.is_empty())
