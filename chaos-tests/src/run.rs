@@ -463,8 +463,13 @@ fn settle_and_read(c: &mut Cluster, history: &History) -> anyhow::Result<Final> 
     let mut top_k = Vec::new();
     for i in 0..c.nodes.len() {
         let addr = c.nodes[i].http.clone();
-        let logs = wait_for(60, || workload::read_all(&http, &addr, None, true).ok())
-            .with_context(|| format!("node {i} never answered the final strong read"))?;
+        let mut last = String::new();
+        let logs = wait_for(60, || {
+            workload::read_all(&http, &addr, None, true)
+                .map_err(|e| last = e)
+                .ok()
+        })
+        .with_context(|| format!("node {i} never answered the final strong read (last: {last})"))?;
         reads.push(logs);
         let top = wait_for(60, || match workload::top_k(&http, &addr, true) {
             Ok((200, t)) => Some(t),
@@ -567,8 +572,17 @@ pub fn run(opts: &Options) -> anyhow::Result<Report> {
         // A client that panicked has recorded what it did; the checker goes on.
         let _ = t.join();
     }
-    nemesis_result?;
-    let mut fin = settle_and_read(&mut c, &history)?;
+    let settled = nemesis_result.and_then(|()| settle_and_read(&mut c, &history));
+    let mut fin = match settled {
+        Ok(fin) => fin,
+        Err(e) => {
+            // What the nodes printed is what explains a harness error: kept beside the history.
+            for (i, log) in c.logs().iter().enumerate() {
+                std::fs::write(opts.out.join(format!("node-{i}.log")), log)?;
+            }
+            return Err(e.context(format!("node logs in {}", opts.out.display())));
+        }
+    };
     // Crash leftovers count too: the nodes end by SIGKILL, then their disks are scanned.
     for i in 0..c.nodes.len() {
         c.kill(i);

@@ -147,6 +147,19 @@ pub struct ServeArgs {
     /// How often the index is committed (new entries become searchable), in ms [default: 500].
     #[arg(long, env = "VEIL_INDEX_COMMIT_INTERVAL_MS")]
     pub index_commit_interval_ms: Option<u64>,
+    /// Whether a shard's followers copy their leader's index commits (segment files) instead
+    /// of indexing every entry themselves; false makes every replica index its own
+    /// [default: true].
+    #[arg(long, env = "VEIL_INDEX_SHIPPING")]
+    pub index_shipping: Option<bool>,
+    /// How long a follower's request for its leader's next index commit waits for one, in ms
+    /// [default: 10000].
+    #[arg(long, env = "VEIL_INDEX_COPY_WAIT_MS")]
+    pub index_copy_wait_ms: Option<u64>,
+    /// Most bytes of index files one answer to a copying follower carries; larger files travel
+    /// in pieces of this size [default: 8 MiB].
+    #[arg(long, env = "VEIL_INDEX_COPY_BYTES_MAX")]
+    pub index_copy_bytes_max: Option<u64>,
     /// tantivy writer memory per shard, in bytes [default: 32 MiB].
     #[arg(long, env = "VEIL_INDEX_HEAP_BYTES")]
     pub index_heap_bytes: Option<usize>,
@@ -358,6 +371,12 @@ pub struct NodeConfig {
     pub ingest_inflight_max: usize,
     /// Index commit interval, in ms.
     pub index_commit_interval_ms: u64,
+    /// Followers copy their leader's index commits.
+    pub index_shipping: bool,
+    /// A follower's wait for its leader's next index commit, in ms.
+    pub index_copy_wait_ms: u64,
+    /// Bytes of index files per copy answer or piece.
+    pub index_copy_bytes_max: u64,
     /// tantivy writer memory per shard, in bytes.
     pub index_heap_bytes: usize,
     /// Index persist interval, in ms.
@@ -465,6 +484,9 @@ impl ServeArgs {
             timestamp_past_secs_max: pick!(timestamp_past_secs_max, 0),
             ingest_inflight_max: pick!(ingest_inflight_max, 64),
             index_commit_interval_ms: pick!(index_commit_interval_ms, 500),
+            index_shipping: pick!(index_shipping, true),
+            index_copy_wait_ms: pick!(index_copy_wait_ms, 10_000),
+            index_copy_bytes_max: pick!(index_copy_bytes_max, 8 << 20),
             index_heap_bytes: pick!(index_heap_bytes, 32 << 20),
             index_persist_interval_ms: pick!(index_persist_interval_ms, 10_000),
             index_ram_bytes_max: pick!(index_ram_bytes_max, 256 << 20),
@@ -648,6 +670,9 @@ impl NodeConfig {
             bail!(
                 "--await-add waits for a member to add this node; --join joins one now: give one"
             );
+        }
+        if self.index_copy_wait_ms == 0 || self.index_copy_bytes_max == 0 {
+            bail!("--index-copy-wait-ms and --index-copy-bytes-max must be positive");
         }
         if self.index_commit_interval_ms == 0 {
             bail!("--index-commit-interval-ms must be positive");

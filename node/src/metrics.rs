@@ -82,6 +82,14 @@ pub struct Metrics {
     /// Questions about one shard that one replica did not answer (it failed, could not be
     /// reached, or was too slow) and that the next replica was asked.
     pub shard_question_retries: AtomicU64,
+    /// Index commits this node copied from a shard's leader and installed (`index_copy.rs`).
+    pub index_copies_installed: AtomicU64,
+    /// Bytes of index files this node copied from leaders.
+    pub index_copy_bytes: AtomicU64,
+    /// Copy rounds that failed (a file merged away meanwhile, a lost leader, a timeout).
+    pub index_copy_failures: AtomicU64,
+    /// Index commits this node handed to a follower.
+    pub index_copies_served: AtomicU64,
 }
 
 /// One shard's numbers at scrape time.
@@ -192,6 +200,30 @@ impl Metrics {
             "veil_shard_question_retries_total",
             "Questions about one shard that a replica did not answer (failed, unreachable or too slow), so the next replica was asked.",
             self.shard_question_retries.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_index_copies_installed_total",
+            "Index commits this node copied from a shard's leader instead of indexing the entries itself.",
+            self.index_copies_installed.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_index_copy_bytes_total",
+            "Bytes of index segment files this node copied from shards' leaders.",
+            self.index_copy_bytes.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_index_copy_failures_total",
+            "Index copy rounds that failed (a file merged away meanwhile, a leader lost, a timeout) and were tried again.",
+            self.index_copy_failures.load(Ordering::Relaxed) as f64,
+        );
+        counter(
+            &mut out,
+            "veil_index_copies_served_total",
+            "Index commits this node handed to a follower of a shard it leads.",
+            self.index_copies_served.load(Ordering::Relaxed) as f64,
         );
         self.exceptions_latency.render(
             &mut out,

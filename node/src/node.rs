@@ -82,6 +82,11 @@ pub struct Node {
     syncer: LogSyncer,
     /// The index-commit loop, stopped at shutdown.
     committer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Each shard's last index commit here (its Raft index), for followers waiting to copy it
+    /// (`cluster/index_copy.rs`).
+    pub(crate) index_commits: Vec<tokio::sync::watch::Sender<u64>>,
+    /// One index copy of a shard at a time.
+    pub(crate) index_copy_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// What every group a node starts needs: the node's id and addresses, its peers, and the
@@ -369,6 +374,11 @@ impl Node {
                 Duration::from_millis(config.forward_timeout_ms),
             ),
             background: std::sync::Mutex::new(Vec::new()),
+            index_commits: groups
+                .iter()
+                .map(|g| tokio::sync::watch::Sender::new(g.shard.index().committed_up_to()))
+                .collect(),
+            index_copy_locks: groups.iter().map(|_| Default::default()).collect(),
             ready: AtomicBool::new(false),
             disk_low: AtomicBool::new(false),
             config,
@@ -389,13 +399,15 @@ impl Node {
         let patterns = node.spawn_pattern_follower();
         let balance = crate::cluster::leaders::spawn(node.clone());
         let removal = crate::cluster::membership::spawn_removal_watch(node.clone());
+        let index_roles = crate::cluster::index_copy::spawn(&node);
         node.background
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(
                 [watcher, placement, patterns, removal]
                     .into_iter()
-                    .chain(balance),
+                    .chain(balance)
+                    .chain(index_roles),
             );
         Ok(node)
     }
@@ -740,6 +752,12 @@ impl Node {
         if let Err(e) = shard.commit_index() {
             tracing::error!(shard_id = %shard.id(), error = %e, "index commit failed");
         }
+        let committed = shard.index().committed_up_to();
+        self.index_commits[i].send_if_modified(|last| {
+            let newer = *last != committed;
+            *last = committed;
+            newer
+        });
     }
 
     /// The shared block cache's bytes in use and capacity, for `GET /metrics`.

@@ -52,4 +52,8 @@ pub mod alias {
     pub type Vote = openraft::alias::VoteOf<TypeConfig>;
     /// A running Raft group handle driving state machine `SM`.
     pub type Raft<SM> = openraft::Raft<TypeConfig, SM>;
+    /// A group's role: its state, leader, vote and membership.
+    pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<TypeConfig>;
+    /// The watch a group's role changes arrive on (`Raft::server_metrics`).
+    pub type ServerMetricsWatch = openraft::alias::WatchReceiverOf<TypeConfig, RaftServerMetrics>;
 }

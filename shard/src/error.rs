@@ -48,6 +48,26 @@ pub enum Error {
         /// The last log id it was to be installed under.
         install: String,
     },
+    /// The replica does not index (it copies its leader's commits), and the operation needs
+    /// its own writer.
+    #[error(
+        "shard {shard_id}: cannot {what}: this replica copies its index instead of writing it"
+    )]
+    NotIndexing {
+        /// The shard.
+        shard_id: ShardId,
+        /// What needed the writer.
+        what: String,
+    },
+    /// An index commit could not be copied from or to another replica (a file went with a
+    /// merge, or a peer sent something unusable); a later commit can be.
+    #[error("shard {shard_id}: index copy: {reason}")]
+    IndexCopy {
+        /// The shard.
+        shard_id: ShardId,
+        /// What went wrong.
+        reason: String,
+    },
     /// A required column family is missing from the database.
     #[error(
         "column family {0} is missing; was the database opened with veil_shard::column_families()?"

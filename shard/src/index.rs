@@ -8,9 +8,18 @@
 //!
 //! Each commit carries the Raft index of the last applied entry whose documents it holds, so a
 //! restart knows which applied entries it still has to index.
+//!
+//! Only a replica that indexes has a writer. The shard's leader indexes; its followers copy the
+//! leader's commits instead, segment files and `meta.json` (`shipping.rs`), and start indexing
+//! themselves from their last copied commit when they become the leader.
+
+mod shipping;
+
+pub use shipping::{CopiedFile, CopiedFileWrite, IndexCopy};
 
 use std::ops::Bound;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -163,7 +172,8 @@ struct Pending {
 }
 
 struct WriterState {
-    writer: IndexWriter,
+    /// None on a replica that copies its leader's commits instead of indexing.
+    writer: Option<IndexWriter>,
     /// The Raft index of the last applied entry whose documents were added.
     added_up_to: u64,
     /// The Raft index recorded in the last commit.
@@ -270,6 +280,12 @@ pub struct ShardIndex {
     fields: Fields,
     reader: IndexReader,
     writer: Mutex<WriterState>,
+    /// How a writer is made (when the replica starts indexing again).
+    writer_options: tantivy::indexer::IndexWriterOptions,
+    /// True while applied entries are to be indexed here (the shard reads it under its
+    /// applied lock, so an entry is either indexed by its apply or by the catch-up of
+    /// [`ShardIndex::start_indexing`], never both).
+    indexing: AtomicBool,
     pending: Mutex<Pending>,
     /// Most documents waiting in `pending` before adding waits for the writer: one per KiB of
     /// the writer's memory budget (`--index-heap-bytes`).
@@ -328,13 +344,12 @@ impl ShardIndex {
             .and_then(|p| p.parse::<u64>().ok())
             .unwrap_or(0);
         let threads = threads.max(1);
-        let writer = index.writer_with_options(
-            tantivy::indexer::IndexWriterOptions::builder()
-                .num_worker_threads(threads)
-                .memory_budget_per_thread(heap_bytes.max(15_000_000 * threads) / threads)
-                .num_merge_threads(MERGE_THREADS)
-                .build(),
-        )?;
+        let writer_options = tantivy::indexer::IndexWriterOptions::builder()
+            .num_worker_threads(threads)
+            .memory_budget_per_thread(heap_bytes.max(15_000_000 * threads) / threads)
+            .num_merge_threads(MERGE_THREADS)
+            .build();
+        let writer = index.writer_with_options(writer_options.clone())?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -349,11 +364,13 @@ impl ShardIndex {
             fields,
             reader,
             writer: Mutex::new(WriterState {
-                writer,
+                writer: Some(writer),
                 added_up_to: committed_up_to,
                 committed_up_to,
                 dirty: false,
             }),
+            writer_options,
+            indexing: AtomicBool::new(true),
             pending: Mutex::new(Pending::default()),
             pending_max: heap_bytes / 1024,
         })
@@ -404,25 +421,82 @@ impl ShardIndex {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands the waiting documents to the writer (whose lock the caller holds).
+    /// Hands the waiting documents to the writer (whose lock the caller holds); without a
+    /// writer (this replica stopped indexing after they were added) they are dropped.
     fn feed(&self, state: &mut WriterState) -> Result<()> {
         let Pending { docs, up_to } = std::mem::take(&mut *self.pending());
+        let Some(writer) = &state.writer else {
+            return Ok(());
+        };
         state.dirty |= !docs.is_empty();
         for doc in docs {
-            state.writer.add_document(doc)?;
+            writer.add_document(doc)?;
         }
         state.added_up_to = state.added_up_to.max(up_to);
         Ok(())
     }
 
-    /// Drops every document (before a snapshot is installed).
+    /// True while this replica indexes its applied entries (it leads the shard, or nothing
+    /// told it to copy another replica's commits).
+    pub fn is_indexing(&self) -> bool {
+        self.indexing.load(Ordering::SeqCst)
+    }
+
+    /// Opens a writer on the current commit if there is none. Returns true when it opened one.
+    /// Indexing does not start: [`Self::start_indexing`] does that.
+    pub(crate) fn open_writer(&self) -> Result<bool> {
+        let mut state = self.lock();
+        if state.writer.is_some() {
+            return Ok(false);
+        }
+        // Documents added before the writer went away belong to nobody now.
+        *self.pending() = Pending::default();
+        state.writer = Some(
+            self.index
+                .writer_with_options(self.writer_options.clone())?,
+        );
+        state.added_up_to = state.committed_up_to;
+        state.dirty = false;
+        Ok(true)
+    }
+
+    /// Opens the writer and marks the replica as indexing. The caller holds the shard's
+    /// applied lock and then indexes the applied entries above [`Self::committed_up_to`].
+    pub(crate) fn start_indexing(&self) -> Result<()> {
+        self.open_writer()?;
+        self.indexing.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Marks the replica as not indexing (the caller holds the shard's applied lock).
+    pub(crate) fn stop_indexing(&self) {
+        self.indexing.store(false, Ordering::SeqCst);
+    }
+
+    /// Drops the writer and what it held uncommitted: the last commit stays searchable, and
+    /// the next one comes from another replica. Merges the writer was running are abandoned
+    /// (their files go at the next copied commit).
+    pub(crate) fn close_writer(&self) {
+        let mut state = self.lock();
+        *self.pending() = Pending::default();
+        // Dropping kills its segment updater: nothing it still finishes is committed.
+        drop(state.writer.take());
+        state.added_up_to = state.committed_up_to;
+        state.dirty = false;
+    }
+
+    /// Drops every document (before a snapshot is installed). Needs a writer
+    /// ([`Self::open_writer`]).
     pub fn clear(&self) -> Result<()> {
         let mut state = self.lock();
         *self.pending() = Pending::default();
+        let Some(writer) = state.writer.as_mut() else {
+            return Err(self.no_writer("clear the index"));
+        };
         // Rollback first: documents added since the last commit are still being indexed, and
         // delete_all_documents only drops what is committed.
-        state.writer.rollback()?;
-        state.writer.delete_all_documents()?;
+        writer.rollback()?;
+        writer.delete_all_documents()?;
         state.added_up_to = 0;
         state.dirty = true;
         Ok(())
@@ -432,13 +506,33 @@ impl ShardIndex {
     /// commit, and reloads the reader. Returns the Raft index committed, or None when there was
     /// nothing to commit (an idle shard writes nothing).
     pub fn commit(&self) -> Result<Option<u64>> {
+        self.commit_covering(0)
+    }
+
+    /// [`Self::commit`], recording at least Raft index `up_to` when the caller knows every
+    /// entry applied up to it was added (entries without documents leave the last add below
+    /// it); a commit is written when the last one records less.
+    pub fn commit_covering(&self, up_to: u64) -> Result<Option<u64>> {
         let mut state = self.lock();
         self.feed(&mut state)?;
+        // Only while indexing: entries applied after indexing stopped were not added, whatever
+        // the caller saw applied (the writer's lock keeps it from closing meanwhile). Applies
+        // that added nothing (every entry a duplicate) raise `added_up_to` alone: recorded too.
+        if state.writer.is_some() && self.is_indexing() {
+            let covered = up_to.max(state.added_up_to);
+            if covered > state.committed_up_to {
+                state.added_up_to = covered;
+                state.dirty = true;
+            }
+        }
         if !state.dirty {
             return Ok(None);
         }
         let up_to = state.added_up_to;
-        let mut prepared = state.writer.prepare_commit()?;
+        let Some(writer) = state.writer.as_mut() else {
+            return Ok(None);
+        };
+        let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(&up_to.to_string());
         prepared.commit()?;
         state.committed_up_to = up_to;
@@ -489,13 +583,17 @@ impl ShardIndex {
     }
 
     /// Merges every committed segment into one (an operator's compaction; indexing of this
-    /// shard waits meanwhile) and reloads the reader. Returns the segment count before.
+    /// shard waits meanwhile) and reloads the reader. Returns the segment count before, or 0
+    /// on a replica that copies its commits (the merge it copies is its leader's).
     pub fn merge_segments(&self) -> Result<usize> {
         let mut state = self.lock();
         self.feed(&mut state)?;
+        let Some(writer) = state.writer.as_mut() else {
+            return Ok(0);
+        };
         let ids = self.index.searchable_segment_ids()?;
         if ids.len() > 1 {
-            state.writer.merge(&ids).wait()?;
+            writer.merge(&ids).wait()?;
         }
         drop(state);
         self.reader.reload()?;
@@ -615,6 +713,13 @@ impl ShardIndex {
             keys.push((key, self.entry_key(segment, address.doc_id)?));
         }
         Ok((total, keys, aggs))
+    }
+
+    fn no_writer(&self, what: &str) -> Error {
+        Error::NotIndexing {
+            shard_id: self.shard_id,
+            what: what.to_string(),
+        }
     }
 
     fn missing_key(&self) -> Error {

@@ -161,8 +161,11 @@ impl NrtDirectory {
             }
         };
         for (path, _) in &copies {
-            // On disk now; later opens read it there.
+            // On disk now; later opens read it there. A path hidden before (a copied commit
+            // can name a segment this directory deleted earlier) is named by the new
+            // meta.json: visible again.
             let _ = self.inner.ram.delete(path);
+            state.doomed.remove(path);
         }
         for path in deferred {
             // Named by the meta.json just written: unlinked by a later persist.
@@ -196,7 +199,15 @@ impl NrtDirectory {
         for (path, slice) in copies {
             let data = slice.read_bytes()?;
             if disk.exists(path)? {
-                // Written by a persist that failed after this file: the same immutable content.
+                // Written by a persist that failed after this file, or deleted and named again
+                // (a commit copied from another replica can name a segment this directory
+                // deleted): a segment file's name means its bytes, so one of the same length
+                // is this file, and rewriting it would open a window where the meta.json on
+                // disk names a missing file.
+                let here = disk.open_read(path).map(|f| tantivy::HasLen::len(&f)).ok();
+                if here == Some(data.len()) && !path.to_string_lossy().ends_with(".del") {
+                    continue;
+                }
                 disk.delete(path)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
             }
@@ -261,12 +272,17 @@ impl Directory for NrtDirectory {
         }
         // Claims the name in memory (exclusive create); written there only at the end.
         let ram = self.inner.ram.open_write(path)?;
+        // A hidden file of this name is still on disk, maybe named by the meta.json there
+        // (a copied commit names a segment deleted here before): written in memory only, and
+        // the persist that names it keeps the bytes on disk, which are the same.
+        let may_spill = !self.state().doomed.contains(path);
         Ok(std::io::BufWriter::new(Box::new(SpillWriter {
             dir: self.clone(),
             path: path.to_path_buf(),
             buf: Vec::new(),
             ram: Some(ram),
             disk: None,
+            may_spill,
         })))
     }
 
@@ -309,6 +325,8 @@ struct SpillWriter {
     /// The name claimed in memory; dropped unwritten when the file spills.
     ram: Option<WritePtr>,
     disk: Option<WritePtr>,
+    /// False when a hidden file of the same name is on disk.
+    may_spill: bool,
 }
 
 impl Write for SpillWriter {
@@ -317,7 +335,7 @@ impl Write for SpillWriter {
             return disk.write(data);
         }
         self.buf.extend_from_slice(data);
-        if self.buf.len() > self.dir.inner.spill_bytes {
+        if self.may_spill && self.buf.len() > self.dir.inner.spill_bytes {
             let mut disk = self
                 .dir
                 .inner
@@ -546,5 +564,52 @@ mod tests {
         );
         dir.persist(&index).unwrap();
         assert_eq!(reopen(tmp.path()), (2000, Some("1".into())));
+    }
+
+    /// A commit copied from another replica can name a segment this directory deleted while
+    /// it was on disk (hidden until a persist unlinks it): written again, it must stay visible
+    /// once the persist that names it has run, and on disk after a restart.
+    #[test]
+    fn a_deleted_segment_named_again_is_visible_after_the_persist_that_names_it() {
+        let (tmp, body, dir, index, mut writer) = unmerged();
+        commit(&mut writer, body, 10, "1");
+        let first = dir.atomic_read(Path::new(META)).unwrap();
+        let saved: Vec<(PathBuf, Vec<u8>)> = index
+            .load_metas()
+            .unwrap()
+            .list_segment_files()
+            .into_iter()
+            .filter(|p| dir.exists(p).unwrap())
+            .map(|p| {
+                let bytes = dir.open_read(&p).unwrap().read_bytes().unwrap().to_vec();
+                (p, bytes)
+            })
+            .collect();
+        assert!(!saved.is_empty());
+        commit(&mut writer, body, 5, "2");
+        dir.persist(&index).unwrap();
+        drop(writer);
+        // The first segment goes (as after a merge), while the meta.json on disk names it.
+        for (path, _) in &saved {
+            dir.delete(path).unwrap();
+            assert!(!dir.exists(path).unwrap(), "hidden once deleted");
+        }
+        // A copy names it again: its files are written again, then its meta.json.
+        for (path, bytes) in &saved {
+            let mut out = dir.open_write(path).unwrap();
+            out.write_all(bytes).unwrap();
+            out.terminate().unwrap();
+        }
+        dir.atomic_write(Path::new(META), &first).unwrap();
+        assert_eq!(dir.persist(&index).unwrap().payload.as_deref(), Some("1"));
+        for (path, bytes) in &saved {
+            assert!(dir.exists(path).unwrap(), "{} hidden", path.display());
+            let here = dir.open_read(path).unwrap().read_bytes().unwrap();
+            assert_eq!(here.as_slice(), bytes.as_slice());
+        }
+        let reader = index.reader().unwrap();
+        reader.reload().unwrap();
+        assert_eq!(reader.searcher().num_docs(), 10);
+        assert_eq!(reopen(tmp.path()), (10, Some("1".into())));
     }
 }

@@ -42,7 +42,7 @@ pub use entry::{
     decode_outcomes, encode_outcomes, hour_of, EntryOutcome, Level, ShardCommand, StoredEntry,
 };
 pub use error::{Error, Result};
-pub use index::{PersistPolicy, ShardIndex, MERGE_THREADS};
+pub use index::{CopiedFile, CopiedFileWrite, IndexCopy, PersistPolicy, ShardIndex, MERGE_THREADS};
 pub use proposals::{Proposals, Ticket};
 pub use query::{
     order_f64, order_i64, FieldCondition, Scalar, ShardHits, ShardQuery, SortField, SortKey,

@@ -322,6 +322,9 @@ pub struct Shard {
     counters: Mutex<PendingCounters>,
     /// Which service each exception belongs to. Taken after `counters` when both are held.
     catalog: Mutex<Catalog>,
+    /// Held while the index's writer must not change hands: starting or stopping indexing, and
+    /// a snapshot install (which indexes what it installs). Taken before `applied`.
+    index_mode: Mutex<()>,
 }
 
 /// The service of every exception a shard counted: an exception id is a hash of service and
@@ -379,6 +382,7 @@ impl Shard {
             config,
             applied: Mutex::new(AppliedState::default()),
             counters: Mutex::new(PendingCounters::default()),
+            index_mode: Mutex::new(()),
             catalog: Mutex::new(Catalog::default()),
         };
         let applied = shard
@@ -580,8 +584,13 @@ impl Shard {
         }
         drop(pending);
         *state = next;
+        // Read under the applied lock: `start_indexing` indexes what was applied before it
+        // took the lock, and every apply after it finds the flag set.
+        let indexing = self.index.is_indexing();
         drop(state);
-        self.index.add(raft_index, &new_entries)?;
+        if indexing {
+            self.index.add(raft_index, &new_entries)?;
+        }
         Ok(outcomes)
     }
 
@@ -731,7 +740,7 @@ impl Shard {
         }
         let mut rows = HashMap::new();
         let mut count = 0usize;
-        self.for_each_queued(counted.saturating_add(1), |_, entries| {
+        self.for_each_queued(counted.saturating_add(1), u64::MAX, |_, entries| {
             count += entries.len();
             for (key, c) in exceptions::rows_of(self.id, entries.iter()) {
                 exceptions::merge_into(&mut rows, key, c);
@@ -1422,8 +1431,17 @@ impl Shard {
     /// so writes the commit to disk and drops the queue records it and the counters cover.
     /// Returns the Raft index committed, or None when there was nothing to commit.
     pub fn commit_index(&self) -> Result<Option<u64>> {
+        self.commit_index_covering(0)
+    }
+
+    /// [`Self::commit_index`], recording a commit that covers at least Raft index `up_to`:
+    /// the caller knows every entry applied up to it was added (openraft reports an entry
+    /// applied only once its apply, documents included, returned), so a replica that copies
+    /// the commit knows it covers a read index that ends in entries without documents (blank
+    /// or membership ones). Does nothing more on a replica that does not index.
+    pub fn commit_index_covering(&self, up_to: u64) -> Result<Option<u64>> {
         self.flush_counters()?;
-        let committed = self.index.commit()?;
+        let committed = self.index.commit_covering(up_to)?;
         if self.index.persist_due() {
             self.persist_index()?;
         }
@@ -1481,14 +1499,21 @@ impl Shard {
     }
 
     /// Calls `f` with the Raft index and the entries of every index queue record from Raft
-    /// index `from` on, in Raft order.
+    /// index `from` to `to` (both included), in Raft order.
     fn for_each_queued(
         &self,
         from: u64,
+        to: u64,
         mut f: impl FnMut(u64, Vec<StoredEntry>) -> Result<()>,
     ) -> Result<()> {
+        if from > to {
+            return Ok(());
+        }
         let start = keys::queue_key(self.id, from, 0);
-        let end = keys::shard_end(self.id);
+        let end = match to.checked_add(1) {
+            Some(next) => keys::queue_key(self.id, next, 0).to_vec(),
+            None => keys::shard_end(self.id).to_vec(),
+        };
         let mut queued: Vec<(u64, Vec<u8>)> = Vec::new();
         self.scan(CF_INDEX_QUEUE, &start, &end, |key, value| {
             let raft_index = keys::queue_key_raft_index(key).ok_or_else(|| Error::Corrupt {
@@ -1521,11 +1546,15 @@ impl Shard {
     fn catch_up_index(&self) -> Result<()> {
         let committed = self.index.committed_up_to();
         let mut count = 0usize;
-        self.for_each_queued(committed.saturating_add(1), |raft_index, entries| {
-            count += entries.len();
-            self.index
-                .add(raft_index, &entries.iter().collect::<Vec<_>>())
-        })?;
+        self.for_each_queued(
+            committed.saturating_add(1),
+            u64::MAX,
+            |raft_index, entries| {
+                count += entries.len();
+                self.index
+                    .add(raft_index, &entries.iter().collect::<Vec<_>>())
+            },
+        )?;
         if count == 0 {
             return Ok(());
         }
@@ -1800,8 +1829,63 @@ impl Shard {
         &self.db
     }
 
-    pub(crate) fn index(&self) -> &ShardIndex {
+    /// Held for a change of who writes the index (see `index_mode`).
+    pub(crate) fn index_mode_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.index_mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The shard's index: its commits, and copying them between replicas.
+    pub fn index(&self) -> &ShardIndex {
         &self.index
+    }
+
+    /// Makes this replica index what it applies (it leads the shard now): opens the index
+    /// writer on its last commit, copied or its own, and indexes the entries applied above that
+    /// commit from the index queue. Returns how many it indexed to catch up (0 when it was
+    /// indexing already).
+    pub fn start_indexing(&self) -> Result<usize> {
+        let _mode = self.index_mode_lock();
+        if self.index.is_indexing() {
+            return Ok(0);
+        }
+        self.index.open_writer()?;
+        let mut count = 0usize;
+        let mut index_queued = |from: u64, to: u64| {
+            self.for_each_queued(from, to, |raft_index, entries| {
+                count += entries.len();
+                self.index
+                    .add(raft_index, &entries.iter().collect::<Vec<_>>())
+            })
+        };
+        // The bulk while applies go on (a replica whose copies failed for long may have much
+        // to index), then the rest with applies held: the entries applied above the commit
+        // are then exactly the queue's, and every apply after finds the flag set.
+        let first = self.applied_index();
+        index_queued(self.index.committed_up_to().saturating_add(1), first)?;
+        let _applied = self.applied_lock();
+        let last = _applied
+            .last_applied
+            .as_ref()
+            .map(|l| l.index())
+            .unwrap_or(0);
+        index_queued(first.saturating_add(1), last)?;
+        self.index.start_indexing()?;
+        Ok(count)
+    }
+
+    /// Makes this replica stop indexing (another replica leads the shard and this one copies
+    /// its commits): what was indexed and not committed is dropped, the last commit stays
+    /// searchable, and the entries above it wait in the index queue.
+    pub fn stop_indexing(&self) {
+        let _mode = self.index_mode_lock();
+        {
+            let _applied = self.applied_lock();
+            if !self.index.is_indexing() {
+                return;
+            }
+            self.index.stop_indexing();
+        }
+        self.index.close_writer();
     }
 
     pub(crate) fn snapshot_dir(&self) -> PathBuf {

@@ -267,6 +267,21 @@ fn install_data(shard: &Shard, meta: SnapshotMeta, data: SnapshotData) -> Result
     }
 }
 
+/// A writer opened for an install on a replica that copies its index: closed when the install
+/// ends, whichever way.
+struct TemporaryWriter<'a> {
+    index: &'a crate::index::ShardIndex,
+    opened: bool,
+}
+
+impl Drop for TemporaryWriter<'_> {
+    fn drop(&mut self) {
+        if self.opened {
+            self.index.close_writer();
+        }
+    }
+}
+
 fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Result<()> {
     let db = shard.db();
     let mut file =
@@ -304,6 +319,13 @@ fn install(shard: &Shard, meta: SnapshotMeta, source: &std::path::Path) -> Resul
     // Exception counters are recounted from the installed entries.
     let mut counters: std::collections::HashMap<[u8; 28], crate::exceptions::Counter> =
         std::collections::HashMap::new();
+    // A replica that copies its index has no writer: one is opened for the install, and closed
+    // after (its next commits are copied again). Meanwhile nothing starts or stops indexing.
+    let _mode = shard.index_mode_lock();
+    let _writer = TemporaryWriter {
+        index: shard.index(),
+        opened: shard.index().open_writer()?,
+    };
     shard.index().clear()?;
     let raft_index = meta.last_log_id.as_ref().map(|l| l.index()).unwrap_or(0);
     let (cf_entries, cf_ids) = (shard.entries_cf()?, shard.cf(CF_ENTRY_IDS)?);

@@ -5,12 +5,14 @@
 //! its replicas here or elsewhere (`reads.rs`), the loop that keeps every shard's Raft
 //! membership equal to its placement (`reconcile.rs`), decommissioning and removing members
 //! (`membership.rs`), adding a node by invitation (`veil serve --await-add`, `adding.rs`), moving
-//! one replica by hand (`moves.rs`), and leader balance (`leaders.rs`).
+//! one replica by hand (`moves.rs`), leader balance (`leaders.rs`), and followers copying
+//! their leader's index commits instead of indexing (`index_copy.rs`).
 //!
 //! Every call travels over the node's [`veil_raft::Peers`]: one connection per pair of nodes
 //! carries Raft messages of every group and these calls alike.
 
 pub mod adding;
+pub mod index_copy;
 pub mod leaders;
 pub mod membership;
 pub mod meta;

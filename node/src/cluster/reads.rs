@@ -170,7 +170,7 @@ impl Node {
                 let caught_up = if request.is_search() {
                     self.wait_strong(shard, left).await
                 } else {
-                    self.wait_applied(shard, left).await
+                    self.wait_applied(shard, left).await.map(|_| ())
                 };
                 caught_up.map_err(strong_error)?;
             }

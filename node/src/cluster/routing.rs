@@ -662,14 +662,12 @@ impl Node {
     /// now: asks the shard's leader for its read index, then waits for the local apply to reach
     /// it (read-your-writes on any replica).
     pub async fn wait_strong(&self, shard: ShardId, timeout: Duration) -> Result<(), ApiError> {
-        self.wait_applied(shard, timeout).await?;
-        // Applied is not yet searchable: the index commit makes it so.
-        let shard = self.groups[shard.0 as usize].shard.clone();
-        tokio::task::spawn_blocking(move || shard.commit_index())
-            .await
-            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?
-            .map_err(|e| ApiError::internal("committing the index for a strong read", e))?;
-        Ok(())
+        let started = tokio::time::Instant::now();
+        let index = self.wait_applied(shard, timeout).await?;
+        // Applied is not yet searchable: an index commit (here, or the leader's, copied)
+        // makes it so.
+        let left = timeout.saturating_sub(started.elapsed());
+        self.copy_covering(shard, index, left).await
     }
 
     /// Waits until this node's replica of `shard` has applied what its leader had committed
@@ -678,7 +676,7 @@ impl Node {
         &self,
         shard: ShardId,
         timeout: Duration,
-    ) -> Result<(), ApiError> {
+    ) -> Result<u64, ApiError> {
         let group = &self.groups[shard.0 as usize];
         let deadline = tokio::time::Instant::now() + timeout;
         let index = loop {
@@ -719,6 +717,6 @@ impl Node {
                     format!("this node's replica of shard {shard} did not catch up in time"),
                 )
             })?;
-        Ok(())
+        Ok(index)
     }
 }

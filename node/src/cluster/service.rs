@@ -1,7 +1,8 @@
 //! The receiving side of the nodes' own calls (`veil.peer.v1.Cluster`), served on the peer
 //! address beside the Raft transport: `hello`, `member_state`, `join`, `meta_propose`, `append`,
-//! `ensure_replicas`, `read_index` and `leaf` (a question about one shard, answered from this
-//! node's replica: `reads.rs`).
+//! `ensure_replicas`, `read_index`, `leaf` (a question about one shard, answered from this
+//! node's replica: `reads.rs`), and `index_copy` and `index_file` (a follower copying this
+//! leader's index commit: `index_copy.rs`).
 
 use std::sync::Arc;
 
@@ -74,6 +75,14 @@ impl ClusterRpc for ClusterService {
             "shard_status" => {
                 let shard: u32 = decode(&call.payload)?;
                 encode(&super::status::shard_status_here(node, shard))
+            }
+            "index_copy" => {
+                let request: super::index_copy::CopyRequest = decode(&call.payload)?;
+                encode(&node.index_copy_here(request).await)
+            }
+            "index_file" => {
+                let request: super::index_copy::FileRequest = decode(&call.payload)?;
+                encode(&node.index_file_here(request).await)
             }
             "read_index" => {
                 let shard: u32 = decode(&call.payload)?;

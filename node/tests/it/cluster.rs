@@ -385,6 +385,17 @@ fn three_nodes_answer_alike_and_lose_nothing_when_a_leader_dies() {
         );
     }
     c.wait_digests_agree();
+    // Only leaders index; followers copy their commits. A default read anywhere reaches the
+    // same answers once the copies arrive, and the followers did install copies.
+    for i in 0..3 {
+        wait_for("default reads to see the copied commits", 60, || {
+            (answers(&c.http(i), false) == reference).then_some(())
+        });
+    }
+    let copies: u64 = (0..3)
+        .map(|i| metric(&c.http(i), "veil_index_copies_installed_total"))
+        .sum();
+    assert!(copies > 0, "no follower copied an index commit");
     // The gRPC twin of GET /api/v1/cluster names the same members and replicas.
     let (_, http_view) = get(&c.http(1), "/api/v1/cluster");
     let grpc_addr = c.node(1).grpc.clone();

@@ -16,7 +16,7 @@ use crate::conformance::open_db;
 
 const SHARDS: u32 = 4;
 
-fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
+pub(crate) fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
     let map = ShardMap::new(SHARDS);
     // Find a service that routes to `shard` in hour 480_000.
     let ts = 480_000i64 * 3_600_000_000 + n as i64 * 1000;
@@ -43,7 +43,7 @@ fn entry_for(shard: ShardId, n: u64) -> StoredEntry {
     }
 }
 
-fn open(dir: &std::path::Path, db: Arc<rocksdb::DB>) -> Arc<Shard> {
+pub(crate) fn open(dir: &std::path::Path, db: Arc<rocksdb::DB>) -> Arc<Shard> {
     open_with(dir, db, Default::default())
 }
 
@@ -90,7 +90,7 @@ fn queued(db: &rocksdb::DB) -> usize {
 
 /// Applies one Raft entry carrying `entries`, as openraft would after a restart (no client is
 /// waiting, so there is no responder); the outcomes show in what the shard holds.
-async fn apply(sm: &mut ShardStateMachine, index: u64, entries: Vec<StoredEntry>) {
+pub(crate) async fn apply(sm: &mut ShardStateMachine, index: u64, entries: Vec<StoredEntry>) {
     apply_command(sm, index, ShardCommand::Append(entries)).await
 }
 
@@ -117,7 +117,7 @@ async fn build_snapshot(
 
 /// A shard in `dir` (on `db`) that applied `count` entries as Raft entry 1, and its state
 /// machine.
-async fn holding(
+pub(crate) async fn holding(
     dir: &std::path::Path,
     db: Arc<rocksdb::DB>,
     count: u64,
@@ -134,7 +134,7 @@ async fn holding(
 }
 
 /// A shard in `dir` holding `count` entries (one Raft entry), and a snapshot of it.
-async fn snapshot_of(
+pub(crate) async fn snapshot_of(
     dir: &std::path::Path,
     count: u64,
 ) -> (
@@ -302,7 +302,7 @@ async fn a_minted_batch_retried_as_append_is_stored_once() {
 }
 
 /// How many entries a search of everything counts.
-fn searchable(shard: &Shard) -> u64 {
+pub(crate) fn searchable(shard: &Shard) -> u64 {
     shard
         .search(&ShardQuery {
             top_n: 100,
