@@ -1,6 +1,7 @@
 //! Veil's shard: the Raft state machine that stores a shard's masked entries in RocksDB, indexes
-//! them with tantivy, keeps the idempotency set that makes applying a batch twice harmless, and
-//! builds and installs snapshots; plus the shard map that routes an entry to its shard.
+//! them with tantivy (or, on a follower, installs the index commits its leader wrote, copied by
+//! the node), keeps the idempotency set that makes applying a batch twice harmless, and builds
+//! and installs snapshots; plus the shard map that routes an entry to its shard.
 //!
 //! This crate knows nothing of HTTP, the CLI or PII: what reaches it is already masked, and all it
 //! learns arrives through Raft apply or snapshot install. It opens no sockets.
