@@ -460,17 +460,11 @@ impl ShardIndex {
         Ok(true)
     }
 
-    /// Opens the writer and marks the replica as indexing. The caller holds the shard's
-    /// applied lock and then indexes the applied entries above [`Self::committed_up_to`].
-    pub(crate) fn start_indexing(&self) -> Result<()> {
-        self.open_writer()?;
-        self.indexing.store(true, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Marks the replica as not indexing (the caller holds the shard's applied lock).
-    pub(crate) fn stop_indexing(&self) {
-        self.indexing.store(false, Ordering::SeqCst);
+    /// Marks whether applied entries are indexed here from now on. The caller holds the
+    /// shard's applied lock, and turns it on only with a writer open and every applied entry
+    /// above [`Self::committed_up_to`] added (`Shard::start_indexing`).
+    pub(crate) fn set_indexing(&self, on: bool) {
+        self.indexing.store(on, Ordering::SeqCst);
     }
 
     /// Drops the writer and what it held uncommitted: the last commit stays searchable, and
@@ -1453,7 +1447,7 @@ fn is_deadline(e: &tantivy::TantivyError) -> bool {
 mod tests {
     use super::*;
 
-    fn entry(n: u64) -> StoredEntry {
+    pub(super) fn entry(n: u64) -> StoredEntry {
         StoredEntry {
             log_id: uuid::Uuid::from_u128(u128::from(n) + 1),
             timestamp_us: 1_700_000_000_000_000 + n as i64,
@@ -1473,7 +1467,7 @@ mod tests {
         }
     }
 
-    fn total(index: &ShardIndex, text: &str) -> u64 {
+    pub(super) fn total(index: &ShardIndex, text: &str) -> u64 {
         let query = ShardQuery {
             text: query_lang::parse(text).unwrap(),
             top_n: 10,

@@ -1542,19 +1542,22 @@ impl Shard {
         Ok(())
     }
 
+    /// Adds the documents of the index queue's records from Raft index `from` to `to` to the
+    /// index's writer. Returns how many entries they hold.
+    fn index_queued(&self, from: u64, to: u64) -> Result<usize> {
+        let mut count = 0usize;
+        self.for_each_queued(from, to, |raft_index, entries| {
+            count += entries.len();
+            self.index
+                .add(raft_index, &entries.iter().collect::<Vec<_>>())
+        })?;
+        Ok(count)
+    }
+
     /// Indexes the applied entries recorded in the queue above the last tantivy commit.
     fn catch_up_index(&self) -> Result<()> {
         let committed = self.index.committed_up_to();
-        let mut count = 0usize;
-        self.for_each_queued(
-            committed.saturating_add(1),
-            u64::MAX,
-            |raft_index, entries| {
-                count += entries.len();
-                self.index
-                    .add(raft_index, &entries.iter().collect::<Vec<_>>())
-            },
-        )?;
+        let count = self.index_queued(committed.saturating_add(1), u64::MAX)?;
         if count == 0 {
             return Ok(());
         }
@@ -1849,27 +1852,19 @@ impl Shard {
             return Ok(0);
         }
         self.index.open_writer()?;
-        let mut count = 0usize;
-        let mut index_queued = |from: u64, to: u64| {
-            self.for_each_queued(from, to, |raft_index, entries| {
-                count += entries.len();
-                self.index
-                    .add(raft_index, &entries.iter().collect::<Vec<_>>())
-            })
-        };
         // The bulk while applies go on (a replica whose copies failed for long may have much
         // to index), then the rest with applies held: the entries applied above the commit
         // are then exactly the queue's, and every apply after finds the flag set.
         let first = self.applied_index();
-        index_queued(self.index.committed_up_to().saturating_add(1), first)?;
-        let _applied = self.applied_lock();
-        let last = _applied
+        let mut count = self.index_queued(self.index.committed_up_to().saturating_add(1), first)?;
+        let applied = self.applied_lock();
+        let last = applied
             .last_applied
             .as_ref()
             .map(|l| l.index())
             .unwrap_or(0);
-        index_queued(first.saturating_add(1), last)?;
-        self.index.start_indexing()?;
+        count += self.index_queued(first.saturating_add(1), last)?;
+        self.index.set_indexing(true);
         Ok(count)
     }
 
@@ -1883,7 +1878,7 @@ impl Shard {
             if !self.index.is_indexing() {
                 return;
             }
-            self.index.stop_indexing();
+            self.index.set_indexing(false);
         }
         self.index.close_writer();
     }

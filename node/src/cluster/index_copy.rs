@@ -158,11 +158,9 @@ async fn follow_role(node: Arc<Node>, i: usize) {
                     );
                 }
                 let round = async {
-                    let result = node.copy_round(ShardId(i as u32), leader, 0).await;
-                    match result {
+                    match node.copy_round(ShardId(i as u32), leader, 0).await {
                         Ok(_) => failures = 0,
                         Err(e) => {
-                            failures = failures.saturating_add(1);
                             Metrics::add(&node.metrics.index_copy_failures, 1);
                             tracing::debug!(shard_id = i, leader, error = %e, "index copy round failed");
                             // 100 ms, doubling to 5 s: a leader that cannot answer is not asked
@@ -170,12 +168,14 @@ async fn follow_role(node: Arc<Node>, i: usize) {
                             let backoff = Duration::from_millis(100)
                                 .saturating_mul(1 << failures.min(6))
                                 .min(Duration::from_secs(5));
+                            failures = failures.saturating_add(1);
                             tokio::time::sleep(backoff).await;
                         }
                     }
                 };
+                // The next round, or the next role, whichever comes first.
                 tokio::select! {
-                    _ = round => continue,
+                    _ = round => {}
                     changed = role_changed(&mut server, me, role) => if changed.is_err() { return },
                 }
                 continue;
@@ -200,6 +200,16 @@ async fn role_changed(
             return Ok(());
         }
     }
+}
+
+/// Runs `f` on a blocking thread (index files are read and written there).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> veil_shard::Result<T> + Send + 'static,
+) -> Result<T, CopyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CopyError::Local(e.to_string()))?
+        .map_err(|e| CopyError::Local(e.to_string()))
 }
 
 async fn start_indexing(node: &Node, i: usize) -> anyhow::Result<()> {
@@ -239,9 +249,7 @@ impl Node {
             .ok_or(CopyError::NoAddress(leader))?;
         let held = {
             let data = data.clone();
-            tokio::task::spawn_blocking(move || data.index().held_files())
-                .await
-                .map_err(|e| CopyError::Local(e.to_string()))?
+            blocking(move || Ok(data.index().held_files())).await?
         };
         let wait = Duration::from_millis(self.config.index_copy_wait_ms);
         let request = CopyRequest {
@@ -258,7 +266,7 @@ impl Node {
             .await
             .map_err(|e| CopyError::Local(e.to_string()))?
             .map_err(|e| CopyError::Leader(format!("undecodable answer: {e}")))?;
-        let copy = match reply {
+        let mut copy = match reply {
             CopyReply::Copy(copy) => copy,
             CopyReply::Unchanged => return Ok(false),
             CopyReply::NotIndexing => return Err(CopyError::NotIndexing(leader)),
@@ -271,9 +279,11 @@ impl Node {
             return Ok(false);
         }
         let mut bytes = 0u64;
-        for file in &copy.files {
+        for file in &mut copy.files {
+            // Moved out: the install needs only the names and lengths.
+            let carried = file.bytes.take();
             bytes += self
-                .copy_file(&data, &channel, shard, file, call_timeout)
+                .copy_file(&data, &channel, shard, file, carried, call_timeout)
                 .await?;
         }
         // Every hit of the commit must find its entry in this replica's RocksDB.
@@ -283,55 +293,41 @@ impl Node {
             .applied_index_at_least(Some(copy.raft_index), "index copy")
             .await
             .map_err(|_| CopyError::Behind)?;
-        let copy = Arc::new(copy);
-        let installed = {
-            let copy = copy.clone();
-            tokio::task::spawn_blocking(move || data.index().install_copy(&copy))
-                .await
-                .map_err(|e| CopyError::Local(e.to_string()))?
-                .map_err(|e| CopyError::Local(e.to_string()))?
-        };
+        let installed = blocking(move || data.index().install_copy(&copy)).await?;
         if installed {
             Metrics::add(&self.metrics.index_copies_installed, 1);
             Metrics::add(&self.metrics.index_copy_bytes, bytes);
-            self.index_commits[i].send_replace(copy.raft_index);
         }
         Ok(installed)
     }
 
-    /// Writes one file of a copy unless this replica holds it: from the answer's bytes, or
-    /// read from the leader in pieces. Returns the bytes written.
+    /// Writes one file of a copy: from the bytes the answer carried, else, unless this replica
+    /// holds it, read from the leader in pieces. Returns the bytes written.
     async fn copy_file(
         &self,
         data: &Arc<veil_shard::Shard>,
         channel: &tonic::transport::Channel,
         shard: ShardId,
         file: &veil_shard::CopiedFile,
+        carried: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<u64, CopyError> {
-        let local = |e: veil_shard::Error| CopyError::Local(e.to_string());
-        let carried = file.bytes.clone();
-        let (data2, file2) = (data.clone(), file.clone());
-        let write = tokio::task::spawn_blocking(move || {
-            if carried.is_none() && data2.index().holds_file(&file2) {
-                return Ok(None);
-            }
-            let mut write = data2.index().write_copied_file(&file2.name)?;
-            if let Some(bytes) = carried {
+        let (d, name) = (data.clone(), file.name.clone());
+        if let Some(bytes) = carried {
+            blocking(move || {
+                let mut write = d.index().write_copied_file(&name)?;
                 write.write(&bytes)?;
-                write.finish()?;
-                return Ok(Some(None));
-            }
-            Ok(Some(Some(write)))
-        })
-        .await
-        .map_err(|e| CopyError::Local(e.to_string()))?
-        .map_err(local)?;
-        let mut write = match write {
-            None => return Ok(0),
-            Some(None) => return Ok(file.len),
-            Some(Some(write)) => write,
-        };
+                write.finish()
+            })
+            .await?;
+            return Ok(file.len);
+        }
+        let (d, f) = (data.clone(), file.clone());
+        if blocking(move || Ok(d.index().holds_file(&f))).await? {
+            return Ok(0);
+        }
+        let d = data.clone();
+        let mut write = blocking(move || d.index().write_copied_file(&name)).await?;
         while write.written() < file.len {
             let request = FileRequest {
                 shard: shard.0,
@@ -346,15 +342,9 @@ impl Node {
                 FileReply::Bytes(_) | FileReply::Gone => return Err(CopyError::Stale),
                 FileReply::Failed(why) => return Err(CopyError::Leader(why)),
             };
-            write = tokio::task::spawn_blocking(move || write.write(&piece).map(|()| write))
-                .await
-                .map_err(|e| CopyError::Local(e.to_string()))?
-                .map_err(local)?;
+            write = blocking(move || write.write(&piece).map(|()| write)).await?;
         }
-        tokio::task::spawn_blocking(move || write.finish())
-            .await
-            .map_err(|e| CopyError::Local(e.to_string()))?
-            .map_err(local)?;
+        blocking(move || write.finish()).await?;
         Ok(file.len)
     }
 
